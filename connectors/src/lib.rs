@@ -1,0 +1,7 @@
+//! Sluice connectors: sources and sinks, one folder each, each behind a
+//! cargo feature named after it. Adding a connector = one folder here, one
+//! variant in the pipeline's component enums, one feature.
+
+pub mod lines;
+pub mod sinks;
+pub mod sources;

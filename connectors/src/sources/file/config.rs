@@ -1,0 +1,43 @@
+//! Options of the file source.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use sluice_engine::time::HumanDuration;
+
+/// `type = "file"`: reads newline-delimited JSON.
+///
+/// ```toml
+/// [sources.weather]
+/// type = "file"
+/// path = "examples/data/weather.ndjson"
+/// follow = false
+/// ```
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSourceConfig {
+    /// A file, or a directory whose files are read in name order (one after
+    /// the other; their lines form one ordered stream).
+    pub path: PathBuf,
+    /// Keep reading as files grow and new files appear (a tail -f), instead
+    /// of finishing at the end of the input.
+    #[serde(default)]
+    pub follow: bool,
+    /// In directory mode, only files whose name ends with this (e.g. ".ndjson").
+    #[serde(default)]
+    pub suffix: Option<String>,
+    /// How often to look for new data in follow mode.
+    #[serde(default = "default_poll")]
+    pub poll_interval: HumanDuration,
+    /// Size of each read, in bytes (also the largest batch).
+    #[serde(default = "default_read_bytes")]
+    pub read_bytes: usize,
+}
+
+fn default_poll() -> HumanDuration {
+    HumanDuration::from_millis(200)
+}
+
+fn default_read_bytes() -> usize {
+    1 << 20
+}

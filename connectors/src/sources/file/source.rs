@@ -1,0 +1,198 @@
+//! Reading files on a dedicated thread and emitting line batches.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sluice_engine::source::{BoxFuture, Source, SourceContext, SourceError, SourceOutput};
+
+use super::config::FileSourceConfig;
+use crate::lines::{raw_batch, LineSplitter};
+
+/// A configured file source.
+pub struct FileSource {
+    config: FileSourceConfig,
+}
+
+impl FileSource {
+    pub fn new(config: FileSourceConfig) -> Self {
+        FileSource { config }
+    }
+}
+
+/// Encodes a position: offset (u64 BE) followed by the file name.
+pub fn encode_position(name: &str, offset: u64) -> Vec<u8> {
+    let mut v = offset.to_be_bytes().to_vec();
+    v.extend_from_slice(name.as_bytes());
+    v
+}
+
+pub fn decode_position(bytes: &[u8]) -> Option<(String, u64)> {
+    let (off, name) = bytes.split_at_checked(8)?;
+    Some((
+        String::from_utf8(name.to_vec()).ok()?,
+        u64::from_be_bytes(off.try_into().ok()?),
+    ))
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> SourceError {
+    let context = context.into();
+    move |source| SourceError::Io { context, source }
+}
+
+/// The files to read, in order: `(name used in positions, path)`.
+fn list_files(config: &FileSourceConfig) -> Result<Vec<(String, PathBuf)>, SourceError> {
+    let meta = std::fs::metadata(&config.path)
+        .map_err(io(format!("cannot read {}", config.path.display())))?;
+    if meta.is_file() {
+        let name = config
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        return Ok(vec![(name, config.path.clone())]);
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(&config.path)
+        .map_err(io(format!("cannot list {}", config.path.display())))?
+    {
+        let entry = entry.map_err(io(format!("cannot list {}", config.path.display())))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
+        let wanted = config.suffix.as_deref().is_none_or(|s| name.ends_with(s));
+        if is_file && wanted && !name.starts_with('.') {
+            files.push((name, entry.path()));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+struct Reader<'a> {
+    config: &'a FileSourceConfig,
+    out: &'a SourceOutput,
+    shutdown: &'a sluice_engine::source::Shutdown,
+}
+
+impl Reader<'_> {
+    fn stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Reads `path` from `offset` to its current end; returns the offset
+    /// reached (after the last complete line) and whether it stopped early.
+    fn read_file(
+        &self,
+        name: &str,
+        path: &Path,
+        offset: u64,
+        at_end: bool,
+    ) -> Result<(u64, bool), SourceError> {
+        let mut file = File::open(path).map_err(io(format!("cannot open {}", path.display())))?;
+        file.seek(SeekFrom::Start(offset))
+            .map_err(io(format!("cannot seek in {}", path.display())))?;
+        let mut splitter = LineSplitter::new(offset, self.out.max_event_bytes());
+        let mut chunk = vec![0u8; self.config.read_bytes.max(4096)];
+        loop {
+            if self.stopping() {
+                return Ok((splitter.committed_offset(), true));
+            }
+            let n = file
+                .read(&mut chunk)
+                .map_err(io(format!("cannot read {}", path.display())))?;
+            if n == 0 {
+                break;
+            }
+            let (buf, events) = splitter.feed(&chunk[..n]);
+            let position = encode_position(name, splitter.committed_offset());
+            if self
+                .out
+                .emit_blocking(raw_batch(0, buf, events, position, n as u64))
+                .is_err()
+            {
+                return Ok((splitter.committed_offset(), true));
+            }
+        }
+        // A last line without a newline counts only once the file is complete.
+        if at_end {
+            if let Some((buf, events)) = splitter.finish() {
+                let position = encode_position(name, splitter.committed_offset());
+                if self
+                    .out
+                    .emit_blocking(raw_batch(0, buf, events, position, 0))
+                    .is_err()
+                {
+                    return Ok((splitter.committed_offset(), true));
+                }
+            }
+        }
+        Ok((splitter.committed_offset(), false))
+    }
+}
+
+fn run_blocking(config: FileSourceConfig, mut ctx: SourceContext) -> Result<(), SourceError> {
+    let follow = config.follow && !ctx.bounded;
+    let (mut current, mut offset) = ctx
+        .restored
+        .get(&0)
+        .and_then(|p| decode_position(p))
+        .map_or((None, 0), |(n, o)| (Some(n), o));
+    ctx.output
+        .partitions_blocking(vec![0])
+        .map_err(|_| SourceError::External("shutdown".into()))?;
+    let files = list_files(&config)?;
+    let total: u64 = files
+        .iter()
+        .map(|(_, p)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    ctx.output.progress().add_total(total);
+    let reader = Reader {
+        config: &config,
+        out: &ctx.output,
+        shutdown: &ctx.shutdown,
+    };
+    loop {
+        let files = list_files(&config)?;
+        for (name, path) in &files {
+            if current.as_deref().is_some_and(|c| name.as_str() < c) {
+                continue; // read completely before the last checkpoint
+            }
+            let start = if current.as_deref() == Some(name.as_str()) {
+                offset
+            } else {
+                0
+            };
+            let is_last = files.last().map(|(n, _)| n) == Some(name);
+            // Only the newest file of a followed directory can still grow.
+            let complete = !(follow && is_last);
+            let (reached, stopped) = reader.read_file(name, path, start, complete)?;
+            current = Some(name.clone());
+            offset = reached;
+            if stopped {
+                return Ok(());
+            }
+        }
+        while ctx.commits.try_recv().is_ok() {}
+        if !follow {
+            let _ = ctx.output.partition_done_blocking(0);
+            return Ok(());
+        }
+        std::thread::sleep(config.poll_interval.0.max(Duration::from_millis(10)));
+        if reader.stopping() {
+            return Ok(());
+        }
+    }
+}
+
+impl Source for FileSource {
+    fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), SourceError>> {
+        let config = self.config;
+        Box::pin(async move {
+            let name = ctx.name.clone();
+            tokio::task::spawn_blocking(move || run_blocking(config, ctx))
+                .await
+                .map_err(|e| SourceError::External(format!("file source `{name}` panicked: {e}")))?
+        })
+    }
+}

@@ -1,0 +1,6 @@
+//! Sources.
+
+#[cfg(feature = "files")]
+pub mod file;
+#[cfg(feature = "files")]
+pub mod stdin;

@@ -1,0 +1,280 @@
+//! Turning raw payloads into rows: JSON decoding (only the fields the
+//! pipeline reads, when it can), event-time extraction, and dead letters for
+//! input that is malformed, oversized or lacks a usable timestamp.
+
+use std::sync::Arc;
+
+use crate::batch::{Batch, Origin, RowMeta};
+use crate::dead_letter::{DeadLetter, ErrorType};
+use crate::json::{self, Projection};
+use crate::operator::{FieldPath, FieldSet};
+use crate::source::RawBatch;
+use crate::time::{event_time_ms, now_ms, TimeFormat};
+use crate::value::{Map, Value};
+
+/// Where event time comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventTimeSpec {
+    pub field: FieldPath,
+    pub format: TimeFormat,
+}
+
+enum Mode {
+    /// Parse the whole document.
+    Full,
+    /// Parse only these paths (slot i = paths[i]).
+    Projected {
+        projection: Projection,
+        paths: Vec<FieldPath>,
+    },
+}
+
+/// Decodes raw events of one source.
+pub struct Decoder {
+    source: Arc<str>,
+    mode: Mode,
+    event_time: Option<EventTimeSpec>,
+    max_event_bytes: usize,
+}
+
+impl Decoder {
+    /// A decoder reading `fields` (plus the event-time field) of each event.
+    pub fn new(
+        source: Arc<str>,
+        fields: &FieldSet,
+        event_time: Option<EventTimeSpec>,
+        max_event_bytes: usize,
+    ) -> Self {
+        let mode = match fields {
+            FieldSet::All => Mode::Full,
+            FieldSet::Paths(set) => {
+                let mut paths: Vec<FieldPath> = set.iter().cloned().collect();
+                if let Some(t) = &event_time {
+                    if !paths.contains(&t.field) {
+                        paths.push(t.field.clone());
+                    }
+                }
+                if paths.iter().any(Vec::is_empty) {
+                    Mode::Full
+                } else {
+                    Mode::Projected {
+                        projection: Projection::new(&paths),
+                        paths,
+                    }
+                }
+            }
+        };
+        Decoder {
+            source,
+            mode,
+            event_time,
+            max_event_bytes,
+        }
+    }
+
+    pub fn max_event_bytes(&self) -> usize {
+        self.max_event_bytes
+    }
+
+    /// True when only some fields are parsed.
+    pub fn is_projected(&self) -> bool {
+        matches!(self.mode, Mode::Projected { .. })
+    }
+
+    /// Decodes every event of `raw`; bad ones become dead letters.
+    pub fn decode(&self, raw: &RawBatch) -> (Batch, Vec<DeadLetter>) {
+        let mut batch = Batch::with_capacity(raw.events.len());
+        batch.origin = Some(Origin {
+            source: self.source.clone(),
+            partition: raw.partition,
+        });
+        batch.raw = Some(raw.buf.clone());
+        let mut dead = Vec::new();
+        let arrival = now_ms();
+        let mut slots = match &self.mode {
+            Mode::Projected { paths, .. } => vec![Value::Missing; paths.len()],
+            Mode::Full => Vec::new(),
+        };
+        for ev in &raw.events {
+            let start = ev.start as usize;
+            let bytes = &raw.buf[start..start + ev.len as usize];
+            let reject = |kind: ErrorType, reason: String| DeadLetter {
+                error_type: kind,
+                reason,
+                component: self.source.clone(),
+                source: Some(self.source.clone()),
+                partition: raw.partition,
+                offset: ev.offset,
+                event_time: None,
+                raw: bytes.to_vec(),
+            };
+            if let Some(full_len) = ev.oversized {
+                dead.push(reject(
+                    ErrorType::Oversized,
+                    format!(
+                        "event of {full_len} bytes exceeds the limit of {} bytes (the raw bytes are truncated)",
+                        self.max_event_bytes
+                    ),
+                ));
+                continue;
+            }
+            let row = match self.parse(bytes, &mut slots) {
+                Ok(row) => row,
+                Err(reason) => {
+                    dead.push(reject(ErrorType::MalformedJson, reason));
+                    continue;
+                }
+            };
+            let time = match &self.event_time {
+                None => arrival,
+                Some(spec) => match row.get_path(&spec.field) {
+                    Value::Missing => {
+                        dead.push(reject(
+                            ErrorType::MissingField,
+                            format!("event-time field `{}` is missing", spec.field.join(".")),
+                        ));
+                        continue;
+                    }
+                    v => match event_time_ms(v, spec.format) {
+                        Ok(t) => t,
+                        Err(reason) => {
+                            dead.push(reject(
+                                ErrorType::BadEventTime,
+                                format!("event-time field `{}`: {reason}", spec.field.join(".")),
+                            ));
+                            continue;
+                        }
+                    },
+                },
+            };
+            batch.rows.push(row);
+            batch.meta.push(RowMeta {
+                time,
+                offset: ev.offset,
+                raw_start: ev.start,
+                raw_len: ev.len,
+            });
+        }
+        (batch, dead)
+    }
+
+    fn parse(&self, bytes: &[u8], slots: &mut [Value]) -> Result<Value, String> {
+        match &self.mode {
+            Mode::Full => match json::parse_value(bytes) {
+                Ok(v @ Value::Object(_)) => Ok(v),
+                Ok(other) => Err(format!(
+                    "expected a JSON object, found {}",
+                    article(other.type_name())
+                )),
+                Err(e) => Err(e.to_string()),
+            },
+            Mode::Projected { projection, paths } => {
+                projection.decode(bytes, slots).map_err(|e| e.to_string())?;
+                let mut row = Value::Object(Map(Vec::with_capacity(paths.len())));
+                for (path, slot) in paths.iter().zip(slots.iter_mut()) {
+                    if slot.exists() {
+                        if path.len() == 1 {
+                            if let Value::Object(m) = &mut row {
+                                m.0.push((path[0].clone(), std::mem::take(slot)));
+                            }
+                        } else {
+                            row.set_path(path, std::mem::take(slot));
+                        }
+                    }
+                }
+                Ok(row)
+            }
+        }
+    }
+}
+
+fn article(type_name: &str) -> String {
+    match type_name {
+        "array" | "integer" | "object" => format!("an {type_name}"),
+        other => format!("a {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::RawEvent;
+    use crate::value::parse_path;
+
+    fn raw(lines: &[&str]) -> RawBatch {
+        let mut buf = Vec::new();
+        let mut events = Vec::new();
+        for (i, l) in lines.iter().enumerate() {
+            events.push(RawEvent {
+                start: buf.len() as u32,
+                len: l.len() as u32,
+                offset: i as u64,
+                oversized: None,
+            });
+            buf.extend_from_slice(l.as_bytes());
+        }
+        RawBatch {
+            partition: 0,
+            buf: Arc::new(buf),
+            events,
+            position: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    #[test]
+    fn projected_decode_and_dead_letters() {
+        let mut fields = FieldSet::empty();
+        fields.insert(parse_path("country"));
+        let d = Decoder::new(
+            Arc::from("src"),
+            &fields,
+            Some(EventTimeSpec {
+                field: parse_path("ts"),
+                format: TimeFormat::Auto,
+            }),
+            1 << 20,
+        );
+        assert!(d.is_projected());
+        let (batch, dead) = d.decode(&raw(&[
+            r#"{"country":"GT","ts":5,"x":[1,2]}"#,
+            r#"{"country":"GT","ts":5"#,
+            r#"{"country":"GT"}"#,
+            r#"{"country":"GT","ts":true}"#,
+            r#"[1]"#,
+        ]));
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch.meta[0].time, 5);
+        assert_eq!(
+            batch.rows[0].get_path(&parse_path("country")),
+            &Value::from("GT")
+        );
+        assert_eq!(batch.rows[0].get_path(&parse_path("x")), &Value::Missing);
+        let kinds: Vec<_> = dead.iter().map(|d| d.error_type).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ErrorType::MalformedJson,
+                ErrorType::MissingField,
+                ErrorType::BadEventTime,
+                ErrorType::MalformedJson
+            ]
+        );
+        assert_eq!(dead[0].offset, 1);
+        assert_eq!(dead[0].raw, br#"{"country":"GT","ts":5"#.to_vec());
+    }
+
+    #[test]
+    fn full_decode_keeps_everything() {
+        let d = Decoder::new(Arc::from("src"), &FieldSet::All, None, 1 << 20);
+        let (batch, dead) = d.decode(&raw(&[r#"{"a":{"b":1},"c":"x"}"#, "[]"]));
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch.rows[0].get_path(&parse_path("a.b")), &Value::Int(1));
+        assert_eq!(dead.len(), 1);
+        assert!(
+            dead[0].reason.contains("found an array"),
+            "{}",
+            dead[0].reason
+        );
+    }
+}

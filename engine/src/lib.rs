@@ -1,0 +1,20 @@
+//! Sluice runtime core: the event model, the traits sources, operators and
+//! sinks plug into, the dataflow runtime, durable state, checkpoints and
+//! recovery. No vendor SDK is used here.
+
+pub mod batch;
+pub mod config;
+pub mod dead_letter;
+pub mod decode;
+pub mod graph;
+pub mod json;
+pub mod keys;
+pub mod metrics;
+pub mod operator;
+pub mod runtime;
+pub mod sink;
+pub mod source;
+pub mod time;
+pub mod value;
+
+pub use value::{Map, Str, Value};

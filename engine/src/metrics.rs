@@ -1,0 +1,85 @@
+//! Metric names and label helpers. Every metric sluice exports is named
+//! here, following `sluice_<noun>_<unit>[_total]` with the bounded label set
+//! `pipeline`, `component`, `component_kind`, `error_type`. The dashboards in
+//! `dashboards/` use exactly these names (a test checks it).
+
+use metrics::Label;
+
+pub const EVENTS_IN: &str = "sluice_events_in_total";
+pub const EVENTS_OUT: &str = "sluice_events_out_total";
+pub const BYTES_IN: &str = "sluice_bytes_in_total";
+pub const BYTES_OUT: &str = "sluice_bytes_out_total";
+pub const ERRORS: &str = "sluice_errors_total";
+pub const DEAD_LETTERS: &str = "sluice_dead_letters_total";
+pub const BATCH_SIZE: &str = "sluice_batch_size_events";
+pub const PROCESSING_LATENCY: &str = "sluice_processing_latency_seconds";
+pub const SOURCE_LAG: &str = "sluice_source_lag_events";
+pub const CHECKPOINT_DURATION: &str = "sluice_checkpoint_duration_seconds";
+pub const CHECKPOINT_SIZE: &str = "sluice_checkpoint_size_bytes";
+pub const CHECKPOINTS: &str = "sluice_checkpoints_total";
+pub const CHECKPOINT_FAILURES: &str = "sluice_checkpoint_failures_total";
+pub const CHECKPOINT_LAST_SUCCESS: &str = "sluice_checkpoint_last_success_timestamp_seconds";
+pub const CHECKPOINT_EPOCH: &str = "sluice_checkpoint_epoch";
+pub const CHECKPOINT_INTERVAL: &str = "sluice_checkpoint_interval_seconds";
+pub const STATE_KEYS: &str = "sluice_state_keys";
+pub const STATE_BYTES: &str = "sluice_state_bytes";
+pub const WATERMARK_DELAY: &str = "sluice_watermark_delay_seconds";
+pub const SINK_LATENCY: &str = "sluice_sink_latency_seconds";
+pub const SINK_RETRIES: &str = "sluice_sink_retries_total";
+pub const SINK_PENDING_EPOCHS: &str = "sluice_sink_pending_epochs";
+pub const READY: &str = "sluice_ready";
+pub const BUILD_INFO: &str = "sluice_build_info";
+pub const JOURNAL_BYTES: &str = "sluice_journal_bytes";
+pub const JOURNAL_BACKLOG: &str = "sluice_journal_backlog_events";
+
+/// Every metric name above, for the exporter's descriptions and the
+/// dashboard consistency test.
+pub const ALL: &[&str] = &[
+    EVENTS_IN,
+    EVENTS_OUT,
+    BYTES_IN,
+    BYTES_OUT,
+    ERRORS,
+    DEAD_LETTERS,
+    BATCH_SIZE,
+    PROCESSING_LATENCY,
+    SOURCE_LAG,
+    CHECKPOINT_DURATION,
+    CHECKPOINT_SIZE,
+    CHECKPOINTS,
+    CHECKPOINT_FAILURES,
+    CHECKPOINT_LAST_SUCCESS,
+    CHECKPOINT_EPOCH,
+    CHECKPOINT_INTERVAL,
+    STATE_KEYS,
+    STATE_BYTES,
+    WATERMARK_DELAY,
+    SINK_LATENCY,
+    SINK_RETRIES,
+    SINK_PENDING_EPOCHS,
+    READY,
+    BUILD_INFO,
+    JOURNAL_BYTES,
+    JOURNAL_BACKLOG,
+];
+
+/// Labels identifying one component.
+pub fn component_labels(pipeline: &str, component: &str, kind: &'static str) -> Vec<Label> {
+    vec![
+        Label::new("pipeline", pipeline.to_string()),
+        Label::new("component", component.to_string()),
+        Label::new("component_kind", kind),
+    ]
+}
+
+/// `labels` plus an `error_type`.
+pub fn with_error(labels: &[Label], error_type: &'static str) -> Vec<Label> {
+    let mut out = labels.to_vec();
+    out.push(Label::new("error_type", error_type));
+    out
+}
+
+/// Labels for pipeline-wide metrics.
+pub fn pipeline_labels(pipeline: &str) -> Vec<Label> {
+    vec![Label::new("pipeline", pipeline.to_string())]
+}

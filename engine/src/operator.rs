@@ -1,0 +1,213 @@
+//! The operator traits: [`OperatorSpec`] (what the planner needs to know
+//! about a configured operator) and [`Operator`] (the running instance).
+//!
+//! Operators are synchronous and batch-at-a-time: the processor thread calls
+//! [`Operator::process`] with a whole batch and forwards whatever the
+//! operator emitted to its downstream nodes. Every lifecycle hook except
+//! `process` has a no-op default.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::batch::Batch;
+use crate::dead_letter::DeadLetter;
+use crate::value::Str;
+
+/// A field path (`["a", "b"]` for `a.b`).
+pub type FieldPath = Vec<Str>;
+
+/// The fields a part of the pipeline reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FieldSet {
+    /// The whole event (e.g. events flow to a sink unchanged).
+    All,
+    /// Only these paths.
+    Paths(BTreeSet<FieldPath>),
+}
+
+impl FieldSet {
+    pub fn empty() -> Self {
+        FieldSet::Paths(BTreeSet::new())
+    }
+
+    pub fn insert(&mut self, path: FieldPath) {
+        if let FieldSet::Paths(set) = self {
+            set.insert(path);
+        }
+    }
+
+    pub fn union(&mut self, other: &FieldSet) {
+        match (&mut *self, other) {
+            (FieldSet::All, _) => {}
+            (_, FieldSet::All) => *self = FieldSet::All,
+            (FieldSet::Paths(a), FieldSet::Paths(b)) => a.extend(b.iter().cloned()),
+        }
+    }
+}
+
+/// What the planner tells an operator when building it.
+#[derive(Debug, Clone)]
+pub struct BuildContext {
+    /// The operator's name in the pipeline file.
+    pub name: Arc<str>,
+    /// Number of key groups state is partitioned into.
+    pub key_groups: u16,
+    /// The group key set by an upstream `key_by`, if any.
+    pub upstream_key: Option<Vec<FieldPath>>,
+    /// Whether the rows reaching this operator carry event time (false:
+    /// processing time).
+    pub event_time: bool,
+}
+
+/// Errors building an operator from its (already parsed) config.
+#[derive(Debug, thiserror::Error)]
+#[error("{component}: {message}")]
+pub struct BuildError {
+    pub component: String,
+    pub message: String,
+}
+
+/// The static description of a configured operator.
+pub trait OperatorSpec: Send + Sync {
+    /// The paths this operator reads from its input, given the paths read
+    /// downstream of it. Stateless operators pass the downstream reads
+    /// through (rewritten, e.g. across a rename); stateful ones return only
+    /// their own reads since their output rows are new records.
+    fn input_reads(&self, downstream: &FieldSet) -> FieldSet;
+
+    /// True for operators that keep state (aggregations, windows).
+    fn is_stateful(&self) -> bool {
+        false
+    }
+
+    /// True if the operator needs event time from its sources.
+    fn needs_event_time(&self) -> bool {
+        false
+    }
+
+    /// The group key of the output, given the input's.
+    fn output_key(&self, input: Option<&[FieldPath]>) -> Option<Vec<FieldPath>> {
+        if self.is_stateful() {
+            None
+        } else {
+            input.map(<[FieldPath]>::to_vec)
+        }
+    }
+
+    /// A fingerprint of everything that determines the meaning of this
+    /// operator's state; a change is detected at start and refused (the
+    /// state must then be rebuilt with `sluice replay`).
+    fn state_signature(&self) -> String {
+        String::new()
+    }
+
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Operator>, BuildError>;
+}
+
+/// Where an operator puts its results.
+pub struct Emitter<'a> {
+    pub out: &'a mut Vec<Batch>,
+    pub dead: &'a mut Vec<DeadLetter>,
+}
+
+impl Emitter<'_> {
+    pub fn emit(&mut self, batch: Batch) {
+        if !batch.is_empty() {
+            self.out.push(batch);
+        }
+    }
+
+    pub fn dead_letter(&mut self, d: DeadLetter) {
+        self.dead.push(d);
+    }
+}
+
+/// Collects an operator's state changes for a checkpoint.
+#[derive(Debug, Default)]
+pub struct StateWriter {
+    /// `(key group, key, Some(value) | None for delete)`.
+    pub entries: Vec<(u16, Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl StateWriter {
+    pub fn put(&mut self, key_group: u16, key: Vec<u8>, value: Vec<u8>) {
+        self.entries.push((key_group, key, Some(value)));
+    }
+
+    pub fn delete(&mut self, key_group: u16, key: Vec<u8>) {
+        self.entries.push((key_group, key, None));
+    }
+}
+
+/// One restored state entry: `(key group, key, value)`.
+pub type StateEntry = (u16, Vec<u8>, Vec<u8>);
+
+/// Errors restoring state.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state entry has version {found}, this build reads version {expected}")]
+    Version { found: u8, expected: u8 },
+    #[error("state entry is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Encodes a state value as `[version] ++ bincode(value)`.
+pub fn encode_versioned<T: Serialize>(version: u8, value: &T) -> Vec<u8> {
+    let mut out = vec![version];
+    bincode::serde::encode_into_std_write(value, &mut out, bincode::config::standard())
+        .expect("writing to a Vec cannot fail");
+    out
+}
+
+/// Decodes a value written by [`encode_versioned`], checking the version.
+pub fn decode_versioned<T: DeserializeOwned>(expected: u8, bytes: &[u8]) -> Result<T, StateError> {
+    let (&version, rest) = bytes
+        .split_first()
+        .ok_or_else(|| StateError::Corrupt("empty value".into()))?;
+    if version != expected {
+        return Err(StateError::Version {
+            found: version,
+            expected,
+        });
+    }
+    bincode::serde::decode_from_slice(rest, bincode::config::standard())
+        .map(|(v, _)| v)
+        .map_err(|e| StateError::Corrupt(e.to_string()))
+}
+
+/// Key and byte counts of an operator's state (for metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateStats {
+    pub keys: u64,
+    pub bytes: u64,
+}
+
+/// A running operator instance, driven by the processor thread.
+pub trait Operator: Send {
+    /// Processes one batch. Results go to `out`; rows that cannot be
+    /// processed go to `out.dead_letter` with the reason.
+    fn process(&mut self, batch: Batch, out: &mut Emitter<'_>);
+
+    /// The watermark of this operator's inputs advanced to `watermark`
+    /// (epoch ms; `i64::MAX` at the end of bounded input).
+    fn on_watermark(&mut self, _watermark: i64, _out: &mut Emitter<'_>) {}
+
+    /// Called just before a checkpoint snapshot; continuous-update
+    /// aggregations emit their changed results here.
+    fn on_checkpoint(&mut self, _out: &mut Emitter<'_>) {}
+
+    /// Writes the state changed since the last snapshot.
+    fn snapshot(&mut self, _writer: &mut StateWriter) {}
+
+    /// Loads state written by earlier snapshots (called once, before any batch).
+    fn restore(&mut self, _entries: Vec<StateEntry>) -> Result<(), StateError> {
+        Ok(())
+    }
+
+    fn state_stats(&self) -> StateStats {
+        StateStats::default()
+    }
+}

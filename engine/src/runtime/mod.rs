@@ -1,0 +1,415 @@
+//! Running a pipeline: building the dataflow from a [`PipelineSpec`],
+//! restoring the last checkpoint, and driving sources, the processor and
+//! sinks until the input ends or shutdown is requested.
+//!
+//! Threads and tasks:
+//! - each source runs as a tokio task (or its own thread) and decodes its
+//!   input before sending batches over one bounded channel;
+//! - the processor (one dedicated thread) owns every operator and its state,
+//!   runs batches through the graph, tracks watermarks and starts checkpoints;
+//! - the checkpoint writer thread applies each checkpoint to sled and fsyncs,
+//!   while the processor carries on;
+//! - each sink runs as a tokio task fed with committed epochs.
+
+mod processor;
+pub mod store;
+pub mod watermark;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::decode::{Decoder, EventTimeSpec};
+use crate::graph::{build_graph, GraphNode, NodeKind};
+use crate::operator::{BuildContext, FieldPath, Operator, OperatorSpec};
+use crate::sink::{drive_sink, RetryPolicy, Sink, SinkEpoch};
+use crate::source::{Progress, Source, SourceContext, SourceEvent, SourceOutput};
+use processor::{Processor, ProcessorParts};
+use store::Store;
+use watermark::{WatermarkSettings, WatermarkTracker};
+
+/// A source as configured.
+pub struct SourceSpec {
+    pub name: String,
+    pub event_time: Option<EventTimeSpec>,
+    pub max_disorder: Duration,
+    pub idle_timeout: Option<Duration>,
+    pub max_event_bytes: usize,
+    pub source: Box<dyn Source>,
+}
+
+/// A transform (operator) as configured.
+pub struct TransformSpec {
+    pub name: String,
+    pub inputs: Vec<String>,
+    pub spec: Box<dyn OperatorSpec>,
+}
+
+/// A sink as configured.
+pub struct SinkSpec {
+    pub name: String,
+    pub inputs: Vec<String>,
+    pub sink: Box<dyn Sink>,
+}
+
+/// A whole pipeline, ready to run.
+pub struct PipelineSpec {
+    pub name: String,
+    pub state_dir: PathBuf,
+    pub checkpoint_interval: Duration,
+    pub key_groups: u16,
+    /// Epochs a sink may fall behind before sources are slowed down.
+    pub max_pending_epochs: usize,
+    /// Batches buffered between sources and the processor.
+    pub channel_capacity: usize,
+    pub sources: Vec<SourceSpec>,
+    pub transforms: Vec<TransformSpec>,
+    pub sinks: Vec<SinkSpec>,
+    /// Where dead letters go (has no inputs).
+    pub dead_letter: SinkSpec,
+    pub retry: RetryPolicy,
+}
+
+/// How to run.
+pub struct RunOptions {
+    /// Sources read what is there now and finish (replay, batch runs).
+    pub bounded: bool,
+    /// Turns true to request a graceful stop (SIGTERM).
+    pub shutdown: watch::Receiver<bool>,
+    /// Set once state is restored and sources are started.
+    pub ready: Arc<AtomicBool>,
+    /// Progress of each source (bytes), for progress bars.
+    pub progress: Vec<Arc<Progress>>,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunReport {
+    /// The last committed epoch.
+    pub epoch: u64,
+    pub events_in: u64,
+    pub dead_letters: u64,
+    /// True when every source reached the end of its input.
+    pub input_exhausted: bool,
+}
+
+/// Errors that stop a pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("invalid pipeline: {0}")]
+    Plan(String),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("state in {dir} does not match this pipeline: {reason}. Rebuild it with `sluice replay`, or use another [state] dir")]
+    StateMismatch { dir: String, reason: String },
+    #[error("source `{name}` failed: {error}")]
+    Source { name: String, error: String },
+    #[error("sink `{name}` failed: {error}")]
+    Sink { name: String, error: String },
+    #[error("checkpoint failed: {0}")]
+    Checkpoint(String),
+    #[error("operator `{name}` cannot restore its state: {error}")]
+    Restore { name: String, error: String },
+}
+
+/// Validates the graph and plans what each source decodes. Returns the
+/// graph nodes in spec order: sources, then transforms, then sinks.
+fn graph_nodes(spec: &PipelineSpec) -> Vec<GraphNode> {
+    let mut nodes = Vec::new();
+    for s in &spec.sources {
+        nodes.push(GraphNode {
+            name: s.name.clone(),
+            kind: NodeKind::Source,
+            inputs: Vec::new(),
+        });
+    }
+    for t in &spec.transforms {
+        nodes.push(GraphNode {
+            name: t.name.clone(),
+            kind: NodeKind::Transform,
+            inputs: t.inputs.clone(),
+        });
+    }
+    for s in &spec.sinks {
+        nodes.push(GraphNode {
+            name: s.name.clone(),
+            kind: NodeKind::Sink,
+            inputs: s.inputs.clone(),
+        });
+    }
+    nodes
+}
+
+/// Runs `spec` to completion (bounded input exhausted, or shutdown).
+pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, RunError> {
+    let graph = build_graph(graph_nodes(&spec)).map_err(|errors| {
+        let nodes = graph_nodes(&spec);
+        RunError::Plan(
+            errors
+                .iter()
+                .map(|e| e.describe(&nodes))
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    })?;
+    let n_sources = spec.sources.len();
+    let n_transforms = spec.transforms.len();
+    let transform_of = |node: usize| {
+        (node >= n_sources && node < n_sources + n_transforms).then(|| node - n_sources)
+    };
+
+    // Planning: fields each source must decode, sources feeding each node,
+    // group keys flowing through key_by.
+    let needs = graph.plan_reads(|node, need| match transform_of(node) {
+        Some(t) => spec.transforms[t].spec.input_reads(need),
+        None => need.clone(),
+    });
+    let upstream = graph.upstream_sources();
+    let mut keys: Vec<Option<Vec<FieldPath>>> = vec![None; graph.nodes.len()];
+    for &node in &graph.order {
+        if let Some(t) = transform_of(node) {
+            let input_key = graph.inputs[node].first().and_then(|&i| keys[i].clone());
+            keys[node] = spec.transforms[t].spec.output_key(input_key.as_deref());
+        }
+    }
+
+    let pipeline: Arc<str> = Arc::from(spec.name.as_str());
+    let mut operators: Vec<Option<Box<dyn Operator>>> = Vec::new();
+    let mut signatures = Vec::new();
+    for (t, tspec) in spec.transforms.iter().enumerate() {
+        let node = n_sources + t;
+        let sources: Vec<usize> = upstream[node].iter().copied().collect();
+        let event_time = sources
+            .iter()
+            .all(|&s| spec.sources[s].event_time.is_some());
+        if tspec.spec.needs_event_time() && !event_time {
+            let missing: Vec<_> = sources
+                .iter()
+                .filter(|&&s| spec.sources[s].event_time.is_none())
+                .map(|&s| spec.sources[s].name.as_str())
+                .collect();
+            return Err(RunError::Plan(format!(
+                "transform `{}` uses event time, but source(s) {} have no `event_time` field configured",
+                tspec.name,
+                missing.join(", ")
+            )));
+        }
+        let input_key = graph.inputs[node].first().and_then(|&i| keys[i].clone());
+        let ctx = BuildContext {
+            name: Arc::from(tspec.name.as_str()),
+            key_groups: spec.key_groups,
+            upstream_key: input_key,
+            event_time,
+        };
+        let op = tspec
+            .spec
+            .build(&ctx)
+            .map_err(|e| RunError::Plan(e.to_string()))?;
+        operators.push(Some(op));
+        if tspec.spec.is_stateful() {
+            signatures.push((tspec.name.clone(), tspec.spec.state_signature()));
+        }
+    }
+
+    // Restore.
+    std::fs::create_dir_all(&spec.state_dir).map_err(|e| {
+        RunError::Plan(format!(
+            "cannot create the state directory {}: {e}",
+            spec.state_dir.display()
+        ))
+    })?;
+    let store = Arc::new(Store::open(&spec.state_dir)?);
+    let mut restored = store.restore()?;
+    let dir = spec.state_dir.display().to_string();
+    if let Some(kg) = restored.key_groups {
+        if kg != spec.key_groups {
+            return Err(RunError::StateMismatch {
+                dir,
+                reason: format!(
+                    "it was written with {kg} key groups, the pipeline says {}",
+                    spec.key_groups
+                ),
+            });
+        }
+    }
+    for (name, sig) in &signatures {
+        if let Some(old) = restored.signatures.get(name) {
+            if old != sig {
+                return Err(RunError::StateMismatch {
+                    dir,
+                    reason: format!("transform `{name}` changed (was `{old}`, now `{sig}`)"),
+                });
+            }
+        }
+    }
+    for (t, tspec) in spec.transforms.iter().enumerate() {
+        if let Some(entries) = restored.state.remove(&tspec.name) {
+            let op = operators[t].as_mut().expect("built above");
+            op.restore(entries).map_err(|e| RunError::Restore {
+                name: tspec.name.clone(),
+                error: e.to_string(),
+            })?;
+        }
+    }
+    if restored.epoch > 0 {
+        tracing::info!(epoch = restored.epoch, dir = %spec.state_dir.display(), "restored checkpoint");
+    }
+
+    // Watermarks.
+    let now = crate::time::now_ms();
+    let mut tracker = WatermarkTracker::new(
+        spec.sources
+            .iter()
+            .map(|s| WatermarkSettings {
+                event_time: s.event_time.is_some(),
+                max_disorder_ms: s.max_disorder.as_millis() as i64,
+                idle_timeout_ms: s.idle_timeout.map(|d| d.as_millis() as i64),
+            })
+            .collect(),
+    );
+    for (i, s) in spec.sources.iter().enumerate() {
+        if let Some(parts) = restored.watermarks.get(&s.name) {
+            for (&p, &t) in parts {
+                tracker.restore(i, p, t, now);
+            }
+        }
+    }
+
+    // Sinks (the dead-letter sink is the last one).
+    let (sink_events_tx, sink_events_rx) = mpsc::unbounded_channel();
+    let mut sink_names = Vec::new();
+    let mut sink_txs = Vec::new();
+    let mut sink_tasks = Vec::new();
+    let mut redeliver = Vec::new();
+    let mut all_sinks: Vec<SinkSpec> = spec.sinks;
+    all_sinks.push(spec.dead_letter);
+    for (i, s) in all_sinks.into_iter().enumerate() {
+        let (tx, rx) = mpsc::unbounded_channel::<SinkEpoch>();
+        let ack = restored.acks.remove(&s.name);
+        let acked_epoch = ack.as_ref().map_or(0, |a| a.epoch);
+        let mut pending = Vec::new();
+        let mut stored = BTreeSet::new();
+        for (epoch, records) in restored.outbox.remove(&s.name).unwrap_or_default() {
+            stored.insert(epoch);
+            if epoch > acked_epoch {
+                pending.push(epoch);
+                let _ = tx.send(SinkEpoch {
+                    epoch,
+                    records: Arc::new(records),
+                });
+            }
+        }
+        if !pending.is_empty() {
+            tracing::info!(sink = %s.name, epochs = ?pending, "re-delivering committed output not yet acknowledged by the sink");
+        }
+        let progress = ack.as_ref().and_then(|a| a.progress.clone());
+        redeliver.push((pending, stored, ack));
+        sink_tasks.push(tokio::spawn(drive_sink(
+            i,
+            Arc::from(s.name.as_str()),
+            pipeline.clone(),
+            s.sink,
+            progress,
+            rx,
+            sink_events_tx.clone(),
+            spec.retry.clone(),
+        )));
+        sink_names.push(s.name);
+        sink_txs.push(tx);
+    }
+    drop(sink_events_tx);
+
+    // Sources.
+    let (data_tx, data_rx) = mpsc::channel::<SourceEvent>(spec.channel_capacity.max(1));
+    let mut commit_txs = Vec::new();
+    let mut source_names = Vec::new();
+    let mut source_tasks = Vec::new();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    for (i, s) in spec.sources.into_iter().enumerate() {
+        let name: Arc<str> = Arc::from(s.name.as_str());
+        let decoder = Arc::new(Decoder::new(
+            name.clone(),
+            &needs[i],
+            s.event_time.clone(),
+            s.max_event_bytes,
+        ));
+        let progress = opts.progress.get(i).cloned().unwrap_or_default();
+        let output = SourceOutput::new(i, decoder, data_tx.clone(), progress);
+        let (commit_tx, commit_rx) = mpsc::unbounded_channel();
+        let ctx = SourceContext {
+            name: name.clone(),
+            restored: restored.positions.remove(&s.name).unwrap_or_default(),
+            bounded: opts.bounded,
+            shutdown: stop_rx.clone(),
+            commits: commit_rx,
+            output,
+        };
+        let events = data_tx.clone();
+        let source = s.source;
+        source_tasks.push(tokio::spawn(async move {
+            let msg = match source.run(ctx).await {
+                Ok(()) => SourceEvent::Finished { source: i },
+                Err(e) => SourceEvent::Failed {
+                    source: i,
+                    error: e.to_string(),
+                },
+            };
+            let _ = events.send(msg).await;
+        }));
+        commit_txs.push(commit_tx);
+        source_names.push(s.name);
+    }
+    drop(data_tx);
+
+    let (ckpt_done_tx, ckpt_done_rx) = mpsc::unbounded_channel();
+    let (job_tx, job_rx) = std::sync::mpsc::channel();
+    let writer = store::spawn_writer(store.clone(), job_rx, ckpt_done_tx);
+
+    let parts = ProcessorParts {
+        pipeline,
+        graph,
+        n_sources,
+        operators,
+        stateful: spec
+            .transforms
+            .iter()
+            .map(|t| t.spec.is_stateful())
+            .collect(),
+        upstream,
+        source_names,
+        sink_names,
+        sink_txs,
+        commit_txs,
+        tracker,
+        epoch: restored.epoch,
+        redeliver,
+        key_groups: spec.key_groups,
+        signatures,
+        checkpoint_interval: spec.checkpoint_interval,
+        max_pending_epochs: spec.max_pending_epochs.max(1),
+        jobs: job_tx,
+        stop: stop_tx,
+    };
+    opts.ready.store(true, Ordering::SeqCst);
+    let handle = tokio::runtime::Handle::current();
+    let shutdown = opts.shutdown;
+    let result = tokio::task::spawn_blocking(move || {
+        let mut processor = Processor::new(parts);
+        handle.block_on(processor.run(data_rx, sink_events_rx, ckpt_done_rx, shutdown))
+    })
+    .await
+    .map_err(|e| RunError::Checkpoint(format!("processor thread panicked: {e}")))?;
+    opts.ready.store(false, Ordering::SeqCst);
+    for t in source_tasks {
+        let _ = t.await;
+    }
+    for t in sink_tasks {
+        let _ = t.await;
+    }
+    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    result
+}

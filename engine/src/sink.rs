@@ -1,0 +1,234 @@
+//! The sink side: the [`Sink`] trait connectors implement, the records they
+//! receive, and the engine's sink driver (retries with backoff, acks,
+//! metrics).
+//!
+//! Sinks are fed per checkpoint epoch, and only with committed data: the
+//! processor collects each epoch's records in an outbox that is written to
+//! sled with the checkpoint; once that checkpoint is durable the records go
+//! to the sink. Upserts carry absolute values keyed by (group key, window),
+//! so writing an epoch twice (after a crash before its ack was recorded)
+//! leaves the same result. A sink acknowledges an epoch with an optional
+//! progress token (e.g. a file length) that is stored in the next checkpoint
+//! and handed back to [`Sink::restore`] on restart.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::batch::RowKind;
+use crate::metrics as m;
+use crate::source::BoxFuture;
+use crate::value::{Str, Value};
+
+/// One record for a sink.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SinkRecord {
+    pub kind: RowKind,
+    /// A readable, deterministic id: the upsert key (`GT|1732147200000`) or,
+    /// for events, `source:partition:offset`. Usable as a document `_id` or
+    /// a dedup key.
+    pub id: Str,
+    /// The record (an object); for deletes, the key fields.
+    pub value: Value,
+    /// Event time (ms); for window results, the window end - 1.
+    pub time: i64,
+}
+
+/// The records of one checkpoint epoch for one sink.
+#[derive(Debug, Clone)]
+pub struct SinkEpoch {
+    pub epoch: u64,
+    pub records: Arc<Vec<SinkRecord>>,
+}
+
+/// What a successful write reports.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WriteOutcome {
+    /// Sink-specific progress to store with the next checkpoint.
+    pub progress: Option<Vec<u8>>,
+    /// Records the destination refused permanently: `(index, reason)`.
+    /// They go to the dead-letter output.
+    pub rejected: Vec<(usize, String)>,
+}
+
+/// Errors from a sink.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// Worth retrying (connection refused, timeout, broker unavailable).
+    #[error("{0}")]
+    Retryable(String),
+    /// Retrying cannot help (bad credentials, missing table, bad config):
+    /// the pipeline stops with this error.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// A configured sink, ready to run.
+pub trait Sink: Send + 'static {
+    /// Called once before any write, with the progress of the last
+    /// acknowledged epoch (None on a fresh start).
+    fn restore<'a>(
+        &'a mut self,
+        progress: Option<&'a [u8]>,
+    ) -> BoxFuture<'a, Result<(), SinkError>>;
+
+    /// Writes one epoch's records; must be idempotent for the same epoch.
+    /// Returns once the records are durable at the destination.
+    fn write<'a>(
+        &'a mut self,
+        epoch: u64,
+        records: &'a [SinkRecord],
+    ) -> BoxFuture<'a, Result<WriteOutcome, SinkError>>;
+
+    /// Flushes and releases resources at shutdown.
+    fn close(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Messages from sink drivers to the processor.
+#[derive(Debug)]
+pub enum SinkEvent {
+    Acked {
+        sink: usize,
+        epoch: u64,
+        progress: Option<Vec<u8>>,
+        rejected: Vec<(SinkRecord, String)>,
+    },
+    Failed {
+        sink: usize,
+        error: String,
+    },
+}
+
+/// Exponential backoff with full jitter: `base * 2^attempt`, capped at
+/// `max`, then scaled by `jitter` in `[0.5, 1.0]`.
+pub fn backoff_delay(attempt: u32, base: Duration, max: Duration, jitter: f64) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.min(20));
+    exp.min(max).mul_f64(jitter.clamp(0.5, 1.0))
+}
+
+/// Cheap pseudo-random jitter in `[0.5, 1.0]` without a dependency.
+fn jitter(seed: &mut u64) -> f64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    0.5 + (*seed % 1000) as f64 / 2000.0
+}
+
+/// Settings of the sink driver.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Drives one sink: restore, then write each epoch (retrying retryable
+/// errors forever with backoff) and report acks. Returns when `epochs`
+/// closes.
+#[allow(clippy::too_many_arguments)]
+pub async fn drive_sink(
+    index: usize,
+    name: Arc<str>,
+    pipeline: Arc<str>,
+    mut sink: Box<dyn Sink>,
+    restored: Option<Vec<u8>>,
+    mut epochs: mpsc::UnboundedReceiver<SinkEpoch>,
+    events: mpsc::UnboundedSender<SinkEvent>,
+    policy: RetryPolicy,
+) {
+    let labels = m::component_labels(&pipeline, &name, "sink");
+    let mut seed = 0x9e37_79b9_7f4a_7c15 ^ (index as u64 + 1);
+    let mut attempt = 0;
+    loop {
+        match sink.restore(restored.as_deref()).await {
+            Ok(()) => break,
+            Err(SinkError::Fatal(error)) => {
+                let _ = events.send(SinkEvent::Failed { sink: index, error });
+                return;
+            }
+            Err(SinkError::Retryable(error)) => {
+                let delay = backoff_delay(attempt, policy.base, policy.max, jitter(&mut seed));
+                tracing::warn!(component = %name, %error, ?delay, "sink not reachable at start; retrying");
+                metrics::counter!(m::SINK_RETRIES, labels.clone()).increment(1);
+                tokio::time::sleep(delay).await;
+                attempt += 1;
+            }
+        }
+    }
+    while let Some(epoch) = epochs.recv().await {
+        let mut attempt = 0;
+        loop {
+            let started = Instant::now();
+            match sink.write(epoch.epoch, &epoch.records).await {
+                Ok(outcome) => {
+                    metrics::histogram!(m::SINK_LATENCY, labels.clone())
+                        .record(started.elapsed().as_secs_f64());
+                    let written = epoch.records.len() - outcome.rejected.len();
+                    metrics::counter!(m::EVENTS_OUT, labels.clone()).increment(written as u64);
+                    let rejected = outcome
+                        .rejected
+                        .into_iter()
+                        .filter_map(|(i, reason)| epoch.records.get(i).map(|r| (r.clone(), reason)))
+                        .collect();
+                    let ack = SinkEvent::Acked {
+                        sink: index,
+                        epoch: epoch.epoch,
+                        progress: outcome.progress,
+                        rejected,
+                    };
+                    if events.send(ack).is_err() {
+                        return;
+                    }
+                    break;
+                }
+                Err(SinkError::Fatal(error)) => {
+                    let _ = events.send(SinkEvent::Failed { sink: index, error });
+                    return;
+                }
+                Err(SinkError::Retryable(error)) => {
+                    let delay = backoff_delay(attempt, policy.base, policy.max, jitter(&mut seed));
+                    tracing::warn!(component = %name, epoch = epoch.epoch, %error, ?delay, "sink write failed; retrying");
+                    metrics::counter!(m::SINK_RETRIES, labels.clone()).increment(1);
+                    metrics::counter!(m::ERRORS, m::with_error(&labels, "sink_write")).increment(1);
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+    if let Err(error) = sink.close().await {
+        tracing::warn!(component = %name, %error, "sink close failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let base = Duration::from_millis(100);
+        let max = Duration::from_secs(5);
+        assert_eq!(backoff_delay(0, base, max, 1.0), Duration::from_millis(100));
+        assert_eq!(backoff_delay(3, base, max, 1.0), Duration::from_millis(800));
+        assert_eq!(backoff_delay(30, base, max, 1.0), max);
+        assert_eq!(backoff_delay(3, base, max, 0.5), Duration::from_millis(400));
+        let mut seed = 7;
+        for _ in 0..1000 {
+            let j = jitter(&mut seed);
+            assert!((0.5..=1.0).contains(&j));
+        }
+    }
+}

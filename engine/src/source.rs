@@ -1,0 +1,254 @@
+//! The source side: the [`Source`] trait every connector implements, the
+//! [`SourceContext`] it runs with, and the messages it sends the processor.
+//!
+//! A source reads raw payloads from outside (a file, a queue, a socket) and
+//! hands them to [`SourceOutput::emit`] as a [`RawBatch`] together with its
+//! position *after* the batch. The output decodes the payloads in the
+//! source's own task/thread (so parsing runs in parallel with the
+//! operators), routes bad input to dead letters, and sends the batch over a
+//! bounded channel: when the pipeline is busy, `emit` waits (backpressure).
+//!
+//! Positions are opaque bytes per partition; the engine stores them in every
+//! checkpoint and gives them back in [`SourceContext::restored`] on restart.
+//! A source releases upstream (acks, commits, journal truncation) only when
+//! a [`Commit`] arrives, i.e. after the checkpoint covering those positions
+//! is durable.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::batch::{Batch, RawBuf};
+use crate::dead_letter::DeadLetter;
+use crate::decode::Decoder;
+
+/// A boxed, sendable future (the return type of connector entry points).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One raw event inside a [`RawBatch`] buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawEvent {
+    pub start: u32,
+    pub len: u32,
+    /// Offset of the event in its partition (deterministic across replays).
+    pub offset: u64,
+    /// When the event was larger than the source's limit: its full length
+    /// (the buffer holds a truncated prefix). It becomes a dead letter.
+    pub oversized: Option<u64>,
+}
+
+/// Raw payloads read from one partition, plus the position after them.
+#[derive(Debug, Clone)]
+pub struct RawBatch {
+    pub partition: u32,
+    pub buf: RawBuf,
+    pub events: Vec<RawEvent>,
+    /// The position to resume from once this batch is processed.
+    pub position: Vec<u8>,
+    /// Bytes consumed from the source by this batch (for metrics/progress).
+    pub bytes: u64,
+}
+
+/// Sent to a source when a checkpoint covering `positions` is durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Commit {
+    pub epoch: u64,
+    /// Partition -> position, as the source emitted them.
+    pub positions: BTreeMap<u32, Vec<u8>>,
+}
+
+/// Errors that stop a source.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// A user mistake (missing file, bad option) — not worth retrying.
+    #[error("{0}")]
+    Config(String),
+    /// Reading from outside failed.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Anything else that failed outside sluice (broker gone for good...).
+    #[error("{0}")]
+    External(String),
+}
+
+/// Messages from sources to the processor.
+#[derive(Debug)]
+pub enum SourceEvent {
+    /// Decoded rows, their dead letters, and the position after them.
+    Data {
+        source: usize,
+        partition: u32,
+        batch: Batch,
+        dead: Vec<DeadLetter>,
+        position: Vec<u8>,
+        bytes: u64,
+        events: u64,
+    },
+    /// The source now reads these partitions (watermarks wait for all of them).
+    Partitions { source: usize, partitions: Vec<u32> },
+    /// A partition reached its end (bounded input): it no longer holds the watermark back.
+    PartitionDone { source: usize, partition: u32 },
+    /// The source finished (bounded input fully read, or shutdown).
+    Finished { source: usize },
+    /// The source failed.
+    Failed { source: usize, error: String },
+}
+
+/// Bytes done / bytes total, for progress bars (`sluice replay`).
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub done: AtomicU64,
+    pub total: AtomicU64,
+}
+
+impl Progress {
+    pub fn add_done(&self, n: u64) {
+        self.done.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn add_total(&self, n: u64) {
+        self.total.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// The channel closed: the pipeline is shutting down.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the pipeline is shutting down")]
+pub struct Closed;
+
+/// A cloneable handle sources use to emit data (usable from async tasks
+/// and from plain threads).
+#[derive(Clone)]
+pub struct SourceOutput {
+    index: usize,
+    decoder: Arc<Decoder>,
+    tx: mpsc::Sender<SourceEvent>,
+    progress: Arc<Progress>,
+}
+
+impl SourceOutput {
+    /// An output sending to `tx` (the engine builds these; public for connector tests).
+    pub fn new(
+        index: usize,
+        decoder: Arc<Decoder>,
+        tx: mpsc::Sender<SourceEvent>,
+        progress: Arc<Progress>,
+    ) -> Self {
+        SourceOutput {
+            index,
+            decoder,
+            tx,
+            progress,
+        }
+    }
+
+    fn data(&self, raw: RawBatch) -> SourceEvent {
+        let (batch, dead) = self.decoder.decode(&raw);
+        self.progress.add_done(raw.bytes);
+        SourceEvent::Data {
+            source: self.index,
+            partition: raw.partition,
+            events: raw.events.len() as u64,
+            batch,
+            dead,
+            position: raw.position,
+            bytes: raw.bytes,
+        }
+    }
+
+    /// Decodes and sends a batch, waiting while the pipeline is busy.
+    pub async fn emit(&self, raw: RawBatch) -> Result<(), Closed> {
+        let msg = self.data(raw);
+        self.tx.send(msg).await.map_err(|_| Closed)
+    }
+
+    /// [`emit`](Self::emit) for sources running on their own thread.
+    pub fn emit_blocking(&self, raw: RawBatch) -> Result<(), Closed> {
+        let msg = self.data(raw);
+        self.tx.blocking_send(msg).map_err(|_| Closed)
+    }
+
+    /// Declares the partitions this source reads.
+    pub async fn partitions(&self, partitions: Vec<u32>) -> Result<(), Closed> {
+        let msg = SourceEvent::Partitions {
+            source: self.index,
+            partitions,
+        };
+        self.tx.send(msg).await.map_err(|_| Closed)
+    }
+
+    pub fn partitions_blocking(&self, partitions: Vec<u32>) -> Result<(), Closed> {
+        let msg = SourceEvent::Partitions {
+            source: self.index,
+            partitions,
+        };
+        self.tx.blocking_send(msg).map_err(|_| Closed)
+    }
+
+    /// Marks a partition as fully read (bounded input).
+    pub async fn partition_done(&self, partition: u32) -> Result<(), Closed> {
+        let msg = SourceEvent::PartitionDone {
+            source: self.index,
+            partition,
+        };
+        self.tx.send(msg).await.map_err(|_| Closed)
+    }
+
+    pub fn partition_done_blocking(&self, partition: u32) -> Result<(), Closed> {
+        let msg = SourceEvent::PartitionDone {
+            source: self.index,
+            partition,
+        };
+        self.tx.blocking_send(msg).map_err(|_| Closed)
+    }
+
+    pub fn progress(&self) -> &Arc<Progress> {
+        &self.progress
+    }
+
+    /// The largest event the decoder accepts, in bytes.
+    pub fn max_event_bytes(&self) -> usize {
+        self.decoder.max_event_bytes()
+    }
+}
+
+/// A shutdown signal: `true` once the pipeline is stopping.
+pub type Shutdown = watch::Receiver<bool>;
+
+/// Waits until `shutdown` turns true (or its sender is gone).
+pub async fn wait_shutdown(shutdown: &mut Shutdown) {
+    while !*shutdown.borrow() {
+        if shutdown.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Everything a running source gets from the engine.
+pub struct SourceContext {
+    pub name: Arc<str>,
+    /// Positions from the last checkpoint, per partition (empty on a fresh start).
+    pub restored: BTreeMap<u32, Vec<u8>>,
+    /// Read only what is there now and finish (replay, bounded runs).
+    pub bounded: bool,
+    pub shutdown: Shutdown,
+    /// Checkpoint completions, to release upstream.
+    pub commits: mpsc::UnboundedReceiver<Commit>,
+    pub output: SourceOutput,
+}
+
+/// A configured source, ready to run.
+pub trait Source: Send + 'static {
+    /// Runs until the input ends (bounded) or shutdown is signalled. Must
+    /// resume from `ctx.restored` and must not release anything upstream
+    /// before the matching [`Commit`] arrives.
+    fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), SourceError>>;
+}

@@ -1,0 +1,322 @@
+//! `aggregate`: keyed aggregations, all-time or per event-time (or
+//! processing-time) window, with watermarks and allowed lateness.
+//!
+//! ```toml
+//! [transforms.per_minute]
+//! type = "aggregate"
+//! inputs = ["weather"]
+//! group_by = ["country", "weather"]
+//! window = { type = "tumbling", size = "1m" }
+//! allowed_lateness = "10s"
+//! emit = "on_close"
+//! aggregates = { count = "count", avg_temp = { fn = "avg", field = "temp_c" } }
+//! ```
+//!
+//! Results are upserts keyed by (group key, window start) carrying absolute
+//! values: `{"country":"GT","weather":"Sunny","window_start":...,
+//! "window_end":...,"count":17,"avg_temp":21.3}`. With `emit = "on_close"`
+//! (the default for windows) a window's result is emitted once the
+//! watermark passes its end, and again if a late event within
+//! `allowed_lateness` changes it; with `emit = "updates"` (the default
+//! without a window) changed results are emitted at every checkpoint.
+//! Events later than the allowed lateness go to the dead-letter output.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sluice_engine::operator::{
+    BuildContext, BuildError, FieldPath, FieldSet, Operator, OperatorSpec,
+};
+use sluice_engine::time::HumanDuration;
+use sluice_engine::value::parse_path;
+
+use crate::accumulator::{AggSpec, Aggregate};
+use crate::fixed::FixedAggregate;
+use crate::session::SessionAggregate;
+use crate::window::WindowConfig;
+
+/// When results are emitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmitMode {
+    /// When the watermark passes the end of the window (final results).
+    OnClose,
+    /// At every checkpoint, for every result that changed (continuous).
+    Updates,
+}
+
+/// Which clock assigns windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeMode {
+    /// The sources' `event_time` field (needs `event_time` on every source).
+    Event,
+    /// The wall clock when the event is processed.
+    Processing,
+}
+
+/// Configuration of an `aggregate` transform.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateConfig {
+    /// Fields (dotted paths) to group by. Omit to use the key of an upstream
+    /// `key_by`, or to aggregate everything into one group.
+    #[serde(default)]
+    pub group_by: Option<Vec<String>>,
+    /// Output columns: `name = "count"` or `name = { fn = "sum", field = "x" }`;
+    /// functions: count, sum, min, max, avg, count_distinct, first, last.
+    pub aggregates: BTreeMap<String, AggSpec>,
+    /// Window; omit for all-time aggregates.
+    #[serde(default)]
+    pub window: Option<WindowConfig>,
+    /// `event` (default when every source has `event_time`) or `processing`.
+    #[serde(default)]
+    pub time: Option<TimeMode>,
+    /// How long after a window closes late events may still update it.
+    #[serde(default)]
+    pub allowed_lateness: HumanDuration,
+    /// `on_close` (default with a window) or `updates` (default without).
+    #[serde(default)]
+    pub emit: Option<EmitMode>,
+    /// Name of the window-start field in results.
+    #[serde(default = "default_start")]
+    pub window_start_field: String,
+    /// Name of the window-end field in results.
+    #[serde(default = "default_end")]
+    pub window_end_field: String,
+}
+
+fn default_start() -> String {
+    "window_start".into()
+}
+
+fn default_end() -> String {
+    "window_end".into()
+}
+
+/// A validated aggregate.
+#[derive(Debug, Clone)]
+pub struct AggregateSpec {
+    pub config: AggregateConfig,
+    pub group_by: Option<Vec<FieldPath>>,
+    pub aggregates: Vec<Aggregate>,
+}
+
+impl AggregateSpec {
+    pub fn new(config: &AggregateConfig) -> Result<Self, String> {
+        if config.aggregates.is_empty() {
+            return Err(
+                "`aggregates` must define at least one output, e.g. { count = \"count\" }".into(),
+            );
+        }
+        if let Some(w) = &config.window {
+            w.validate()?;
+        }
+        let group_by = config
+            .group_by
+            .as_ref()
+            .map(|g| g.iter().map(|f| parse_path(f)).collect::<Vec<_>>());
+        let mut names: Vec<&str> = config.aggregates.keys().map(String::as_str).collect();
+        if let Some(g) = &config.group_by {
+            names.extend(g.iter().map(String::as_str));
+        }
+        if config.window.is_some() {
+            names.push(&config.window_start_field);
+            names.push(&config.window_end_field);
+        }
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+            return Err(format!("the output field `{}` is defined twice", w[0]));
+        }
+        Ok(AggregateSpec {
+            config: config.clone(),
+            group_by,
+            aggregates: config
+                .aggregates
+                .iter()
+                .map(|(n, s)| Aggregate::new(n, s))
+                .collect(),
+        })
+    }
+
+    pub fn emit_mode(&self) -> EmitMode {
+        self.config.emit.unwrap_or(if self.config.window.is_some() {
+            EmitMode::OnClose
+        } else {
+            EmitMode::Updates
+        })
+    }
+}
+
+impl OperatorSpec for AggregateSpec {
+    fn input_reads(&self, _downstream: &FieldSet) -> FieldSet {
+        let mut reads = FieldSet::empty();
+        for g in self.group_by.iter().flatten() {
+            reads.insert(g.clone());
+        }
+        for a in &self.aggregates {
+            if let Some(f) = &a.field {
+                reads.insert(f.clone());
+            }
+        }
+        reads
+    }
+
+    fn is_stateful(&self) -> bool {
+        true
+    }
+
+    fn needs_event_time(&self) -> bool {
+        self.config.window.is_some() && self.config.time == Some(TimeMode::Event)
+    }
+
+    fn state_signature(&self) -> String {
+        // Everything that gives the stored accumulators their meaning.
+        let aggs: Vec<String> = self
+            .aggregates
+            .iter()
+            .map(|a| {
+                format!(
+                    "{}={:?}({})",
+                    a.name,
+                    a.func,
+                    a.field.as_ref().map(|f| f.join(".")).unwrap_or_default()
+                )
+            })
+            .collect();
+        format!(
+            "v1 group_by={:?} window={:?} aggs=[{}]",
+            self.config.group_by,
+            self.config.window,
+            aggs.join(",")
+        )
+    }
+
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Operator>, BuildError> {
+        let err = |message: String| BuildError {
+            component: ctx.name.to_string(),
+            message,
+        };
+        let processing = match self.config.time {
+            Some(TimeMode::Processing) => true,
+            Some(TimeMode::Event) => false,
+            None => !ctx.event_time,
+        };
+        if self.config.window.is_some() && !processing && !ctx.event_time {
+            return Err(err(
+                "`time = \"event\"` needs `event_time` on every source feeding it".into(),
+            ));
+        }
+        let group = match (&self.group_by, &ctx.upstream_key) {
+            (Some(g), _) => Grouping::Fields(g.clone()),
+            (None, Some(k)) => Grouping::Upstream(k.clone()),
+            (None, None) => Grouping::Global,
+        };
+        let common = Common {
+            name: ctx.name.clone(),
+            aggregates: self.aggregates.clone(),
+            group,
+            emit: self.emit_mode(),
+            lateness: self.config.allowed_lateness.as_millis(),
+            processing_time: processing,
+            key_groups: ctx.key_groups,
+            start_field: parse_path(&self.config.window_start_field),
+            end_field: parse_path(&self.config.window_end_field),
+        };
+        Ok(match self.config.window {
+            None => Box::new(FixedAggregate::new(common, None)),
+            Some(WindowConfig::Tumbling { size }) => Box::new(FixedAggregate::new(
+                common,
+                Some((size.as_millis(), size.as_millis())),
+            )),
+            Some(WindowConfig::Hopping { size, slide }) => Box::new(FixedAggregate::new(
+                common,
+                Some((size.as_millis(), slide.as_millis())),
+            )),
+            Some(WindowConfig::Session { gap }) => {
+                Box::new(SessionAggregate::new(common, gap.as_millis()))
+            }
+        })
+    }
+}
+
+/// Where group keys come from.
+#[derive(Debug, Clone)]
+pub enum Grouping {
+    /// `group_by` fields.
+    Fields(Vec<FieldPath>),
+    /// The key set by an upstream `key_by` on these fields.
+    Upstream(Vec<FieldPath>),
+    /// One group for everything.
+    Global,
+}
+
+impl Grouping {
+    /// The names of the key fields in results.
+    pub fn names(&self) -> &[FieldPath] {
+        match self {
+            Grouping::Fields(f) | Grouping::Upstream(f) => f,
+            Grouping::Global => &[],
+        }
+    }
+}
+
+/// Settings shared by the aggregate operators.
+#[derive(Debug, Clone)]
+pub struct Common {
+    pub name: std::sync::Arc<str>,
+    pub aggregates: Vec<Aggregate>,
+    pub group: Grouping,
+    pub emit: EmitMode,
+    pub lateness: i64,
+    pub processing_time: bool,
+    pub key_groups: u16,
+    pub start_field: FieldPath,
+    pub end_field: FieldPath,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+group_by = ["country", "weather"]
+window = { type = "tumbling", size = "1m" }
+allowed_lateness = "10s"
+emit = "on_close"
+aggregates = { count = "count", avg_temp = { fn = "avg", field = "temp_c" } }
+"#;
+
+    #[test]
+    fn example_config_parses() {
+        let c: AggregateConfig = toml::from_str(EXAMPLE).unwrap();
+        let spec = AggregateSpec::new(&c).unwrap();
+        assert_eq!(spec.emit_mode(), EmitMode::OnClose);
+        let FieldSet::Paths(reads) = spec.input_reads(&FieldSet::All) else {
+            panic!()
+        };
+        assert_eq!(reads.len(), 3);
+    }
+
+    #[test]
+    fn rejects_mistakes() {
+        let bad = |t: &str| {
+            let c: AggregateConfig = toml::from_str(t).unwrap();
+            AggregateSpec::new(&c).unwrap_err()
+        };
+        assert!(bad("aggregates = {}").contains("at least one"));
+        assert!(
+            bad("group_by = [\"count\"]\naggregates = { count = \"count\" }")
+                .contains("defined twice")
+        );
+        assert!(bad("aggregates = { n = \"count\" }\nwindow = { type = \"hopping\", size = \"1m\", slide = \"7s\" }")
+            .contains("must divide"));
+        let e = toml::from_str::<AggregateConfig>(
+            "aggregates = { n = \"count\" }\nwindow = { type = \"tumbeling\", size = \"1m\" }",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("tumbeling"), "{e}");
+    }
+}

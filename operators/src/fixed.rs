@@ -1,0 +1,397 @@
+//! The aggregate operator for all-time and fixed windows (tumbling,
+//! hopping). State: window start -> group key -> accumulators, in memory,
+//! with dirty tracking so a checkpoint writes only what changed.
+
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use sluice_engine::batch::{Batch, RowKind};
+use sluice_engine::dead_letter::{DeadLetter, ErrorType};
+use sluice_engine::keys::{decode_key, encode_component, key_group, GroupKey};
+use sluice_engine::operator::{
+    decode_versioned, encode_versioned, Emitter, Operator, StateEntry, StateError, StateStats,
+    StateWriter,
+};
+use sluice_engine::time::now_ms;
+use sluice_engine::value::{Map, Value};
+
+use crate::accumulator::Acc;
+use crate::aggregate::{Common, EmitMode, Grouping};
+use crate::key_by::{compute_keys, missing_key};
+use crate::window::assign;
+
+/// The start used for the single all-time "window".
+const GLOBAL: i64 = i64::MIN;
+const STATE_VERSION: u8 = 1;
+/// State key tag of the operator's own metadata (its watermark).
+const META_WATERMARK: &[u8] = b"\0wm";
+
+struct Slot {
+    accs: Vec<Acc>,
+    state_dirty: bool,
+    emit_dirty: bool,
+}
+
+#[derive(Default)]
+struct Window {
+    fired: bool,
+    slots: FxHashMap<GroupKey, Slot>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSlot {
+    accs: Vec<Acc>,
+}
+
+pub struct FixedAggregate {
+    c: Common,
+    /// (size, slide) in ms; None for all-time.
+    window: Option<(i64, i64)>,
+    windows: BTreeMap<i64, Window>,
+    state_dirty: Vec<(i64, GroupKey)>,
+    emit_dirty: Vec<(i64, GroupKey)>,
+    purged: Vec<(i64, GroupKey)>,
+    watermark: i64,
+    watermark_dirty: bool,
+    keys: Vec<Result<GroupKey, usize>>,
+    starts: Vec<i64>,
+}
+
+impl FixedAggregate {
+    pub fn new(c: Common, window: Option<(i64, i64)>) -> Self {
+        FixedAggregate {
+            c,
+            window,
+            windows: BTreeMap::new(),
+            state_dirty: Vec::new(),
+            emit_dirty: Vec::new(),
+            purged: Vec::new(),
+            watermark: i64::MIN,
+            watermark_dirty: false,
+            keys: Vec::new(),
+            starts: Vec::new(),
+        }
+    }
+
+    fn end_of(&self, start: i64) -> i64 {
+        match self.window {
+            Some((size, _)) => start.saturating_add(size),
+            None => i64::MAX,
+        }
+    }
+
+    /// The result row of one slot.
+    fn result(&self, start: i64, key: &GroupKey, accs: &[Acc]) -> (GroupKey, Value, i64) {
+        let mut row = Value::Object(Map::new());
+        if let Some(values) = decode_key(key) {
+            for (path, v) in self.c.group.names().iter().zip(values) {
+                row.set_path(path, v);
+            }
+        }
+        let mut id = key.clone();
+        let mut time = 0;
+        if self.window.is_some() {
+            let end = self.end_of(start);
+            row.set_path(&self.c.start_field, Value::Int(start));
+            row.set_path(&self.c.end_field, Value::Int(end));
+            encode_component(&mut id, &Value::Int(start));
+            time = end - 1;
+        }
+        for (agg, acc) in self.c.aggregates.iter().zip(accs) {
+            if let Value::Object(m) = &mut row {
+                m.insert(agg.name.as_str(), acc.result());
+            }
+        }
+        (id, row, time)
+    }
+
+    fn emit_slot(&self, start: i64, key: &GroupKey, accs: &[Acc], out: &mut Batch) {
+        let (id, row, time) = self.result(start, key, accs);
+        out.push_change(RowKind::Upsert, id, row, time);
+    }
+
+    /// Emits every result whose emit flag is set.
+    fn flush_dirty(&mut self, out: &mut Emitter<'_>) {
+        let mut batch = Batch::default();
+        for (start, key) in std::mem::take(&mut self.emit_dirty) {
+            let Some(slot) = self.windows.get(&start).and_then(|w| w.slots.get(&key)) else {
+                continue;
+            };
+            if slot.emit_dirty {
+                self.emit_slot(start, &key, &slot.accs, &mut batch);
+            }
+            if let Some(slot) = self
+                .windows
+                .get_mut(&start)
+                .and_then(|w| w.slots.get_mut(&key))
+            {
+                slot.emit_dirty = false;
+            }
+        }
+        out.emit(batch);
+    }
+
+    fn state_key(start: i64, key: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(9 + key.len());
+        k.push(1);
+        // flip the sign bit so that byte order is numeric order
+        k.extend_from_slice(&((start as u64) ^ (1 << 63)).to_be_bytes());
+        k.extend_from_slice(key);
+        k
+    }
+}
+
+impl Operator for FixedAggregate {
+    fn process(&mut self, batch: Batch, out: &mut Emitter<'_>) {
+        match &self.c.group {
+            Grouping::Fields(fields) => compute_keys(fields, &batch, &mut self.keys),
+            Grouping::Upstream(_) if batch.is_keyed() => {
+                self.keys.clear();
+                self.keys.extend(batch.keys.iter().cloned().map(Ok));
+            }
+            _ => {
+                self.keys.clear();
+                self.keys.resize(batch.len(), Ok(GroupKey::new()));
+            }
+        }
+        let now = if self.c.processing_time { now_ms() } else { 0 };
+        let keys = std::mem::take(&mut self.keys);
+        for (i, key) in keys.iter().enumerate() {
+            let key = match key {
+                Ok(k) => k,
+                Err(f) => {
+                    let field = &self.c.group.names()[*f];
+                    out.dead_letter(missing_key(&batch, i, &self.c.name, field));
+                    continue;
+                }
+            };
+            let row = &batch.rows[i];
+            if let Some(reason) = self
+                .c
+                .aggregates
+                .iter()
+                .find_map(|a| a.check(a.input(row)).err())
+            {
+                out.dead_letter(DeadLetter::from_row(
+                    &batch,
+                    i,
+                    &self.c.name,
+                    ErrorType::WrongType,
+                    reason,
+                ));
+                continue;
+            }
+            let t = if self.c.processing_time {
+                now
+            } else {
+                batch.meta[i].time
+            };
+            self.starts.clear();
+            match self.window {
+                None => self.starts.push(GLOBAL),
+                Some((size, slide)) => {
+                    for s in assign(t, size, slide) {
+                        if s.saturating_add(size).saturating_add(self.c.lateness) > self.watermark {
+                            self.starts.push(s);
+                        }
+                    }
+                    if self.starts.is_empty() {
+                        let reason = format!(
+                            "late event: time {t} is behind the watermark {} by more than the allowed lateness of {} ms",
+                            self.watermark, self.c.lateness
+                        );
+                        out.dead_letter(DeadLetter::from_row(
+                            &batch,
+                            i,
+                            &self.c.name,
+                            ErrorType::Late,
+                            reason,
+                        ));
+                        continue;
+                    }
+                }
+            }
+            for si in 0..self.starts.len() {
+                let start = self.starts[si];
+                let window = self.windows.entry(start).or_default();
+                let fired = window.fired;
+                let slot = match window.slots.get_mut(key) {
+                    Some(s) => s,
+                    None => {
+                        let accs = self.c.aggregates.iter().map(|a| a.init()).collect();
+                        window.slots.entry(key.clone()).or_insert(Slot {
+                            accs,
+                            state_dirty: false,
+                            emit_dirty: false,
+                        })
+                    }
+                };
+                for (agg, acc) in self.c.aggregates.iter().zip(slot.accs.iter_mut()) {
+                    acc.update(agg.input(row), t);
+                }
+                if !slot.state_dirty {
+                    slot.state_dirty = true;
+                    self.state_dirty.push((start, key.clone()));
+                }
+                let emit = self.c.emit == EmitMode::Updates || fired;
+                if emit && !slot.emit_dirty {
+                    slot.emit_dirty = true;
+                    self.emit_dirty.push((start, key.clone()));
+                }
+            }
+        }
+        self.keys = keys;
+    }
+
+    fn on_watermark(&mut self, watermark: i64, out: &mut Emitter<'_>) {
+        if watermark <= self.watermark {
+            return;
+        }
+        self.watermark = watermark;
+        self.watermark_dirty = true;
+        let mut batch = Batch::default();
+        // Fire windows whose end passed.
+        let due: Vec<i64> = self
+            .windows
+            .iter()
+            .filter(|(&s, w)| !w.fired && self.end_of(s) <= watermark)
+            .map(|(&s, _)| s)
+            .collect();
+        for start in &due {
+            if self.c.emit == EmitMode::OnClose {
+                let w = &self.windows[start];
+                let mut keys: Vec<&GroupKey> = w.slots.keys().collect();
+                keys.sort_unstable();
+                for key in keys {
+                    self.emit_slot(*start, key, &w.slots[key].accs, &mut batch);
+                }
+            }
+            if let Some(w) = self.windows.get_mut(start) {
+                w.fired = true;
+                for slot in w.slots.values_mut() {
+                    slot.emit_dirty = self.c.emit == EmitMode::Updates && slot.emit_dirty;
+                }
+            }
+        }
+        out.emit(batch);
+        if self.window.is_none() {
+            // All-time results are never purged.
+            return;
+        }
+        // Purge windows past the allowed lateness (emitting pending updates first).
+        let lateness = self.c.lateness;
+        let expired: Vec<i64> = self
+            .windows
+            .keys()
+            .copied()
+            .filter(|&s| self.end_of(s).saturating_add(lateness) <= watermark)
+            .collect();
+        if expired.is_empty() {
+            return;
+        }
+        self.flush_dirty(out);
+        for start in expired {
+            if let Some(w) = self.windows.remove(&start) {
+                self.purged.extend(w.slots.into_keys().map(|k| (start, k)));
+            }
+        }
+    }
+
+    fn on_checkpoint(&mut self, out: &mut Emitter<'_>) {
+        self.flush_dirty(out);
+    }
+
+    fn snapshot(&mut self, w: &mut StateWriter) {
+        for (start, key) in std::mem::take(&mut self.purged) {
+            w.delete(
+                key_group(&key, self.c.key_groups),
+                Self::state_key(start, &key),
+            );
+        }
+        for (start, key) in std::mem::take(&mut self.state_dirty) {
+            let Some(slot) = self
+                .windows
+                .get_mut(&start)
+                .and_then(|w| w.slots.get_mut(&key))
+            else {
+                continue;
+            };
+            slot.state_dirty = false;
+            let value = encode_versioned(
+                STATE_VERSION,
+                &StoredSlot {
+                    accs: slot.accs.clone(),
+                },
+            );
+            w.put(
+                key_group(&key, self.c.key_groups),
+                Self::state_key(start, &key),
+                value,
+            );
+        }
+        if self.watermark_dirty {
+            self.watermark_dirty = false;
+            w.put(
+                0,
+                META_WATERMARK.to_vec(),
+                self.watermark.to_be_bytes().to_vec(),
+            );
+        }
+    }
+
+    fn restore(&mut self, entries: Vec<StateEntry>) -> Result<(), StateError> {
+        for (_, key, value) in entries {
+            if key == META_WATERMARK {
+                let bytes: [u8; 8] = value
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| StateError::Corrupt("watermark".into()))?;
+                self.watermark = i64::from_be_bytes(bytes);
+                continue;
+            }
+            if key.len() < 9 || key[0] != 1 {
+                return Err(StateError::Corrupt(format!(
+                    "unexpected state key {key:02x?}"
+                )));
+            }
+            let start =
+                (u64::from_be_bytes(key[1..9].try_into().expect("8 bytes")) ^ (1 << 63)) as i64;
+            let stored: StoredSlot = decode_versioned(STATE_VERSION, &value)?;
+            let group = GroupKey::from_slice(&key[9..]);
+            self.windows.entry(start).or_default().slots.insert(
+                group,
+                Slot {
+                    accs: stored.accs,
+                    state_dirty: false,
+                    emit_dirty: false,
+                },
+            );
+        }
+        let watermark = self.watermark;
+        let ends: Vec<(i64, i64)> = self.windows.keys().map(|&s| (s, self.end_of(s))).collect();
+        for (start, end) in ends {
+            if end <= watermark {
+                if let Some(w) = self.windows.get_mut(&start) {
+                    w.fired = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn state_stats(&self) -> StateStats {
+        let mut stats = StateStats::default();
+        for w in self.windows.values() {
+            stats.keys += w.slots.len() as u64;
+            for (k, s) in &w.slots {
+                stats.bytes +=
+                    (k.len() + 16 + s.accs.iter().map(Acc::approx_bytes).sum::<usize>()) as u64;
+            }
+        }
+        stats
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,325 @@
+//! The aggregate operator for session windows: per key, activity sessions
+//! that close after `gap` without events. A new event opens `[t, t + gap)`
+//! and merges every session it overlaps. Results are keyed by (group key,
+//! session start); when a merge moves a start, the old result is deleted.
+
+use std::collections::BTreeSet;
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use sluice_engine::batch::{Batch, RowKind};
+use sluice_engine::dead_letter::{DeadLetter, ErrorType};
+use sluice_engine::keys::{decode_key, encode_component, key_group, GroupKey};
+use sluice_engine::operator::{
+    decode_versioned, encode_versioned, Emitter, Operator, StateEntry, StateError, StateStats,
+    StateWriter,
+};
+use sluice_engine::time::now_ms;
+use sluice_engine::value::{Map, Value};
+
+use crate::accumulator::Acc;
+use crate::aggregate::{Common, EmitMode, Grouping};
+use crate::key_by::{compute_keys, missing_key};
+
+const STATE_VERSION: u8 = 1;
+const META_WATERMARK: &[u8] = b"\0wm";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Session {
+    start: i64,
+    /// Last event time + gap.
+    end: i64,
+    accs: Vec<Acc>,
+    /// Whether a result for (key, start) reached the outbox.
+    emitted: bool,
+    /// Whether the result changed since it was last emitted.
+    changed: bool,
+}
+
+pub struct SessionAggregate {
+    c: Common,
+    gap: i64,
+    sessions: FxHashMap<GroupKey, Vec<Session>>,
+    dirty: BTreeSet<GroupKey>,
+    /// Results to delete: (key, old session start).
+    retract: Vec<(GroupKey, i64)>,
+    watermark: i64,
+    watermark_dirty: bool,
+    keys: Vec<Result<GroupKey, usize>>,
+}
+
+impl SessionAggregate {
+    pub fn new(c: Common, gap: i64) -> Self {
+        SessionAggregate {
+            c,
+            gap,
+            sessions: FxHashMap::default(),
+            dirty: BTreeSet::new(),
+            retract: Vec::new(),
+            watermark: i64::MIN,
+            watermark_dirty: false,
+            keys: Vec::new(),
+        }
+    }
+
+    fn id(key: &GroupKey, start: i64) -> GroupKey {
+        let mut id = key.clone();
+        encode_component(&mut id, &Value::Int(start));
+        id
+    }
+
+    fn key_row(&self, key: &GroupKey) -> Value {
+        let mut row = Value::Object(Map::new());
+        if let Some(values) = decode_key(key) {
+            for (path, v) in self.c.group.names().iter().zip(values) {
+                row.set_path(path, v);
+            }
+        }
+        row
+    }
+
+    fn emit(&self, key: &GroupKey, s: &Session, batch: &mut Batch) {
+        let mut row = self.key_row(key);
+        row.set_path(&self.c.start_field, Value::Int(s.start));
+        row.set_path(&self.c.end_field, Value::Int(s.end));
+        if let Value::Object(m) = &mut row {
+            for (agg, acc) in self.c.aggregates.iter().zip(&s.accs) {
+                m.insert(agg.name.as_str(), acc.result());
+            }
+        }
+        batch.push_change(RowKind::Upsert, Self::id(key, s.start), row, s.end - 1);
+    }
+
+    /// Emits retractions and changed sessions: all changed ones in
+    /// `updates` mode, closed ones (end <= watermark) in `on_close` mode.
+    fn flush(&mut self, out: &mut Emitter<'_>) {
+        let mut batch = Batch::default();
+        for (key, start) in std::mem::take(&mut self.retract) {
+            let mut row = self.key_row(&key);
+            row.set_path(&self.c.start_field, Value::Int(start));
+            batch.push_change(RowKind::Delete, Self::id(&key, start), row, start);
+        }
+        let updates = self.c.emit == EmitMode::Updates;
+        let wm = self.watermark;
+        let mut keys: Vec<&GroupKey> = self.sessions.keys().collect();
+        keys.sort_unstable();
+        let mut emitted = Vec::new();
+        for key in keys {
+            for (i, s) in self.sessions[key].iter().enumerate() {
+                if s.changed && (updates || s.end <= wm) {
+                    self.emit(key, s, &mut batch);
+                    emitted.push((key.clone(), i));
+                }
+            }
+        }
+        for (key, i) in emitted {
+            if let Some(s) = self.sessions.get_mut(&key).and_then(|v| v.get_mut(i)) {
+                s.emitted = true;
+                s.changed = false;
+            }
+        }
+        out.emit(batch);
+    }
+
+    fn state_key(key: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(key.len() + 1);
+        k.push(1);
+        k.extend_from_slice(key);
+        k
+    }
+}
+
+impl Operator for SessionAggregate {
+    fn process(&mut self, batch: Batch, out: &mut Emitter<'_>) {
+        match &self.c.group {
+            Grouping::Fields(fields) => compute_keys(fields, &batch, &mut self.keys),
+            Grouping::Upstream(_) if batch.is_keyed() => {
+                self.keys.clear();
+                self.keys.extend(batch.keys.iter().cloned().map(Ok));
+            }
+            _ => {
+                self.keys.clear();
+                self.keys.resize(batch.len(), Ok(GroupKey::new()));
+            }
+        }
+        let now = now_ms();
+        let keys = std::mem::take(&mut self.keys);
+        for (i, key) in keys.iter().enumerate() {
+            let key = match key {
+                Ok(k) => k,
+                Err(f) => {
+                    out.dead_letter(missing_key(
+                        &batch,
+                        i,
+                        &self.c.name,
+                        &self.c.group.names()[*f],
+                    ));
+                    continue;
+                }
+            };
+            let row = &batch.rows[i];
+            if let Some(reason) = self
+                .c
+                .aggregates
+                .iter()
+                .find_map(|a| a.check(a.input(row)).err())
+            {
+                out.dead_letter(DeadLetter::from_row(
+                    &batch,
+                    i,
+                    &self.c.name,
+                    ErrorType::WrongType,
+                    reason,
+                ));
+                continue;
+            }
+            let t = if self.c.processing_time {
+                now
+            } else {
+                batch.meta[i].time
+            };
+            let (start, end) = (t, t.saturating_add(self.gap));
+            if end.saturating_add(self.c.lateness) <= self.watermark {
+                let reason = format!(
+                    "late event: time {t} is behind the watermark {} by more than the session gap plus the allowed lateness",
+                    self.watermark
+                );
+                out.dead_letter(DeadLetter::from_row(
+                    &batch,
+                    i,
+                    &self.c.name,
+                    ErrorType::Late,
+                    reason,
+                ));
+                continue;
+            }
+            let list = self.sessions.entry(key.clone()).or_default();
+            let mut merged = Session {
+                start,
+                end,
+                accs: self.c.aggregates.iter().map(|a| a.init()).collect(),
+                emitted: false,
+                changed: true,
+            };
+            for (agg, acc) in self.c.aggregates.iter().zip(merged.accs.iter_mut()) {
+                acc.update(agg.input(row), t);
+            }
+            let mut kept = Vec::with_capacity(list.len() + 1);
+            let mut emitted_starts = Vec::new();
+            for s in list.drain(..) {
+                if s.start < merged.end && merged.start < s.end {
+                    if s.emitted {
+                        emitted_starts.push(s.start);
+                    }
+                    merged.start = merged.start.min(s.start);
+                    merged.end = merged.end.max(s.end);
+                    for (a, b) in merged.accs.iter_mut().zip(s.accs) {
+                        a.merge(b);
+                    }
+                } else {
+                    kept.push(s);
+                }
+            }
+            for e in emitted_starts {
+                if e == merged.start {
+                    merged.emitted = true;
+                } else {
+                    self.retract.push((key.clone(), e));
+                }
+            }
+            kept.push(merged);
+            kept.sort_by_key(|s| s.start);
+            *list = kept;
+            self.dirty.insert(key.clone());
+        }
+        self.keys = keys;
+    }
+
+    fn on_watermark(&mut self, watermark: i64, out: &mut Emitter<'_>) {
+        if watermark <= self.watermark {
+            return;
+        }
+        self.watermark = watermark;
+        self.watermark_dirty = true;
+        self.flush(out);
+        let lateness = self.c.lateness;
+        let mut emptied = Vec::new();
+        for (key, list) in self.sessions.iter_mut() {
+            let before = list.len();
+            list.retain(|s| s.end.saturating_add(lateness) > watermark);
+            if list.len() != before {
+                self.dirty.insert(key.clone());
+            }
+            if list.is_empty() {
+                emptied.push(key.clone());
+            }
+        }
+        for key in emptied {
+            self.sessions.remove(&key);
+        }
+    }
+
+    fn on_checkpoint(&mut self, out: &mut Emitter<'_>) {
+        self.flush(out);
+    }
+
+    fn snapshot(&mut self, w: &mut StateWriter) {
+        for key in std::mem::take(&mut self.dirty) {
+            let kg = key_group(&key, self.c.key_groups);
+            match self.sessions.get(&key) {
+                Some(list) => w.put(
+                    kg,
+                    Self::state_key(&key),
+                    encode_versioned(STATE_VERSION, list),
+                ),
+                None => w.delete(kg, Self::state_key(&key)),
+            }
+        }
+        if self.watermark_dirty {
+            self.watermark_dirty = false;
+            w.put(
+                0,
+                META_WATERMARK.to_vec(),
+                self.watermark.to_be_bytes().to_vec(),
+            );
+        }
+    }
+
+    fn restore(&mut self, entries: Vec<StateEntry>) -> Result<(), StateError> {
+        for (_, key, value) in entries {
+            if key == META_WATERMARK {
+                let bytes: [u8; 8] = value
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| StateError::Corrupt("watermark".into()))?;
+                self.watermark = i64::from_be_bytes(bytes);
+            } else if key.first() == Some(&1) {
+                let list: Vec<Session> = decode_versioned(STATE_VERSION, &value)?;
+                self.sessions.insert(GroupKey::from_slice(&key[1..]), list);
+            } else {
+                return Err(StateError::Corrupt(format!(
+                    "unexpected state key {key:02x?}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn state_stats(&self) -> StateStats {
+        let mut stats = StateStats::default();
+        for (k, list) in &self.sessions {
+            stats.keys += list.len() as u64;
+            stats.bytes += (k.len()
+                + list.len() * 32
+                + list
+                    .iter()
+                    .flat_map(|s| &s.accs)
+                    .map(Acc::approx_bytes)
+                    .sum::<usize>()) as u64;
+        }
+        stats
+    }
+}
+
+#[cfg(test)]
+mod tests;

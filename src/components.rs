@@ -1,0 +1,169 @@
+//! The closed registry of component types. Adding a connector or operator
+//! means one variant here (behind its cargo feature) and one line in each
+//! `match` below.
+
+use serde::Serialize;
+use sluice_engine::config::{deserialize_spanned, ConfigError, SourceText};
+use sluice_engine::operator::OperatorSpec;
+use sluice_engine::sink::Sink;
+use sluice_engine::source::Source;
+use toml::de::DeValue;
+use toml::Spanned;
+
+#[cfg(feature = "files")]
+use sluice_connectors::sinks::{file::FileSinkConfig, stdout::StdoutSinkConfig};
+#[cfg(feature = "files")]
+use sluice_connectors::sources::{file::FileSourceConfig, stdin::StdinSourceConfig};
+use sluice_operators::aggregate::AggregateConfig;
+use sluice_operators::filter::FilterConfig;
+use sluice_operators::key_by::KeyByConfig;
+use sluice_operators::map::MapConfig;
+
+/// A source's own options, by `type`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SourceConfig {
+    #[cfg(feature = "files")]
+    File(FileSourceConfig),
+    #[cfg(feature = "files")]
+    Stdin(StdinSourceConfig),
+}
+
+/// A transform's own options, by `type`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TransformConfig {
+    Filter(FilterConfig),
+    Map(MapConfig),
+    KeyBy(KeyByConfig),
+    Aggregate(AggregateConfig),
+}
+
+/// A sink's own options, by `type`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SinkConfig {
+    #[cfg(feature = "files")]
+    File(FileSinkConfig),
+    #[cfg(feature = "files")]
+    Stdout(StdoutSinkConfig),
+}
+
+/// Types known to this build (for "did you mean" and error messages).
+pub const SOURCE_TYPES: &[&str] = &[
+    #[cfg(feature = "files")]
+    "file",
+    #[cfg(feature = "files")]
+    "stdin",
+];
+pub const TRANSFORM_TYPES: &[&str] = &["filter", "map", "key_by", "aggregate"];
+pub const SINK_TYPES: &[&str] = &[
+    #[cfg(feature = "files")]
+    "file",
+    #[cfg(feature = "files")]
+    "stdout",
+];
+
+/// Parses the options of a source of type `kind`; `None` if the type is unknown.
+pub fn parse_source(
+    src: &SourceText,
+    path: &str,
+    kind: &str,
+    value: Spanned<DeValue<'_>>,
+) -> Option<Result<SourceConfig, ConfigError>> {
+    let _ = (src, path, &value);
+    Some(match kind {
+        #[cfg(feature = "files")]
+        "file" => deserialize_spanned(src, path, value).map(SourceConfig::File),
+        #[cfg(feature = "files")]
+        "stdin" => deserialize_spanned(src, path, value).map(SourceConfig::Stdin),
+        _ => return None,
+    })
+}
+
+pub fn parse_transform(
+    src: &SourceText,
+    path: &str,
+    kind: &str,
+    value: Spanned<DeValue<'_>>,
+) -> Option<Result<TransformConfig, ConfigError>> {
+    Some(match kind {
+        "filter" => deserialize_spanned(src, path, value).map(TransformConfig::Filter),
+        "map" => deserialize_spanned(src, path, value).map(TransformConfig::Map),
+        "key_by" => deserialize_spanned(src, path, value).map(TransformConfig::KeyBy),
+        "aggregate" => deserialize_spanned(src, path, value).map(TransformConfig::Aggregate),
+        _ => return None,
+    })
+}
+
+pub fn parse_sink(
+    src: &SourceText,
+    path: &str,
+    kind: &str,
+    value: Spanned<DeValue<'_>>,
+) -> Option<Result<SinkConfig, ConfigError>> {
+    let _ = (src, path, &value);
+    Some(match kind {
+        #[cfg(feature = "files")]
+        "file" => deserialize_spanned(src, path, value).map(SinkConfig::File),
+        #[cfg(feature = "files")]
+        "stdout" => deserialize_spanned(src, path, value).map(SinkConfig::Stdout),
+        _ => return None,
+    })
+}
+
+/// Validates a transform's options beyond their shape, returning the
+/// operator spec (a message for the user on error).
+pub fn transform_spec(config: &TransformConfig) -> Result<Box<dyn OperatorSpec>, String> {
+    use sluice_operators::{
+        aggregate::AggregateSpec, filter::FilterSpec, key_by::KeyBySpec, map::MapSpec,
+    };
+    Ok(match config {
+        TransformConfig::Filter(c) => {
+            Box::new(FilterSpec::new(c).map_err(|e| format!("in `condition`: {e}"))?)
+        }
+        TransformConfig::Map(c) => Box::new(MapSpec::new(c)?),
+        TransformConfig::KeyBy(c) => Box::new(KeyBySpec::new(c)?),
+        TransformConfig::Aggregate(c) => Box::new(AggregateSpec::new(c)?),
+    })
+}
+
+impl TransformConfig {
+    /// True for aggregates with a window.
+    pub fn window(&self) -> Option<&sluice_operators::window::WindowConfig> {
+        match self {
+            TransformConfig::Aggregate(c) => c.window.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The `time` option of aggregates.
+    pub fn time_mode(&self) -> Option<sluice_operators::aggregate::TimeMode> {
+        match self {
+            TransformConfig::Aggregate(c) => c.time,
+            _ => None,
+        }
+    }
+}
+
+/// Builds a runnable source.
+pub fn build_source(config: &SourceConfig) -> Box<dyn Source> {
+    match config {
+        #[cfg(feature = "files")]
+        SourceConfig::File(c) => {
+            Box::new(sluice_connectors::sources::file::FileSource::new(c.clone()))
+        }
+        #[cfg(feature = "files")]
+        SourceConfig::Stdin(_) => Box::new(sluice_connectors::sources::stdin::StdinSource),
+    }
+}
+
+/// Builds a runnable sink.
+pub fn build_sink(config: &SinkConfig) -> Box<dyn Sink> {
+    match config {
+        #[cfg(feature = "files")]
+        SinkConfig::File(c) => Box::new(sluice_connectors::sinks::file::FileSink::new(c.clone())),
+        #[cfg(feature = "files")]
+        SinkConfig::Stdout(_) => Box::new(sluice_connectors::sinks::stdout::StdoutSink),
+    }
+}

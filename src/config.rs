@@ -1,0 +1,647 @@
+//! Loading a pipeline file: sections, components, the graph, and every
+//! mistake reported with file, line, column and field.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sluice_engine::config::{deserialize_spanned, did_you_mean, ConfigError, SourceText};
+use sluice_engine::graph::{build_graph, GraphError, GraphNode, NodeKind};
+use sluice_engine::keys::DEFAULT_KEY_GROUPS;
+use sluice_engine::time::{HumanDuration, TimeFormat};
+use toml::de::DeValue;
+use toml::Spanned;
+
+use crate::components::{self, SinkConfig, SourceConfig, TransformConfig};
+
+/// `[pipeline]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSection {
+    /// Name used in metrics and logs (default: the file name without extension).
+    pub name: Option<String>,
+}
+
+/// `[state]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSection {
+    /// Directory of the sled state store (default: `sluice-state/<pipeline name>`).
+    pub dir: Option<PathBuf>,
+    /// Number of key groups state is partitioned into; fixed for the life of the state.
+    #[serde(default = "default_key_groups")]
+    pub key_groups: u16,
+}
+
+fn default_key_groups() -> u16 {
+    DEFAULT_KEY_GROUPS
+}
+
+impl Default for StateSection {
+    fn default() -> Self {
+        StateSection {
+            dir: None,
+            key_groups: DEFAULT_KEY_GROUPS,
+        }
+    }
+}
+
+/// `[checkpoint]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSection {
+    /// Time between checkpoints; results reach sinks at each checkpoint.
+    #[serde(default = "default_interval")]
+    pub interval: HumanDuration,
+    /// How many committed epochs a sink may have outstanding before sources are slowed.
+    #[serde(default = "default_pending")]
+    pub max_pending_epochs: usize,
+}
+
+fn default_interval() -> HumanDuration {
+    HumanDuration::from_millis(1000)
+}
+
+fn default_pending() -> usize {
+    8
+}
+
+impl Default for CheckpointSection {
+    fn default() -> Self {
+        CheckpointSection {
+            interval: default_interval(),
+            max_pending_epochs: default_pending(),
+        }
+    }
+}
+
+/// `[sources.NAME.event_time]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventTimeConfig {
+    /// The field holding the event time (dotted path).
+    pub field: String,
+    /// `auto` (epoch ms integers or RFC 3339 strings), `epoch_ms`, `epoch_s` or `rfc3339`.
+    #[serde(default)]
+    pub format: TimeFormat,
+    /// Bounded out-of-orderness: the watermark trails the largest time seen by this much.
+    #[serde(default)]
+    pub max_disorder: HumanDuration,
+    /// A partition silent for this long stops holding the watermark back.
+    #[serde(default)]
+    pub idle_timeout: Option<HumanDuration>,
+}
+
+/// Options every source accepts besides its own.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceCommon {
+    event_time: Option<EventTimeConfig>,
+    max_event_bytes: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SourceDecl {
+    pub name: String,
+    pub config: SourceConfig,
+    pub event_time: Option<EventTimeConfig>,
+    /// Events larger than this go to the dead-letter output.
+    pub max_event_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct TransformDecl {
+    pub name: String,
+    pub inputs: Vec<String>,
+    pub config: TransformConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct SinkDecl {
+    pub name: String,
+    pub inputs: Vec<String>,
+    pub config: SinkConfig,
+}
+
+/// A loaded, validated pipeline file.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub path: PathBuf,
+    pub name: String,
+    pub state: StateSection,
+    pub checkpoint: CheckpointSection,
+    pub sources: Vec<SourceDecl>,
+    pub transforms: Vec<TransformDecl>,
+    pub sinks: Vec<SinkDecl>,
+    /// `[dead_letter]`; None means a file in the state directory.
+    pub dead_letter: Option<SinkConfig>,
+}
+
+impl Pipeline {
+    /// The state directory in effect.
+    pub fn state_dir(&self) -> PathBuf {
+        self.state
+            .dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("sluice-state").join(&self.name))
+    }
+}
+
+const SECTIONS: &[&str] = &[
+    "pipeline",
+    "state",
+    "checkpoint",
+    "sources",
+    "transforms",
+    "sinks",
+    "dead_letter",
+];
+/// Component types planned or provided by optional features, so that a
+/// build without them can say so instead of "unknown type".
+const FEATURE_TYPES: &[(&str, &str)] = &[
+    ("http", "http"),
+    ("kafka", "kafka"),
+    ("amqp", "amqp"),
+    ("mongodb", "mongodb"),
+    ("redis", "redis"),
+    ("postgres", "postgres"),
+];
+
+/// Span bookkeeping for graph errors.
+struct NodeSpans {
+    name: Range<usize>,
+    inputs: Vec<Range<usize>>,
+}
+
+/// Loads and validates a pipeline file; `env` resolves `${VAR}`.
+pub fn load(
+    path: &Path,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Pipeline, Vec<ConfigError>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![ConfigError::general(
+            path,
+            format!("cannot read the pipeline file: {e}"),
+        )]
+    })?;
+    let src = SourceText::interpolate(path, text, env).map_err(|e| vec![e])?;
+    parse(&src)
+}
+
+/// Parses and validates an already-interpolated pipeline text.
+pub fn parse(src: &SourceText) -> Result<Pipeline, Vec<ConfigError>> {
+    let doc = src.parse().map_err(|e| vec![e])?;
+    let mut errors = Vec::new();
+    let mut pipeline = Pipeline {
+        path: src.path.clone(),
+        name: src
+            .path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "pipeline".into()),
+        state: StateSection::default(),
+        checkpoint: CheckpointSection::default(),
+        sources: Vec::new(),
+        transforms: Vec::new(),
+        sinks: Vec::new(),
+        dead_letter: None,
+    };
+    let mut spans: Vec<NodeSpans> = Vec::new();
+    let mut source_spans = Vec::new();
+    let mut transform_spans = Vec::new();
+    let mut sink_spans = Vec::new();
+    for (key, value) in doc.get_ref().iter() {
+        let section = key.get_ref().as_ref();
+        let at = |msg: String| ConfigError::at(src, key.span().start, msg);
+        match section {
+            "pipeline" => {
+                match deserialize_spanned::<PipelineSection>(src, "pipeline", value.clone()) {
+                    Ok(p) => {
+                        if let Some(name) = p.name {
+                            pipeline.name = name;
+                        }
+                    }
+                    Err(e) => errors.push(e),
+                }
+            }
+            "state" => match deserialize_spanned(src, "state", value.clone()) {
+                Ok(s) => pipeline.state = s,
+                Err(e) => errors.push(e),
+            },
+            "checkpoint" => match deserialize_spanned(src, "checkpoint", value.clone()) {
+                Ok(c) => pipeline.checkpoint = c,
+                Err(e) => errors.push(e),
+            },
+            "sources" | "transforms" | "sinks" => {
+                let DeValue::Table(table) = value.get_ref() else {
+                    errors.push(at(format!(
+                        "`{section}` must be a table of named components, e.g. [{section}.my_name]"
+                    )));
+                    continue;
+                };
+                for (name, body) in table.iter() {
+                    match parse_component(src, section, name, body) {
+                        Ok(Component::Source(decl, s)) => {
+                            pipeline.sources.push(decl);
+                            source_spans.push(s);
+                        }
+                        Ok(Component::Transform(decl, s)) => {
+                            pipeline.transforms.push(decl);
+                            transform_spans.push(s);
+                        }
+                        Ok(Component::Sink(decl, s)) => {
+                            pipeline.sinks.push(decl);
+                            sink_spans.push(s);
+                        }
+                        Err(mut e) => errors.append(&mut e),
+                    }
+                }
+            }
+            "dead_letter" => match component_type(src, "dead_letter", value) {
+                Ok((kind, kind_span, rest)) => {
+                    match components::parse_sink(src, "dead_letter", &kind, rest) {
+                        Some(Ok(c)) => pipeline.dead_letter = Some(c),
+                        Some(Err(e)) => errors.push(e),
+                        None => errors.push(unknown_type(
+                            src,
+                            "sink",
+                            &kind,
+                            kind_span,
+                            components::SINK_TYPES,
+                        )),
+                    }
+                }
+                Err(e) => errors.push(e),
+            },
+            other => errors.push(
+                at(format!("unknown section `{other}`")).with_hint(
+                    did_you_mean(other, SECTIONS.iter().copied())
+                        .map(|s| format!("did you mean `{s}`?")),
+                ),
+            ),
+        }
+    }
+    if pipeline.checkpoint.interval.0.is_zero() {
+        errors.push(
+            ConfigError::general(&src.path, "`checkpoint.interval` must be positive")
+                .with_field("checkpoint.interval"),
+        );
+    }
+    if pipeline.state.key_groups == 0 {
+        errors.push(
+            ConfigError::general(&src.path, "`state.key_groups` must be at least 1")
+                .with_field("state.key_groups"),
+        );
+    }
+    spans.extend(source_spans);
+    spans.extend(transform_spans);
+    spans.extend(sink_spans);
+    if errors.is_empty() {
+        errors.extend(check_graph(src, &pipeline, &spans));
+    }
+    if errors.is_empty() {
+        Ok(pipeline)
+    } else {
+        Err(errors)
+    }
+}
+
+enum Component {
+    Source(SourceDecl, NodeSpans),
+    Transform(TransformDecl, NodeSpans),
+    Sink(SinkDecl, NodeSpans),
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// Splits `type` off a component table: (type, its span, the rest).
+fn component_type<'a>(
+    src: &SourceText,
+    path: &str,
+    body: &Spanned<DeValue<'a>>,
+) -> Result<(String, Range<usize>, Spanned<DeValue<'a>>), ConfigError> {
+    let DeValue::Table(table) = body.get_ref() else {
+        return Err(
+            ConfigError::at(src, body.span().start, format!("`{path}` must be a table"))
+                .with_field(path),
+        );
+    };
+    let Some(kind) = table.get("type") else {
+        return Err(ConfigError::at(
+            src,
+            body.span().start,
+            "missing `type` (what kind of component this is)",
+        )
+        .with_field(path));
+    };
+    let DeValue::String(kind_str) = kind.get_ref() else {
+        return Err(
+            ConfigError::at(src, kind.span().start, "`type` must be a string")
+                .with_field(format!("{path}.type")),
+        );
+    };
+    let mut rest = body.clone();
+    if let DeValue::Table(t) = rest.get_mut() {
+        t.remove("type");
+    }
+    Ok((kind_str.to_string(), kind.span(), rest))
+}
+
+fn unknown_type(
+    src: &SourceText,
+    what: &str,
+    kind: &str,
+    span: Range<usize>,
+    known: &[&str],
+) -> ConfigError {
+    let feature = FEATURE_TYPES.iter().find(|(t, _)| *t == kind);
+    let err = ConfigError::at(src, span.start, format!("unknown {what} type `{kind}`"));
+    match feature {
+        Some((_, f)) => err.with_hint(Some(format!(
+            "this build of sluice has no `{kind}` {what}; it needs the cargo feature `{f}`"
+        ))),
+        None => err.with_hint(
+            did_you_mean(kind, known.iter().copied())
+                .map(|s| format!("did you mean `{s}`?"))
+                .or_else(|| Some(format!("known {what} types: {}", known.join(", ")))),
+        ),
+    }
+}
+
+/// Takes `key` out of a table, deserialized.
+fn take<'a, T: serde::de::DeserializeOwned>(
+    src: &SourceText,
+    path: &str,
+    rest: &mut Spanned<DeValue<'a>>,
+    key: &str,
+) -> Result<Option<(T, Spanned<DeValue<'a>>)>, ConfigError> {
+    let DeValue::Table(t) = rest.get_mut() else {
+        return Ok(None);
+    };
+    let Some(v) = t.remove(key) else {
+        return Ok(None);
+    };
+    let parsed = deserialize_spanned(src, &format!("{path}.{key}"), v.clone())?;
+    Ok(Some((parsed, v)))
+}
+
+fn parse_component(
+    src: &SourceText,
+    section: &str,
+    name: &Spanned<toml::de::DeString<'_>>,
+    body: &Spanned<DeValue<'_>>,
+) -> Result<Component, Vec<ConfigError>> {
+    let name_str = name.get_ref().to_string();
+    let path = format!("{section}.{name_str}");
+    if !valid_name(&name_str) {
+        return Err(vec![ConfigError::at(
+            src,
+            name.span().start,
+            format!("invalid component name `{name_str}`: use letters, digits, `_` and `-`"),
+        )
+        .with_field(path)]);
+    }
+    let (kind, kind_span, mut rest) = component_type(src, &path, body).map_err(|e| vec![e])?;
+    let mut spans = NodeSpans {
+        name: name.span(),
+        inputs: Vec::new(),
+    };
+    let mut inputs = Vec::new();
+    if section != "sources" {
+        if let Some((list, value)) =
+            take::<Vec<String>>(src, &path, &mut rest, "inputs").map_err(|e| vec![e])?
+        {
+            if let DeValue::Array(items) = value.get_ref() {
+                spans.inputs = items.iter().map(|i| i.span()).collect();
+            }
+            inputs = list;
+        }
+    }
+    let add_common_hint = |mut e: ConfigError, common: &[&str]| {
+        if e.hint.is_none() || e.message.starts_with("unknown field") {
+            if let Some(field) = e
+                .message
+                .strip_prefix("unknown field `")
+                .and_then(|m| m.strip_suffix('`'))
+            {
+                if let Some(s) = did_you_mean(field, common.iter().copied()) {
+                    e.hint = Some(format!("did you mean `{s}`?"));
+                }
+            }
+        }
+        e
+    };
+    match section {
+        "sources" => {
+            let mut common = SourceCommon::default();
+            if let Some((et, _)) = take(src, &path, &mut rest, "event_time").map_err(|e| vec![e])? {
+                common.event_time = Some(et);
+            }
+            if let Some((m, _)) =
+                take(src, &path, &mut rest, "max_event_bytes").map_err(|e| vec![e])?
+            {
+                common.max_event_bytes = Some(m);
+            }
+            let config = match components::parse_source(src, &path, &kind, rest) {
+                Some(Ok(c)) => c,
+                Some(Err(e)) => {
+                    return Err(vec![add_common_hint(
+                        e,
+                        &["event_time", "max_event_bytes", "type"],
+                    )])
+                }
+                None => {
+                    return Err(vec![unknown_type(
+                        src,
+                        "source",
+                        &kind,
+                        kind_span,
+                        components::SOURCE_TYPES,
+                    )])
+                }
+            };
+            Ok(Component::Source(
+                SourceDecl {
+                    name: name_str,
+                    config,
+                    event_time: common.event_time,
+                    max_event_bytes: common.max_event_bytes.unwrap_or(1 << 20),
+                },
+                spans,
+            ))
+        }
+        "transforms" => {
+            let config = match components::parse_transform(src, &path, &kind, rest) {
+                Some(Ok(c)) => c,
+                Some(Err(e)) => return Err(vec![add_common_hint(e, &["inputs", "type"])]),
+                None => {
+                    return Err(vec![unknown_type(
+                        src,
+                        "transform",
+                        &kind,
+                        kind_span,
+                        components::TRANSFORM_TYPES,
+                    )])
+                }
+            };
+            if let Err(message) = components::transform_spec(&config) {
+                return Err(vec![
+                    ConfigError::at(src, name.span().start, message).with_field(path)
+                ]);
+            }
+            Ok(Component::Transform(
+                TransformDecl {
+                    name: name_str,
+                    inputs,
+                    config,
+                },
+                spans,
+            ))
+        }
+        _ => {
+            let config = match components::parse_sink(src, &path, &kind, rest) {
+                Some(Ok(c)) => c,
+                Some(Err(e)) => return Err(vec![add_common_hint(e, &["inputs", "type"])]),
+                None => {
+                    return Err(vec![unknown_type(
+                        src,
+                        "sink",
+                        &kind,
+                        kind_span,
+                        components::SINK_TYPES,
+                    )])
+                }
+            };
+            Ok(Component::Sink(
+                SinkDecl {
+                    name: name_str,
+                    inputs,
+                    config,
+                },
+                spans,
+            ))
+        }
+    }
+}
+
+/// The graph nodes of a pipeline: sources, transforms, sinks.
+pub fn graph_nodes(p: &Pipeline) -> Vec<GraphNode> {
+    let mut nodes = Vec::new();
+    for s in &p.sources {
+        nodes.push(GraphNode {
+            name: s.name.clone(),
+            kind: NodeKind::Source,
+            inputs: Vec::new(),
+        });
+    }
+    for t in &p.transforms {
+        nodes.push(GraphNode {
+            name: t.name.clone(),
+            kind: NodeKind::Transform,
+            inputs: t.inputs.clone(),
+        });
+    }
+    for s in &p.sinks {
+        nodes.push(GraphNode {
+            name: s.name.clone(),
+            kind: NodeKind::Sink,
+            inputs: s.inputs.clone(),
+        });
+    }
+    nodes
+}
+
+fn check_graph(src: &SourceText, p: &Pipeline, spans: &[NodeSpans]) -> Vec<ConfigError> {
+    let nodes = graph_nodes(p);
+    let graph = match build_graph(nodes.clone()) {
+        Ok(g) => g,
+        Err(errors) => {
+            return errors
+                .iter()
+                .map(|e| {
+                    let (node, offset) = match e {
+                        GraphError::UnknownInput { node, input, .. }
+                        | GraphError::InputIsSink { node, input } => (
+                            Some(*node),
+                            spans[*node].inputs.get(*input).map(|r| r.start),
+                        ),
+                        GraphError::SourceWithInputs { node }
+                        | GraphError::NoInputs { node }
+                        | GraphError::DuplicateName { node, .. }
+                        | GraphError::Unused { node } => {
+                            (Some(*node), Some(spans[*node].name.start))
+                        }
+                        GraphError::Cycle { nodes: cycle } => (
+                            cycle.first().copied(),
+                            cycle.first().map(|&n| spans[n].name.start),
+                        ),
+                        GraphError::Empty { .. } => (None, None),
+                    };
+                    let mut err = match offset {
+                        Some(o) => ConfigError::at(src, o, e.describe(&nodes)),
+                        None => ConfigError::general(&src.path, e.describe(&nodes)),
+                    };
+                    if let Some(n) = node {
+                        err = err.with_field(format!(
+                            "{}.{}",
+                            nodes[n].kind.section(),
+                            nodes[n].name
+                        ));
+                    }
+                    if let GraphError::UnknownInput {
+                        suggestion: Some(s),
+                        ..
+                    } = e
+                    {
+                        err = err.with_hint(Some(format!("did you mean `{s}`?")));
+                    }
+                    err
+                })
+                .collect();
+        }
+    };
+    // Windows need event time from every source feeding them (unless they
+    // ask for processing time).
+    let upstream = graph.upstream_sources();
+    let mut errors = Vec::new();
+    for (t, decl) in p.transforms.iter().enumerate() {
+        let node = p.sources.len() + t;
+        if decl.config.window().is_none() {
+            continue;
+        }
+        let missing: Vec<&str> = upstream[node]
+            .iter()
+            .filter(|&&s| p.sources[s].event_time.is_none())
+            .map(|&s| p.sources[s].name.as_str())
+            .collect();
+        let explicit_event =
+            decl.config.time_mode() == Some(sluice_operators::aggregate::TimeMode::Event);
+        let mixed = !missing.is_empty() && missing.len() < upstream[node].len();
+        if !missing.is_empty() && (explicit_event || mixed) {
+            errors.push(
+                ConfigError::at(
+                    src,
+                    spans[node].name.start,
+                    format!(
+                        "the window of `{}` uses event time, but source(s) {} provide none",
+                        decl.name,
+                        missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ")
+                    ),
+                )
+                .with_field(format!("transforms.{}", decl.name))
+                .with_hint(Some(
+                    "add `event_time = { field = \"ts\" }` to those sources, or set `time = \"processing\"`".into(),
+                )),
+            );
+        }
+    }
+    errors
+}
+
+#[cfg(test)]
+mod tests;

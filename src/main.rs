@@ -1,0 +1,68 @@
+//! `sluice`: run, validate, replay and test stream-processing pipelines
+//! declared in TOML.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cli;
+mod components;
+mod config;
+mod plan;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Sluice: an event-sourced stream processor. A pipeline file (TOML) declares
+/// sources, transforms and sinks; sluice runs it with durable state,
+/// checkpoints and exactly-once results.
+#[derive(Parser)]
+#[command(name = "sluice", version, about, long_about = None, after_help = EXAMPLES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+const EXAMPLES: &str = "\
+Examples:
+  sluice validate examples/weather-file.toml     check a pipeline file
+  sluice run examples/weather-file.toml          run it (Ctrl-C stops gracefully)
+  sluice run --once pipeline.toml                process what is there now, then exit
+  sluice replay pipeline.toml                    rebuild state from the log into a fresh directory
+  sluice test tests/pipelines/*                  run golden pipelines and compare results
+
+Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more. ${VAR} in a
+pipeline file is replaced by the environment variable VAR.";
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline until its input ends or it is stopped (SIGTERM/SIGINT:
+    /// drain, final checkpoint, exit 0).
+    Run(cli::run::RunArgs),
+    /// Check pipeline files and report every mistake with file:line:column.
+    Validate(cli::validate::ValidateArgs),
+    /// Rebuild all state by re-reading the sources from the beginning into a
+    /// fresh state directory (e.g. after changing a pipeline).
+    Replay(cli::replay::ReplayArgs),
+    /// Run golden pipelines (dir with pipeline.toml, input.ndjson,
+    /// expected.ndjson) and compare their final results.
+    Test(cli::test::TestArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cli::init_logging();
+    let result = match cli.command {
+        Command::Run(a) => cli::run::run(a),
+        Command::Validate(a) => cli::validate::run(a),
+        Command::Replay(a) => cli::replay::run(a),
+        Command::Test(a) => cli::test::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! From a loaded pipeline file to a runnable engine spec.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sluice_engine::decode::EventTimeSpec;
+use sluice_engine::runtime::{PipelineSpec, SinkSpec, SourceSpec, TransformSpec};
+use sluice_engine::sink::RetryPolicy;
+use sluice_engine::value::parse_path;
+
+use crate::components::{self, SinkConfig};
+use crate::config::Pipeline;
+
+/// Builds the engine spec. `state_dir` overrides `[state] dir`.
+pub fn to_spec(p: &Pipeline, state_dir: Option<PathBuf>) -> anyhow::Result<PipelineSpec> {
+    let state_dir = state_dir.unwrap_or_else(|| p.state_dir());
+    let sources = p
+        .sources
+        .iter()
+        .map(|s| SourceSpec {
+            name: s.name.clone(),
+            event_time: s.event_time.as_ref().map(|e| EventTimeSpec {
+                field: parse_path(&e.field),
+                format: e.format,
+            }),
+            max_disorder: s
+                .event_time
+                .as_ref()
+                .map_or(Duration::ZERO, |e| e.max_disorder.0),
+            idle_timeout: s
+                .event_time
+                .as_ref()
+                .and_then(|e| e.idle_timeout.map(|d| d.0)),
+            max_event_bytes: s.max_event_bytes,
+            source: components::build_source(&s.config),
+        })
+        .collect();
+    let transforms = p
+        .transforms
+        .iter()
+        .map(|t| {
+            Ok(TransformSpec {
+                name: t.name.clone(),
+                inputs: t.inputs.clone(),
+                spec: components::transform_spec(&t.config)
+                    .map_err(|e| anyhow::anyhow!("transform `{}`: {e}", t.name))?,
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let sinks = p
+        .sinks
+        .iter()
+        .map(|s| SinkSpec {
+            name: s.name.clone(),
+            inputs: s.inputs.clone(),
+            sink: components::build_sink(&s.config),
+        })
+        .collect();
+    let dlq_config = p
+        .dead_letter
+        .clone()
+        .unwrap_or_else(|| default_dead_letter(&state_dir));
+    Ok(PipelineSpec {
+        name: p.name.clone(),
+        state_dir,
+        checkpoint_interval: p.checkpoint.interval.0,
+        key_groups: p.state.key_groups,
+        max_pending_epochs: p.checkpoint.max_pending_epochs,
+        channel_capacity: 8,
+        sources,
+        transforms,
+        sinks,
+        dead_letter: SinkSpec {
+            name: "dead_letter".into(),
+            inputs: Vec::new(),
+            sink: components::build_sink(&dlq_config),
+        },
+        retry: RetryPolicy::default(),
+    })
+}
+
+/// Without a `[dead_letter]` section, dead letters go to
+/// `<state dir>/dead_letters.ndjson`.
+pub fn default_dead_letter(state_dir: &std::path::Path) -> SinkConfig {
+    SinkConfig::File(sluice_connectors::sinks::file::FileSinkConfig {
+        path: state_dir.join("dead_letters.ndjson"),
+        fsync: true,
+        format: Default::default(),
+    })
+}
