@@ -29,6 +29,10 @@ pub struct FileSourceConfig {
     /// How often to look for new data in follow mode.
     #[serde(default = "default_poll")]
     pub poll_interval: HumanDuration,
+    /// Pace the input to at most this many events per second (0: as fast
+    /// as possible). Handy to replay a recorded file at its original rate.
+    #[serde(default)]
+    pub max_events_per_second: u64,
     /// Size of each read, in bytes (also the largest batch).
     #[serde(default = "default_read_bytes")]
     pub read_bytes: usize,

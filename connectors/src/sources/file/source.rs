@@ -73,6 +73,27 @@ struct Reader<'a> {
     config: &'a FileSourceConfig,
     out: &'a SourceOutput,
     shutdown: &'a sluice_engine::source::Shutdown,
+    pacer: std::cell::RefCell<Pacer>,
+}
+
+/// Limits the event rate: sleeps so that events/elapsed stays under the rate.
+struct Pacer {
+    rate: u64,
+    started: std::time::Instant,
+    events: u64,
+}
+
+impl Pacer {
+    fn pace(&mut self, events: u64) {
+        if self.rate == 0 {
+            return;
+        }
+        self.events += events;
+        let due = Duration::from_secs_f64(self.events as f64 / self.rate as f64);
+        if let Some(wait) = due.checked_sub(self.started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
 }
 
 impl Reader<'_> {
@@ -105,6 +126,7 @@ impl Reader<'_> {
                 break;
             }
             let (buf, events) = splitter.feed(&chunk[..n]);
+            self.pacer.borrow_mut().pace(events.len() as u64);
             let position = encode_position(name, splitter.committed_offset());
             if self
                 .out
@@ -151,6 +173,11 @@ fn run_blocking(config: FileSourceConfig, mut ctx: SourceContext) -> Result<(), 
         config: &config,
         out: &ctx.output,
         shutdown: &ctx.shutdown,
+        pacer: std::cell::RefCell::new(Pacer {
+            rate: config.max_events_per_second,
+            started: std::time::Instant::now(),
+            events: 0,
+        }),
     };
     loop {
         let files = list_files(&config)?;

@@ -1,0 +1,147 @@
+//! Shared helpers of the integration tests: the sluice binary, running it,
+//! killing it, and materialising its outputs.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+
+pub fn sluice() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A seeded RNG; the seed comes from SLUICE_TEST_SEED or the clock, and is
+/// printed so that a failure can be replayed.
+pub fn rng(test: &str) -> rand::rngs::StdRng {
+    let seed = std::env::var("SLUICE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("{test}: SLUICE_TEST_SEED={seed}");
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
+
+/// Starts `sluice run --once <pipeline>` with `env`.
+pub fn spawn_run(pipeline: &Path, env: &[(&str, String)], log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let mut cmd = sluice();
+    cmd.args(["run", "--once"])
+        .arg(pipeline)
+        .stdout(Stdio::null())
+        .stderr(log);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.env("RUST_LOG", "info");
+    cmd.spawn().expect("start sluice")
+}
+
+/// Runs the pipeline to completion, killing it with SIGKILL at random
+/// moments first. Returns the number of kills that hit a running process.
+pub fn run_with_kills(
+    pipeline: &Path,
+    env: &[(&str, String)],
+    log: &Path,
+    rng: &mut impl Rng,
+    kills: usize,
+    max_delay: Duration,
+) -> usize {
+    let mut hit = 0;
+    for _ in 0..kills {
+        let mut child = spawn_run(pipeline, env, log);
+        let delay =
+            Duration::from_micros(rng.random_range(1_000..max_delay.as_micros().max(2_000) as u64));
+        let deadline = Instant::now() + delay;
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(
+                    status.success(),
+                    "sluice failed during the crash test; see {}",
+                    log.display()
+                );
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            hit += 1;
+        }
+        child.wait().unwrap();
+    }
+    let status = spawn_run(pipeline, env, log).wait().unwrap();
+    assert!(
+        status.success(),
+        "the final run failed; see {}",
+        log.display()
+    );
+    hit
+}
+
+/// Reads a file written with `format = "changes"`: id -> final record.
+pub fn materialize(path: &Path) -> BTreeMap<String, serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut table = BTreeMap::new();
+    for line in text.lines() {
+        let change: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("{}: bad line {line:?}: {e}", path.display()));
+        let id = change["id"].as_str().unwrap().to_string();
+        if change["op"] == "delete" {
+            table.remove(&id);
+        } else {
+            table.insert(id, change["record"].clone());
+        }
+    }
+    table
+}
+
+/// Lines of a file that appear more than once (exactly-once check for appends).
+pub fn duplicate_lines(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut seen = std::collections::HashMap::new();
+    for line in text.lines() {
+        *seen.entry(line.to_string()).or_insert(0) += 1;
+    }
+    seen.into_iter()
+        .filter(|(_, n)| *n > 1)
+        .map(|(l, _)| l)
+        .collect()
+}
+
+/// The records of an NDJSON file, canonical (sorted keys) and sorted.
+pub fn canonical_file(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut v: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+pub fn canonical_values<'a>(values: impl Iterator<Item = &'a serde_json::Value>) -> Vec<String> {
+    let mut v: Vec<String> = values.map(|r| r.to_string()).collect();
+    v.sort();
+    v
+}
