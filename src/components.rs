@@ -14,6 +14,7 @@ use toml::Spanned;
 use sluice_connectors::sinks::{file::FileSinkConfig, stdout::StdoutSinkConfig};
 #[cfg(feature = "files")]
 use sluice_connectors::sources::{file::FileSourceConfig, stdin::StdinSourceConfig};
+use sluice_connectors::sinks::table::TableSinkConfig;
 use sluice_operators::aggregate::AggregateConfig;
 use sluice_operators::filter::FilterConfig;
 use sluice_operators::key_by::KeyByConfig;
@@ -47,6 +48,7 @@ pub enum SinkConfig {
     File(FileSinkConfig),
     #[cfg(feature = "files")]
     Stdout(StdoutSinkConfig),
+    Table(TableSinkConfig),
 }
 
 /// Types known to this build (for "did you mean" and error messages).
@@ -62,6 +64,7 @@ pub const SINK_TYPES: &[&str] = &[
     "file",
     #[cfg(feature = "files")]
     "stdout",
+    "table",
 ];
 
 /// Parses the options of a source of type `kind`; `None` if the type is unknown.
@@ -108,6 +111,7 @@ pub fn parse_sink(
         "file" => deserialize_spanned(src, path, value).map(SinkConfig::File),
         #[cfg(feature = "files")]
         "stdout" => deserialize_spanned(src, path, value).map(SinkConfig::Stdout),
+        "table" => deserialize_spanned(src, path, value).map(SinkConfig::Table),
         _ => return None,
     })
 }
@@ -158,9 +162,18 @@ pub fn build_source(config: &SourceConfig) -> Box<dyn Source> {
     }
 }
 
+/// What building a component may need besides its own options.
+pub struct BuildEnv<'a> {
+    /// The component's name.
+    pub name: &'a str,
+    /// The pipeline's state directory.
+    pub state_dir: &'a std::path::Path,
+}
+
 /// Builds a runnable sink.
-pub fn build_sink(config: &SinkConfig) -> Box<dyn Sink> {
+pub fn build_sink(config: &SinkConfig, env: &BuildEnv<'_>) -> Box<dyn Sink> {
     match config {
+        SinkConfig::Table(c) => Box::new(sluice_connectors::sinks::table::TableSink::new(env.name, c, env.state_dir)),
         #[cfg(feature = "files")]
         SinkConfig::File(c) => Box::new(sluice_connectors::sinks::file::FileSink::new(c.clone())),
         #[cfg(feature = "files")]

@@ -75,6 +75,15 @@ impl Default for CheckpointSection {
     }
 }
 
+/// `[admin]`: the HTTP server for metrics, health, readiness and tables.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// Listen address, e.g. "127.0.0.1:9898" (use "0.0.0.0:9898" in a
+    /// container). Without it the admin server is off.
+    pub address: Option<std::net::SocketAddr>,
+}
+
 /// `[sources.NAME.event_time]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -130,6 +139,7 @@ pub struct Pipeline {
     pub name: String,
     pub state: StateSection,
     pub checkpoint: CheckpointSection,
+    pub admin: AdminSection,
     pub sources: Vec<SourceDecl>,
     pub transforms: Vec<TransformDecl>,
     pub sinks: Vec<SinkDecl>,
@@ -201,6 +211,7 @@ pub fn parse(src: &SourceText) -> Result<Pipeline, Vec<ConfigError>> {
             .unwrap_or_else(|| "pipeline".into()),
         state: StateSection::default(),
         checkpoint: CheckpointSection::default(),
+        admin: AdminSection::default(),
         sources: Vec::new(),
         transforms: Vec::new(),
         sinks: Vec::new(),
@@ -230,6 +241,10 @@ pub fn parse(src: &SourceText) -> Result<Pipeline, Vec<ConfigError>> {
             },
             "checkpoint" => match deserialize_spanned(src, "checkpoint", value.clone()) {
                 Ok(c) => pipeline.checkpoint = c,
+                Err(e) => errors.push(e),
+            },
+            "admin" => match deserialize_spanned(src, "admin", value.clone()) {
+                Ok(a) => pipeline.admin = a,
                 Err(e) => errors.push(e),
             },
             "sources" | "transforms" | "sinks" => {

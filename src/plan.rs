@@ -8,7 +8,7 @@ use sluice_engine::runtime::{PipelineSpec, SinkSpec, SourceSpec, TransformSpec};
 use sluice_engine::sink::RetryPolicy;
 use sluice_engine::value::parse_path;
 
-use crate::components::{self, SinkConfig};
+use crate::components::{self, BuildEnv, SinkConfig};
 use crate::config::Pipeline;
 
 /// Builds the engine spec. `state_dir` overrides `[state] dir`.
@@ -47,19 +47,24 @@ pub fn to_spec(p: &Pipeline, state_dir: Option<PathBuf>) -> anyhow::Result<Pipel
             })
         })
         .collect::<anyhow::Result<_>>()?;
-    let sinks = p
+    let sinks: Vec<SinkSpec> = p
         .sinks
         .iter()
         .map(|s| SinkSpec {
             name: s.name.clone(),
             inputs: s.inputs.clone(),
-            sink: components::build_sink(&s.config),
+            sink: components::build_sink(&s.config, &BuildEnv { name: &s.name, state_dir: &state_dir }),
         })
         .collect();
     let dlq_config = p
         .dead_letter
         .clone()
         .unwrap_or_else(|| default_dead_letter(&state_dir));
+    let dead_letter = SinkSpec {
+        name: "dead_letter".into(),
+        inputs: Vec::new(),
+        sink: components::build_sink(&dlq_config, &BuildEnv { name: "dead_letter", state_dir: &state_dir }),
+    };
     Ok(PipelineSpec {
         name: p.name.clone(),
         state_dir,
@@ -70,11 +75,7 @@ pub fn to_spec(p: &Pipeline, state_dir: Option<PathBuf>) -> anyhow::Result<Pipel
         sources,
         transforms,
         sinks,
-        dead_letter: SinkSpec {
-            name: "dead_letter".into(),
-            inputs: Vec::new(),
-            sink: components::build_sink(&dlq_config),
-        },
+        dead_letter,
         retry: RetryPolicy::default(),
     })
 }

@@ -31,6 +31,16 @@ pub const READY: &str = "sluice_ready";
 pub const BUILD_INFO: &str = "sluice_build_info";
 pub const JOURNAL_BYTES: &str = "sluice_journal_bytes";
 pub const JOURNAL_BACKLOG: &str = "sluice_journal_backlog_events";
+/// Messages a broker source received (AMQP deliveries), redelivered ones included.
+pub const SOURCE_DELIVERIES: &str = "sluice_source_deliveries_total";
+/// Deliveries the broker flagged as redelivered.
+pub const SOURCE_REDELIVERIES: &str = "sluice_source_redeliveries_total";
+/// Redelivered messages skipped because a checkpoint already holds them.
+pub const SOURCE_DUPLICATES: &str = "sluice_source_duplicates_total";
+/// Messages acknowledged to the broker (after the checkpoint covering them).
+pub const SOURCE_ACKS: &str = "sluice_source_acks_total";
+/// Connections a source had to re-establish.
+pub const SOURCE_RECONNECTS: &str = "sluice_source_reconnects_total";
 
 /// Every metric name above, for the exporter's descriptions and the
 /// dashboard consistency test.
@@ -61,6 +71,11 @@ pub const ALL: &[&str] = &[
     BUILD_INFO,
     JOURNAL_BYTES,
     JOURNAL_BACKLOG,
+    SOURCE_DELIVERIES,
+    SOURCE_REDELIVERIES,
+    SOURCE_DUPLICATES,
+    SOURCE_ACKS,
+    SOURCE_RECONNECTS,
 ];
 
 /// Labels identifying one component.

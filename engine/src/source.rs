@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -235,6 +236,11 @@ pub async fn wait_shutdown(shutdown: &mut Shutdown) {
 /// Everything a running source gets from the engine.
 pub struct SourceContext {
     pub name: Arc<str>,
+    /// The pipeline's name (for metric labels).
+    pub pipeline: Arc<str>,
+    /// The pipeline's state directory in effect for this run (sources keep
+    /// their own durable files, e.g. a journal, below it).
+    pub state_dir: PathBuf,
     /// Positions from the last checkpoint, per partition (empty on a fresh start).
     pub restored: BTreeMap<u32, Vec<u8>>,
     /// Read only what is there now and finish (replay, bounded runs).

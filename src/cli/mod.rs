@@ -74,12 +74,13 @@ pub async fn execute(
     bounded: bool,
     shutdown: watch::Receiver<bool>,
     progress: Vec<Arc<Progress>>,
+    ready: Arc<AtomicBool>,
 ) -> anyhow::Result<RunReport> {
     let spec = crate::plan::to_spec(p, state_dir)?;
     let opts = RunOptions {
         bounded,
         shutdown,
-        ready: Arc::new(AtomicBool::new(false)),
+        ready,
         progress,
     };
     Ok(runtime::run(spec, opts).await?)

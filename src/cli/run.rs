@@ -2,9 +2,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Args;
+use tokio::sync::watch;
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -16,6 +19,10 @@ pub struct RunArgs {
     /// Process the input available now and exit (files are not followed).
     #[arg(long)]
     pub once: bool,
+    /// Serve /metrics, /health, /ready and /tables on this address
+    /// (overrides `[admin] address`).
+    #[arg(long)]
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -25,16 +32,29 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let started = Instant::now();
     let rt = super::runtime()?;
+    let admin = args.admin.or(pipeline.admin.address);
     let report = rt.block_on(async {
         let shutdown = super::shutdown_on_signals();
-        super::execute(
-            &pipeline,
-            args.state_dir.clone(),
-            args.once,
-            shutdown,
-            Vec::new(),
-        )
-        .await
+        let ready = Arc::new(AtomicBool::new(false));
+        let (stop_admin, admin_stop) = watch::channel(false);
+        let server = match admin {
+            Some(addr) => {
+                let handle = crate::admin::install_metrics()?;
+                metrics::gauge!(sluice_engine::metrics::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+                // Bind first so that a port conflict fails the start, not later.
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("admin server cannot listen on {addr}: {e}"))?;
+                Some(tokio::spawn(crate::admin::serve(listener, handle, ready.clone(), admin_stop)))
+            }
+            None => None,
+        };
+        let result = super::execute(&pipeline, args.state_dir.clone(), args.once, shutdown, Vec::new(), ready).await;
+        let _ = stop_admin.send(true);
+        if let Some(server) = server {
+            let _ = server.await;
+        }
+        result
     })?;
     let secs = started.elapsed().as_secs_f64();
     tracing::info!(
@@ -45,11 +65,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         events_per_second = (report.events_in as f64 / secs.max(1e-9)) as u64,
         "pipeline `{}` stopped{}",
         pipeline.name,
-        if report.input_exhausted {
-            " at the end of its input"
-        } else {
-            ""
-        }
+        if report.input_exhausted { " at the end of its input" } else { "" }
     );
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
     Ok(ExitCode::SUCCESS)

@@ -4,6 +4,8 @@
 pub mod file;
 #[cfg(feature = "files")]
 pub mod stdout;
+#[cfg(feature = "table")]
+pub mod table;
 
 use sluice_engine::batch::RowKind;
 use sluice_engine::json::write_value;

@@ -342,6 +342,8 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, RunE
         let (commit_tx, commit_rx) = mpsc::unbounded_channel();
         let ctx = SourceContext {
             name: name.clone(),
+            pipeline: pipeline.clone(),
+            state_dir: spec.state_dir.clone(),
             restored: restored.positions.remove(&s.name).unwrap_or_default(),
             bounded: opts.bounded,
             shutdown: stop_rx.clone(),

@@ -1,0 +1,140 @@
+//! Epoch fencing: the Lua script every write goes through, the fence value
+//! it compares, and the pure parts around it (building one `EVALSHA` per
+//! chunk, reading its per-record statuses, classifying errors), so they can
+//! be tested without a server.
+//!
+//! The fence of a write is `generation * 2^40 + epoch`. The epoch is the
+//! checkpoint epoch the records were committed in; the generation is drawn
+//! (`INCR sluice:generation`) whenever the sink starts from empty state and
+//! is kept in the sink's checkpointed progress afterwards. So a pipeline
+//! whose state was wiped (epochs restart at 1) still overwrites what an
+//! earlier incarnation wrote, while within one incarnation an older epoch
+//! can never overwrite a newer one.
+
+/// The fencing script (see the comments in `fence.lua`).
+pub const SCRIPT: &str = include_str!("fence.lua");
+
+/// Where generations come from (one counter shared by all pipelines).
+pub const GENERATION_KEY: &str = "sluice:generation";
+
+/// Epochs must stay below 2^40 (35,000 years of 1 s checkpoints).
+pub const EPOCH_BITS: u32 = 40;
+
+/// Suffix of the key holding the fences of a key's values.
+pub const FENCE_SUFFIX: &str = ":__epoch";
+
+/// The fence value of `epoch` in `generation`; None if out of range.
+pub fn fence(generation: u64, epoch: u64) -> Option<u64> {
+    if epoch >= 1 << EPOCH_BITS || generation >= 1 << (63 - EPOCH_BITS) {
+        return None;
+    }
+    Some((generation << EPOCH_BITS) | epoch)
+}
+
+/// The rule the script applies: a write with fence `new` replaces a value
+/// written with fence `stored` iff `stored <= new`.
+pub fn accepts(stored: Option<u64>, new: u64) -> bool {
+    match stored {
+        None => true,
+        Some(s) => s <= new,
+    }
+}
+
+/// One record's write, rendered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Write {
+    /// Index of the record in the epoch (for rejections).
+    pub index: usize,
+    pub key: String,
+    /// Hash field (empty in string mode).
+    pub field: String,
+    /// The value (empty for deletes).
+    pub value: String,
+    pub delete: bool,
+}
+
+/// What the script did with one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    Written,
+    /// A newer fence was already stored: left alone.
+    Stale,
+    /// The server refused this record (e.g. `WRONGTYPE`).
+    Failed(String),
+}
+
+/// Settings shared by all chunks of an epoch.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkArgs<'a> {
+    pub hash: bool,
+    pub fence: u64,
+    pub ttl_ms: u64,
+    pub totals: Option<&'a str>,
+}
+
+/// `EVALSHA sha numkeys KEYS... ARGV...` for one chunk of writes.
+pub fn chunk_command(sha: &str, args: ChunkArgs<'_>, writes: &[Write]) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    let nkeys = writes.len() * 2 + usize::from(args.totals.is_some());
+    cmd.arg(sha).arg(nkeys);
+    if let Some(t) = args.totals {
+        cmd.arg(t);
+    }
+    for w in writes {
+        cmd.arg(&w.key).arg(fence_key(&w.key));
+    }
+    cmd.arg(if args.hash { "hash" } else { "string" })
+        .arg(args.fence)
+        .arg(args.ttl_ms)
+        .arg(if args.totals.is_some() { "1" } else { "0" });
+    for w in writes {
+        cmd.arg(if w.delete { "d" } else { "u" })
+            .arg(&w.field)
+            .arg(&w.value);
+    }
+    cmd
+}
+
+/// The key holding the fences of `key`'s values.
+pub fn fence_key(key: &str) -> String {
+    let mut k = String::with_capacity(key.len() + FENCE_SUFFIX.len());
+    k.push_str(key);
+    k.push_str(FENCE_SUFFIX);
+    k
+}
+
+/// Reads the script's reply for a chunk of `n` writes.
+pub fn parse_reply(reply: &redis::Value, n: usize) -> Result<Vec<Status>, String> {
+    let redis::Value::Array(items) = reply else {
+        return Err(format!("unexpected reply from the fencing script: {reply:?}"));
+    };
+    if items.len() != n {
+        return Err(format!(
+            "the fencing script answered {} statuses for {n} records",
+            items.len()
+        ));
+    }
+    items
+        .iter()
+        .map(|v| match v {
+            redis::Value::Int(1) => Ok(Status::Written),
+            redis::Value::Int(0) => Ok(Status::Stale),
+            redis::Value::BulkString(b) => Ok(Status::Failed(String::from_utf8_lossy(b).into())),
+            redis::Value::SimpleString(s) => Ok(Status::Failed(s.clone())),
+            other => Err(format!("unexpected status from the fencing script: {other:?}")),
+        })
+        .collect()
+}
+
+/// Whether a server error code is transient (the whole epoch is retried).
+pub fn transient_code(code: &str) -> bool {
+    matches!(
+        code,
+        "LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "READONLY" | "CLUSTERDOWN" | "OOM"
+    )
+}
+
+/// The error code (first word) of a server error text.
+pub fn error_code(text: &str) -> &str {
+    text.split_whitespace().next().unwrap_or("")
+}

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The whole test suite, as the README says: installs what is missing,
+# starts the real services the tests talk to (on 127.0.0.1 only), then runs
+# every Rust test (unit, property, golden pipelines, crash, connector
+# integration tests) and the deployment/dashboard checks.
+#
+#   bash tests/run.sh
+#   bash tests/run.sh --tools-only   # only install the build tools
+#
+# Env: SLUICE_TEST_SEED replays the random kill points of the crash tests.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+# 1. System packages (Debian bookworm). Nothing is installed when present.
+pkgs=()
+command -v cc >/dev/null || pkgs+=(build-essential)
+command -v cmake >/dev/null || pkgs+=(cmake)
+command -v pkg-config >/dev/null || pkgs+=(pkg-config)
+command -v python3 >/dev/null || pkgs+=(python3)
+command -v curl >/dev/null || pkgs+=(curl)
+dpkg -s libssl-dev >/dev/null 2>&1 || pkgs+=(libssl-dev)
+dpkg -s libsasl2-dev >/dev/null 2>&1 || pkgs+=(libsasl2-dev)
+dpkg -s zlib1g-dev >/dev/null 2>&1 || pkgs+=(zlib1g-dev)
+dpkg -s libzstd-dev >/dev/null 2>&1 || pkgs+=(libzstd-dev)
+if [ ${#pkgs[@]} -gt 0 ]; then
+    echo "==> installing ${pkgs[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${pkgs[@]}"
+fi
+command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)"; exit 1; }
+if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "==> installing cargo-nextest"
+    cargo install cargo-nextest --locked
+fi
+
+[ "${1:-}" = "--tools-only" ] && exit 0
+
+# 2. Services the integration tests use (each script is idempotent).
+for svc in tests/services.sh tests/rabbitmq.sh tests/kafka.sh; do
+    if [ -f "$svc" ]; then
+        echo "==> $svc"
+        bash "$svc"
+    fi
+done
+
+# 3. Rust tests: unit, property, golden, crash and integration tests.
+echo "==> cargo nextest run --workspace"
+cargo nextest run --workspace --no-fail-fast
+
+# 4. Deployment manifests, dashboards and alert rules.
+echo "==> deploy/validate.sh"
+bash deploy/validate.sh
