@@ -26,7 +26,9 @@ use tokio::sync::watch;
 
 /// Installs the Prometheus recorder (once per process).
 pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
-    let seconds = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+    let seconds = [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
     let sizes = [1.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0];
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)?
@@ -92,7 +94,10 @@ async fn metrics_page(State(s): State<AppState>) -> Response {
     let ready = s.ready.load(Ordering::SeqCst);
     metrics::gauge!(m::READY).set(if ready { 1.0 } else { 0.0 });
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         s.metrics.render(),
     )
         .into_response()
@@ -120,10 +125,17 @@ fn to_json(v: &Value) -> serde_json::Value {
 }
 
 fn not_found(what: String) -> Response {
-    (StatusCode::NOT_FOUND, Json(serde_json::json!({ "error": what }))).into_response()
+    (
+        StatusCode::NOT_FOUND,
+        Json(serde_json::json!({ "error": what })),
+    )
+        .into_response()
 }
 
-async fn table_page(Path(name): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn table_page(
+    Path(name): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let Some(table) = registry().get(&name).map(|t| t.clone()) else {
         return not_found(format!("no table `{name}` (see GET /tables)"));
     };
@@ -154,8 +166,15 @@ async fn table_page(Path(name): Path<String>, Query(q): Query<HashMap<String, St
         id.starts_with(&prefix)
             && window.is_none_or(|w| v.get_path(&["window_start".into()]).as_i64() == Some(w))
     });
-    let next = if more { rows.last().map(|(id, _)| id.clone()) } else { None };
-    let rows: Vec<_> = rows.iter().map(|(id, v)| serde_json::json!({"id": id, "value": to_json(v)})).collect();
+    let next = if more {
+        rows.last().map(|(id, _)| id.clone())
+    } else {
+        None
+    };
+    let rows: Vec<_> = rows
+        .iter()
+        .map(|(id, v)| serde_json::json!({"id": id, "value": to_json(v)}))
+        .collect();
     Json(serde_json::json!({"table": name, "rows": rows, "next": next})).into_response()
 }
 

@@ -10,11 +10,13 @@ use sluice_engine::source::Source;
 use toml::de::DeValue;
 use toml::Spanned;
 
+use sluice_connectors::sinks::table::TableSinkConfig;
 #[cfg(feature = "files")]
 use sluice_connectors::sinks::{file::FileSinkConfig, stdout::StdoutSinkConfig};
+#[cfg(feature = "http")]
+use sluice_connectors::sources::http::HttpSourceConfig;
 #[cfg(feature = "files")]
 use sluice_connectors::sources::{file::FileSourceConfig, stdin::StdinSourceConfig};
-use sluice_connectors::sinks::table::TableSinkConfig;
 use sluice_operators::aggregate::AggregateConfig;
 use sluice_operators::filter::FilterConfig;
 use sluice_operators::key_by::KeyByConfig;
@@ -28,6 +30,8 @@ pub enum SourceConfig {
     File(FileSourceConfig),
     #[cfg(feature = "files")]
     Stdin(StdinSourceConfig),
+    #[cfg(feature = "http")]
+    Http(HttpSourceConfig),
 }
 
 /// A transform's own options, by `type`.
@@ -57,6 +61,8 @@ pub const SOURCE_TYPES: &[&str] = &[
     "file",
     #[cfg(feature = "files")]
     "stdin",
+    #[cfg(feature = "http")]
+    "http",
 ];
 pub const TRANSFORM_TYPES: &[&str] = &["filter", "map", "key_by", "aggregate"];
 pub const SINK_TYPES: &[&str] = &[
@@ -80,6 +86,8 @@ pub fn parse_source(
         "file" => deserialize_spanned(src, path, value).map(SourceConfig::File),
         #[cfg(feature = "files")]
         "stdin" => deserialize_spanned(src, path, value).map(SourceConfig::Stdin),
+        #[cfg(feature = "http")]
+        "http" => deserialize_spanned(src, path, value).map(SourceConfig::Http),
         _ => return None,
     })
 }
@@ -159,6 +167,10 @@ pub fn build_source(config: &SourceConfig) -> Box<dyn Source> {
         }
         #[cfg(feature = "files")]
         SourceConfig::Stdin(_) => Box::new(sluice_connectors::sources::stdin::StdinSource),
+        #[cfg(feature = "http")]
+        SourceConfig::Http(c) => {
+            Box::new(sluice_connectors::sources::http::HttpSource::new(c.clone()))
+        }
     }
 }
 
@@ -173,7 +185,11 @@ pub struct BuildEnv<'a> {
 /// Builds a runnable sink.
 pub fn build_sink(config: &SinkConfig, env: &BuildEnv<'_>) -> Box<dyn Sink> {
     match config {
-        SinkConfig::Table(c) => Box::new(sluice_connectors::sinks::table::TableSink::new(env.name, c, env.state_dir)),
+        SinkConfig::Table(c) => Box::new(sluice_connectors::sinks::table::TableSink::new(
+            env.name,
+            c,
+            env.state_dir,
+        )),
         #[cfg(feature = "files")]
         SinkConfig::File(c) => Box::new(sluice_connectors::sinks::file::FileSink::new(c.clone())),
         #[cfg(feature = "files")]

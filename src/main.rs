@@ -11,9 +11,6 @@ mod components;
 mod config;
 mod plan;
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Sluice: an event-sourced stream processor. A pipeline file (TOML) declares
 /// sources, transforms and sinks; sluice runs it with durable state,
 /// checkpoints and exactly-once results.

@@ -53,7 +53,13 @@ pub fn to_spec(p: &Pipeline, state_dir: Option<PathBuf>) -> anyhow::Result<Pipel
         .map(|s| SinkSpec {
             name: s.name.clone(),
             inputs: s.inputs.clone(),
-            sink: components::build_sink(&s.config, &BuildEnv { name: &s.name, state_dir: &state_dir }),
+            sink: components::build_sink(
+                &s.config,
+                &BuildEnv {
+                    name: &s.name,
+                    state_dir: &state_dir,
+                },
+            ),
         })
         .collect();
     let dlq_config = p
@@ -63,7 +69,13 @@ pub fn to_spec(p: &Pipeline, state_dir: Option<PathBuf>) -> anyhow::Result<Pipel
     let dead_letter = SinkSpec {
         name: "dead_letter".into(),
         inputs: Vec::new(),
-        sink: components::build_sink(&dlq_config, &BuildEnv { name: "dead_letter", state_dir: &state_dir }),
+        sink: components::build_sink(
+            &dlq_config,
+            &BuildEnv {
+                name: "dead_letter",
+                state_dir: &state_dir,
+            },
+        ),
     };
     Ok(PipelineSpec {
         name: p.name.clone(),

@@ -2,6 +2,10 @@
 //! cargo feature named after it. Adding a connector = one folder here, one
 //! variant in the pipeline's component enums, one feature.
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod lines;
 pub mod sinks;
 pub mod sources;

@@ -149,9 +149,9 @@ impl LineSplitter {
     }
 }
 
-/// Position of the first `byte` in `haystack`.
+/// Position of the first `byte` in `haystack` (SIMD).
 fn memchr(byte: u8, haystack: &[u8]) -> Option<usize> {
-    haystack.iter().position(|&b| b == byte)
+    memchr::memchr(byte, haystack)
 }
 
 /// A [`RawBatch`] of one partition.

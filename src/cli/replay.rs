@@ -59,7 +59,15 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
-        let r = super::execute(&pipeline, Some(into.clone()), true, shutdown, progress, Default::default()).await;
+        let r = super::execute(
+            &pipeline,
+            Some(into.clone()),
+            true,
+            shutdown,
+            progress,
+            Default::default(),
+        )
+        .await;
         ticker.abort();
         r
     })?;

@@ -65,7 +65,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         events_per_second = (report.events_in as f64 / secs.max(1e-9)) as u64,
         "pipeline `{}` stopped{}",
         pipeline.name,
-        if report.input_exhausted { " at the end of its input" } else { "" }
+        if report.input_exhausted {
+            " at the end of its input"
+        } else {
+            ""
+        }
     );
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
     Ok(ExitCode::SUCCESS)

@@ -124,7 +124,14 @@ fn run_one(dir: &Path, keep: bool) -> anyhow::Result<Option<String>> {
     })?;
     let rt = super::runtime()?;
     let (_tx, shutdown) = watch::channel(false);
-    rt.block_on(super::execute(&pipeline, None, true, shutdown, Vec::new(), Default::default()))?;
+    rt.block_on(super::execute(
+        &pipeline,
+        None,
+        true,
+        shutdown,
+        Vec::new(),
+        Default::default(),
+    ))?;
     let got: Vec<String> = {
         let mut v: Vec<String> = materialize(&vars[1].1)?.values().map(canonical).collect();
         v.sort();

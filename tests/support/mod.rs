@@ -145,3 +145,101 @@ pub fn canonical_values<'a>(values: impl Iterator<Item = &'a serde_json::Value>)
     v.sort();
     v
 }
+
+/// A port free on 127.0.0.1 right now (bind to port 0, then release it).
+pub fn pick_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `sluice run <pipeline>` (unbounded: it runs until signalled).
+pub fn spawn_serve(pipeline: &Path, env: &[(&str, String)], log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let mut cmd = sluice();
+    cmd.arg("run")
+        .arg(pipeline)
+        .stdout(Stdio::null())
+        .stderr(log);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.env("RUST_LOG", "info");
+    cmd.spawn().expect("start sluice")
+}
+
+/// Sends SIGTERM (graceful shutdown) and waits for the exit status.
+pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -TERM failed");
+    child.wait().unwrap()
+}
+
+/// Waits until something listens on 127.0.0.1:`port`, failing if `child`
+/// exits first or it takes more than 20 s.
+pub fn wait_for_port(port: u16, child: &mut Child, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "sluice exited ({status}) before listening on {port}; see {}",
+                log.display()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing listens on {port}; see {}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A minimal HTTP/1.1 request over a plain socket: (status, body). Errors
+/// when the connection fails or breaks before a complete status line.
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    s.write_all(&bytes)?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let broken = || std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "incomplete response");
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(broken)?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(broken)?;
+    Ok((status, body.to_string()))
+}

@@ -1,7 +1,15 @@
 //! Sinks.
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub mod fence;
 #[cfg(feature = "files")]
 pub mod file;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "redis")]
+pub mod redis;
 #[cfg(feature = "files")]
 pub mod stdout;
 #[cfg(feature = "table")]

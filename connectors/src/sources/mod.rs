@@ -1,6 +1,12 @@
 //! Sources.
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
 #[cfg(feature = "files")]
 pub mod file;
+#[cfg(feature = "http")]
+pub mod http;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "files")]
 pub mod stdin;

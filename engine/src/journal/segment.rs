@@ -105,7 +105,10 @@ pub(crate) struct Damage {
 
 /// Reads every record of a segment file, building its metadata. Stops at
 /// the first record that is torn (cut short) or fails its checksum.
-pub(crate) fn scan(path: &Path, first_seq: u64) -> Result<(SegmentMeta, Option<Damage>), JournalError> {
+pub(crate) fn scan(
+    path: &Path,
+    first_seq: u64,
+) -> Result<(SegmentMeta, Option<Damage>), JournalError> {
     let io = |context: &str| {
         let context = format!("{context} {}", path.display());
         move |source| JournalError::Io { context, source }
@@ -189,7 +192,10 @@ mod tests {
         };
         assert_eq!(meta.seek_point(1000), (1000, 0));
         assert_eq!(meta.seek_point(1000 + INDEX_EVERY - 1), (1000, 0));
-        assert_eq!(meta.seek_point(1000 + INDEX_EVERY), (1000 + INDEX_EVERY, 5000));
+        assert_eq!(
+            meta.seek_point(1000 + INDEX_EVERY),
+            (1000 + INDEX_EVERY, 5000)
+        );
         assert_eq!(
             meta.seek_point(1000 + 10 * INDEX_EVERY),
             (1000 + 2 * INDEX_EVERY, 9000)

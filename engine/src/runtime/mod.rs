@@ -343,6 +343,7 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, RunE
         let ctx = SourceContext {
             name: name.clone(),
             pipeline: pipeline.clone(),
+            pipeline: pipeline.clone(),
             state_dir: spec.state_dir.clone(),
             restored: restored.positions.remove(&s.name).unwrap_or_default(),
             bounded: opts.bounded,

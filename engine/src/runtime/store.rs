@@ -148,6 +148,7 @@ impl Store {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(16 << 20)
+            .segment_size(1 << 20)
             .flush_every_ms(None)
             .mode(sled::Mode::HighThroughput)
             .open()

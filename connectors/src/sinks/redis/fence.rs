@@ -1,15 +1,8 @@
-//! Epoch fencing: the Lua script every write goes through, the fence value
-//! it compares, and the pure parts around it (building one `EVALSHA` per
-//! chunk, reading its per-record statuses, classifying errors), so they can
-//! be tested without a server.
-//!
-//! The fence of a write is `generation * 2^40 + epoch`. The epoch is the
-//! checkpoint epoch the records were committed in; the generation is drawn
-//! (`INCR sluice:generation`) whenever the sink starts from empty state and
-//! is kept in the sink's checkpointed progress afterwards. So a pipeline
-//! whose state was wiped (epochs restart at 1) still overwrites what an
-//! earlier incarnation wrote, while within one incarnation an older epoch
-//! can never overwrite a newer one.
+//! Epoch fencing in Redis: the Lua script every write goes through and the
+//! pure parts around it (building one `EVALSHA` per chunk, reading its
+//! per-record statuses, classifying errors), so they can be tested without
+//! a server. The fence value and its rule are in [`crate::sinks::fence`];
+//! the generation comes from `INCR sluice:generation`.
 
 /// The fencing script (see the comments in `fence.lua`).
 pub const SCRIPT: &str = include_str!("fence.lua");
@@ -17,28 +10,10 @@ pub const SCRIPT: &str = include_str!("fence.lua");
 /// Where generations come from (one counter shared by all pipelines).
 pub const GENERATION_KEY: &str = "sluice:generation";
 
-/// Epochs must stay below 2^40 (35,000 years of 1 s checkpoints).
-pub const EPOCH_BITS: u32 = 40;
-
 /// Suffix of the key holding the fences of a key's values.
 pub const FENCE_SUFFIX: &str = ":__epoch";
 
-/// The fence value of `epoch` in `generation`; None if out of range.
-pub fn fence(generation: u64, epoch: u64) -> Option<u64> {
-    if epoch >= 1 << EPOCH_BITS || generation >= 1 << (63 - EPOCH_BITS) {
-        return None;
-    }
-    Some((generation << EPOCH_BITS) | epoch)
-}
-
-/// The rule the script applies: a write with fence `new` replaces a value
-/// written with fence `stored` iff `stored <= new`.
-pub fn accepts(stored: Option<u64>, new: u64) -> bool {
-    match stored {
-        None => true,
-        Some(s) => s <= new,
-    }
-}
+pub use crate::sinks::fence::fence;
 
 /// One record's write, rendered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,7 +81,9 @@ pub fn fence_key(key: &str) -> String {
 /// Reads the script's reply for a chunk of `n` writes.
 pub fn parse_reply(reply: &redis::Value, n: usize) -> Result<Vec<Status>, String> {
     let redis::Value::Array(items) = reply else {
-        return Err(format!("unexpected reply from the fencing script: {reply:?}"));
+        return Err(format!(
+            "unexpected reply from the fencing script: {reply:?}"
+        ));
     };
     if items.len() != n {
         return Err(format!(
@@ -121,7 +98,9 @@ pub fn parse_reply(reply: &redis::Value, n: usize) -> Result<Vec<Status>, String
             redis::Value::Int(0) => Ok(Status::Stale),
             redis::Value::BulkString(b) => Ok(Status::Failed(String::from_utf8_lossy(b).into())),
             redis::Value::SimpleString(s) => Ok(Status::Failed(s.clone())),
-            other => Err(format!("unexpected status from the fencing script: {other:?}")),
+            other => Err(format!(
+                "unexpected status from the fencing script: {other:?}"
+            )),
         })
         .collect()
 }

@@ -43,8 +43,15 @@ impl Table {
 
     /// Up to `limit` rows with id > `after` (all when None) that satisfy
     /// `keep`, in id order, plus whether more rows follow.
-    pub fn page(&self, after: Option<&str>, limit: usize, keep: impl Fn(&str, &Value) -> bool) -> (Vec<(String, Value)>, bool) {
-        let Ok(rows) = self.rows.read() else { return (Vec::new(), false) };
+    pub fn page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        keep: impl Fn(&str, &Value) -> bool,
+    ) -> (Vec<(String, Value)>, bool) {
+        let Ok(rows) = self.rows.read() else {
+            return (Vec::new(), false);
+        };
         let start = match after {
             Some(a) => Bound::Excluded(a.to_string()),
             None => Bound::Unbounded,
@@ -112,7 +119,10 @@ fn fatal(name: &str, e: impl std::fmt::Display) -> SinkError {
 }
 
 impl Sink for TableSink {
-    fn restore<'a>(&'a mut self, _progress: Option<&'a [u8]>) -> BoxFuture<'a, Result<(), SinkError>> {
+    fn restore<'a>(
+        &'a mut self,
+        _progress: Option<&'a [u8]>,
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
             let db = sled::Config::new()
                 .path(&self.dir)
@@ -137,9 +147,16 @@ impl Sink for TableSink {
         })
     }
 
-    fn write<'a>(&'a mut self, _epoch: u64, records: &'a [SinkRecord]) -> BoxFuture<'a, Result<WriteOutcome, SinkError>> {
+    fn write<'a>(
+        &'a mut self,
+        _epoch: u64,
+        records: &'a [SinkRecord],
+    ) -> BoxFuture<'a, Result<WriteOutcome, SinkError>> {
         Box::pin(async move {
-            let db = self.db.clone().ok_or_else(|| fatal(&self.name, "used before restore"))?;
+            let db = self
+                .db
+                .clone()
+                .ok_or_else(|| fatal(&self.name, "used before restore"))?;
             let mut batch = sled::Batch::default();
             for r in records {
                 match r.kind {
@@ -181,12 +198,24 @@ mod tests {
     #[tokio::test]
     async fn table_is_durable_and_pages_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = TableSinkConfig { name: Some("t_durable".into()) };
+        let cfg = TableSinkConfig {
+            name: Some("t_durable".into()),
+        };
         let mut sink = TableSink::new("x", &cfg, dir.path());
         sink.restore(None).await.unwrap();
-        let records: Vec<_> = (0..5).map(|i| rec(RowKind::Upsert, &format!("k{i}"), i)).collect();
+        let records: Vec<_> = (0..5)
+            .map(|i| rec(RowKind::Upsert, &format!("k{i}"), i))
+            .collect();
         sink.write(1, &records).await.unwrap();
-        sink.write(2, &[rec(RowKind::Delete, "k1", 0), rec(RowKind::Upsert, "k2", 20)]).await.unwrap();
+        sink.write(
+            2,
+            &[
+                rec(RowKind::Delete, "k1", 0),
+                rec(RowKind::Upsert, "k2", 20),
+            ],
+        )
+        .await
+        .unwrap();
         drop(sink);
         let mut again = TableSink::new("x", &cfg, dir.path());
         again.restore(None).await.unwrap();
@@ -194,7 +223,10 @@ mod tests {
         assert_eq!(t.len(), 4);
         assert_eq!(t.get("k2"), Some(Value::Int(20)));
         let (page, more) = t.page(None, 2, |_, _| true);
-        assert_eq!(page.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), vec!["k0", "k2"]);
+        assert_eq!(
+            page.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            vec!["k0", "k2"]
+        );
         assert!(more);
         let (page, more) = t.page(Some("k2"), 10, |_, _| true);
         assert_eq!(page.len(), 2);

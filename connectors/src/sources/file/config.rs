@@ -43,5 +43,5 @@ fn default_poll() -> HumanDuration {
 }
 
 fn default_read_bytes() -> usize {
-    1 << 20
+    256 << 10
 }

@@ -1,0 +1,290 @@
+//! Writing epochs to Redis/Valkey: render each record's key, field and
+//! value, send the epoch's chunks through the fencing script in one
+//! pipelined round trip, and sort the outcome into written, stale,
+//! rejected (dead letters) and retryable.
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, ErrorKind, RedisError};
+use sluice_engine::batch::RowKind;
+use sluice_engine::json::write_value;
+use sluice_engine::sink::{Sink, SinkError, SinkRecord, WriteOutcome};
+use sluice_engine::source::BoxFuture;
+use sluice_engine::value::{Str, Value};
+
+use crate::sinks::fence::{decode_progress, encode_progress};
+
+use super::config::{RedisMode, RedisSinkConfig};
+use super::fence::{self, ChunkArgs, Status, Write};
+use super::template::push_scalar;
+
+/// A configured Redis/Valkey sink.
+pub struct RedisSink {
+    name: String,
+    config: RedisSinkConfig,
+    value_path: Option<Vec<Str>>,
+    client: Result<Client, String>,
+    conn: Option<MultiplexedConnection>,
+    sha: String,
+    generation: Option<u64>,
+}
+
+impl RedisSink {
+    /// `name` is the component name (for logs). The URL is checked when
+    /// the pipeline file is loaded; an invalid one here fails the sink at
+    /// start.
+    pub fn new(name: &str, config: RedisSinkConfig) -> Self {
+        let client = Client::open(config.url.as_str()).map_err(|e| e.to_string());
+        RedisSink {
+            name: name.to_string(),
+            value_path: config.value_path(),
+            config,
+            client,
+            conn: None,
+            sha: redis::Script::new(fence::SCRIPT).get_hash().to_string(),
+            generation: None,
+        }
+    }
+
+    /// The open connection, or a new one (the host name is resolved again).
+    async fn connection(&mut self) -> Result<MultiplexedConnection, SinkError> {
+        if let Some(c) = &self.conn {
+            return Ok(c.clone());
+        }
+        let client = self.client.as_ref().map_err(|e| {
+            SinkError::Fatal(format!("redis sink `{}`: invalid url: {e}", self.name))
+        })?;
+        let cfg = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.config.connect_timeout.0))
+            .set_response_timeout(Some(self.config.request_timeout.0));
+        let conn = client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await
+            .map_err(|e| self.classify(e, "cannot connect to"))?;
+        tracing::info!(component = %self.name, "connected to redis");
+        self.conn = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Sorts a command-level error into retryable or fatal; connection
+    /// problems also drop the connection so that the next try reconnects.
+    fn classify(&mut self, e: RedisError, what: &str) -> SinkError {
+        let msg = format!("redis sink `{}`: {what} redis: {e}", self.name);
+        let transient_code = e.code().is_some_and(fence::transient_code);
+        let connection = e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || matches!(e.kind(), ErrorKind::Parse | ErrorKind::Client);
+        if connection {
+            self.conn = None;
+        }
+        if connection || transient_code {
+            SinkError::Retryable(msg)
+        } else {
+            SinkError::Fatal(msg)
+        }
+    }
+
+    /// Turns the records into writes; records that cannot be rendered are
+    /// rejected with the reason.
+    fn render(&self, records: &[SinkRecord]) -> (Vec<Write>, Vec<(usize, String)>) {
+        let mut writes = Vec::with_capacity(records.len());
+        let mut rejected = Vec::new();
+        let hash = self.config.mode == RedisMode::Hash;
+        for (index, r) in records.iter().enumerate() {
+            match self.render_one(index, r, hash) {
+                Ok(w) => writes.push(w),
+                Err(reason) => rejected.push((index, reason)),
+            }
+        }
+        (writes, rejected)
+    }
+
+    fn render_one(&self, index: usize, r: &SinkRecord, hash: bool) -> Result<Write, String> {
+        let key = self
+            .config
+            .key
+            .render(&r.value)
+            .map_err(|e| e.to_string())?;
+        let field = match (&self.config.field, hash) {
+            (Some(t), true) => t.render(&r.value).map_err(|e| e.to_string())?,
+            _ => String::new(),
+        };
+        let delete = r.kind == RowKind::Delete;
+        let mut value = String::new();
+        if !delete {
+            match &self.value_path {
+                Some(path) => {
+                    let v = r.value.get_path(path);
+                    if self.config.totals.is_some() && !matches!(v, Value::Int(_) | Value::Float(_))
+                    {
+                        return Err(format!(
+                            "`{}` is {} ({v}); `totals` needs a number",
+                            path.join("."),
+                            v.type_name()
+                        ));
+                    }
+                    if !push_scalar(v, &mut value) {
+                        return Err(format!(
+                            "value field `{}` is missing or null in the record",
+                            path.join(".")
+                        ));
+                    }
+                }
+                None => {
+                    let mut buf = Vec::with_capacity(64);
+                    write_value(&mut buf, &r.value);
+                    value = String::from_utf8_lossy(&buf).into_owned();
+                }
+            }
+        }
+        Ok(Write {
+            index,
+            key,
+            field,
+            value,
+            delete,
+        })
+    }
+
+    async fn write_epoch(
+        &mut self,
+        epoch: u64,
+        records: &[SinkRecord],
+    ) -> Result<WriteOutcome, SinkError> {
+        let generation = self
+            .generation
+            .ok_or_else(|| SinkError::Fatal("redis sink used before restore".into()))?;
+        let progress = Some(encode_progress(generation));
+        let fence = fence::fence(generation, epoch).ok_or_else(|| {
+            SinkError::Fatal(format!(
+                "redis sink `{}`: epoch {epoch} / generation {generation} out of range",
+                self.name
+            ))
+        })?;
+        let (writes, mut rejected) = self.render(records);
+        if writes.is_empty() {
+            return Ok(WriteOutcome { progress, rejected });
+        }
+        let args = ChunkArgs {
+            hash: self.config.mode == RedisMode::Hash,
+            fence,
+            ttl_ms: self.config.ttl.map_or(0, |t| t.0.as_millis() as u64),
+            totals: self.config.totals.as_deref(),
+        };
+        let chunks: Vec<&[Write]> = writes.chunks(self.config.chunk_size).collect();
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for chunk in &chunks {
+            pipe.add_command(fence::chunk_command(&self.sha, args, chunk));
+        }
+        let mut loaded = false;
+        let replies = loop {
+            let mut conn = self.connection().await?;
+            let replies: Vec<redis::RedisResult<redis::Value>> = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.classify(e, "cannot write to"))?;
+            let noscript = replies
+                .iter()
+                .any(|r| matches!(r, Err(e) if e.code() == Some("NOSCRIPT")));
+            if !noscript {
+                break replies;
+            }
+            if loaded {
+                return Err(SinkError::Retryable(format!(
+                    "redis sink `{}`: the server forgot the fencing script right after loading it",
+                    self.name
+                )));
+            }
+            // The script cache is empty (new or restarted server): load it
+            // and send the epoch again (fenced writes are idempotent).
+            let _: String = redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(fence::SCRIPT)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.classify(e, "cannot load the fencing script into"))?;
+            loaded = true;
+        };
+        let (mut written, mut stale, mut transient) = (0usize, 0usize, None);
+        for (chunk, reply) in chunks.iter().zip(replies) {
+            let reply = match reply {
+                Ok(v) => v,
+                Err(e) => return Err(self.classify(e, "the fencing script failed in")),
+            };
+            let statuses = fence::parse_reply(&reply, chunk.len())
+                .map_err(|e| SinkError::Fatal(format!("redis sink `{}`: {e}", self.name)))?;
+            for (w, status) in chunk.iter().zip(statuses) {
+                match status {
+                    Status::Written => written += 1,
+                    Status::Stale => stale += 1,
+                    Status::Failed(text) if fence::transient_code(fence::error_code(&text)) => {
+                        transient = Some(text);
+                    }
+                    Status::Failed(text) => {
+                        let at = if w.field.is_empty() {
+                            w.key.clone()
+                        } else {
+                            format!("{} field {}", w.key, w.field)
+                        };
+                        rejected.push((w.index, format!("redis refused {at}: {text}")));
+                    }
+                }
+            }
+        }
+        if let Some(text) = transient {
+            return Err(SinkError::Retryable(format!(
+                "redis sink `{}`: {text}",
+                self.name
+            )));
+        }
+        if stale > 0 {
+            tracing::warn!(component = %self.name, epoch, stale, written,
+                "writes skipped: newer values are already stored (another sluice instance with newer state writes these keys?)");
+        }
+        tracing::debug!(component = %self.name, epoch, written, rejected = rejected.len(), "epoch written");
+        Ok(WriteOutcome { progress, rejected })
+    }
+}
+
+impl Sink for RedisSink {
+    fn restore<'a>(
+        &'a mut self,
+        progress: Option<&'a [u8]>,
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move {
+            if let Some(p) = progress {
+                let generation = decode_progress(p).ok_or_else(|| {
+                    SinkError::Fatal(format!("redis sink `{}`: corrupt progress", self.name))
+                })?;
+                self.generation = Some(generation);
+                return Ok(());
+            }
+            // Fresh state: a new generation, so that our epochs (which
+            // restart at 1) supersede whatever an earlier run wrote.
+            let mut conn = self.connection().await?;
+            let generation: u64 = redis::cmd("INCR")
+                .arg(fence::GENERATION_KEY)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.classify(e, "cannot draw a generation from"))?;
+            tracing::info!(component = %self.name, generation, "fresh start: new write generation");
+            self.generation = Some(generation);
+            Ok(())
+        })
+    }
+
+    fn write<'a>(
+        &'a mut self,
+        epoch: u64,
+        records: &'a [SinkRecord],
+    ) -> BoxFuture<'a, Result<WriteOutcome, SinkError>> {
+        Box::pin(self.write_epoch(epoch, records))
+    }
+
+    fn close(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
+        self.conn = None;
+        Box::pin(async { Ok(()) })
+    }
+}

@@ -1,0 +1,477 @@
+//! The HTTP server accepting events, and the task that reads the journal
+//! back into the pipeline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use futures::StreamExt;
+use metrics::Label;
+use sluice_engine::journal::{AppendBatch, Journal, JournalError, JournalOptions, ReadBatch};
+use sluice_engine::metrics as m;
+use sluice_engine::source::{
+    wait_shutdown, BoxFuture, RawBatch, Source, SourceContext, SourceError, SourceOutput,
+};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::body::{Framing, Location, Rejection, Validator};
+use super::config::HttpSourceConfig;
+use crate::lines::OVERSIZED_KEEP;
+
+/// Events per batch read back from the journal.
+const BATCH_EVENTS: usize = 4096;
+/// Payload bytes per batch read back from the journal.
+const BATCH_BYTES: usize = 1 << 20;
+/// How long in-flight requests get to finish at shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A configured HTTP source.
+pub struct HttpSource {
+    config: HttpSourceConfig,
+}
+
+impl HttpSource {
+    pub fn new(config: HttpSourceConfig) -> Self {
+        HttpSource { config }
+    }
+}
+
+/// The position stored in checkpoints: the next sequence number to read.
+pub fn encode_position(seq: u64) -> Vec<u8> {
+    seq.to_be_bytes().to_vec()
+}
+
+pub fn decode_position(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+impl Source for HttpSource {
+    fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), SourceError>> {
+        Box::pin(run(self.config, ctx))
+    }
+}
+
+fn journal_error(name: &str, e: JournalError) -> SourceError {
+    match e {
+        JournalError::Io { context, source } => SourceError::Io {
+            context: format!("source `{name}`: {context}"),
+            source,
+        },
+        JournalError::Locked(_) => SourceError::Config(format!("source `{name}`: {e}")),
+        other => SourceError::External(format!("source `{name}`: {other}")),
+    }
+}
+
+async fn run(config: HttpSourceConfig, mut ctx: SourceContext) -> Result<(), SourceError> {
+    let name = ctx.name.clone();
+    let labels = m::component_labels(&ctx.pipeline, &name, "source");
+    let dir = config
+        .journal_dir
+        .clone()
+        .unwrap_or_else(|| ctx.state_dir.join("journal").join(&*name));
+    let opts = JournalOptions {
+        segment_bytes: config.segment_bytes,
+        fsync: config.fsync,
+        max_backlog_events: Some(config.max_backlog_events),
+        metric_labels: labels.clone(),
+    };
+    let open_dir = dir.clone();
+    let journal = tokio::task::spawn_blocking(move || Journal::open(&open_dir, opts))
+        .await
+        .map_err(|e| {
+            SourceError::External(format!("source `{name}`: journal recovery panicked: {e}"))
+        })?
+        .map_err(|e| journal_error(&name, e))?;
+    let start = start_position(&ctx, &journal)?;
+    if let Err(e) = journal.truncate_before(start) {
+        tracing::warn!(source = %name, error = %e, "cannot delete committed journal segments");
+    }
+    if ctx.output.partitions(vec![0]).await.is_err() {
+        return Ok(());
+    }
+    let mut reader = journal.reader(start);
+    if ctx.bounded {
+        ctx.output.progress().add_total(journal.stats().bytes);
+        let end = journal.next_seq();
+        drain(&name, &mut reader, end, &ctx.output).await?;
+        let _ = ctx.output.partition_done(0).await;
+        return Ok(());
+    }
+
+    let server = Server::start(&config, &name, journal.clone(), &ctx.output, labels).await?;
+    tracing::info!(source = %name, address = %config.address, paths = ?config.paths,
+        journal = %dir.display(), from_seq = start, "HTTP source listening");
+    loop {
+        tokio::select! {
+            biased;
+            _ = wait_shutdown(&mut ctx.shutdown) => break,
+            Some(commit) = ctx.commits.recv() => {
+                if let Some(seq) = commit.positions.get(&0).and_then(|p| decode_position(p)) {
+                    if let Err(e) = journal.truncate_before(seq) {
+                        tracing::warn!(source = %name, error = %e, "cannot delete committed journal segments");
+                    }
+                }
+            }
+            batch = reader.next_batch(BATCH_EVENTS, BATCH_BYTES) => {
+                let batch = batch.map_err(|e| journal_error(&name, e))?;
+                if ctx.output.emit(raw_batch(batch, ctx.output.max_event_bytes())).await.is_err() {
+                    return Ok(()); // the pipeline is gone; what is journaled stays there
+                }
+            }
+        }
+    }
+    // Stop accepting, let in-flight requests finish, then emit everything
+    // they made durable so that the final checkpoint covers it.
+    server.shutdown(&name).await;
+    let end = journal.next_seq();
+    drain(&name, &mut reader, end, &ctx.output).await
+}
+
+/// Where to start reading: the checkpointed position, or the oldest
+/// retained record on a fresh start.
+fn start_position(ctx: &SourceContext, journal: &Journal) -> Result<u64, SourceError> {
+    let (first, next) = (journal.first_seq(), journal.next_seq());
+    let dir = journal.dir().display();
+    let Some(raw) = ctx.restored.get(&0) else {
+        if first > 0 {
+            tracing::warn!(source = %ctx.name, journal = %dir, first_seq = first,
+                "starting without a checkpoint: journal records before the first retained one were deleted earlier");
+        }
+        return Ok(first);
+    };
+    let pos = decode_position(raw).ok_or_else(|| {
+        SourceError::Config(format!(
+            "source `{}`: the checkpointed position is not an HTTP journal position ({} bytes)",
+            ctx.name,
+            raw.len()
+        ))
+    })?;
+    if pos < first || pos > next {
+        return Err(SourceError::Config(format!(
+            "source `{}`: the checkpoint resumes at journal record {pos}, but the journal in {dir} holds records {first}..{next}: \
+             it was deleted or replaced. Restore it, or start from fresh state (`sluice replay` or a new [state] dir)",
+            ctx.name
+        )));
+    }
+    Ok(pos)
+}
+
+/// Emits every record before `end`.
+async fn drain(
+    name: &str,
+    reader: &mut sluice_engine::journal::JournalReader,
+    end: u64,
+    output: &SourceOutput,
+) -> Result<(), SourceError> {
+    while reader.position() < end {
+        let batch = reader
+            .try_next_batch(BATCH_EVENTS, BATCH_BYTES)
+            .map_err(|e| journal_error(name, e))?;
+        if batch.events.is_empty() {
+            break;
+        }
+        if output
+            .emit(raw_batch(batch, output.max_event_bytes()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// A journal batch as source output. Records over the event size limit
+/// (journaled under an earlier, larger limit) become dead letters.
+fn raw_batch(batch: ReadBatch, max_event_bytes: usize) -> RawBatch {
+    let mut events = batch.events;
+    for e in &mut events {
+        if e.len as usize > max_event_bytes {
+            e.oversized = Some(u64::from(e.len));
+            e.len = e.len.min(OVERSIZED_KEEP as u32);
+        }
+    }
+    RawBatch {
+        partition: 0,
+        buf: Arc::new(batch.buf),
+        events,
+        position: encode_position(batch.next_seq),
+        bytes: batch.bytes,
+    }
+}
+
+/// The running HTTP server.
+struct Server {
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Server {
+    async fn start(
+        config: &HttpSourceConfig,
+        name: &str,
+        journal: Journal,
+        output: &SourceOutput,
+        labels: Vec<Label>,
+    ) -> Result<Server, SourceError> {
+        let token = match &config.auth_token_env {
+            None => None,
+            Some(var) => match std::env::var(var) {
+                Ok(t) if !t.is_empty() => Some(t),
+                _ => {
+                    return Err(SourceError::Config(format!(
+                        "source `{name}`: auth_token_env names `{var}`, but that environment variable is not set (or empty)"
+                    )))
+                }
+            },
+        };
+        let state = Arc::new(Ingest {
+            journal,
+            token,
+            max_body_bytes: config.max_body_bytes,
+            validator: Validator::new(output.max_event_bytes()),
+            labels,
+        });
+        let mut router = Router::new();
+        for path in &config.paths {
+            router = router.route(path, post(ingest));
+        }
+        let app = router.with_state(state);
+        let listener = tokio::net::TcpListener::bind(&config.address)
+            .await
+            .map_err(|source| SourceError::Io {
+                context: format!("source `{name}`: cannot listen on {}", config.address),
+                source,
+            })?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        Ok(Server {
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    /// Graceful stop: no new connections, in-flight requests finish (up
+    /// to a timeout, after which they are cut: their clients never got a
+    /// 202, so nothing accepted is lost).
+    async fn shutdown(mut self, name: &str) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(mut task) = self.task.take() {
+            if tokio::time::timeout(DRAIN_TIMEOUT, &mut task)
+                .await
+                .is_err()
+            {
+                tracing::warn!(source = %name, "in-flight HTTP requests did not finish in time; closing them");
+                task.abort();
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// What request handlers share.
+struct Ingest {
+    journal: Journal,
+    token: Option<String>,
+    max_body_bytes: usize,
+    validator: Validator,
+    labels: Vec<Label>,
+}
+
+impl Ingest {
+    fn count_error(&self, error_type: &'static str) {
+        metrics::counter!(m::ERRORS, m::with_error(&self.labels, error_type)).increment(1);
+    }
+}
+
+/// `POST <path>`: validate, journal durably, then answer.
+async fn ingest(State(s): State<Arc<Ingest>>, headers: HeaderMap, body: Body) -> Response {
+    if let Some(token) = &s.token {
+        if !authorized(&headers, token) {
+            s.count_error("unauthorized");
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token",
+                None,
+            );
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+    }
+    let body = match read_body(&headers, body, s.max_body_bytes).await {
+        Ok(b) => b,
+        Err(r) => {
+            s.count_error(if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                "payload_too_large"
+            } else {
+                "bad_request"
+            });
+            return r;
+        }
+    };
+    let framing = if is_ndjson(&headers) {
+        Framing::Ndjson
+    } else {
+        Framing::Detect
+    };
+    let spans = match s.validator.split(&body, framing) {
+        Ok(spans) => spans,
+        Err(rejection) => {
+            s.count_error(if rejection.status == 413 {
+                "event_too_large"
+            } else {
+                "bad_request"
+            });
+            return rejected(rejection);
+        }
+    };
+    let n = spans.len();
+    if n == 0 {
+        return accepted(0);
+    }
+    let batch = match AppendBatch::from_spans(body, spans) {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string(), None),
+    };
+    match s.journal.append_batch(batch).await {
+        Ok(_) => accepted(n),
+        Err(e @ JournalError::Backlog { .. }) => {
+            s.count_error("backlog_full");
+            unavailable(&e.to_string())
+        }
+        Err(e) => {
+            s.count_error("journal_failed");
+            tracing::error!(error = %e, "cannot journal a request; answering 503");
+            unavailable(&format!("events cannot be stored right now: {e}"))
+        }
+    }
+}
+
+fn authorized(headers: &HeaderMap, token: &str) -> bool {
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+    else {
+        return false;
+    };
+    // Constant time in the token's content.
+    given.len() == token.len()
+        && given
+            .iter()
+            .zip(token.as_bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+fn is_ndjson(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    [
+        "application/x-ndjson",
+        "application/ndjson",
+        "application/jsonl",
+        "application/x-jsonlines",
+        "application/jsonlines",
+    ]
+    .iter()
+    .any(|t| mime.eq_ignore_ascii_case(t))
+}
+
+/// Reads the whole body, refusing more than `max` bytes.
+async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<Vec<u8>, Response> {
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the request body exceeds the limit of {max} bytes (max_body_bytes)"),
+            None,
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let mut buf = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                &format!("cannot read the request body: {e}"),
+                None,
+            )
+        })?;
+        if buf.len() + chunk.len() > max {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn accepted(n: usize) -> Response {
+    json_response(StatusCode::ACCEPTED, serde_json::json!({ "accepted": n }))
+}
+
+fn error(status: StatusCode, message: &str, at: Option<Location>) -> Response {
+    let mut body = serde_json::json!({ "error": message });
+    match at {
+        Some(Location::Line(n)) => body["line"] = n.into(),
+        Some(Location::Index(i)) => body["index"] = i.into(),
+        None => {}
+    }
+    json_response(status, body)
+}
+
+fn rejected(r: Rejection) -> Response {
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST);
+    error(status, &r.message, r.at)
+}
+
+fn unavailable(message: &str) -> Response {
+    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, message, None);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}

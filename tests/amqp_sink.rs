@@ -1,0 +1,1 @@
+//! AMQP integration tests (being written).
