@@ -10,9 +10,13 @@ use sluice_engine::source::Source;
 use toml::de::DeValue;
 use toml::Spanned;
 
+#[cfg(feature = "amqp")]
+use sluice_connectors::sinks::amqp::AmqpSinkConfig;
 use sluice_connectors::sinks::table::TableSinkConfig;
 #[cfg(feature = "files")]
 use sluice_connectors::sinks::{file::FileSinkConfig, stdout::StdoutSinkConfig};
+#[cfg(feature = "amqp")]
+use sluice_connectors::sources::amqp::AmqpSourceConfig;
 #[cfg(feature = "http")]
 use sluice_connectors::sources::http::HttpSourceConfig;
 #[cfg(feature = "files")]
@@ -30,6 +34,8 @@ pub enum SourceConfig {
     File(FileSourceConfig),
     #[cfg(feature = "files")]
     Stdin(StdinSourceConfig),
+    #[cfg(feature = "amqp")]
+    Amqp(AmqpSourceConfig),
     #[cfg(feature = "http")]
     Http(HttpSourceConfig),
 }
@@ -52,6 +58,8 @@ pub enum SinkConfig {
     File(FileSinkConfig),
     #[cfg(feature = "files")]
     Stdout(StdoutSinkConfig),
+    #[cfg(feature = "amqp")]
+    Amqp(AmqpSinkConfig),
     Table(TableSinkConfig),
 }
 
@@ -61,6 +69,8 @@ pub const SOURCE_TYPES: &[&str] = &[
     "file",
     #[cfg(feature = "files")]
     "stdin",
+    #[cfg(feature = "amqp")]
+    "amqp",
     #[cfg(feature = "http")]
     "http",
 ];
@@ -70,6 +80,8 @@ pub const SINK_TYPES: &[&str] = &[
     "file",
     #[cfg(feature = "files")]
     "stdout",
+    #[cfg(feature = "amqp")]
+    "amqp",
     "table",
 ];
 
@@ -86,6 +98,8 @@ pub fn parse_source(
         "file" => deserialize_spanned(src, path, value).map(SourceConfig::File),
         #[cfg(feature = "files")]
         "stdin" => deserialize_spanned(src, path, value).map(SourceConfig::Stdin),
+        #[cfg(feature = "amqp")]
+        "amqp" => deserialize_spanned(src, path, value).map(SourceConfig::Amqp),
         #[cfg(feature = "http")]
         "http" => deserialize_spanned(src, path, value).map(SourceConfig::Http),
         _ => return None,
@@ -119,6 +133,8 @@ pub fn parse_sink(
         "file" => deserialize_spanned(src, path, value).map(SinkConfig::File),
         #[cfg(feature = "files")]
         "stdout" => deserialize_spanned(src, path, value).map(SinkConfig::Stdout),
+        #[cfg(feature = "amqp")]
+        "amqp" => deserialize_spanned(src, path, value).map(SinkConfig::Amqp),
         "table" => deserialize_spanned(src, path, value).map(SinkConfig::Table),
         _ => return None,
     })
@@ -167,6 +183,10 @@ pub fn build_source(config: &SourceConfig) -> Box<dyn Source> {
         }
         #[cfg(feature = "files")]
         SourceConfig::Stdin(_) => Box::new(sluice_connectors::sources::stdin::StdinSource),
+        #[cfg(feature = "amqp")]
+        SourceConfig::Amqp(c) => {
+            Box::new(sluice_connectors::sources::amqp::AmqpSource::new(c.clone()))
+        }
         #[cfg(feature = "http")]
         SourceConfig::Http(c) => {
             Box::new(sluice_connectors::sources::http::HttpSource::new(c.clone()))
@@ -194,5 +214,10 @@ pub fn build_sink(config: &SinkConfig, env: &BuildEnv<'_>) -> Box<dyn Sink> {
         SinkConfig::File(c) => Box::new(sluice_connectors::sinks::file::FileSink::new(c.clone())),
         #[cfg(feature = "files")]
         SinkConfig::Stdout(_) => Box::new(sluice_connectors::sinks::stdout::StdoutSink),
+        #[cfg(feature = "amqp")]
+        SinkConfig::Amqp(c) => Box::new(sluice_connectors::sinks::amqp::AmqpSink::new(
+            env.name,
+            c.clone(),
+        )),
     }
 }

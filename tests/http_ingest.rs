@@ -23,6 +23,9 @@ dir = "${STATE}"
 [checkpoint]
 interval = "50ms"
 
+[admin]
+address = "127.0.0.1:${ADMIN_PORT}"
+
 [sources.web]
 type = "http"
 address = "127.0.0.1:${PORT}"
@@ -46,6 +49,7 @@ const COUNTRIES: &[&str] = &["GT", "BR", "DE", "JP", "KE"];
 struct Setup {
     dir: tempfile::TempDir,
     port: u16,
+    admin_port: u16,
 }
 
 impl Setup {
@@ -55,6 +59,7 @@ impl Setup {
         Setup {
             dir,
             port: pick_port(),
+            admin_port: pick_port(),
         }
     }
 
@@ -71,6 +76,7 @@ impl Setup {
             ("STATE", self.path("state").display().to_string()),
             ("OUTPUT", self.path("out.ndjson").display().to_string()),
             ("PORT", self.port.to_string()),
+            ("ADMIN_PORT", self.admin_port.to_string()),
         ];
         let mut child = spawn_serve(&self.path("pipeline.toml"), &env, &self.log());
         wait_for_port(self.port, &mut child, &self.log());
@@ -149,6 +155,7 @@ fn every_accepted_event_is_counted_once_after_sigkill() {
     let mut rng = rng("every_accepted_event_is_counted_once_after_sigkill");
     let s = Setup::new();
     let mut want = BTreeMap::new();
+    let mut kills_before_checkpoint = 0;
     for round in 0..4 {
         let mut child = s.start();
         let requests = rng.random_range(5..40);
@@ -163,8 +170,14 @@ fn every_accepted_event_is_counted_once_after_sigkill() {
         // Right after the last 202: no checkpoint can have covered all of it.
         child.kill().unwrap();
         child.wait().unwrap();
-        eprintln!("round {round}: killed after {requests} requests");
+        let behind = s.counts() != want;
+        kills_before_checkpoint += usize::from(behind);
+        eprintln!("round {round}: killed after {requests} requests; output behind: {behind}");
     }
+    assert!(
+        kills_before_checkpoint > 0,
+        "every kill came after the checkpoint: the journal replay was not exercised"
+    );
     let mut child = s.start();
     post_events(&s, &mut rng, 3, &mut want);
     let status = terminate(&mut child);
@@ -198,6 +211,14 @@ fn sigterm_leaves_a_checkpoint_and_loses_nothing() {
     assert_eq!(status, 404);
     let (status, _) = http_request(s.port, "GET", "/ingest", &[], b"").unwrap();
     assert_eq!(status, 405);
+    let (_, metrics) = http_request(s.admin_port, "GET", "/metrics", &[], b"").unwrap();
+    for gauge in ["sluice_journal_bytes{", "sluice_journal_backlog_events{"] {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(gauge) && l.contains("component=\"web\""))
+            .unwrap_or_else(|| panic!("{gauge} missing from /metrics:\n{metrics}"));
+        assert!(line.contains("pipeline=\"http_ingest\""), "{line}");
+    }
     let status = terminate(&mut child);
     assert!(
         status.success(),

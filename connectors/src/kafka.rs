@@ -83,7 +83,11 @@ impl<'de> de::Deserialize<'de> for Scalar {
 
 /// A client configuration: `bootstrap.servers`, then sluice's own
 /// settings, then the user's `options` (which may override the former).
-pub fn client_config(brokers: &[String], own: &[(&str, String)], options: &Options) -> ClientConfig {
+pub fn client_config(
+    brokers: &[String],
+    own: &[(&str, String)],
+    options: &Options,
+) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", brokers.join(","));
     for (k, v) in own {
@@ -117,13 +121,20 @@ pub fn close_with_timeout<T: Send + 'static>(client: T, timeout: Duration, what:
             let _ = tx.send(());
         });
     if spawned.is_err() {
-        tracing::warn!(client = what, "cannot start a thread to close the Kafka client");
+        tracing::warn!(
+            client = what,
+            "cannot start a thread to close the Kafka client"
+        );
         return false;
     }
     match rx.recv_timeout(timeout) {
         Ok(()) => true,
         Err(_) => {
-            tracing::warn!(client = what, ?timeout, "closing the Kafka client timed out; leaving it behind");
+            tracing::warn!(
+                client = what,
+                ?timeout,
+                "closing the Kafka client timed out; leaving it behind"
+            );
             false
         }
     }

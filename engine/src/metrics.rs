@@ -98,3 +98,54 @@ pub fn with_error(labels: &[Label], error_type: &'static str) -> Vec<Label> {
 pub fn pipeline_labels(pipeline: &str) -> Vec<Label> {
     vec![Label::new("pipeline", pipeline.to_string())]
 }
+
+/// Creates the series of a pipeline at start (counters at 0) so that
+/// dashboards and alerts see them before the first event, as Prometheus
+/// recommends for known label sets.
+pub fn register_pipeline(
+    pipeline: &str,
+    sources: &[String],
+    transforms: &[(String, bool)],
+    sinks: &[String],
+) {
+    let p = pipeline_labels(pipeline);
+    metrics::counter!(CHECKPOINTS, p.clone()).increment(0);
+    metrics::counter!(CHECKPOINT_FAILURES, p.clone()).increment(0);
+    metrics::gauge!(CHECKPOINT_EPOCH, p).increment(0.0);
+    for s in sources {
+        let l = component_labels(pipeline, s, "source");
+        metrics::counter!(EVENTS_IN, l.clone()).increment(0);
+        metrics::counter!(BYTES_IN, l.clone()).increment(0);
+        for e in [
+            "malformed_json",
+            "oversized",
+            "missing_field",
+            "bad_event_time",
+        ] {
+            metrics::counter!(
+                DEAD_LETTERS,
+                with_error(&component_labels(pipeline, s, "pipeline"), e)
+            )
+            .increment(0);
+        }
+    }
+    for (t, stateful) in transforms {
+        if *stateful {
+            for e in ["missing_field", "wrong_type", "late"] {
+                metrics::counter!(
+                    DEAD_LETTERS,
+                    with_error(&component_labels(pipeline, t, "pipeline"), e)
+                )
+                .increment(0);
+            }
+        }
+    }
+    for s in sinks {
+        let l = component_labels(pipeline, s, "sink");
+        metrics::counter!(EVENTS_OUT, l.clone()).increment(0);
+        metrics::counter!(BYTES_OUT, l.clone()).increment(0);
+        metrics::counter!(SINK_RETRIES, l.clone()).increment(0);
+        metrics::counter!(ERRORS, with_error(&l, "sink_write")).increment(0);
+        metrics::gauge!(SINK_PENDING_EPOCHS, l).set(0.0);
+    }
+}

@@ -177,6 +177,8 @@ pub async fn drive_sink(
                         .record(started.elapsed().as_secs_f64());
                     let written = epoch.records.len() - outcome.rejected.len();
                     metrics::counter!(m::EVENTS_OUT, labels.clone()).increment(written as u64);
+                    metrics::counter!(m::BYTES_OUT, labels.clone())
+                        .increment(json_bytes(&epoch.records));
                     let rejected = outcome
                         .rejected
                         .into_iter()
@@ -211,6 +213,20 @@ pub async fn drive_sink(
     if let Err(error) = sink.close().await {
         tracing::warn!(component = %name, %error, "sink close failed");
     }
+}
+
+/// Size of the records as JSON: the payload bytes a sink was given
+/// (`sluice_bytes_out_total`).
+fn json_bytes(records: &[SinkRecord]) -> u64 {
+    let mut scratch = Vec::with_capacity(256);
+    records
+        .iter()
+        .map(|r| {
+            scratch.clear();
+            crate::json::write_value(&mut scratch, &r.value);
+            scratch.len() as u64 + 1
+        })
+        .sum()
 }
 
 #[cfg(test)]

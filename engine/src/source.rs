@@ -238,8 +238,6 @@ pub struct SourceContext {
     pub name: Arc<str>,
     /// The pipeline's name (for metric labels).
     pub pipeline: Arc<str>,
-    /// The pipeline's name (for metric labels).
-    pub pipeline: Arc<str>,
     /// The pipeline's state directory in effect for this run (sources keep
     /// their own durable files, e.g. a journal, below it).
     pub state_dir: PathBuf,

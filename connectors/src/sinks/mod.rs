@@ -6,6 +6,8 @@ pub mod amqp;
 pub mod fence;
 #[cfg(feature = "files")]
 pub mod file;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "redis")]

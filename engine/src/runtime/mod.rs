@@ -215,6 +215,26 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, RunE
         }
     }
 
+    crate::metrics::register_pipeline(
+        &spec.name,
+        &spec
+            .sources
+            .iter()
+            .map(|s| s.name.clone())
+            .collect::<Vec<_>>(),
+        &spec
+            .transforms
+            .iter()
+            .map(|t| (t.name.clone(), t.spec.is_stateful()))
+            .collect::<Vec<_>>(),
+        &spec
+            .sinks
+            .iter()
+            .map(|s| s.name.clone())
+            .chain([spec.dead_letter.name.clone()])
+            .collect::<Vec<_>>(),
+    );
+
     // Restore.
     std::fs::create_dir_all(&spec.state_dir).map_err(|e| {
         RunError::Plan(format!(
@@ -342,7 +362,6 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, RunE
         let (commit_tx, commit_rx) = mpsc::unbounded_channel();
         let ctx = SourceContext {
             name: name.clone(),
-            pipeline: pipeline.clone(),
             pipeline: pipeline.clone(),
             state_dir: spec.state_dir.clone(),
             restored: restored.positions.remove(&s.name).unwrap_or_default(),

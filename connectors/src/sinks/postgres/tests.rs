@@ -382,19 +382,23 @@ async fn tls_require_verifies_the_server_certificate() {
         return;
     }
     let table = unique("tls");
-    let body = |ca: &str| {
+    let body = |host: &str, ca: &str| {
         format!(
-            "url = \"postgres://postgres@localhost:5432/test?hostaddr=127.0.0.1\"\ntable = \"{table}\"\nmode = \"append\"\ncreate_table = true\ntls = \"require\"\nconnect_timeout = \"2s\"{ca}"
+            "url = \"postgres://postgres@{host}:5432/test?hostaddr=127.0.0.1\"\ntable = \"{table}\"\nmode = \"append\"\ncreate_table = true\ntls = \"require\"\nconnect_timeout = \"2s\"{ca}"
         )
     };
-    let trusted: PostgresSinkConfig =
-        toml::from_str(&body(&format!("\ntls_ca_file = \"{}\"", cert.display()))).unwrap();
+    let trusted: PostgresSinkConfig = toml::from_str(&body(
+        "localhost",
+        &format!("\ntls_ca_file = \"{}\"", cert.display()),
+    ))
+    .unwrap();
     let mut sink = PostgresSink::new("tls", trusted);
     sink.restore(None).await.unwrap();
     sink.write(1, &[rec(RowKind::Insert, "e1", &[("a", Value::Int(1))])])
         .await
         .unwrap();
-    let untrusted: PostgresSinkConfig = toml::from_str(&body("")).unwrap();
+    // the certificate names localhost, not this address
+    let untrusted: PostgresSinkConfig = toml::from_str(&body("127.0.0.1", "")).unwrap();
     match PostgresSink::new("tls", untrusted).restore(None).await {
         Err(SinkError::Fatal(e)) => assert!(e.contains("certificate"), "{e}"),
         other => panic!("expected a certificate error, got {other:?}"),

@@ -45,7 +45,9 @@ impl Source for KafkaSource {
             let name = ctx.name.clone();
             tokio::task::spawn_blocking(move || run_blocking(config, ctx))
                 .await
-                .map_err(|e| SourceError::External(format!("kafka source `{name}` panicked: {e}")))?
+                .map_err(|e| {
+                    SourceError::External(format!("kafka source `{name}` panicked: {e}"))
+                })?
         })
     }
 }
@@ -114,7 +116,9 @@ fn run_blocking(config: KafkaSourceConfig, ctx: SourceContext) -> Result<(), Sou
     let context = KafkaContext::new(ctx.name.clone(), start, labels.clone(), next.clone());
     let consumer: KafkaConsumer = client_config(&config.brokers, &own, &config.options)
         .create_with_context(context)
-        .map_err(|e| SourceError::Config(format!("kafka source `{}`: {}", ctx.name, describe(&e))))?;
+        .map_err(|e| {
+            SourceError::Config(format!("kafka source `{}`: {}", ctx.name, describe(&e)))
+        })?;
     let mut runner = Runner {
         config,
         ctx,
@@ -325,10 +329,16 @@ impl Runner {
                 }
             };
             let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
-            let found = if self.parts.get(last).is_some_and(|p| p.tp.1 == partition && p.tp.0 == topic) {
+            let found = if self
+                .parts
+                .get(last)
+                .is_some_and(|p| p.tp.1 == partition && p.tp.0 == topic)
+            {
                 Some(last)
             } else {
-                self.parts.iter().position(|p| p.tp.1 == partition && p.tp.0 == topic)
+                self.parts
+                    .iter()
+                    .position(|p| p.tp.1 == partition && p.tp.0 == topic)
             };
             let Some(i) = found else {
                 continue; // revoked meanwhile
@@ -452,7 +462,10 @@ impl Runner {
     fn record_commit(&mut self, commit: Commit) {
         for bytes in commit.positions.values() {
             if let Some(pos) = positions::decode(bytes) {
-                let e = self.durable.entry((pos.topic, pos.partition)).or_insert(pos.next);
+                let e = self
+                    .durable
+                    .entry((pos.topic, pos.partition))
+                    .or_insert(pos.next);
                 *e = (*e).max(pos.next);
             }
         }
@@ -463,7 +476,9 @@ impl Runner {
     fn commit_durable(&mut self, mode: CommitMode, force: bool) {
         let mut tpl = TopicPartitionList::new();
         for part in &self.parts {
-            let Some(&offset) = self.durable.get(&part.tp) else { continue };
+            let Some(&offset) = self.durable.get(&part.tp) else {
+                continue;
+            };
             if force || self.committed.get(&part.tp) != Some(&offset) {
                 let _ = tpl.add_partition_offset(&part.tp.0, part.tp.1, Offset::Offset(offset));
             }
@@ -475,12 +490,14 @@ impl Runner {
             Ok(()) => {
                 for e in tpl.elements() {
                     if let Offset::Offset(o) = e.offset() {
-                        self.committed.insert((e.topic().to_string(), e.partition()), o);
+                        self.committed
+                            .insert((e.topic().to_string(), e.partition()), o);
                     }
                 }
             }
             Err(e) => {
-                metrics::counter!(m::ERRORS, m::with_error(&self.labels, "kafka_commit")).increment(1);
+                metrics::counter!(m::ERRORS, m::with_error(&self.labels, "kafka_commit"))
+                    .increment(1);
                 tracing::warn!(source = %self.ctx.name, error = %describe(&e),
                     "committing offsets to Kafka failed (the next checkpoint commits again)");
             }
