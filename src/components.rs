@@ -12,6 +12,10 @@ use toml::Spanned;
 
 #[cfg(feature = "amqp")]
 use sluice_connectors::sinks::amqp::AmqpSinkConfig;
+#[cfg(feature = "postgres")]
+use sluice_connectors::sinks::postgres::PostgresSinkConfig;
+#[cfg(feature = "redis")]
+use sluice_connectors::sinks::redis::RedisSinkConfig;
 use sluice_connectors::sinks::table::TableSinkConfig;
 #[cfg(feature = "files")]
 use sluice_connectors::sinks::{file::FileSinkConfig, stdout::StdoutSinkConfig};
@@ -61,6 +65,10 @@ pub enum SinkConfig {
     #[cfg(feature = "amqp")]
     Amqp(AmqpSinkConfig),
     Table(TableSinkConfig),
+    #[cfg(feature = "redis")]
+    Redis(RedisSinkConfig),
+    #[cfg(feature = "postgres")]
+    Postgres(PostgresSinkConfig),
 }
 
 /// Types known to this build (for "did you mean" and error messages).
@@ -83,6 +91,10 @@ pub const SINK_TYPES: &[&str] = &[
     #[cfg(feature = "amqp")]
     "amqp",
     "table",
+    #[cfg(feature = "redis")]
+    "redis",
+    #[cfg(feature = "postgres")]
+    "postgres",
 ];
 
 /// Parses the options of a source of type `kind`; `None` if the type is unknown.
@@ -128,7 +140,27 @@ pub fn parse_sink(
     value: Spanned<DeValue<'_>>,
 ) -> Option<Result<SinkConfig, ConfigError>> {
     let _ = (src, path, &value);
+    #[cfg(any(feature = "redis", feature = "postgres"))]
+    let at = value.span().start;
     Some(match kind {
+        #[cfg(feature = "redis")]
+        "redis" => validated(
+            src,
+            path,
+            at,
+            deserialize_spanned(src, path, value),
+            RedisSinkConfig::validate,
+        )
+        .map(SinkConfig::Redis),
+        #[cfg(feature = "postgres")]
+        "postgres" => validated(
+            src,
+            path,
+            at,
+            deserialize_spanned(src, path, value),
+            PostgresSinkConfig::validate,
+        )
+        .map(SinkConfig::Postgres),
         #[cfg(feature = "files")]
         "file" => deserialize_spanned(src, path, value).map(SinkConfig::File),
         #[cfg(feature = "files")]
@@ -138,6 +170,21 @@ pub fn parse_sink(
         "table" => deserialize_spanned(src, path, value).map(SinkConfig::Table),
         _ => return None,
     })
+}
+
+/// A component's checks beyond its shape (options that depend on each
+/// other), reported at the component's table.
+#[cfg(any(feature = "redis", feature = "postgres"))]
+fn validated<T>(
+    src: &SourceText,
+    path: &str,
+    at: usize,
+    parsed: Result<T, ConfigError>,
+    check: impl FnOnce(&T) -> Result<(), String>,
+) -> Result<T, ConfigError> {
+    let config = parsed?;
+    check(&config).map_err(|message| ConfigError::at(src, at, message).with_field(path))?;
+    Ok(config)
 }
 
 /// Validates a transform's options beyond their shape, returning the
@@ -205,6 +252,16 @@ pub struct BuildEnv<'a> {
 /// Builds a runnable sink.
 pub fn build_sink(config: &SinkConfig, env: &BuildEnv<'_>) -> Box<dyn Sink> {
     match config {
+        #[cfg(feature = "redis")]
+        SinkConfig::Redis(c) => Box::new(sluice_connectors::sinks::redis::RedisSink::new(
+            env.name,
+            c.clone(),
+        )),
+        #[cfg(feature = "postgres")]
+        SinkConfig::Postgres(c) => Box::new(sluice_connectors::sinks::postgres::PostgresSink::new(
+            env.name,
+            c.clone(),
+        )),
         SinkConfig::Table(c) => Box::new(sluice_connectors::sinks::table::TableSink::new(
             env.name,
             c,

@@ -11,8 +11,14 @@ use sluice_engine::value::parse_path;
 use crate::components::{self, BuildEnv, SinkConfig};
 use crate::config::Pipeline;
 
-/// Builds the engine spec. `state_dir` overrides `[state] dir`.
-pub fn to_spec(p: &Pipeline, state_dir: Option<PathBuf>) -> anyhow::Result<PipelineSpec> {
+/// Builds the engine spec. `state_dir` overrides `[state] dir`; with
+/// `replay`, only the operator state moves there and sources keep reading
+/// their own files (journals) from the configured directory.
+pub fn to_spec(p: &Pipeline, state_dir: Option<PathBuf>, replay: bool) -> anyhow::Result<PipelineSpec> {
+    let source_dir = match (&state_dir, replay) {
+        (Some(dir), false) => dir.clone(),
+        _ => p.state_dir(),
+    };
     let state_dir = state_dir.unwrap_or_else(|| p.state_dir());
     let sources = p
         .sources
@@ -80,6 +86,7 @@ pub fn to_spec(p: &Pipeline, state_dir: Option<PathBuf>) -> anyhow::Result<Pipel
     Ok(PipelineSpec {
         name: p.name.clone(),
         state_dir,
+        source_dir,
         checkpoint_interval: p.checkpoint.interval.0,
         key_groups: p.state.key_groups,
         max_pending_epochs: p.checkpoint.max_pending_epochs,

@@ -239,3 +239,64 @@ fn sigterm_leaves_a_checkpoint_and_loses_nothing() {
     assert!(status.success(), "second SIGTERM exit: {status}");
     assert_counts(&s, &want, "after a restart and a second SIGTERM");
 }
+
+/// Clients post concurrently while sluice is killed at a random moment.
+/// Every event answered 202 must be counted; events of requests that got
+/// no answer may or may not be (they were in flight), never more than once.
+#[test]
+fn concurrent_clients_lose_nothing_accepted_across_random_sigkills() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+
+    let mut rng = rng("concurrent_clients_lose_nothing_accepted_across_random_sigkills");
+    let s = Setup::new();
+    let accepted = Mutex::new(BTreeMap::<String, u64>::new());
+    let unanswered = Mutex::new(BTreeMap::<String, u64>::new());
+    for _round in 0..3 {
+        let mut child = s.start();
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            for client in 0..4u64 {
+                let seed: u64 = rng.random();
+                let (s, stop, accepted, unanswered) = (&s, &stop, &accepted, &unanswered);
+                scope.spawn(move || {
+                    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+                    while !stop.load(Ordering::Relaxed) {
+                        let n = rng.random_range(1..20);
+                        let c = COUNTRIES[(client as usize + n) % COUNTRIES.len()];
+                        let body = vec![format!("{{\"country\":\"{c}\"}}"); n].join("\n");
+                        let reply = http_request(s.port, "POST", "/ingest", &[], body.as_bytes());
+                        let into = match reply {
+                            Ok((202, _)) => accepted,
+                            Ok((status, body)) => panic!("unexpected {status}: {body}"),
+                            Err(_) => unanswered,
+                        };
+                        *into.lock().unwrap().entry(c.to_string()).or_default() += n as u64;
+                    }
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(rng.random_range(50..300)));
+            child.kill().unwrap();
+            stop.store(true, Ordering::Relaxed);
+        });
+        child.wait().unwrap();
+    }
+    let mut child = s.start();
+    let status = terminate(&mut child);
+    assert!(status.success(), "SIGTERM exit: {status}");
+    let counts = s.counts();
+    let accepted = accepted.into_inner().unwrap();
+    let unanswered = unanswered.into_inner().unwrap();
+    eprintln!("accepted {accepted:?}\nunanswered {unanswered:?}\ncounted {counts:?}");
+    assert!(accepted.values().sum::<u64>() > 0);
+    for c in COUNTRIES {
+        let got = counts.get(*c).copied().unwrap_or(0);
+        let low = accepted.get(*c).copied().unwrap_or(0);
+        let high = low + unanswered.get(*c).copied().unwrap_or(0);
+        assert!(
+            (low..=high).contains(&got),
+            "{c}: counted {got}, accepted {low}, at most {high}; see {}",
+            s.log().display()
+        );
+    }
+}

@@ -23,8 +23,9 @@ port_open() {
     (exec 3<>"/dev/tcp/$HOST/$PORT") 2>/dev/null
 }
 
+# The Erlang node answers (its RabbitMQ application may be stopped).
 node_up() {
-    timeout 30 rabbitmqctl -q status >/dev/null 2>&1
+    timeout 30 rabbitmq-diagnostics -q ping >/dev/null 2>&1
 }
 
 if [[ "${1:-}" == "stop" ]]; then

@@ -75,8 +75,9 @@ pub async fn execute(
     shutdown: watch::Receiver<bool>,
     progress: Vec<Arc<Progress>>,
     ready: Arc<AtomicBool>,
+    replay: bool,
 ) -> anyhow::Result<RunReport> {
-    let spec = crate::plan::to_spec(p, state_dir)?;
+    let spec = crate::plan::to_spec(p, state_dir, replay)?;
     let opts = RunOptions {
         bounded,
         shutdown,

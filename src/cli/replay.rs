@@ -66,6 +66,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             shutdown,
             progress,
             Default::default(),
+            true,
         )
         .await;
         ticker.abort();

@@ -49,7 +49,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
             None => None,
         };
-        let result = super::execute(&pipeline, args.state_dir.clone(), args.once, shutdown, Vec::new(), ready).await;
+        let result = super::execute(&pipeline, args.state_dir.clone(), args.once, shutdown, Vec::new(), ready, false).await;
         let _ = stop_admin.send(true);
         if let Some(server) = server {
             let _ = server.await;

@@ -131,6 +131,7 @@ fn run_one(dir: &Path, keep: bool) -> anyhow::Result<Option<String>> {
         shutdown,
         Vec::new(),
         Default::default(),
+        false,
     ))?;
     let got: Vec<String> = {
         let mut v: Vec<String> = materialize(&vars[1].1)?.values().map(canonical).collect();

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
 pub mod services;
 pub mod w1;
 

@@ -50,7 +50,7 @@ use metrics::Label;
 use tokio::sync::{oneshot, watch};
 
 pub use reader::{JournalReader, ReadBatch};
-use segment::{parse_segment_name, scan, segment_path, SegmentMeta};
+use segment::{recover, segment_path, SegmentMeta};
 use writer::{Payload, Request, Writer};
 
 /// How a journal behaves.
@@ -301,10 +301,7 @@ impl Journal {
             }
         }
         let segments = recover(dir, opts.fsync)?;
-        let (&active_first, active) = segments
-            .iter()
-            .next_back()
-            .ok_or_else(|| JournalError::Closed)?;
+        let (&active_first, active) = segments.iter().next_back().ok_or(JournalError::Closed)?;
         let next_seq = active.end_seq;
         let active = active.clone();
         let first_seq = segments.keys().next().copied().unwrap_or(active_first);
@@ -508,83 +505,4 @@ impl Journal {
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.inner.shared
     }
-}
-
-/// Scans the segments of `dir` (creating the first one if there is none),
-/// truncating a torn tail of the last one.
-fn recover(dir: &Path, fsync: bool) -> Result<BTreeMap<u64, SegmentMeta>, JournalError> {
-    let mut firsts = Vec::new();
-    let entries = std::fs::read_dir(dir)
-        .map_err(JournalError::io(format!("cannot list {}", dir.display())))?;
-    for entry in entries {
-        let entry = entry.map_err(JournalError::io(format!("cannot list {}", dir.display())))?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        match parse_segment_name(&name) {
-            Some(first) => firsts.push(first),
-            None if name != "LOCK" => {
-                tracing::warn!(dir = %dir.display(), file = %name, "ignoring a file that is not a journal segment")
-            }
-            None => {}
-        }
-    }
-    firsts.sort_unstable();
-    let mut segments = BTreeMap::new();
-    if firsts.is_empty() {
-        let path = segment_path(dir, 0);
-        File::create(&path).map_err(JournalError::io(format!(
-            "cannot create {}",
-            path.display()
-        )))?;
-        if fsync {
-            sync_dir(dir)?;
-        }
-        segments.insert(0, SegmentMeta::empty(0));
-        return Ok(segments);
-    }
-    let mut expected: Option<u64> = None;
-    for (i, &first) in firsts.iter().enumerate() {
-        let path = segment_path(dir, first);
-        if let Some(want) = expected {
-            if want != first {
-                return Err(JournalError::Corrupt {
-                    path,
-                    offset: 0,
-                    reason: format!(
-                        "the previous segment ends at sequence {want}, this one starts at {first}"
-                    ),
-                });
-            }
-        }
-        let (meta, damage) = scan(&path, first)?;
-        if let Some(d) = damage {
-            if i + 1 < firsts.len() {
-                return Err(JournalError::Corrupt {
-                    path,
-                    offset: d.offset,
-                    reason: d.reason.to_string(),
-                });
-            }
-            tracing::warn!(
-                segment = %path.display(),
-                offset = d.offset,
-                reason = d.reason,
-                kept_records = meta.end_seq - first,
-                "cutting off the torn tail of the journal (a write interrupted by a crash, never acknowledged)"
-            );
-            let f = OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(JournalError::io(format!("cannot open {}", path.display())))?;
-            f.set_len(d.offset)
-                .and_then(|()| if fsync { f.sync_all() } else { Ok(()) })
-                .map_err(JournalError::io(format!(
-                    "cannot truncate {}",
-                    path.display()
-                )))?;
-        }
-        expected = Some(meta.end_seq);
-        segments.insert(first, meta);
-    }
-    Ok(segments)
 }

@@ -10,11 +10,12 @@
 //! where `crc` is the CRC-32 (IEEE) of the four length bytes followed by the
 //! payload, so a corrupted length is detected as well as a corrupted payload.
 
-use std::fs::File;
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use super::JournalError;
+use super::{sync_dir, JournalError};
 
 /// Bytes of a record header.
 pub(crate) const HEADER: usize = 8;
@@ -146,13 +147,92 @@ pub(crate) fn scan(
                 reason: "checksum mismatch",
             });
         }
-        if (meta.end_seq - first_seq) % INDEX_EVERY == 0 {
+        if (meta.end_seq - first_seq).is_multiple_of(INDEX_EVERY) {
             meta.index.push(offset);
         }
         meta.end_seq += 1;
         meta.bytes += (HEADER + len as usize) as u64;
     };
     Ok((meta, damage))
+}
+
+/// Scans the segments of `dir` (creating the first one if there is none),
+/// truncating a torn tail of the last one.
+pub(crate) fn recover(dir: &Path, fsync: bool) -> Result<BTreeMap<u64, SegmentMeta>, JournalError> {
+    let mut firsts = Vec::new();
+    let entries = std::fs::read_dir(dir)
+        .map_err(JournalError::io(format!("cannot list {}", dir.display())))?;
+    for entry in entries {
+        let entry = entry.map_err(JournalError::io(format!("cannot list {}", dir.display())))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        match parse_segment_name(&name) {
+            Some(first) => firsts.push(first),
+            None if name != "LOCK" => {
+                tracing::warn!(dir = %dir.display(), file = %name, "ignoring a file that is not a journal segment")
+            }
+            None => {}
+        }
+    }
+    firsts.sort_unstable();
+    let mut segments = BTreeMap::new();
+    if firsts.is_empty() {
+        let path = segment_path(dir, 0);
+        File::create(&path).map_err(JournalError::io(format!(
+            "cannot create {}",
+            path.display()
+        )))?;
+        if fsync {
+            sync_dir(dir)?;
+        }
+        segments.insert(0, SegmentMeta::empty(0));
+        return Ok(segments);
+    }
+    let mut expected: Option<u64> = None;
+    for (i, &first) in firsts.iter().enumerate() {
+        let path = segment_path(dir, first);
+        if let Some(want) = expected {
+            if want != first {
+                return Err(JournalError::Corrupt {
+                    path,
+                    offset: 0,
+                    reason: format!(
+                        "the previous segment ends at sequence {want}, this one starts at {first}"
+                    ),
+                });
+            }
+        }
+        let (meta, damage) = scan(&path, first)?;
+        if let Some(d) = damage {
+            if i + 1 < firsts.len() {
+                return Err(JournalError::Corrupt {
+                    path,
+                    offset: d.offset,
+                    reason: d.reason.to_string(),
+                });
+            }
+            tracing::warn!(
+                segment = %path.display(),
+                offset = d.offset,
+                reason = d.reason,
+                kept_records = meta.end_seq - first,
+                "cutting off the torn tail of the journal (a write interrupted by a crash, never acknowledged)"
+            );
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(JournalError::io(format!("cannot open {}", path.display())))?;
+            f.set_len(d.offset)
+                .and_then(|()| if fsync { f.sync_all() } else { Ok(()) })
+                .map_err(JournalError::io(format!(
+                    "cannot truncate {}",
+                    path.display()
+                )))?;
+        }
+        expected = Some(meta.end_seq);
+        segments.insert(first, meta);
+    }
+    Ok(segments)
 }
 
 #[cfg(test)]

@@ -140,7 +140,7 @@ impl Writer {
                     self.flush()?;
                     sealed.push(self.roll()?);
                 }
-                if (self.meta.end_seq - self.meta.first_seq) % INDEX_EVERY == 0 {
+                if (self.meta.end_seq - self.meta.first_seq).is_multiple_of(INDEX_EVERY) {
                     self.meta.index.push(self.meta.bytes);
                 }
                 encode_record(&mut self.buf, event);

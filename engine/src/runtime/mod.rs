@@ -60,6 +60,10 @@ pub struct SinkSpec {
 pub struct PipelineSpec {
     pub name: String,
     pub state_dir: PathBuf,
+    /// Where sources keep their own durable files (e.g. the HTTP journal).
+    /// Usually the state directory; `sluice replay` builds state elsewhere
+    /// but reads the sources' files from here.
+    pub source_dir: PathBuf,
     pub checkpoint_interval: Duration,
     pub key_groups: u16,
     /// Epochs a sink may fall behind before sources are slowed down.
@@ -363,7 +367,7 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, RunE
         let ctx = SourceContext {
             name: name.clone(),
             pipeline: pipeline.clone(),
-            state_dir: spec.state_dir.clone(),
+            state_dir: spec.source_dir.clone(),
             restored: restored.positions.remove(&s.name).unwrap_or_default(),
             bounded: opts.bounded,
             shutdown: stop_rx.clone(),

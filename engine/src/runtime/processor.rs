@@ -757,8 +757,12 @@ impl Processor {
 }
 
 /// A readable id for an upsert key: its values joined by `|` (strings as
-/// they are, other values as JSON).
+/// they are, other values as JSON); `all` for the empty key.
 fn key_id(key: &GroupKey) -> Str {
+    if key.is_empty() {
+        // the single group of an aggregate without group_by
+        return Str::from("all");
+    }
     let Some(values) = decode_key(key) else {
         return Str::from(format!("{key:02x?}"));
     };

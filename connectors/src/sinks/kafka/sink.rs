@@ -7,7 +7,7 @@
 //! write and wakes the writer when nothing is. Reports of an abandoned
 //! write (a retried epoch) are ignored.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use rdkafka::client::ClientContext;

@@ -85,7 +85,7 @@ impl Layout {
                             continue;
                         }
                         if field == EPOCH_COLUMN
-                            || (self.mode == PostgresMode::Append && field == &self.id_column)
+                            || (self.mode == PostgresMode::Append && *field == self.id_column)
                         {
                             continue;
                         }

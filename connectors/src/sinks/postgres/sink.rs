@@ -413,7 +413,12 @@ impl PostgresSink {
                 .iter()
                 .zip(&jsons)
                 .map(|(stmt, json)| execute(&tx, stmt, json, fenced.then_some(fence)));
-            futures::future::try_join_all(runs).await?;
+            // The statements are pipelined; after a failure the later ones
+            // only report the aborted transaction, so the first error in
+            // statement order is the cause.
+            for result in futures::future::join_all(runs).await {
+                result?;
+            }
         } else {
             let mut tx = tx;
             for ((_, rows), stmt) in batches.iter().zip(&statements) {

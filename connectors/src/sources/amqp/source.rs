@@ -186,7 +186,8 @@ async fn run(config: AmqpSourceConfig, mut ctx: SourceContext) -> Result<(), Sou
                 }
                 connected_before = true;
                 tracing::info!(component = %ctx.name, queue = %config.queue,
-                    broker = %amqp::redact(&config.url), "consuming");
+                    broker = %amqp::redact(&config.url),
+                    awaiting_redelivery = tracker.orphans_len(), "consuming");
                 tracker
                     .new_channel(now_ms() as u64 + config.redelivery_window.0.as_millis() as u64);
                 let started = Instant::now();
@@ -206,8 +207,7 @@ async fn run(config: AmqpSourceConfig, mut ctx: SourceContext) -> Result<(), Sou
         };
         if error.is_fatal() {
             return Err(SourceError::Config(format!(
-                "source `{}` ({}): {error}",
-                ctx.name,
+                "{}: {error}",
                 amqp::redact(&config.url)
             )));
         }

@@ -74,7 +74,7 @@ impl Validator {
         }
         let end = trim_end(body);
         match self.check(&body[first..end]) {
-            Ok(()) => Ok(vec![first..end]),
+            Ok(()) => Ok(std::iter::once(first..end).collect()),
             Err(single) => {
                 // Several objects one per line: NDJSON without its content type.
                 let first_line_end = memchr(b'\n', &body[first..]).map_or(end, |i| first + i);

@@ -99,6 +99,11 @@ async fn run(config: HttpSourceConfig, mut ctx: SourceContext) -> Result<(), Sou
     if ctx.bounded {
         ctx.output.progress().add_total(journal.stats().bytes);
         let end = journal.next_seq();
+        if end == start && ctx.restored.is_empty() {
+            tracing::warn!(source = %name, journal = %dir.display(),
+                "the journal is empty: nothing to read from this source (it keeps only records \
+                 not yet checkpointed; set `journal_dir` to read the journal of another state dir)");
+        }
         drain(&name, &mut reader, end, &ctx.output).await?;
         let _ = ctx.output.partition_done(0).await;
         return Ok(());
