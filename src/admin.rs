@@ -59,6 +59,7 @@ fn describe(name: &'static str) {
 struct AppState {
     metrics: PrometheusHandle,
     ready: Arc<AtomicBool>,
+    pipeline: Arc<str>,
 }
 
 /// Serves on `listener` until `stop` turns true.
@@ -66,9 +67,11 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: PrometheusHandle,
     ready: Arc<AtomicBool>,
+    pipeline: String,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let app = router(metrics, ready);
+    metrics::gauge!(m::BUILD_INFO, "pipeline" => pipeline.clone(), "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    let app = router(metrics, ready, Arc::from(pipeline));
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "admin server listening (/metrics, /health, /ready, /tables)");
     axum::serve(listener, app)
@@ -79,7 +82,7 @@ pub async fn serve(
     Ok(())
 }
 
-fn router(metrics: PrometheusHandle, ready: Arc<AtomicBool>) -> Router {
+fn router(metrics: PrometheusHandle, ready: Arc<AtomicBool>, pipeline: Arc<str>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_page))
         .route("/health", get(|| async { "ok\n" }))
@@ -87,12 +90,12 @@ fn router(metrics: PrometheusHandle, ready: Arc<AtomicBool>) -> Router {
         .route("/tables", get(list_tables))
         .route("/tables/{name}", get(table_page))
         .route("/tables/{name}/{id}", get(table_row))
-        .with_state(AppState { metrics, ready })
+        .with_state(AppState { metrics, ready, pipeline })
 }
 
 async fn metrics_page(State(s): State<AppState>) -> Response {
     let ready = s.ready.load(Ordering::SeqCst);
-    metrics::gauge!(m::READY).set(if ready { 1.0 } else { 0.0 });
+    metrics::gauge!(m::READY, "pipeline" => s.pipeline.to_string()).set(if ready { 1.0 } else { 0.0 });
     (
         [(
             header::CONTENT_TYPE,

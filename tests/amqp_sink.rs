@@ -206,12 +206,11 @@ fn amqp_sink_publishes_every_record_with_confirms() {
 
     let messages = s.drain(&s.queue);
     // Straight through: exactly the records the file sink got, in order.
-    let file: Vec<serde_json::Value> =
-        std::fs::read_to_string(s.work.path().join("out.ndjson"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+    let file: Vec<serde_json::Value> = std::fs::read_to_string(s.work.path().join("out.ndjson"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(messages.len(), file.len(), "one message per record");
     for (d, change) in messages.iter().zip(&file) {
         let body: serde_json::Value = serde_json::from_slice(&d.data).unwrap();

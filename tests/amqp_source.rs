@@ -108,7 +108,10 @@ fn wait_success(child: &mut std::process::Child, limit: Duration, log: &Path) {
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("sluice did not finish within {limit:?}; see {}", log.display());
+            panic!(
+                "sluice did not finish within {limit:?}; see {}",
+                log.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -124,7 +127,11 @@ fn amqp_w1_counts_are_exact_after_random_sigkills() {
     rt.block_on(client.durable_queue(&queue, None));
     let started = Instant::now();
     rt.block_on(client.publish(&queue, &lines_as_messages(&w1.input, "w1-")));
-    eprintln!("published {} messages in {:?}", w1.events, started.elapsed());
+    eprintln!(
+        "published {} messages in {:?}",
+        w1.events,
+        started.elapsed()
+    );
 
     let work = Work::new();
     let env = work.env(&url, &queue);
@@ -162,7 +169,10 @@ fn amqp_w1_counts_are_exact_after_random_sigkills() {
         .count();
     eprintln!(
         "{skipped_after_restart} restarts skipped redeliveries; last run: {}",
-        work.log().lines().rfind(|l| l.contains("stopped")).unwrap_or("-")
+        work.log()
+            .lines()
+            .rfind(|l| l.contains("stopped"))
+            .unwrap_or("-")
     );
     assert!(
         skipped_after_restart >= 1,
@@ -201,10 +211,20 @@ fn amqp_counts_are_exact_across_broker_restarts() {
         broker.start_app();
         restarts += 1;
     }
-    assert!(restarts >= 1, "sluice finished before the broker restart: make the input larger");
+    assert!(
+        restarts >= 1,
+        "sluice finished before the broker restart: make the input larger"
+    );
     wait_success(&mut child, Duration::from_secs(120), &log);
-    eprintln!("done in {:?} with {restarts} broker restarts", started.elapsed());
-    for line in work.log().lines().filter(|l| l.contains("consuming") || l.contains("reconnecting")) {
+    eprintln!(
+        "done in {:?} with {restarts} broker restarts",
+        started.elapsed()
+    );
+    for line in work
+        .log()
+        .lines()
+        .filter(|l| l.contains("consuming") || l.contains("reconnecting"))
+    {
         eprintln!("  {line}");
     }
     assert!(
@@ -280,7 +300,10 @@ fn amqp_missing_queue_without_declare_fails_clearly() {
     let started = Instant::now();
     let status = spawn_run(&work.pipeline, &env, &log).wait().unwrap();
     assert!(!status.success(), "a missing queue must stop the pipeline");
-    assert!(started.elapsed() < Duration::from_secs(20), "it must not retry forever");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "it must not retry forever"
+    );
     let text = work.log();
     assert!(
         text.contains(&format!("queue `{queue}` is not usable")) && text.contains("NOT_FOUND"),

@@ -40,12 +40,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let server = match admin {
             Some(addr) => {
                 let handle = crate::admin::install_metrics()?;
-                metrics::gauge!(sluice_engine::metrics::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
                 // Bind first so that a port conflict fails the start, not later.
                 let listener = tokio::net::TcpListener::bind(addr)
                     .await
                     .map_err(|e| anyhow::anyhow!("admin server cannot listen on {addr}: {e}"))?;
-                Some(tokio::spawn(crate::admin::serve(listener, handle, ready.clone(), admin_stop)))
+                Some(tokio::spawn(crate::admin::serve(listener, handle, ready.clone(), pipeline.name.clone(), admin_stop)))
             }
             None => None,
         };

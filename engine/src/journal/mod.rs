@@ -232,6 +232,8 @@ impl Shared {
             .saturating_sub(self.committed.load(Ordering::Acquire));
         metrics::gauge!(crate::metrics::JOURNAL_BYTES, self.labels.clone()).set(bytes as f64);
         metrics::gauge!(crate::metrics::JOURNAL_BACKLOG, self.labels.clone()).set(backlog as f64);
+        // For a journaled source, its lag is the journal backlog.
+        metrics::gauge!(crate::metrics::SOURCE_LAG, self.labels.clone()).set(backlog as f64);
     }
 }
 

@@ -6,9 +6,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use sluice_engine::batch::RowKind;
-use sluice_engine::json::write_value;
+use sluice_engine::json::{write_str, write_value};
 use sluice_engine::sink::SinkRecord;
-use sluice_engine::value::{parse_path, Map, Str, Value};
+use sluice_engine::value::{parse_path, Str, Value};
 
 use super::config::{PostgresMode, EPOCH_COLUMN};
 
@@ -150,15 +150,21 @@ impl Layout {
                 continue;
             }
             let cols: &[String] = if delete { &self.key } else { &out.columns };
-            let mut obj = Map::new();
+            // the row as a JSON object, written directly (no intermediate map)
+            let mut json = Vec::with_capacity(64);
+            json.push(b'{');
             for c in cols {
                 let v = self.value(c, r, &mut scratch);
                 if v.exists() {
-                    obj.insert(c.as_str(), v.clone());
+                    if json.len() > 1 {
+                        json.push(b',');
+                    }
+                    write_str(&mut json, c);
+                    json.push(b':');
+                    write_value(&mut json, v);
                 }
             }
-            let mut json = Vec::with_capacity(64);
-            write_value(&mut json, &Value::Object(obj));
+            json.push(b'}');
             let row = Row { index, json };
             if self.mode == PostgresMode::Append {
                 out.upserts.push(row);
