@@ -90,12 +90,20 @@ fn router(metrics: PrometheusHandle, ready: Arc<AtomicBool>, pipeline: Arc<str>)
         .route("/tables", get(list_tables))
         .route("/tables/{name}", get(table_page))
         .route("/tables/{name}/{id}", get(table_row))
-        .with_state(AppState { metrics, ready, pipeline })
+        .with_state(AppState {
+            metrics,
+            ready,
+            pipeline,
+        })
 }
 
 async fn metrics_page(State(s): State<AppState>) -> Response {
     let ready = s.ready.load(Ordering::SeqCst);
-    metrics::gauge!(m::READY, "pipeline" => s.pipeline.to_string()).set(if ready { 1.0 } else { 0.0 });
+    metrics::gauge!(m::READY, "pipeline" => s.pipeline.to_string()).set(if ready {
+        1.0
+    } else {
+        0.0
+    });
     (
         [(
             header::CONTENT_TYPE,

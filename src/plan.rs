@@ -14,7 +14,11 @@ use crate::config::Pipeline;
 /// Builds the engine spec. `state_dir` overrides `[state] dir`; with
 /// `replay`, only the operator state moves there and sources keep reading
 /// their own files (journals) from the configured directory.
-pub fn to_spec(p: &Pipeline, state_dir: Option<PathBuf>, replay: bool) -> anyhow::Result<PipelineSpec> {
+pub fn to_spec(
+    p: &Pipeline,
+    state_dir: Option<PathBuf>,
+    replay: bool,
+) -> anyhow::Result<PipelineSpec> {
     let source_dir = match (&state_dir, replay) {
         (Some(dir), false) => dir.clone(),
         _ => p.state_dir(),

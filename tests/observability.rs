@@ -69,16 +69,37 @@ path = "{out}"
     let mut child = spawn_serve(&pipeline, &[], &log);
     wait_for_port(admin, &mut child, &log);
     wait_for_port(ingest, &mut child, &log);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
     let body: String = (0..200)
-        .map(|i| format!("{{\"ts\":{},\"country\":\"{}\"}}\n", now - 5_000 + i * 10, ["GT", "MX"][i as usize % 2]))
+        .map(|i| {
+            format!(
+                "{{\"ts\":{},\"country\":\"{}\"}}\n",
+                now - 5_000 + i * 10,
+                ["GT", "MX"][i as usize % 2]
+            )
+        })
         .collect();
-    let (status, _) = http_request(ingest, "POST", "/ingest", &[("Content-Type", "application/x-ndjson")], body.as_bytes()).unwrap();
+    let (status, _) = http_request(
+        ingest,
+        "POST",
+        "/ingest",
+        &[("Content-Type", "application/x-ndjson")],
+        body.as_bytes(),
+    )
+    .unwrap();
     assert_eq!(status, 202);
     // a late event -> a dead letter (so dead-letter series have data)
     let late = format!("{{\"ts\":{},\"country\":\"GT\"}}", now - 3_600_000);
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(http_request(ingest, "POST", "/ingest", &[], late.as_bytes()).unwrap().0, 202);
+    assert_eq!(
+        http_request(ingest, "POST", "/ingest", &[], late.as_bytes())
+            .unwrap()
+            .0,
+        202
+    );
     Running {
         child,
         admin,
@@ -123,7 +144,14 @@ fn every_dashboard_and_alert_metric_is_exported() {
 fn prometheus_binary() -> Option<String> {
     ["prometheus", "/usr/bin/prometheus"]
         .into_iter()
-        .find(|p| Command::new(p).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success()))
+        .find(|p| {
+            Command::new(p)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
         .map(str::to_string)
 }
 
@@ -137,7 +165,9 @@ fn query(prom: u16, expr: &str) -> serde_json::Value {
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -147,7 +177,10 @@ fn urlencode(s: &str) -> String {
 fn dashboard_queries() -> Vec<(String, String)> {
     let mut out = Vec::new();
     for name in ["overview.json", "state-checkpoints.json", "connectors.json"] {
-        let d: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(repo().join("dashboards").join(name)).unwrap()).unwrap();
+        let d: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(repo().join("dashboards").join(name)).unwrap(),
+        )
+        .unwrap();
         for panel in d["panels"].as_array().unwrap() {
             for t in panel["targets"].as_array().into_iter().flatten() {
                 if let Some(expr) = t["expr"].as_str() {
@@ -168,7 +201,9 @@ fn dashboard_queries() -> Vec<(String, String)> {
 #[test]
 fn prometheus_scrapes_sluice_and_answers_the_dashboard_queries() {
     let Some(prometheus) = prometheus_binary() else {
-        panic!("the prometheus server is not installed (tests/run.sh installs Debian's `prometheus`)");
+        panic!(
+            "the prometheus server is not installed (tests/run.sh installs Debian's `prometheus`)"
+        );
     };
     let s = start_sluice();
     let work = tempfile::tempdir().unwrap();
@@ -192,9 +227,12 @@ fn prometheus_scrapes_sluice_and_answers_the_dashboard_queries() {
     }
     let _prom = Kill(
         Command::new(prometheus)
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", work.path().join("data").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                work.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -204,17 +242,25 @@ fn prometheus_scrapes_sluice_and_answers_the_dashboard_queries() {
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
         let ok = std::net::TcpStream::connect(("127.0.0.1", prom_port)).is_ok()
-            && query(prom_port, "count_over_time(up{job=\"sluice\"}[1m])")["data"]["result"][0]["value"][1]
+            && query(prom_port, "count_over_time(up{job=\"sluice\"}[1m])")["data"]["result"][0]
+                ["value"][1]
                 .as_str()
                 .and_then(|v| v.parse::<f64>().ok())
                 .is_some_and(|n| n >= 4.0);
         if ok {
             break;
         }
-        assert!(Instant::now() < deadline, "prometheus did not scrape sluice; see {}", work.path().join("prometheus.log").display());
+        assert!(
+            Instant::now() < deadline,
+            "prometheus did not scrape sluice; see {}",
+            work.path().join("prometheus.log").display()
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
-    assert_eq!(query(prom_port, "up{job=\"sluice\"}")["data"]["result"][0]["value"][1], "1");
+    assert_eq!(
+        query(prom_port, "up{job=\"sluice\"}")["data"]["result"][0]["value"][1],
+        "1"
+    );
     let mut empty = Vec::new();
     let queries = dashboard_queries();
     for (panel, expr) in &queries {
@@ -242,5 +288,8 @@ fn prometheus_scrapes_sluice_and_answers_the_dashboard_queries() {
             "dashboard query `{main}` returned no data; all empty: {empty:#?}"
         );
     }
-    assert!(empty.len() * 4 < queries.len(), "too many dashboard queries without data: {empty:#?}");
+    assert!(
+        empty.len() * 4 < queries.len(),
+        "too many dashboard queries without data: {empty:#?}"
+    );
 }

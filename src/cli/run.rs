@@ -44,11 +44,26 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 let listener = tokio::net::TcpListener::bind(addr)
                     .await
                     .map_err(|e| anyhow::anyhow!("admin server cannot listen on {addr}: {e}"))?;
-                Some(tokio::spawn(crate::admin::serve(listener, handle, ready.clone(), pipeline.name.clone(), admin_stop)))
+                Some(tokio::spawn(crate::admin::serve(
+                    listener,
+                    handle,
+                    ready.clone(),
+                    pipeline.name.clone(),
+                    admin_stop,
+                )))
             }
             None => None,
         };
-        let result = super::execute(&pipeline, args.state_dir.clone(), args.once, shutdown, Vec::new(), ready, false).await;
+        let result = super::execute(
+            &pipeline,
+            args.state_dir.clone(),
+            args.once,
+            shutdown,
+            Vec::new(),
+            ready,
+            false,
+        )
+        .await;
         let _ = stop_admin.send(true);
         if let Some(server) = server {
             let _ = server.await;

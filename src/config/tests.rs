@@ -149,9 +149,14 @@ fn every_example_and_golden_pipeline_validates() {
             // Paths for the file variables, placeholder URLs for services,
             // nothing for the rest (their `${X:-default}` applies).
             let env = |name: &str| match name {
-                n if n.ends_with("_URL") || n.ends_with("_URI") => Some("redis://127.0.0.1:1/0".to_string()),
+                "AMQP_URL" => Some("amqp://127.0.0.1:1/%2f".to_string()),
+                n if n.ends_with("_URL") || n.ends_with("_URI") => {
+                    Some("redis://127.0.0.1:1/0".to_string())
+                }
                 n if n.ends_with("BROKERS") => Some("127.0.0.1:1".to_string()),
-                "INPUT" | "OUTPUT" | "STATE_DIR" | "DEAD_LETTERS" => Some(format!("/tmp/sluice-validate/{name}")),
+                "INPUT" | "OUTPUT" | "STATE_DIR" | "DEAD_LETTERS" => {
+                    Some(format!("/tmp/sluice-validate/{name}"))
+                }
                 n if n.starts_with("BENCH_") => Some(format!("/tmp/sluice-validate/{name}")),
                 _ => None,
             };

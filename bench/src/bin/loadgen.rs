@@ -59,7 +59,10 @@ fn parse_args() -> Result<Args, String> {
             other => return Err(format!("unknown flag {other}")),
         }
     }
-    if !(a.host.starts_with("127.") || a.host.starts_with("localhost") || a.host.starts_with("[::1]")) {
+    if !(a.host.starts_with("127.")
+        || a.host.starts_with("localhost")
+        || a.host.starts_with("[::1]"))
+    {
         return Err("loadgen only targets loopback addresses".into());
     }
     if a.requests > 10_000_000 || a.seconds > 600 || a.batch == 0 || a.batch > 100_000 {
@@ -91,7 +94,11 @@ async fn read_response(sock: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Resu
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+            let status = head
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
             let len: usize = head
                 .lines()
                 .find_map(|l| l.strip_prefix("content-length:"))
@@ -105,7 +112,10 @@ async fn read_response(sock: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Resu
         let mut chunk = [0u8; 4096];
         let n = sock.read(&mut chunk).await?;
         if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed",
+            ));
         }
         buf.extend_from_slice(&chunk[..n]);
     }
@@ -126,8 +136,16 @@ async fn connection(args: Arc<Args>, totals: Arc<Totals>, deadline: Instant) -> 
     };
     let _ = sock.set_nodelay(true);
     let mut buf = Vec::new();
-    let content_type = if args.batch == 1 { "application/json" } else { "application/x-ndjson" };
-    let auth = args.token.as_ref().map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let content_type = if args.batch == 1 {
+        "application/json"
+    } else {
+        "application/x-ndjson"
+    };
+    let auth = args
+        .token
+        .as_ref()
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     loop {
         let seq = totals.next.fetch_add(1, Ordering::Relaxed);
         if seq >= args.requests || Instant::now() >= deadline {
@@ -150,7 +168,9 @@ async fn connection(args: Arc<Args>, totals: Arc<Totals>, deadline: Instant) -> 
         latencies.push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
         match status {
             Ok(202) => {
-                totals.accepted_events.fetch_add(args.batch as u64, Ordering::Relaxed);
+                totals
+                    .accepted_events
+                    .fetch_add(args.batch as u64, Ordering::Relaxed);
             }
             Ok(_) => {
                 totals.rejected.fetch_add(1, Ordering::Relaxed);
@@ -180,7 +200,10 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let totals = Arc::new(Totals {
         next: AtomicU64::new(0),
         accepted_events: AtomicU64::new(0),

@@ -71,6 +71,22 @@ impl AmqpSink {
                 FieldTable::default(),
             );
             call(&what, t, declare).await.map_err(sink_error)?;
+        } else if !self.config.exchange.is_empty() {
+            let options = ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            let what = format!(
+                "exchange `{}` does not exist (create it, or set exchange_type to have sluice declare it)",
+                self.config.exchange
+            );
+            let check = ch.exchange_declare(
+                self.config.exchange.as_str().into(),
+                ExchangeKind::Direct,
+                options,
+                FieldTable::default(),
+            );
+            call(&what, t, check).await.map_err(sink_error)?;
         }
         let select = ch.confirm_select(ConfirmSelectOptions::default());
         call("cannot enable publisher confirms", t, select)

@@ -64,7 +64,8 @@ fn read_all(brokers: &str, topic: &str, n: usize) -> Vec<(String, Option<String>
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .unwrap();
     consumer.assign(&tpl).unwrap();
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -106,7 +107,9 @@ async fn writes_keyed_json_and_tombstones() {
         ]
     );
     // A second epoch on the same producer.
-    s.write(2, &[record(RowKind::Upsert, "GT", 4)]).await.unwrap();
+    s.write(2, &[record(RowKind::Upsert, "GT", 4)])
+        .await
+        .unwrap();
     s.close().await.unwrap();
 }
 

@@ -155,12 +155,6 @@ impl Pending {
     }
 }
 
-/// The outcome of a session that did not lose its connection.
-enum Ended {
-    /// Finished (bounded input drained, shutdown, or the pipeline is gone).
-    Done,
-}
-
 async fn run(config: AmqpSourceConfig, mut ctx: SourceContext) -> Result<(), SourceError> {
     let metrics = Metrics::new(&ctx);
     let instance = now_ms() as u64 ^ (u64::from(std::process::id()) << 40);
@@ -194,7 +188,7 @@ async fn run(config: AmqpSourceConfig, mut ctx: SourceContext) -> Result<(), Sou
                 let result = session.run(&config, &mut ctx, &mut tracker, &metrics).await;
                 tracker.channel_lost();
                 match result {
-                    Ok(Ended::Done) => return Ok(()),
+                    Ok(()) => return Ok(()),
                     Err(e) => {
                         if started.elapsed() >= STABLE_SESSION {
                             backoff.reset();
@@ -206,10 +200,7 @@ async fn run(config: AmqpSourceConfig, mut ctx: SourceContext) -> Result<(), Sou
             Err(e) => e,
         };
         if error.is_fatal() {
-            return Err(SourceError::Config(format!(
-                "{}: {error}",
-                amqp::redact(&config.url)
-            )));
+            return Err(SourceError::Config(error.to_string()));
         }
         let delay = backoff.next_delay();
         tracing::warn!(component = %ctx.name, %error, ?delay, "broker unavailable; reconnecting");
@@ -355,14 +346,15 @@ impl Session {
         ctx.output.emit(batch).await.is_ok()
     }
 
-    /// Consumes until the connection is lost (`Err`) or the source is done.
+    /// Consumes until the connection is lost (`Err`) or the source is done
+    /// (`Ok`: bounded input drained, shutdown, or the pipeline is gone).
     async fn run(
         mut self,
         config: &AmqpSourceConfig,
         ctx: &mut SourceContext,
         tracker: &mut Tracker,
         metrics: &Metrics,
-    ) -> Result<Ended, AmqpError> {
+    ) -> Result<(), AmqpError> {
         let max_event_bytes = ctx.output.max_event_bytes();
         let max_batch = config.max_batch.max(1);
         let mut pending = Pending::default();
@@ -382,7 +374,7 @@ impl Session {
                 if !consuming && tracker.has_pending_emit() {
                     flush_at = None;
                     if !self.flush(ctx, &mut pending, tracker).await {
-                        return Ok(Ended::Done);
+                        return Ok(());
                     }
                 }
                 if !consuming && tracker.unsettled() == 0 {
@@ -397,7 +389,7 @@ impl Session {
                 biased;
                 commit = ctx.commits.recv() => match commit {
                     Some(c) => self.on_commit(config, &c, tracker, metrics).await?,
-                    None => return Ok(Ended::Done), // the pipeline is gone
+                    None => return Ok(()), // the pipeline is gone
                 },
                 changed = ctx.shutdown.changed(), if finishing.is_none() => {
                     if changed.is_err() || *ctx.shutdown.borrow() {
@@ -421,7 +413,7 @@ impl Session {
                         if pending.deliveries >= max_batch || pending.buf.len() >= MAX_BATCH_BYTES {
                             flush_at = None;
                             if !self.flush(ctx, &mut pending, tracker).await {
-                                return Ok(Ended::Done);
+                                return Ok(());
                             }
                         } else if flush_at.is_none() {
                             flush_at = Some(Instant::now() + config.batch_wait.0);
@@ -443,7 +435,7 @@ impl Session {
                 _ = tokio::time::sleep_until(flush_at.unwrap_or_else(far)), if flush_at.is_some() => {
                     flush_at = None;
                     if !self.flush(ctx, &mut pending, tracker).await {
-                        return Ok(Ended::Done);
+                        return Ok(());
                     }
                 }
                 _ = lag_tick.tick() => {
@@ -485,7 +477,7 @@ impl Session {
             self.conn.close(200, "done".into()),
         )
         .await;
-        Ok(Ended::Done)
+        Ok(())
     }
 
     /// Stops deliveries (messages already delivered are still processed).

@@ -13,7 +13,9 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_engine::decode::Decoder;
 use sluice_engine::operator::FieldSet;
-use sluice_engine::source::{Commit, Source, SourceContext, SourceError, SourceEvent, SourceOutput};
+use sluice_engine::source::{
+    Commit, Source, SourceContext, SourceError, SourceEvent, SourceOutput,
+};
 use tokio::sync::{mpsc, watch};
 
 use super::positions::{decode, encode, reached_end, PartitionIds, PositionError};
@@ -37,8 +39,8 @@ fn example_config_parses() {
     assert_eq!(c.max_poll_records, 10_000);
     let e = toml::from_str::<KafkaSourceConfig>(&format!("{EXAMPLE}\ntopic = \"x\"")).unwrap_err();
     assert!(e.to_string().contains("unknown field `topic`"), "{e}");
-    let e = toml::from_str::<KafkaSourceConfig>(&EXAMPLE.replace("earliest", "beginning"))
-        .unwrap_err();
+    let e =
+        toml::from_str::<KafkaSourceConfig>(&EXAMPLE.replace("earliest", "beginning")).unwrap_err();
     assert!(e.to_string().contains("earliest"), "{e}");
 }
 
@@ -47,7 +49,8 @@ fn options_managed_by_sluice_are_refused() {
     let text = EXAMPLE.replace("\"client.id\"", "\"enable.auto.commit\"");
     let e = toml::from_str::<KafkaSourceConfig>(&text).unwrap_err();
     assert!(
-        e.to_string().contains("`enable.auto.commit` is managed by sluice"),
+        e.to_string()
+            .contains("`enable.auto.commit` is managed by sluice"),
         "{e}"
     );
 }
@@ -66,7 +69,10 @@ fn instance_id_defaults_to_the_host_name_and_can_be_turned_off() {
 fn positions_round_trip() {
     let p = encode("orders.v1", 7, 123_456_789_012);
     let d = decode(&p).unwrap();
-    assert_eq!((d.topic.as_str(), d.partition, d.next), ("orders.v1", 7, 123_456_789_012));
+    assert_eq!(
+        (d.topic.as_str(), d.partition, d.next),
+        ("orders.v1", 7, 123_456_789_012)
+    );
     assert_eq!(decode(b""), None);
     assert_eq!(decode(&p[..10]), None);
     let mut other = p.clone();
@@ -161,7 +167,11 @@ fn produce(brokers: &str, topic: &str, partitions: i32, n: usize) {
         for k in 0..n {
             let payload = format!("{{\"p\":{p},\"i\":{k}}}");
             producer
-                .send(BaseRecord::<(), _>::to(topic).partition(p).payload(&payload))
+                .send(
+                    BaseRecord::<(), _>::to(topic)
+                        .partition(p)
+                        .payload(&payload),
+                )
                 .unwrap();
         }
     }
@@ -237,7 +247,10 @@ async fn wait_committed(brokers: &str, group: &str, topic: &str, want: Vec<Optio
         if got == want {
             return;
         }
-        assert!(Instant::now() < deadline, "committed {got:?}, want {want:?}");
+        assert!(
+            Instant::now() < deadline,
+            "committed {got:?}, want {want:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -405,7 +418,15 @@ async fn revoked_partitions_stop_holding_the_watermark() {
         }
     }
     done.sort();
-    assert_eq!(done, declared.iter().copied().collect::<std::collections::BTreeSet<_>>().into_iter().collect::<Vec<_>>());
+    assert_eq!(
+        done,
+        declared
+            .iter()
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+    );
     assert_eq!(again.len(), 1, "one partition back: {again:?}");
     // The new member has no checkpoint for its partition: it reads it from
     // `start` (earliest), not from the group's committed offsets.

@@ -1,0 +1,167 @@
+//! The AMQP side of the W1a benchmark (`bench/amqp.sh`): a publisher that
+//! loads a queue, and the hand-written consumer sluice is compared with.
+//!
+//! - `publish URL QUEUE INPUT.jsonl`: declares the durable queue and publishes
+//!   every line as a persistent message with `message_id` = the line number,
+//!   with publisher confirms.
+//! - `consume URL QUEUE N OUT.csv [PREFETCH]`: the typical hand-written
+//!   consumer (like the Go consumers of use case 1): for each delivery, parse
+//!   the JSON, increment the country's counter, ack that one message. Stops
+//!   after N messages and writes `country,count` rows sorted by country (the
+//!   oracle's format). No durable state: a crash loses or doubles counts.
+
+use std::error::Error;
+use std::io::{BufRead, Write};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use rustc_hash::FxHashMap;
+use serde::Deserialize;
+
+type Result<T> = std::result::Result<T, Box<dyn Error>>;
+
+#[derive(Deserialize)]
+struct Event<'a> {
+    #[serde(borrow)]
+    country: &'a str,
+}
+
+async fn channel(url: &str, queue: &str) -> Result<(Connection, Channel)> {
+    let conn = Connection::connect(url, ConnectionProperties::default()).await?;
+    let ch = conn.create_channel().await?;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare(queue.into(), durable, FieldTable::default())
+        .await?;
+    Ok((conn, ch))
+}
+
+async fn publish(url: &str, queue: &str, input: &str) -> Result<()> {
+    let (_conn, ch) = channel(url, queue).await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let reader = std::io::BufReader::new(std::fs::File::open(input)?);
+    let started = Instant::now();
+    let mut n = 0u64;
+    let mut confirms = Vec::with_capacity(10_000);
+    for line in reader.lines() {
+        let line = line?;
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_message_id(format!("w1-{n}").into());
+        let c = ch
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                line.as_bytes(),
+                props,
+            )
+            .await?;
+        confirms.push(c);
+        n += 1;
+        if confirms.len() == 10_000 {
+            for c in confirms.drain(..) {
+                if !c.await?.is_ack() {
+                    return Err("the broker nacked a message".into());
+                }
+            }
+        }
+    }
+    for c in confirms {
+        if !c.await?.is_ack() {
+            return Err("the broker nacked a message".into());
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "published {n} messages in {secs:.2} s ({:.0}/s)",
+        n as f64 / secs
+    );
+    Ok(())
+}
+
+async fn consume(url: &str, queue: &str, n: u64, out: &str, prefetch: u16) -> Result<()> {
+    let (_conn, ch) = channel(url, queue).await?;
+    ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+    let mut consumer = ch
+        .basic_consume(
+            queue.into(),
+            "baseline".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut counts: FxHashMap<String, u64> = FxHashMap::default();
+    let started = Instant::now();
+    let mut seen = 0u64;
+    while seen < n {
+        let Some(delivery) = consumer.next().await else {
+            return Err("the consumer was cancelled".into());
+        };
+        let d = delivery?;
+        if let Ok(e) = serde_json::from_slice::<Event>(&d.data) {
+            match counts.get_mut(e.country) {
+                Some(c) => *c += 1,
+                None => {
+                    counts.insert(e.country.to_string(), 1);
+                }
+            }
+        }
+        d.ack(BasicAckOptions::default()).await?;
+        seen += 1;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "consumed {seen} messages in {secs:.2} s ({:.0}/s)",
+        seen as f64 / secs
+    );
+    let mut rows: Vec<_> = counts.into_iter().collect();
+    rows.sort();
+    let mut f = std::io::BufWriter::new(std::fs::File::create(out)?);
+    for (country, count) in rows {
+        writeln!(f, "{country},{count}")?;
+    }
+    f.flush()?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("amqp_baseline: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match args.get(1).map(String::as_str) {
+            Some("publish") if args.len() == 5 => publish(&args[2], &args[3], &args[4]).await,
+            Some("consume") if args.len() == 6 || args.len() == 7 => {
+                let n = args[4].parse()?;
+                let prefetch = args.get(6).map_or(Ok(1000), |p| p.parse())?;
+                consume(&args[2], &args[3], n, &args[5], prefetch).await
+            }
+            _ => Err("usage: amqp_baseline publish URL QUEUE INPUT.jsonl | consume URL QUEUE N OUT.csv [PREFETCH]".into()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("amqp_baseline: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
