@@ -12,6 +12,8 @@ use toml::Spanned;
 
 #[cfg(feature = "amqp")]
 use sluice_connectors::sinks::amqp::AmqpSinkConfig;
+#[cfg(feature = "kafka")]
+use sluice_connectors::sinks::kafka::KafkaSinkConfig;
 #[cfg(feature = "postgres")]
 use sluice_connectors::sinks::postgres::PostgresSinkConfig;
 #[cfg(feature = "redis")]
@@ -23,6 +25,8 @@ use sluice_connectors::sinks::{file::FileSinkConfig, stdout::StdoutSinkConfig};
 use sluice_connectors::sources::amqp::AmqpSourceConfig;
 #[cfg(feature = "http")]
 use sluice_connectors::sources::http::HttpSourceConfig;
+#[cfg(feature = "kafka")]
+use sluice_connectors::sources::kafka::KafkaSourceConfig;
 #[cfg(feature = "files")]
 use sluice_connectors::sources::{file::FileSourceConfig, stdin::StdinSourceConfig};
 use sluice_operators::aggregate::AggregateConfig;
@@ -42,6 +46,8 @@ pub enum SourceConfig {
     Amqp(AmqpSourceConfig),
     #[cfg(feature = "http")]
     Http(HttpSourceConfig),
+    #[cfg(feature = "kafka")]
+    Kafka(KafkaSourceConfig),
 }
 
 /// A transform's own options, by `type`.
@@ -69,6 +75,8 @@ pub enum SinkConfig {
     Redis(RedisSinkConfig),
     #[cfg(feature = "postgres")]
     Postgres(PostgresSinkConfig),
+    #[cfg(feature = "kafka")]
+    Kafka(KafkaSinkConfig),
 }
 
 /// Types known to this build (for "did you mean" and error messages).
@@ -81,6 +89,8 @@ pub const SOURCE_TYPES: &[&str] = &[
     "amqp",
     #[cfg(feature = "http")]
     "http",
+    #[cfg(feature = "kafka")]
+    "kafka",
 ];
 pub const TRANSFORM_TYPES: &[&str] = &["filter", "map", "key_by", "aggregate"];
 pub const SINK_TYPES: &[&str] = &[
@@ -95,6 +105,8 @@ pub const SINK_TYPES: &[&str] = &[
     "redis",
     #[cfg(feature = "postgres")]
     "postgres",
+    #[cfg(feature = "kafka")]
+    "kafka",
 ];
 
 /// Parses the options of a source of type `kind`; `None` if the type is unknown.
@@ -105,6 +117,8 @@ pub fn parse_source(
     value: Spanned<DeValue<'_>>,
 ) -> Option<Result<SourceConfig, ConfigError>> {
     let _ = (src, path, &value);
+    #[cfg(feature = "kafka")]
+    let at = value.span().start;
     Some(match kind {
         #[cfg(feature = "files")]
         "file" => deserialize_spanned(src, path, value).map(SourceConfig::File),
@@ -114,6 +128,15 @@ pub fn parse_source(
         "amqp" => deserialize_spanned(src, path, value).map(SourceConfig::Amqp),
         #[cfg(feature = "http")]
         "http" => deserialize_spanned(src, path, value).map(SourceConfig::Http),
+        #[cfg(feature = "kafka")]
+        "kafka" => validated(
+            src,
+            path,
+            at,
+            deserialize_spanned(src, path, value),
+            KafkaSourceConfig::validate,
+        )
+        .map(SourceConfig::Kafka),
         _ => return None,
     })
 }
@@ -140,7 +163,7 @@ pub fn parse_sink(
     value: Spanned<DeValue<'_>>,
 ) -> Option<Result<SinkConfig, ConfigError>> {
     let _ = (src, path, &value);
-    #[cfg(any(feature = "redis", feature = "postgres"))]
+    #[cfg(any(feature = "redis", feature = "postgres", feature = "kafka"))]
     let at = value.span().start;
     Some(match kind {
         #[cfg(feature = "redis")]
@@ -168,13 +191,22 @@ pub fn parse_sink(
         #[cfg(feature = "amqp")]
         "amqp" => deserialize_spanned(src, path, value).map(SinkConfig::Amqp),
         "table" => deserialize_spanned(src, path, value).map(SinkConfig::Table),
+        #[cfg(feature = "kafka")]
+        "kafka" => validated(
+            src,
+            path,
+            at,
+            deserialize_spanned(src, path, value),
+            KafkaSinkConfig::validate,
+        )
+        .map(SinkConfig::Kafka),
         _ => return None,
     })
 }
 
 /// A component's checks beyond its shape (options that depend on each
 /// other), reported at the component's table.
-#[cfg(any(feature = "redis", feature = "postgres"))]
+#[cfg(any(feature = "redis", feature = "postgres", feature = "kafka"))]
 fn validated<T>(
     src: &SourceText,
     path: &str,
@@ -238,6 +270,10 @@ pub fn build_source(config: &SourceConfig) -> Box<dyn Source> {
         SourceConfig::Http(c) => {
             Box::new(sluice_connectors::sources::http::HttpSource::new(c.clone()))
         }
+        #[cfg(feature = "kafka")]
+        SourceConfig::Kafka(c) => {
+            Box::new(sluice_connectors::sources::kafka::KafkaSource::new(c.clone()))
+        }
     }
 }
 
@@ -276,5 +312,9 @@ pub fn build_sink(config: &SinkConfig, env: &BuildEnv<'_>) -> Box<dyn Sink> {
             env.name,
             c.clone(),
         )),
+        #[cfg(feature = "kafka")]
+        SinkConfig::Kafka(c) => {
+            Box::new(sluice_connectors::sinks::kafka::KafkaSink::new(c.clone()))
+        }
     }
 }

@@ -16,7 +16,7 @@ use lapin::message::Delivery;
 use lapin::options::ExchangeDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::ExchangeKind;
-use support::amqp::{rt, shared_broker, Client};
+use support::amqp::{rt, shared_broker, Cleanup, Client};
 use support::*;
 
 const PIPELINE: &str = r#"
@@ -70,6 +70,7 @@ struct Setup {
     dlq: String,
     work: tempfile::TempDir,
     pipeline: std::path::PathBuf,
+    _cleanup: Cleanup,
 }
 
 /// W1 input plus `bad` malformed lines, an exchange with a bound queue,
@@ -86,10 +87,20 @@ fn setup(test: &str, events: u64, bad: usize) -> Setup {
     }
     let pipeline = work.path().join("pipeline.toml");
     std::fs::write(&pipeline, PIPELINE).unwrap();
+    let (exchange, queue, dlq) = (
+        services::unique(&format!("{test}_ex")),
+        services::unique(&format!("{test}_out")),
+        services::unique(&format!("{test}_dlq")),
+    );
     let s = Setup {
-        exchange: services::unique(&format!("{test}_ex")),
-        queue: services::unique(&format!("{test}_out")),
-        dlq: services::unique(&format!("{test}_dlq")),
+        _cleanup: Cleanup {
+            url: url.clone(),
+            queues: vec![queue.clone(), dlq.clone()],
+            exchanges: vec![exchange.clone()],
+        },
+        exchange,
+        queue,
+        dlq,
         url,
         w1,
         input,
@@ -137,21 +148,8 @@ impl Setup {
         let rt = rt();
         rt.block_on(async {
             let c = Client::connect(&self.url).await;
-            let out = c.drain(queue, Duration::from_millis(500)).await;
-            c.delete_queue(queue).await;
-            out
+            c.drain(queue, Duration::from_millis(500)).await
         })
-    }
-
-    fn cleanup(&self) {
-        let rt = rt();
-        rt.block_on(async {
-            let c = Client::connect(&self.url).await;
-            let _ = c
-                .channel
-                .exchange_delete(self.exchange.as_str().into(), Default::default())
-                .await;
-        });
     }
 }
 
@@ -235,7 +233,6 @@ fn amqp_sink_publishes_every_record_with_confirms() {
         let v: serde_json::Value = serde_json::from_slice(&d.data).unwrap();
         assert_eq!(v["error_type"], "malformed_json", "{v}");
     }
-    s.cleanup();
 }
 
 #[test]
@@ -267,5 +264,4 @@ fn amqp_sink_republishes_epochs_with_the_same_ids_after_sigkill() {
         "newest epoch per message_id must give the exact counts (log {})",
         log.display()
     );
-    s.cleanup();
 }

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::amqp::{lines_as_messages, rt, shared_broker, Client, PrivateRabbit};
+use support::amqp::{lines_as_messages, rt, shared_broker, Cleanup, Client, PrivateRabbit};
 use support::*;
 
 const PIPELINE: &str = r#"
@@ -122,6 +122,11 @@ fn amqp_w1_counts_are_exact_after_random_sigkills() {
     let url = shared_broker();
     let w1 = w1::generate(100_000, 3);
     let queue = services::unique("sluice_amqp_kill");
+    let _cleanup = Cleanup {
+        url: url.clone(),
+        queues: vec![queue.clone()],
+        exchanges: Vec::new(),
+    };
     let rt = rt();
     let client = rt.block_on(Client::connect(&url));
     rt.block_on(client.durable_queue(&queue, None));
@@ -134,7 +139,10 @@ fn amqp_w1_counts_are_exact_after_random_sigkills() {
     );
 
     let work = Work::new();
-    let env = work.env(&url, &queue);
+    let mut env = work.env(&url, &queue);
+    // at most 2000 messages per 100 ms checkpoint: >= 5 s of work, so that
+    // most kills land in a running process
+    env.push(("PREFETCH", "2000".into()));
     let log = work.path("sluice.log");
     let mut rng = rng("amqp_w1_counts_are_exact_after_random_sigkills");
     let started = Instant::now();
@@ -144,7 +152,7 @@ fn amqp_w1_counts_are_exact_after_random_sigkills() {
         &log,
         &mut rng,
         6,
-        Duration::from_millis(2500),
+        Duration::from_millis(1500),
     );
     eprintln!("{kills} kills, done in {:?}", started.elapsed());
     assert!(kills >= 3, "only {kills} of 6 kills hit a running sluice");
@@ -178,7 +186,6 @@ fn amqp_w1_counts_are_exact_after_random_sigkills() {
         skipped_after_restart >= 1,
         "no restart found processed-but-unacknowledged messages: the dedup path was not exercised"
     );
-    rt.block_on(client.delete_queue(&queue));
 }
 
 #[test]
@@ -247,6 +254,11 @@ fn amqp_poison_messages_become_dead_letters_and_are_acknowledged() {
     let url = shared_broker();
     let w1 = w1::generate(2_000, 7);
     let queue = services::unique("sluice_amqp_poison");
+    let _cleanup = Cleanup {
+        url: url.clone(),
+        queues: vec![queue.clone()],
+        exchanges: Vec::new(),
+    };
     let mut messages = lines_as_messages(&w1.input, "good-");
     let poison: Vec<(&str, Vec<u8>)> = vec![
         ("malformed_json", b"not json at all".to_vec()),
@@ -286,7 +298,6 @@ fn amqp_poison_messages_become_dead_letters_and_are_acknowledged() {
         0,
         "poison messages must be acknowledged, not requeued"
     );
-    rt.block_on(client.delete_queue(&queue));
 }
 
 #[test]

@@ -150,6 +150,8 @@ fn every_example_and_golden_pipeline_validates() {
             // nothing for the rest (their `${X:-default}` applies).
             let env = |name: &str| match name {
                 "AMQP_URL" => Some("amqp://127.0.0.1:1/%2f".to_string()),
+                "POSTGRES_URL" => Some("postgres://postgres@127.0.0.1:1/test".to_string()),
+                "MONGODB_URI" => Some("mongodb://127.0.0.1:1/?replicaSet=rs0".to_string()),
                 n if n.ends_with("_URL") || n.ends_with("_URI") => {
                     Some("redis://127.0.0.1:1/0".to_string())
                 }

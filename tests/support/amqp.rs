@@ -164,6 +164,41 @@ impl Client {
     }
 }
 
+/// Deletes the test's queues and exchanges when dropped (also when the test
+/// fails).
+pub struct Cleanup {
+    pub url: String,
+    pub queues: Vec<String>,
+    pub exchanges: Vec<String>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let rt = rt();
+        rt.block_on(async {
+            let Ok(conn) = Connection::connect(&self.url, ConnectionProperties::default()).await
+            else {
+                return;
+            };
+            for q in &self.queues {
+                if let Ok(ch) = conn.create_channel().await {
+                    let _ = ch
+                        .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                        .await;
+                }
+            }
+            for e in &self.exchanges {
+                if let Ok(ch) = conn.create_channel().await {
+                    let _ = ch
+                        .exchange_delete(e.as_str().into(), Default::default())
+                        .await;
+                }
+            }
+            let _ = conn.close(200, "ok".into()).await;
+        });
+    }
+}
+
 /// Lines of an NDJSON file as `(message_id, body)` messages; the id is
 /// `<prefix><line number>`.
 pub fn lines_as_messages(path: &std::path::Path, prefix: &str) -> Vec<(Option<String>, Vec<u8>)> {

@@ -11,6 +11,8 @@ use rand::{Rng, SeedableRng};
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod services;
 pub mod w1;
 

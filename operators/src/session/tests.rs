@@ -26,8 +26,8 @@ fn sessions_merge_and_close_after_the_gap() {
     assert_eq!(
         rows(&watermark(op.as_mut(), 20)),
         vec![
-            r#"{"u":"a","window_start":0,"window_end":15,"n":2,"first":"home","last":"cart"}"#,
-            r#"{"u":"b","window_start":2,"window_end":12,"n":1,"first":"home","last":"home"}"#,
+            r#"{"u":"a","window_start":0,"window_end":15,"first":"home","last":"cart","n":2}"#,
+            r#"{"u":"b","window_start":2,"window_end":12,"first":"home","last":"home","n":1}"#,
         ]
     );
     // an event bridging two sessions merges them
@@ -47,7 +47,7 @@ fn sessions_merge_and_close_after_the_gap() {
     );
     assert_eq!(
         rows(&out)[1],
-        r#"{"u":"a","window_start":0,"window_end":28,"n":3,"first":"x","last":"z"}"#
+        r#"{"u":"a","window_start":0,"window_end":28,"first":"x","last":"z","n":3}"#
     );
 }
 
@@ -68,6 +68,6 @@ fn session_state_round_trips() {
     run_op(b.as_mut(), batch_of(&[r#"{"u":"a","p":"y","t":4}"#]));
     assert_eq!(
         rows(&watermark(b.as_mut(), 100)),
-        vec![r#"{"u":"a","window_start":0,"window_end":14,"n":2,"first":"x","last":"y"}"#]
+        vec![r#"{"u":"a","window_start":0,"window_end":14,"first":"x","last":"y","n":2}"#]
     );
 }

@@ -42,13 +42,26 @@ pub struct KafkaSinkConfig {
     /// Extra librdkafka producer properties (security, `acks`...). Sluice
     /// sets `bootstrap.servers`, `enable.idempotence=true`, `linger.ms`,
     /// `batch.size`, `compression.type` and `message.timeout.ms` itself, and
-    /// `partitioner=murmur2_random` (the Java client's key -> partition
-    /// mapping) unless given here.
+    /// unless given here `partitioner=murmur2_random` (the Java client's
+    /// key -> partition mapping) and `allow.auto.create.topics=false`.
     #[serde(default, deserialize_with = "sink_options")]
     pub options: Options,
     /// How long closing the producer (flushing) may take at shutdown.
     #[serde(default = "default_close_timeout")]
     pub close_timeout: HumanDuration,
+}
+
+impl KafkaSinkConfig {
+    /// Checks beyond the shape of the options.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.brokers.iter().all(|b| b.trim().is_empty()) {
+            return Err("`brokers` is empty: give at least one `host:port`".into());
+        }
+        if self.topic.trim().is_empty() {
+            return Err("`topic` is empty".into());
+        }
+        Ok(())
+    }
 }
 
 /// Compression codec of produced batches.

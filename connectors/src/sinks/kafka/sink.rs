@@ -138,8 +138,13 @@ impl KafkaSink {
                 c.delivery_timeout.as_millis().max(1).to_string(),
             ),
         ];
-        if !c.options.contains_key("partitioner") {
-            own.push(("partitioner", "murmur2_random".to_string()));
+        for (k, v) in [
+            ("partitioner", "murmur2_random"),
+            ("allow.auto.create.topics", "false"),
+        ] {
+            if !c.options.contains_key(k) {
+                own.push((k, v.to_string()));
+            }
         }
         client_config(&c.brokers, &own, &c.options)
             .create_with_context(SinkContext::default())

@@ -76,6 +76,23 @@ pub enum StartFrom {
 }
 
 impl KafkaSourceConfig {
+    /// Checks beyond the shape of the options.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.brokers.iter().all(|b| b.trim().is_empty()) {
+            return Err("`brokers` is empty: give at least one `host:port`".into());
+        }
+        if self.topics.is_empty() || self.topics.iter().any(|t| t.trim().is_empty()) {
+            return Err("`topics` must name at least one topic, and no empty name".into());
+        }
+        if self.group_id.trim().is_empty() {
+            return Err("`group_id` is empty".into());
+        }
+        if self.max_poll_records == 0 || self.max_batch_bytes == 0 {
+            return Err("`max_poll_records` and `max_batch_bytes` must be at least 1".into());
+        }
+        Ok(())
+    }
+
     /// The `group.instance.id` to use, if any (see `group_instance_id`).
     pub fn instance_id(&self) -> Option<String> {
         match self.group_instance_id.as_deref() {

@@ -125,7 +125,7 @@ struct Running {
 
 fn config(brokers: &str, topic: &str, group: &str) -> KafkaSourceConfig {
     let text = format!(
-        "brokers = [\"{brokers}\"]\ntopics = [\"{topic}\"]\ngroup_id = \"{group}\"\ngroup_instance_id = \"\"\npoll_timeout = \"20ms\""
+        "brokers = [\"{brokers}\"]\ntopics = [\"{topic}\"]\ngroup_id = \"{group}\"\ngroup_instance_id = \"\"\npoll_timeout = \"20ms\"\nclose_timeout = \"1s\"\noptions = {{ \"session.timeout.ms\" = 6000, \"heartbeat.interval.ms\" = 500 }}"
     );
     toml::from_str(&text).unwrap()
 }
