@@ -74,9 +74,9 @@ fn unknown_type_and_section() {
     assert_eq!(e.hint.as_deref(), Some("did you mean `sinks`?"));
     let e = first_error(&GOOD.replace(
         "type = \"file\"\npath = \"in",
-        "type = \"kafka\"\npath = \"in",
+        "type = \"mongodb\"\npath = \"in",
     ));
-    assert!(e.hint.unwrap().contains("cargo feature `kafka`"));
+    assert!(e.hint.unwrap().contains("cargo feature `mongodb`"));
 }
 
 #[test]
