@@ -271,9 +271,9 @@ pub fn build_source(config: &SourceConfig) -> Box<dyn Source> {
             Box::new(sluice_connectors::sources::http::HttpSource::new(c.clone()))
         }
         #[cfg(feature = "kafka")]
-        SourceConfig::Kafka(c) => {
-            Box::new(sluice_connectors::sources::kafka::KafkaSource::new(c.clone()))
-        }
+        SourceConfig::Kafka(c) => Box::new(sluice_connectors::sources::kafka::KafkaSource::new(
+            c.clone(),
+        )),
     }
 }
 

@@ -149,7 +149,11 @@ fn run_with_kills_while_reading(s: &Setup, rng: &mut impl rand::Rng, kills: usiz
         let mut child = spawn_run(&s.pipeline, &s.env, &s.log());
         let deadline = Instant::now() + Duration::from_secs(60);
         while assigned() == before && child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "no assignment within 60 s:\n{}", show_log(&s.log()));
+            assert!(
+                Instant::now() < deadline,
+                "no assignment within 60 s:\n{}",
+                show_log(&s.log())
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         let delay = Duration::from_millis(rng.random_range(0..2_000));
@@ -166,7 +170,11 @@ fn run_with_kills_while_reading(s: &Setup, rng: &mut impl rand::Rng, kills: usiz
         progress.push(s.counts().values().sum());
     }
     let status = spawn_run(&s.pipeline, &s.env, &s.log()).wait().unwrap();
-    assert!(status.success(), "the final run failed:\n{}", show_log(&s.log()));
+    assert!(
+        status.success(),
+        "the final run failed:\n{}",
+        show_log(&s.log())
+    );
     progress
 }
 
@@ -208,7 +216,10 @@ fn kafka_graceful_stop_commits_the_end_offsets() {
     let Some(s) = setup(test, 20_000) else { return };
     let log = std::fs::File::create(s.log()).unwrap();
     let mut cmd = sluice();
-    cmd.arg("run").arg(&s.pipeline).stdout(Stdio::null()).stderr(log);
+    cmd.arg("run")
+        .arg(&s.pipeline)
+        .stdout(Stdio::null())
+        .stderr(log);
     for (k, v) in &s.env {
         cmd.env(k, v);
     }
@@ -217,7 +228,10 @@ fn kafka_graceful_stop_commits_the_end_offsets() {
     let deadline = Instant::now() + Duration::from_secs(90);
     while s.counts() != s.w1.by_country {
         if let Some(status) = child.try_wait().unwrap() {
-            panic!("sluice exited early ({status}); log:\n{}", show_log(&s.log()));
+            panic!(
+                "sluice exited early ({status}); log:\n{}",
+                show_log(&s.log())
+            );
         }
         if Instant::now() > deadline {
             let _ = child.kill();

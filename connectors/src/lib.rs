@@ -7,5 +7,7 @@ pub mod amqp;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod lines;
+#[cfg(feature = "mongodb")]
+pub mod mongo;
 pub mod sinks;
 pub mod sources;

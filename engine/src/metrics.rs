@@ -41,6 +41,9 @@ pub const SOURCE_DUPLICATES: &str = "sluice_source_duplicates_total";
 pub const SOURCE_ACKS: &str = "sluice_source_acks_total";
 /// Connections a source had to re-establish.
 pub const SOURCE_RECONNECTS: &str = "sluice_source_reconnects_total";
+/// How far behind a change-stream source is: now minus the server time of
+/// the last event it read (MongoDB `clusterTime`).
+pub const SOURCE_LAG_SECONDS: &str = "sluice_source_lag_seconds";
 
 /// Every metric name above, for the exporter's descriptions and the
 /// dashboard consistency test.
@@ -76,6 +79,7 @@ pub const ALL: &[&str] = &[
     SOURCE_DUPLICATES,
     SOURCE_ACKS,
     SOURCE_RECONNECTS,
+    SOURCE_LAG_SECONDS,
 ];
 
 /// Labels identifying one component.

@@ -24,14 +24,18 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use sluice_engine::batch::Batch;
+use sluice_engine::dead_letter::{DeadLetter, ErrorType};
+use sluice_engine::keys::GroupKey;
 use sluice_engine::operator::{
-    BuildContext, BuildError, FieldPath, FieldSet, Operator, OperatorSpec,
+    BuildContext, BuildError, Emitter, FieldPath, FieldSet, Operator, OperatorSpec,
 };
 use sluice_engine::time::HumanDuration;
 use sluice_engine::value::parse_path;
 
 use crate::accumulator::{AggSpec, Aggregate};
 use crate::fixed::FixedAggregate;
+use crate::key_by::{compute_keys, missing_key};
 use crate::session::SessionAggregate;
 use crate::window::WindowConfig;
 
@@ -274,6 +278,65 @@ pub struct Common {
     pub key_groups: u16,
     pub start_field: FieldPath,
     pub end_field: FieldPath,
+}
+
+impl Common {
+    /// The group key of every row of `batch` (`Err(field index)` when a
+    /// key field is missing).
+    pub fn keys(&self, batch: &Batch, keys: &mut Vec<Result<GroupKey, usize>>) {
+        match &self.group {
+            Grouping::Fields(fields) => compute_keys(fields, batch, keys),
+            Grouping::Upstream(_) if batch.is_keyed() => {
+                keys.clear();
+                keys.extend(batch.keys.iter().cloned().map(Ok));
+            }
+            _ => {
+                keys.clear();
+                keys.resize(batch.len(), Ok(GroupKey::new()));
+            }
+        }
+    }
+
+    /// Admits row `i`: returns its key and time, or sends it to the dead
+    /// letters (missing key field, or an input of the wrong type for an
+    /// aggregate — checked before any accumulator is touched).
+    pub fn admit<'k>(
+        &self,
+        batch: &Batch,
+        i: usize,
+        key: &'k Result<GroupKey, usize>,
+        now: i64,
+        out: &mut Emitter<'_>,
+    ) -> Option<(&'k GroupKey, i64)> {
+        let key = match key {
+            Ok(k) => k,
+            Err(f) => {
+                out.dead_letter(missing_key(batch, i, &self.name, &self.group.names()[*f]));
+                return None;
+            }
+        };
+        let row = &batch.rows[i];
+        if let Some(reason) = self
+            .aggregates
+            .iter()
+            .find_map(|a| a.check(a.input(row)).err())
+        {
+            out.dead_letter(DeadLetter::from_row(
+                batch,
+                i,
+                &self.name,
+                ErrorType::WrongType,
+                reason,
+            ));
+            return None;
+        }
+        let t = if self.processing_time {
+            now
+        } else {
+            batch.meta[i].time
+        };
+        Some((key, t))
+    }
 }
 
 #[cfg(test)]

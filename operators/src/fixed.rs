@@ -17,8 +17,7 @@ use sluice_engine::time::now_ms;
 use sluice_engine::value::{Map, Value};
 
 use crate::accumulator::Acc;
-use crate::aggregate::{Common, EmitMode, Grouping};
-use crate::key_by::{compute_keys, missing_key};
+use crate::aggregate::{Common, EmitMode};
 use crate::window::assign;
 
 /// The start used for the single all-time "window".
@@ -144,49 +143,14 @@ impl FixedAggregate {
 
 impl Operator for FixedAggregate {
     fn process(&mut self, batch: Batch, out: &mut Emitter<'_>) {
-        match &self.c.group {
-            Grouping::Fields(fields) => compute_keys(fields, &batch, &mut self.keys),
-            Grouping::Upstream(_) if batch.is_keyed() => {
-                self.keys.clear();
-                self.keys.extend(batch.keys.iter().cloned().map(Ok));
-            }
-            _ => {
-                self.keys.clear();
-                self.keys.resize(batch.len(), Ok(GroupKey::new()));
-            }
-        }
+        self.c.keys(&batch, &mut self.keys);
         let now = if self.c.processing_time { now_ms() } else { 0 };
         let keys = std::mem::take(&mut self.keys);
         for (i, key) in keys.iter().enumerate() {
-            let key = match key {
-                Ok(k) => k,
-                Err(f) => {
-                    let field = &self.c.group.names()[*f];
-                    out.dead_letter(missing_key(&batch, i, &self.c.name, field));
-                    continue;
-                }
+            let Some((key, t)) = self.c.admit(&batch, i, key, now, out) else {
+                continue;
             };
             let row = &batch.rows[i];
-            if let Some(reason) = self
-                .c
-                .aggregates
-                .iter()
-                .find_map(|a| a.check(a.input(row)).err())
-            {
-                out.dead_letter(DeadLetter::from_row(
-                    &batch,
-                    i,
-                    &self.c.name,
-                    ErrorType::WrongType,
-                    reason,
-                ));
-                continue;
-            }
-            let t = if self.c.processing_time {
-                now
-            } else {
-                batch.meta[i].time
-            };
             self.starts.clear();
             match self.window {
                 None => self.starts.push(GLOBAL),

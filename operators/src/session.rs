@@ -18,8 +18,7 @@ use sluice_engine::time::now_ms;
 use sluice_engine::value::{Map, Value};
 
 use crate::accumulator::Acc;
-use crate::aggregate::{Common, EmitMode, Grouping};
-use crate::key_by::{compute_keys, missing_key};
+use crate::aggregate::{Common, EmitMode};
 
 const STATE_VERSION: u8 = 1;
 const META_WATERMARK: &[u8] = b"\0wm";
@@ -131,53 +130,14 @@ impl SessionAggregate {
 
 impl Operator for SessionAggregate {
     fn process(&mut self, batch: Batch, out: &mut Emitter<'_>) {
-        match &self.c.group {
-            Grouping::Fields(fields) => compute_keys(fields, &batch, &mut self.keys),
-            Grouping::Upstream(_) if batch.is_keyed() => {
-                self.keys.clear();
-                self.keys.extend(batch.keys.iter().cloned().map(Ok));
-            }
-            _ => {
-                self.keys.clear();
-                self.keys.resize(batch.len(), Ok(GroupKey::new()));
-            }
-        }
+        self.c.keys(&batch, &mut self.keys);
         let now = now_ms();
         let keys = std::mem::take(&mut self.keys);
         for (i, key) in keys.iter().enumerate() {
-            let key = match key {
-                Ok(k) => k,
-                Err(f) => {
-                    out.dead_letter(missing_key(
-                        &batch,
-                        i,
-                        &self.c.name,
-                        &self.c.group.names()[*f],
-                    ));
-                    continue;
-                }
+            let Some((key, t)) = self.c.admit(&batch, i, key, now, out) else {
+                continue;
             };
             let row = &batch.rows[i];
-            if let Some(reason) = self
-                .c
-                .aggregates
-                .iter()
-                .find_map(|a| a.check(a.input(row)).err())
-            {
-                out.dead_letter(DeadLetter::from_row(
-                    &batch,
-                    i,
-                    &self.c.name,
-                    ErrorType::WrongType,
-                    reason,
-                ));
-                continue;
-            }
-            let t = if self.c.processing_time {
-                now
-            } else {
-                batch.meta[i].time
-            };
             let (start, end) = (t, t.saturating_add(self.gap));
             if end.saturating_add(self.c.lateness) <= self.watermark {
                 let reason = format!(

@@ -137,7 +137,9 @@ pub fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> Ve
         .unwrap();
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_range(topic, 0, partitions - 1);
-    let got = consumer.committed_offsets(tpl, TIMEOUT).expect("OffsetFetch");
+    let got = consumer
+        .committed_offsets(tpl, TIMEOUT)
+        .expect("OffsetFetch");
     (0..partitions)
         .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
             Some(Offset::Offset(o)) => Some(o),
@@ -146,13 +148,11 @@ pub fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> Ve
         .collect()
 }
 
-/// Every message of `topic` from the beginning: (partition, key, value),
-/// reading until the end offsets seen at the start are reached.
-pub fn read_all(
-    brokers: &str,
-    topic: &str,
-    partitions: i32,
-) -> Vec<(i32, String, Option<String>)> {
+/// Every message of `topic` from the beginning: (partition, key, value).
+/// Reads past the end offsets seen at the start until nothing new comes for
+/// 2 s: tansu reports the end of a partition as the base offset of its last
+/// batch + 1, which is too small when that batch holds several records.
+pub fn read_all(brokers: &str, topic: &str, partitions: i32) -> Vec<(i32, String, Option<String>)> {
     let ends = end_offsets(brokers, topic, partitions).expect("topic exists");
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -162,13 +162,17 @@ pub fn read_all(
         .unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
     }
     consumer.assign(&tpl).unwrap();
     let mut next = vec![0i64; partitions as usize];
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while next.iter().zip(&ends).any(|(n, e)| n < e) {
+    let mut last_message = Instant::now();
+    while next.iter().zip(&ends).any(|(n, e)| n < e)
+        || last_message.elapsed() < Duration::from_secs(2)
+    {
         assert!(
             Instant::now() < deadline,
             "reading {topic}: at {next:?} of {ends:?}"
@@ -176,6 +180,7 @@ pub fn read_all(
         let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
             continue;
         };
+        last_message = Instant::now();
         let p = m.partition();
         next[p as usize] = m.offset() + 1;
         let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();

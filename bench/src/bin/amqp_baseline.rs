@@ -9,6 +9,14 @@
 //!   the JSON, increment the country's counter, ack that one message. Stops
 //!   after N messages and writes `country,count` rows sorted by country (the
 //!   oracle's format). No durable state: a crash loses or doubles counts.
+//! - `consume-redis URL QUEUE N REDIS_URL KEY_PREFIX [PREFETCH]` (feature
+//!   `redis`, `bench/redis.sh`): the use-case-1 consumer as the teams wrote
+//!   it. Per delivery: parse the JSON, `HINCRBY <prefix>country:counts
+//!   <country> 1`, `INCR <prefix>messages:total` (one Redis round trip per
+//!   command, no pipelining), then ack that one message. Stops after N
+//!   messages. A crash between the Redis writes and the ack makes the broker
+//!   redeliver messages whose increments are already in Redis: they are
+//!   counted twice.
 
 use std::error::Error;
 use std::io::{BufRead, Write};
@@ -134,6 +142,63 @@ async fn consume(url: &str, queue: &str, n: u64, out: &str, prefetch: u16) -> Re
     Ok(())
 }
 
+#[cfg(feature = "redis")]
+async fn consume_redis(
+    url: &str,
+    queue: &str,
+    n: u64,
+    redis_url: &str,
+    prefix: &str,
+    prefetch: u16,
+) -> Result<()> {
+    let client = redis::Client::open(redis_url)?;
+    let mut con = client.get_multiplexed_async_connection().await?;
+    let hash = format!("{prefix}country:counts");
+    let total = format!("{prefix}messages:total");
+    let (_conn, ch) = channel(url, queue).await?;
+    ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+    let mut consumer = ch
+        .basic_consume(
+            queue.into(),
+            "baseline-redis".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let started = Instant::now();
+    let mut seen = 0u64;
+    let mut redelivered = 0u64;
+    while seen < n {
+        let Some(delivery) = consumer.next().await else {
+            return Err("the consumer was cancelled".into());
+        };
+        let d = delivery?;
+        if d.redelivered {
+            redelivered += 1;
+        }
+        if let Ok(e) = serde_json::from_slice::<Event>(&d.data) {
+            redis::cmd("HINCRBY")
+                .arg(&hash)
+                .arg(e.country)
+                .arg(1)
+                .query_async::<i64>(&mut con)
+                .await?;
+            redis::cmd("INCR")
+                .arg(&total)
+                .query_async::<i64>(&mut con)
+                .await?;
+        }
+        d.ack(BasicAckOptions::default()).await?;
+        seen += 1;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "consumed {seen} messages ({redelivered} redelivered) into Redis in {secs:.2} s ({:.0}/s)",
+        seen as f64 / secs
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -154,7 +219,13 @@ fn main() -> ExitCode {
                 let prefetch = args.get(6).map_or(Ok(1000), |p| p.parse())?;
                 consume(&args[2], &args[3], n, &args[5], prefetch).await
             }
-            _ => Err("usage: amqp_baseline publish URL QUEUE INPUT.jsonl | consume URL QUEUE N OUT.csv [PREFETCH]".into()),
+            #[cfg(feature = "redis")]
+            Some("consume-redis") if args.len() == 7 || args.len() == 8 => {
+                let n = args[4].parse()?;
+                let prefetch = args.get(7).map_or(Ok(1000), |p| p.parse())?;
+                consume_redis(&args[2], &args[3], n, &args[5], &args[6], prefetch).await
+            }
+            _ => Err("usage: amqp_baseline publish URL QUEUE INPUT.jsonl | consume URL QUEUE N OUT.csv [PREFETCH] | consume-redis URL QUEUE N REDIS_URL KEY_PREFIX [PREFETCH] (feature redis)".into()),
         }
     });
     match result {

@@ -2,8 +2,10 @@
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
-#[cfg(any(feature = "redis", feature = "postgres"))]
+#[cfg(any(feature = "redis", feature = "postgres", feature = "mongodb"))]
 pub mod fence;
+#[cfg(feature = "mongodb")]
+pub mod mongodb;
 #[cfg(feature = "files")]
 pub mod file;
 #[cfg(feature = "kafka")]

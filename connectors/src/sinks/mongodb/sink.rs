@@ -1,0 +1,208 @@
+//! Writing epochs to MongoDB: plan the writes of an epoch (pure), send them
+//! in bulk through a [`MongoClient`], and sort per-document errors into
+//! stale (fenced out), duplicate (dedup), retryable and rejected.
+
+use std::collections::HashMap;
+
+use mongodb::bson::{Bson, Document};
+use sluice_engine::batch::RowKind;
+use sluice_engine::sink::{Sink, SinkError, SinkRecord, WriteOutcome};
+use sluice_engine::source::BoxFuture;
+use sluice_engine::value::Value;
+
+use crate::mongo::commands::{classify, DUPLICATE_KEY, FENCE_FIELD};
+use crate::mongo::{value_to_bson, DriverClient, ErrorClass, MongoClient, MongoError, WriteOp};
+use crate::sinks::fence::{self, decode_progress, encode_progress};
+
+use super::config::{MongoSinkConfig, MongoSinkMode};
+
+/// The writes of one epoch.
+#[derive(Debug, Default, PartialEq)]
+pub struct Plan {
+    pub ops: Vec<WriteOp>,
+    /// The record index each op came from.
+    pub records: Vec<usize>,
+    /// Records that cannot be written: `(index, reason)`.
+    pub rejected: Vec<(usize, String)>,
+}
+
+/// Plans the writes of an epoch. In upsert mode only the last record per
+/// id counts (records are absolute values), so every op names a distinct
+/// `_id`; in append mode repeated ids are inserted once.
+pub fn plan_writes(mode: MongoSinkMode, records: &[SinkRecord], fence: i64) -> Plan {
+    let mut plan = Plan::default();
+    let mut last: HashMap<&str, usize> = HashMap::with_capacity(records.len());
+    for (i, r) in records.iter().enumerate() {
+        last.insert(r.id.as_str(), i);
+    }
+    for (i, r) in records.iter().enumerate() {
+        if last.get(r.id.as_str()) != Some(&i) {
+            continue;
+        }
+        let id = r.id.to_string();
+        if r.kind == RowKind::Delete {
+            plan.ops.push(WriteOp::FencedDelete { id, fence });
+            plan.records.push(i);
+            continue;
+        }
+        let mut doc = match value_to_bson(&r.value) {
+            Some(Bson::Document(d)) => d,
+            _ => {
+                plan.rejected.push((
+                    i,
+                    format!("record is {}, not an object: it cannot be a document", r.value.type_name()),
+                ));
+                continue;
+            }
+        };
+        if matches!(r.value, Value::Object(_)) {
+            doc.remove("_id");
+        }
+        let mut full = Document::new();
+        full.insert("_id", id.clone());
+        full.extend(doc);
+        let op = match mode {
+            MongoSinkMode::Upsert => {
+                full.insert(FENCE_FIELD, fence);
+                WriteOp::FencedUpsert { id, doc: full, fence }
+            }
+            MongoSinkMode::Append => WriteOp::Insert { doc: full },
+        };
+        plan.ops.push(op);
+        plan.records.push(i);
+    }
+    plan
+}
+
+/// A configured MongoDB sink on any [`MongoClient`] (the driver by default).
+pub struct MongoSink<C: MongoClient = DriverClient> {
+    name: String,
+    config: MongoSinkConfig,
+    client: C,
+    generation: Option<u64>,
+}
+
+impl MongoSink<DriverClient> {
+    /// `name` is the component name (for messages). Connecting happens at
+    /// the first write; the URI was checked when the pipeline was loaded.
+    pub fn new(name: &str, config: MongoSinkConfig) -> Self {
+        let client = DriverClient::new(&config.uri);
+        MongoSink::with_client(name, config, client)
+    }
+}
+
+impl<C: MongoClient> MongoSink<C> {
+    pub fn with_client(name: &str, config: MongoSinkConfig, client: C) -> Self {
+        MongoSink {
+            name: name.to_string(),
+            config,
+            client,
+            generation: None,
+        }
+    }
+
+    fn error(&self, e: MongoError, what: &str) -> SinkError {
+        let msg = format!(
+            "mongodb sink `{}`: {what} {}.{}: {e}",
+            self.name, self.config.database, self.config.collection
+        );
+        match e.class {
+            ErrorClass::Retryable => SinkError::Retryable(msg),
+            ErrorClass::Fatal | ErrorClass::HistoryLost => SinkError::Fatal(msg),
+        }
+    }
+
+    async fn write_epoch(
+        &mut self,
+        epoch: u64,
+        records: &[SinkRecord],
+    ) -> Result<WriteOutcome, SinkError> {
+        let generation = self
+            .generation
+            .ok_or_else(|| SinkError::Fatal("mongodb sink used before restore".into()))?;
+        let progress = Some(encode_progress(generation));
+        let fence = fence::fence(generation, epoch).ok_or_else(|| {
+            SinkError::Fatal(format!(
+                "mongodb sink `{}`: epoch {epoch} / generation {generation} out of range",
+                self.name
+            ))
+        })? as i64;
+        let plan = plan_writes(self.config.mode, records, fence);
+        let mut rejected = plan.rejected;
+        let (mut stale, mut duplicates, mut transient) = (0usize, 0usize, None);
+        let size = self.config.batch_size.max(1);
+        for (c, chunk) in plan.ops.chunks(size).enumerate() {
+            let outcome = self
+                .client
+                .bulk_write(&self.config.database, &self.config.collection, chunk)
+                .await
+                .map_err(|e| self.error(e, "cannot write to"))?;
+            for err in outcome.errors {
+                let Some(op) = chunk.get(err.index) else {
+                    continue;
+                };
+                let record = plan.records[c * size + err.index];
+                match (err.code, op) {
+                    (DUPLICATE_KEY, WriteOp::FencedUpsert { .. }) => stale += 1,
+                    (DUPLICATE_KEY, WriteOp::Insert { .. }) => duplicates += 1,
+                    (code, _) => match classify(code, &err.message, &[]) {
+                        ErrorClass::Retryable => transient = Some(err.message),
+                        _ => rejected.push((
+                            record,
+                            format!("mongodb refused the {} of _id {:?} ({code}): {}",
+                                op.verb(), records[record].id.as_str(), err.message),
+                        )),
+                    },
+                }
+            }
+        }
+        if let Some(text) = transient {
+            return Err(SinkError::Retryable(format!("mongodb sink `{}`: {text}", self.name)));
+        }
+        if stale > 0 {
+            tracing::warn!(component = %self.name, epoch, stale,
+                "upserts skipped: newer values are already stored (another sluice instance with newer state writes these documents?)");
+        }
+        tracing::debug!(component = %self.name, epoch, duplicates, rejected = rejected.len(), "epoch written");
+        rejected.sort_by_key(|(i, _)| *i);
+        Ok(WriteOutcome { progress, rejected })
+    }
+}
+
+impl<C: MongoClient> Sink for MongoSink<C> {
+    fn restore<'a>(
+        &'a mut self,
+        progress: Option<&'a [u8]>,
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move {
+            if let Some(p) = progress {
+                let generation = decode_progress(p).ok_or_else(|| {
+                    SinkError::Fatal(format!("mongodb sink `{}`: corrupt progress", self.name))
+                })?;
+                self.generation = Some(generation);
+                return Ok(());
+            }
+            if self.config.mode == MongoSinkMode::Append {
+                // Appends are not fenced; no generation needed.
+                self.generation = Some(0);
+                return Ok(());
+            }
+            let generation = self
+                .client
+                .next_generation(&self.config.database, &self.config.collection)
+                .await
+                .map_err(|e| self.error(e, "cannot draw a write generation for"))?;
+            tracing::info!(component = %self.name, generation, "fresh start: new write generation");
+            self.generation = Some(generation);
+            Ok(())
+        })
+    }
+
+    fn write<'a>(
+        &'a mut self,
+        epoch: u64,
+        records: &'a [SinkRecord],
+    ) -> BoxFuture<'a, Result<WriteOutcome, SinkError>> {
+        Box::pin(self.write_epoch(epoch, records))
+    }
+}
