@@ -14,6 +14,8 @@ use toml::Spanned;
 use sluice_connectors::sinks::amqp::AmqpSinkConfig;
 #[cfg(feature = "kafka")]
 use sluice_connectors::sinks::kafka::KafkaSinkConfig;
+#[cfg(feature = "mongodb")]
+use sluice_connectors::sinks::mongodb::MongoSinkConfig;
 #[cfg(feature = "postgres")]
 use sluice_connectors::sinks::postgres::PostgresSinkConfig;
 #[cfg(feature = "redis")]
@@ -27,6 +29,8 @@ use sluice_connectors::sources::amqp::AmqpSourceConfig;
 use sluice_connectors::sources::http::HttpSourceConfig;
 #[cfg(feature = "kafka")]
 use sluice_connectors::sources::kafka::KafkaSourceConfig;
+#[cfg(feature = "mongodb")]
+use sluice_connectors::sources::mongodb::MongoSourceConfig;
 #[cfg(feature = "files")]
 use sluice_connectors::sources::{file::FileSourceConfig, stdin::StdinSourceConfig};
 use sluice_operators::aggregate::AggregateConfig;
@@ -48,6 +52,8 @@ pub enum SourceConfig {
     Http(HttpSourceConfig),
     #[cfg(feature = "kafka")]
     Kafka(KafkaSourceConfig),
+    #[cfg(feature = "mongodb")]
+    Mongodb(MongoSourceConfig),
 }
 
 /// A transform's own options, by `type`.
@@ -77,6 +83,8 @@ pub enum SinkConfig {
     Postgres(PostgresSinkConfig),
     #[cfg(feature = "kafka")]
     Kafka(KafkaSinkConfig),
+    #[cfg(feature = "mongodb")]
+    Mongodb(MongoSinkConfig),
 }
 
 /// Types known to this build (for "did you mean" and error messages).
@@ -91,6 +99,8 @@ pub const SOURCE_TYPES: &[&str] = &[
     "http",
     #[cfg(feature = "kafka")]
     "kafka",
+    #[cfg(feature = "mongodb")]
+    "mongodb",
 ];
 pub const TRANSFORM_TYPES: &[&str] = &["filter", "map", "key_by", "aggregate"];
 pub const SINK_TYPES: &[&str] = &[
@@ -107,6 +117,8 @@ pub const SINK_TYPES: &[&str] = &[
     "postgres",
     #[cfg(feature = "kafka")]
     "kafka",
+    #[cfg(feature = "mongodb")]
+    "mongodb",
 ];
 
 /// Parses the options of a source of type `kind`; `None` if the type is unknown.
@@ -117,7 +129,7 @@ pub fn parse_source(
     value: Spanned<DeValue<'_>>,
 ) -> Option<Result<SourceConfig, ConfigError>> {
     let _ = (src, path, &value);
-    #[cfg(feature = "kafka")]
+    #[cfg(any(feature = "kafka", feature = "mongodb"))]
     let at = value.span().start;
     Some(match kind {
         #[cfg(feature = "files")]
@@ -137,6 +149,15 @@ pub fn parse_source(
             KafkaSourceConfig::validate,
         )
         .map(SourceConfig::Kafka),
+        #[cfg(feature = "mongodb")]
+        "mongodb" => validated(
+            src,
+            path,
+            at,
+            deserialize_spanned(src, path, value),
+            MongoSourceConfig::validate,
+        )
+        .map(SourceConfig::Mongodb),
         _ => return None,
     })
 }
@@ -163,7 +184,12 @@ pub fn parse_sink(
     value: Spanned<DeValue<'_>>,
 ) -> Option<Result<SinkConfig, ConfigError>> {
     let _ = (src, path, &value);
-    #[cfg(any(feature = "redis", feature = "postgres", feature = "kafka"))]
+    #[cfg(any(
+        feature = "redis",
+        feature = "postgres",
+        feature = "kafka",
+        feature = "mongodb"
+    ))]
     let at = value.span().start;
     Some(match kind {
         #[cfg(feature = "redis")]
@@ -200,13 +226,27 @@ pub fn parse_sink(
             KafkaSinkConfig::validate,
         )
         .map(SinkConfig::Kafka),
+        #[cfg(feature = "mongodb")]
+        "mongodb" => validated(
+            src,
+            path,
+            at,
+            deserialize_spanned(src, path, value),
+            MongoSinkConfig::validate,
+        )
+        .map(SinkConfig::Mongodb),
         _ => return None,
     })
 }
 
 /// A component's checks beyond its shape (options that depend on each
 /// other), reported at the component's table.
-#[cfg(any(feature = "redis", feature = "postgres", feature = "kafka"))]
+#[cfg(any(
+    feature = "redis",
+    feature = "postgres",
+    feature = "kafka",
+    feature = "mongodb"
+))]
 fn validated<T>(
     src: &SourceText,
     path: &str,
@@ -274,6 +314,10 @@ pub fn build_source(config: &SourceConfig) -> Box<dyn Source> {
         SourceConfig::Kafka(c) => Box::new(sluice_connectors::sources::kafka::KafkaSource::new(
             c.clone(),
         )),
+        #[cfg(feature = "mongodb")]
+        SourceConfig::Mongodb(c) => Box::new(
+            sluice_connectors::sources::mongodb::MongoSource::new(c.clone()),
+        ),
     }
 }
 
@@ -316,5 +360,10 @@ pub fn build_sink(config: &SinkConfig, env: &BuildEnv<'_>) -> Box<dyn Sink> {
         SinkConfig::Kafka(c) => {
             Box::new(sluice_connectors::sinks::kafka::KafkaSink::new(c.clone()))
         }
+        #[cfg(feature = "mongodb")]
+        SinkConfig::Mongodb(c) => Box::new(sluice_connectors::sinks::mongodb::MongoSink::new(
+            env.name,
+            c.clone(),
+        )),
     }
 }

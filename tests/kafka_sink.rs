@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use support::kafka::{broker, create_topic, produce_lines, read_all, unique_topic};
+use support::kafka::{broker, create_topic, delete_topics, produce_lines, read_all, unique_topic};
 use support::*;
 
 /// Last value per key (the topic read as a table), and the message count.
@@ -116,6 +116,7 @@ fn kafka_sink_w1_counts_are_exact_after_random_sigkills() {
         counts.len()
     );
     assert_eq!(counts, w1.by_country);
+    delete_topics(&brokers, &[&topic]);
 }
 
 const DLQ_PIPELINE: &str = r#"
@@ -181,7 +182,7 @@ fn kafka_to_kafka_with_dead_letters_to_kafka() {
     std::fs::write(&pipeline, DLQ_PIPELINE).unwrap();
     let env = vec![
         ("KAFKA_BROKERS", brokers.clone()),
-        ("INPUT_TOPIC", input),
+        ("INPUT_TOPIC", input.clone()),
         ("OUTPUT_TOPIC", output.clone()),
         ("DLQ_TOPIC", dlq.clone()),
         ("STATE_DIR", work.path().join("state").display().to_string()),
@@ -223,4 +224,5 @@ fn kafka_to_kafka_with_dead_letters_to_kafka() {
     for key in dead.keys() {
         assert!(key.starts_with("weather:"), "dead-letter key {key}");
     }
+    delete_topics(&brokers, &[&input, &output, &dlq]);
 }

@@ -72,15 +72,46 @@ pub fn create_topic(brokers: &str, topic: &str, partitions: i32) {
     }
 }
 
-/// Produces `lines` round-robin over `partitions`, ONE RECORD PER BATCH
-/// (`batch.num.messages=1`): tansu loses data when a consumer resumes at an
-/// offset inside a multi-record batch (see docs/connectors/kafka.md).
+/// Deletes topics (tansu keeps them in memory until it stops).
+pub fn delete_topics(brokers: &str, topics: &[&str]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    if let Err(e) = rt.block_on(admin.delete_topics(topics, &AdminOptions::new())) {
+        eprintln!("deleting topics {topics:?}: {e}");
+    }
+}
+
+/// Produces `lines` round-robin over `partitions` (one producer thread per
+/// partition), ONE RECORD PER BATCH (`batch.num.messages=1`): tansu loses
+/// data when a consumer resumes at an offset inside a multi-record batch
+/// (see docs/connectors/kafka.md).
 pub fn produce_lines<'a>(
     brokers: &str,
     topic: &str,
     partitions: i32,
     lines: impl Iterator<Item = &'a str>,
 ) -> u64 {
+    let mut per_partition: Vec<Vec<&str>> = vec![Vec::new(); partitions as usize];
+    let mut n = 0u64;
+    for line in lines {
+        per_partition[(n % partitions as u64) as usize].push(line);
+        n += 1;
+    }
+    std::thread::scope(|scope| {
+        for (partition, lines) in per_partition.iter().enumerate() {
+            scope.spawn(move || produce_partition(brokers, topic, partition as i32, lines));
+        }
+    });
+    n
+}
+
+fn produce_partition(brokers: &str, topic: &str, partition: i32, lines: &[&str]) {
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
@@ -88,12 +119,10 @@ pub fn produce_lines<'a>(
         .set("linger.ms", "0")
         .create()
         .unwrap();
-    let mut n = 0u64;
     for line in lines {
-        let partition = (n % partitions as u64) as i32;
         let mut record = BaseRecord::<(), str>::to(topic)
             .partition(partition)
-            .payload(line);
+            .payload(*line);
         loop {
             match producer.send(record) {
                 Ok(()) => break,
@@ -103,13 +132,9 @@ pub fn produce_lines<'a>(
                 }
             }
         }
-        n += 1;
-        if n % 1000 == 0 {
-            producer.poll(Duration::ZERO);
-        }
+        producer.poll(Duration::ZERO); // serve delivery reports
     }
     producer.flush(Duration::from_secs(120)).expect("flush");
-    n
 }
 
 /// High watermark of every partition (None if the topic is not there).

@@ -13,7 +13,11 @@ pub enum WriteOp {
     /// fence`) if the stored `sluice_epoch` is `<= fence` or absent; insert
     /// it when there is no such document. A fenced-out upsert fails with a
     /// duplicate-key error (11000): a newer value is stored.
-    FencedUpsert { id: String, doc: Document, fence: i64 },
+    FencedUpsert {
+        id: String,
+        doc: Document,
+        fence: i64,
+    },
     /// Delete `_id = id` unless it carries a newer fence.
     FencedDelete { id: String, fence: i64 },
     /// Insert `doc` (with its `_id`); a duplicate key means it is there.
@@ -137,6 +141,8 @@ pub trait MongoClient: Send + Sync + 'static {
     ) -> impl Future<Output = Result<u64, MongoError>> + Send;
 
     /// Opens a change stream.
-    fn watch(&self, spec: &WatchSpec)
-        -> impl Future<Output = Result<Self::Stream, MongoError>> + Send;
+    fn watch(
+        &self,
+        spec: &WatchSpec,
+    ) -> impl Future<Output = Result<Self::Stream, MongoError>> + Send;
 }

@@ -28,8 +28,7 @@ pub fn classify(code: i32, message: &str, labels: &[&str]) -> ErrorClass {
     let lost = lower.contains("no longer be in the oplog")
         || lower.contains("resume point may no longer")
         || lower.contains("resume of change stream was not possible");
-    if code == HISTORY_LOST || (HISTORY_LOST_CODES.contains(&code) && lost) || (code == 0 && lost)
-    {
+    if code == HISTORY_LOST || (HISTORY_LOST_CODES.contains(&code) && lost) || (code == 0 && lost) {
         return ErrorClass::HistoryLost;
     }
     if RETRYABLE_CODES.contains(&code)
@@ -73,7 +72,9 @@ pub fn write_commands(collection: &str, ops: &[WriteOp]) -> Vec<(Document, Vec<u
                 ui.push(i);
             }
             WriteOp::FencedDelete { id, fence } => {
-                deletes.push(Bson::Document(doc! { "q": fence_filter(id, *fence), "limit": 1 }));
+                deletes.push(Bson::Document(
+                    doc! { "q": fence_filter(id, *fence), "limit": 1 },
+                ));
                 di.push(i);
             }
             WriteOp::Insert { doc } => {

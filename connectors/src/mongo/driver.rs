@@ -162,7 +162,13 @@ impl MongoClient for DriverClient {
 }
 
 fn token_of(bytes: &[u8]) -> Result<ResumeToken, MongoError> {
-    let corrupt = || MongoError::new(ErrorClass::Fatal, None, "corrupt resume token in the stored position");
+    let corrupt = || {
+        MongoError::new(
+            ErrorClass::Fatal,
+            None,
+            "corrupt resume token in the stored position",
+        )
+    };
     let t: Bson = commands::token_from_bytes(bytes).ok_or_else(corrupt)?;
     let d = mongodb::bson::doc! { "t": t };
     mongodb::bson::from_document::<TokenDoc>(d)

@@ -43,7 +43,11 @@ impl FakeMongo {
     /// The stored documents of `db.coll`, by `_id` (as a string).
     pub fn docs(&self, db: &str, coll: &str) -> BTreeMap<String, Document> {
         let key = (db.to_string(), coll.to_string());
-        self.state().collections.get(&key).cloned().unwrap_or_default()
+        self.state()
+            .collections
+            .get(&key)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Appends a raw change event to the log.
@@ -96,12 +100,14 @@ impl MongoClient for FakeMongo {
                 WriteOp::Insert { doc } => doc.get("_id").map(id_key).unwrap_or_default(),
             };
             if let Some((code, message)) = refuse.get(&id) {
-                out.errors.push(OpError { index, code: *code, message: message.clone() });
+                out.errors.push(OpError {
+                    index,
+                    code: *code,
+                    message: message.clone(),
+                });
                 continue;
             }
-            let passes = |fence: i64, stored: Option<&Document>| {
-                !matches!(stored.and_then(fence_of), Some(s) if s > fence)
-            };
+            let passes = |fence: i64, stored: Option<&Document>| !matches!(stored.and_then(fence_of), Some(s) if s > fence);
             let refused = match op {
                 WriteOp::FencedUpsert { doc, fence, .. } => {
                     if passes(*fence, coll.get(&id)) {
@@ -127,7 +133,11 @@ impl MongoClient for FakeMongo {
                 }
             };
             if let Some((code, message)) = refused {
-                out.errors.push(OpError { index, code, message });
+                out.errors.push(OpError {
+                    index,
+                    code,
+                    message,
+                });
             }
         }
         Ok(out)
@@ -153,9 +163,8 @@ impl MongoClient for FakeMongo {
             return Err(e);
         }
         let next = if let Some(bytes) = &spec.resume_after {
-            let token = token_from_bytes(bytes).ok_or_else(|| {
-                MongoError::new(ErrorClass::Fatal, Some(9), "bad resume token")
-            })?;
+            let token = token_from_bytes(bytes)
+                .ok_or_else(|| MongoError::new(ErrorClass::Fatal, Some(9), "bad resume token"))?;
             let at = st.events.iter().position(|e| e.get("_id") == Some(&token));
             match at {
                 Some(i) if i >= st.first_kept => i + 1,
@@ -199,9 +208,21 @@ pub struct FakeStream {
 
 impl ChangeEvents for FakeStream {
     async fn next(&mut self) -> Result<Option<Document>, MongoError> {
+        if let Some(found) = self.take() {
+            return found;
+        }
+        tokio::task::yield_now().await;
+        Ok(None)
+    }
+}
+
+impl FakeStream {
+    /// The next matching event, an injected failure, or None when the log
+    /// is exhausted.
+    fn take(&mut self) -> Option<Result<Option<Document>, MongoError>> {
         let mut st = self.server.state();
         if let Some(e) = st.read_failures.pop_front() {
-            return Err(e);
+            return Some(Err(e));
         }
         while let Some(e) = st.events.get(self.next) {
             self.next += 1;
@@ -211,12 +232,10 @@ impl ChangeEvents for FakeStream {
             let matches = db == Some(self.database.as_str())
                 && (self.collection.is_none() || coll == self.collection.as_deref());
             if matches {
-                return Ok(Some(e.clone()));
+                return Some(Ok(Some(e.clone())));
             }
         }
-        drop(st);
-        tokio::task::yield_now().await;
-        Ok(None)
+        None
     }
 }
 

@@ -13,6 +13,8 @@ mod convert;
 mod driver;
 #[cfg(test)]
 pub(crate) mod fake;
+#[cfg(test)]
+mod tests;
 
 pub use client::{
     BulkOutcome, ChangeEvents, ErrorClass, FullDocument, MongoClient, MongoError, OpError,

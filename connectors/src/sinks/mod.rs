@@ -4,12 +4,12 @@
 pub mod amqp;
 #[cfg(any(feature = "redis", feature = "postgres", feature = "mongodb"))]
 pub mod fence;
-#[cfg(feature = "mongodb")]
-pub mod mongodb;
 #[cfg(feature = "files")]
 pub mod file;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "mongodb")]
+pub mod mongodb;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "redis")]

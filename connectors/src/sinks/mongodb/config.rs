@@ -45,8 +45,13 @@ impl MongoSinkConfig {
         if self.database.is_empty() || self.database.contains(['.', '/', ' ', '$']) {
             return Err("`database` must be a database name (no `.`, `/`, `$` or spaces)".into());
         }
-        if self.collection.is_empty() || self.collection.starts_with("system.") || self.collection.contains('$') {
-            return Err("`collection` must be a collection name (not empty, no `$`, not `system.*`)".into());
+        if self.collection.is_empty()
+            || self.collection.starts_with("system.")
+            || self.collection.contains('$')
+        {
+            return Err(
+                "`collection` must be a collection name (not empty, no `$`, not `system.*`)".into(),
+            );
         }
         if self.batch_size == 0 || self.batch_size > 100_000 {
             return Err("`batch_size` must be between 1 and 100000".into());

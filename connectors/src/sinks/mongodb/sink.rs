@@ -50,7 +50,10 @@ pub fn plan_writes(mode: MongoSinkMode, records: &[SinkRecord], fence: i64) -> P
             _ => {
                 plan.rejected.push((
                     i,
-                    format!("record is {}, not an object: it cannot be a document", r.value.type_name()),
+                    format!(
+                        "record is {}, not an object: it cannot be a document",
+                        r.value.type_name()
+                    ),
                 ));
                 continue;
             }
@@ -64,7 +67,11 @@ pub fn plan_writes(mode: MongoSinkMode, records: &[SinkRecord], fence: i64) -> P
         let op = match mode {
             MongoSinkMode::Upsert => {
                 full.insert(FENCE_FIELD, fence);
-                WriteOp::FencedUpsert { id, doc: full, fence }
+                WriteOp::FencedUpsert {
+                    id,
+                    doc: full,
+                    fence,
+                }
             }
             MongoSinkMode::Append => WriteOp::Insert { doc: full },
         };
@@ -149,15 +156,22 @@ impl<C: MongoClient> MongoSink<C> {
                         ErrorClass::Retryable => transient = Some(err.message),
                         _ => rejected.push((
                             record,
-                            format!("mongodb refused the {} of _id {:?} ({code}): {}",
-                                op.verb(), records[record].id.as_str(), err.message),
+                            format!(
+                                "mongodb refused the {} of _id {:?} ({code}): {}",
+                                op.verb(),
+                                records[record].id.as_str(),
+                                err.message
+                            ),
                         )),
                     },
                 }
             }
         }
         if let Some(text) = transient {
-            return Err(SinkError::Retryable(format!("mongodb sink `{}`: {text}", self.name)));
+            return Err(SinkError::Retryable(format!(
+                "mongodb sink `{}`: {text}",
+                self.name
+            )));
         }
         if stale > 0 {
             tracing::warn!(component = %self.name, epoch, stale,

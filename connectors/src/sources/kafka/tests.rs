@@ -343,13 +343,22 @@ async fn bounded_run_reads_to_the_end_then_waits_for_its_checkpoint() {
         .unwrap();
 
     let mut r = start(config(&brokers, "t", "g3"), BTreeMap::new(), true);
-    let (_, positions, _) = collect(&mut r, 10).await;
-    let mut done = 0;
-    while done < 2 {
-        match tokio::time::timeout(Duration::from_secs(10), r.events.recv()).await {
+    let (mut events, mut done) = (0, 0);
+    let mut positions = BTreeMap::new();
+    while events < 10 || done < 2 {
+        match tokio::time::timeout(Duration::from_secs(20), r.events.recv()).await {
             Ok(Some(SourceEvent::PartitionDone { .. })) => done += 1,
+            Ok(Some(SourceEvent::Data {
+                partition,
+                batch,
+                position,
+                ..
+            })) => {
+                events += batch.len();
+                positions.insert(partition, position);
+            }
             Ok(Some(_)) => {}
-            other => panic!("expected PartitionDone, got {other:?}"),
+            other => panic!("{events} events, {done} partitions done, then {other:?}"),
         }
     }
     // Still running: waiting for the checkpoint of what it read.

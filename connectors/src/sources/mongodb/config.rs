@@ -50,7 +50,10 @@ impl MongoSourceConfig {
             return Err("`database` must name the database to watch".into());
         }
         if self.collection.as_deref() == Some("") {
-            return Err("`collection` must name a collection (leave it out to watch the whole database)".into());
+            return Err(
+                "`collection` must name a collection (leave it out to watch the whole database)"
+                    .into(),
+            );
         }
         if self.batch_size == 0 {
             return Err("`batch_size` must be at least 1".into());
@@ -70,9 +73,8 @@ impl MongoSourceConfig {
                 let ms = parse_rfc3339_ms(text.trim()).map_err(|e| {
                     format!("`start_at_operation_time`: {e} (expected RFC 3339 like 2026-11-21T10:00:00Z or Unix seconds)")
                 })?;
-                u64::try_from(ms / 1000).map_err(|_| {
-                    "`start_at_operation_time` is before 1970".to_string()
-                })?
+                u64::try_from(ms / 1000)
+                    .map_err(|_| "`start_at_operation_time` is before 1970".to_string())?
             }
         };
         let secs = u32::try_from(secs)

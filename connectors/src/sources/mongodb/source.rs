@@ -101,7 +101,11 @@ async fn run<C: MongoClient>(
             collection: config.collection.clone(),
             full_document: config.full_document,
             resume_after: reader.token.clone(),
-            start_at: if reader.token.is_none() { start_at } else { None },
+            start_at: if reader.token.is_none() {
+                start_at
+            } else {
+                None
+            },
             batch_size: config.batch_size,
             max_await: config.max_await.0,
         };
@@ -118,7 +122,9 @@ async fn run<C: MongoClient>(
             Ok(()) => break,
             Err(e) => match e.class {
                 ErrorClass::HistoryLost => {
-                    return Err(SourceError::External(history_lost_message(&name, &e.message)))
+                    return Err(SourceError::External(history_lost_message(
+                        &name, &e.message,
+                    )))
                 }
                 ErrorClass::Fatal => {
                     return Err(SourceError::External(format!(
