@@ -77,7 +77,7 @@ echo "| case | durability | requests | requests/s | events/s | p50 ms | p99 ms |
 echo "|---|---|---|---|---|---|---|---|---|---|"
 status=0
 for fsync in true false; do
-    run_case $fsync "single events" 64 "$REQUESTS" 1 || status=1
+    run_case $fsync "single events" "${CONNECTIONS:-256}" "$REQUESTS" 1 || status=1
     run_case $fsync "NDJSON x1000" 16 "$BATCH_REQUESTS" 1000 || status=1
 done
 exit $status
