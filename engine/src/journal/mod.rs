@@ -68,6 +68,10 @@ pub struct JournalOptions {
     pub max_backlog_events: Option<u64>,
     /// Labels of the `sluice_journal_*` gauges; empty: no metrics.
     pub metric_labels: Vec<Label>,
+    /// Checkpointed segments to keep anyway (the newest ones), so that
+    /// `sluice replay` can rebuild state from them; 0 deletes every segment
+    /// as soon as a checkpoint covers it.
+    pub retain_segments: usize,
 }
 
 impl Default for JournalOptions {
@@ -77,6 +81,7 @@ impl Default for JournalOptions {
             fsync: true,
             max_backlog_events: None,
             metric_labels: Vec::new(),
+            retain_segments: 0,
         }
     }
 }
@@ -256,6 +261,7 @@ struct Inner {
     tx: Option<mpsc::Sender<Request>>,
     writer: Option<JoinHandle<()>>,
     max_backlog: Option<u64>,
+    retain_segments: usize,
     /// Holds the directory lock while open.
     _lock: File,
 }
@@ -338,6 +344,7 @@ impl Journal {
                 tx: Some(tx),
                 writer: Some(handle),
                 max_backlog: opts.max_backlog_events,
+                retain_segments: opts.retain_segments,
                 _lock: lock_file,
             }),
         })
@@ -409,11 +416,15 @@ impl Journal {
         let doomed: Vec<u64> = {
             let segs = lock(&shared.segments);
             let firsts: Vec<u64> = segs.keys().copied().collect();
-            firsts
+            let mut deletable: Vec<u64> = firsts
                 .windows(2)
                 .take_while(|w| w[1] <= seq)
                 .map(|w| w[0])
-                .collect()
+                .collect();
+            // keep the newest checkpointed segments for replays
+            let keep = deletable.len().saturating_sub(self.inner.retain_segments);
+            deletable.truncate(keep);
+            deletable
         };
         let mut deleted = 0;
         let mut result = Ok(());

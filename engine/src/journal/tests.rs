@@ -156,6 +156,31 @@ async fn damage_before_the_last_segment_is_an_error() {
 }
 
 #[tokio::test]
+async fn retained_segments_survive_commits_for_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = JournalOptions {
+        segment_bytes: 100,
+        retain_segments: 2,
+        ..JournalOptions::default()
+    };
+    let j = Journal::open(dir.path(), o).unwrap();
+    j.append((0..40).map(event).collect()).await.unwrap();
+    let firsts: Vec<u64> = segment_files(dir.path())
+        .iter()
+        .map(|n| segment::parse_segment_name(n).unwrap())
+        .collect();
+    assert!(firsts.len() >= 5, "{firsts:?}");
+    // everything committed: all but the active segment could go; the two
+    // newest committed ones stay and can still be read
+    j.truncate_before(40).unwrap();
+    assert_eq!(segment_files(dir.path()).len(), 3);
+    let oldest_kept = firsts[firsts.len() - 3];
+    assert_eq!(j.first_seq(), oldest_kept);
+    let want: Vec<(u64, Vec<u8>)> = (oldest_kept..40).map(|i| (i, event(i))).collect();
+    assert_eq!(read_all(&j, oldest_kept), want);
+}
+
+#[tokio::test]
 async fn truncate_before_deletes_only_fully_committed_segments() {
     let dir = tempfile::tempdir().unwrap();
     let j = Journal::open(dir.path(), opts(100)).unwrap();

@@ -49,6 +49,12 @@ pub struct HttpSourceConfig {
     /// started; segments are deleted whole once checkpointed.
     #[serde(default = "default_segment_bytes")]
     pub segment_bytes: u64,
+    /// Checkpointed journal segments to keep (the newest ones) so that
+    /// `sluice replay` can rebuild state from them. 0 (default) deletes a
+    /// segment as soon as a checkpoint covers it; a large number keeps the
+    /// whole history.
+    #[serde(default)]
+    pub retain_segments: usize,
 }
 
 impl Default for HttpSourceConfig {
@@ -62,6 +68,7 @@ impl Default for HttpSourceConfig {
             fsync: true,
             max_backlog_events: default_max_backlog_events(),
             segment_bytes: default_segment_bytes(),
+            retain_segments: 0,
         }
     }
 }

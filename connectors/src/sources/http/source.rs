@@ -80,6 +80,7 @@ async fn run(config: HttpSourceConfig, mut ctx: SourceContext) -> Result<(), Sou
         fsync: config.fsync,
         max_backlog_events: Some(config.max_backlog_events),
         metric_labels: labels.clone(),
+        retain_segments: config.retain_segments,
     };
     let open_dir = dir.clone();
     let journal = tokio::task::spawn_blocking(move || Journal::open(&open_dir, opts))
