@@ -168,13 +168,14 @@ const SECTIONS: &[&str] = &[
 ];
 /// Component types planned or provided by optional features, so that a
 /// build without them can say so instead of "unknown type".
-const FEATURE_TYPES: &[(&str, &str)] = &[
-    ("http", "http"),
-    ("kafka", "kafka"),
-    ("amqp", "amqp"),
-    ("mongodb", "mongodb"),
-    ("redis", "redis"),
-    ("postgres", "postgres"),
+/// `(type, feature, compiled into this build)`.
+const FEATURE_TYPES: &[(&str, &str, bool)] = &[
+    ("http", "http", cfg!(feature = "http")),
+    ("kafka", "kafka", cfg!(feature = "kafka")),
+    ("amqp", "amqp", cfg!(feature = "amqp")),
+    ("mongodb", "mongodb", cfg!(feature = "mongodb")),
+    ("redis", "redis", cfg!(feature = "redis")),
+    ("postgres", "postgres", cfg!(feature = "postgres")),
 ];
 
 /// Span bookkeeping for graph errors.
@@ -374,13 +375,27 @@ fn unknown_type(
     span: Range<usize>,
     known: &[&str],
 ) -> ConfigError {
-    let feature = FEATURE_TYPES.iter().find(|(t, _)| *t == kind);
+    let missing_feature = FEATURE_TYPES
+        .iter()
+        .find(|(t, _, compiled)| *t == kind && !compiled);
+    let elsewhere = [
+        ("source", components::SOURCE_TYPES),
+        ("transform", components::TRANSFORM_TYPES),
+        ("sink", components::SINK_TYPES),
+    ]
+    .into_iter()
+    .find(|(section, types)| *section != what && types.contains(&kind))
+    .map(|(section, _)| section);
     let err = ConfigError::at(src, span.start, format!("unknown {what} type `{kind}`"));
-    match feature {
-        Some((_, f)) => err.with_hint(Some(format!(
+    match (missing_feature, elsewhere) {
+        (Some((_, f, _)), _) => err.with_hint(Some(format!(
             "this build of sluice has no `{kind}` {what}; it needs the cargo feature `{f}`"
         ))),
-        None => err.with_hint(
+        (None, Some(section)) => err.with_hint(Some(format!(
+            "`{kind}` is a {section} type; {what} types are: {}",
+            known.join(", ")
+        ))),
+        (None, None) => err.with_hint(
             did_you_mean(kind, known.iter().copied())
                 .map(|s| format!("did you mean `{s}`?"))
                 .or_else(|| Some(format!("known {what} types: {}", known.join(", ")))),

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -145,5 +146,21 @@ pub fn describe(error: &KafkaError) -> String {
     match error.rdkafka_error_code() {
         Some(code) => format!("{error} ({code:?})"),
         None => error.to_string(),
+    }
+}
+
+/// Rate limit for client error logs: librdkafka reports every failed
+/// reconnect (several per second while brokers are down); the 1st, 2nd,
+/// 4th, 8th... are logged, with the running total.
+#[derive(Debug, Default)]
+pub struct ErrorLog {
+    count: AtomicU64,
+}
+
+impl ErrorLog {
+    /// Counts one error; Some(total) when it should be logged.
+    pub fn should_log(&self) -> Option<u64> {
+        let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
+        n.is_power_of_two().then_some(n)
     }
 }

@@ -74,9 +74,13 @@ fn unknown_type_and_section() {
     assert_eq!(e.hint.as_deref(), Some("did you mean `sinks`?"));
     let e = first_error(&GOOD.replace(
         "type = \"file\"\npath = \"in",
-        "type = \"mongodb\"\npath = \"in",
+        "type = \"redis\"\npath = \"in",
     ));
-    assert!(e.hint.unwrap().contains("cargo feature `mongodb`"));
+    let hint = e.hint.unwrap();
+    assert!(
+        hint.contains("`redis` is a sink type; source types are:"),
+        "{hint}"
+    );
 }
 
 #[test]

@@ -131,24 +131,43 @@ pub fn duplicate_lines(path: &Path) -> Vec<String> {
         .collect()
 }
 
+/// JSON text with object keys sorted at every level, whatever order
+/// serde_json keeps (its `preserve_order` feature may be switched on by
+/// other crates of the workspace).
+pub fn canonical(v: &serde_json::Value) -> String {
+    fn sort(v: &serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(m) => {
+                let mut entries: Vec<_> = m.iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+                serde_json::Value::Object(
+                    entries
+                        .into_iter()
+                        .map(|(k, v)| (k.clone(), sort(v)))
+                        .collect(),
+                )
+            }
+            serde_json::Value::Array(a) => serde_json::Value::Array(a.iter().map(sort).collect()),
+            other => other.clone(),
+        }
+    }
+    sort(v).to_string()
+}
+
 /// The records of an NDJSON file, canonical (sorted keys) and sorted.
 pub fn canonical_file(path: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(path).unwrap();
     let mut v: Vec<String> = text
         .lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .unwrap()
-                .to_string()
-        })
+        .map(|l| canonical(&serde_json::from_str::<serde_json::Value>(l).unwrap()))
         .collect();
     v.sort();
     v
 }
 
 pub fn canonical_values<'a>(values: impl Iterator<Item = &'a serde_json::Value>) -> Vec<String> {
-    let mut v: Vec<String> = values.map(|r| r.to_string()).collect();
+    let mut v: Vec<String> = values.map(canonical).collect();
     v.sort();
     v
 }

@@ -325,7 +325,9 @@ proptest! {
         prop_assert_eq!(to_string(&v).into_bytes(), out.clone());
         let theirs: serde_json::Value = serde_json::from_slice(&out).map_err(|e| TestCaseError::fail(e.to_string()))?;
         if !has_float(&v) {
-            prop_assert_eq!(from_serde(&theirs), sorted(v));
+            // serde_json may or may not keep key order (its `preserve_order`
+            // feature is switched on by other crates in the workspace)
+            prop_assert_eq!(sorted(from_serde(&theirs)), sorted(v));
         }
     }
 

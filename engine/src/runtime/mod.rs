@@ -430,11 +430,18 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, RunE
     .await
     .map_err(|e| RunError::Checkpoint(format!("processor thread panicked: {e}")))?;
     opts.ready.store(false, Ordering::SeqCst);
-    for t in source_tasks {
-        let _ = t.await;
-    }
-    for t in sink_tasks {
-        let _ = t.await;
+    // Sources and sinks normally end on their own once the processor is
+    // gone; one stuck retrying an unreachable service is abandoned (its work
+    // is in the checkpoint and is redone at the next start).
+    for t in source_tasks.into_iter().chain(sink_tasks) {
+        let abort = t.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(10), t)
+            .await
+            .is_err()
+        {
+            tracing::warn!("a source or sink did not stop within 10 s; abandoning it");
+            abort.abort();
+        }
     }
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     result

@@ -43,6 +43,11 @@ use crate::value::{Str, Value};
 /// before the interval elapses (bounds the memory held by outboxes).
 const EARLY_CHECKPOINT_RECORDS: usize = 20_000;
 
+/// On a requested shutdown, how long to wait for sinks to acknowledge the
+/// last committed epochs. What they have not acknowledged by then is safe in
+/// the checkpoint's outbox and is re-delivered at the next start.
+const SINK_DRAIN_GRACE: Duration = Duration::from_secs(10);
+
 /// Everything the processor is built from.
 pub(super) struct ProcessorParts {
     pub pipeline: Arc<str>,
@@ -258,6 +263,7 @@ impl Processor {
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut data_open = true;
         let mut stopping = *shutdown.borrow();
+        let mut drained_at: Option<Instant> = None;
         if stopping {
             let _ = self.stop.send(true);
         }
@@ -302,6 +308,16 @@ impl Processor {
                 }
                 if self.quiescent() {
                     break;
+                }
+                if stopping && self.inflight.is_none() && !self.changed {
+                    let since = *drained_at.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= SINK_DRAIN_GRACE {
+                        for s in self.sinks.iter().filter(|s| !s.pending.is_empty()) {
+                            tracing::warn!(sink = %s.name, epochs = ?s.pending,
+                                "stopping before the sink acknowledged these epochs; they are in the checkpoint and will be re-delivered at the next start");
+                        }
+                        break;
+                    }
                 }
             }
         }

@@ -22,10 +22,10 @@ use sluice_engine::source::BoxFuture;
 use tokio::sync::Notify;
 
 use super::config::KafkaSinkConfig;
-use crate::kafka::{client_config, close_with_timeout, describe};
+use crate::kafka::{client_config, close_with_timeout, describe, ErrorLog};
 
 /// How long a metadata request may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Records per write generation are indexed with the low 32 bits.
 const INDEX_BITS: u32 = 32;
 
@@ -43,6 +43,7 @@ struct Deliveries {
 pub struct SinkContext {
     deliveries: Mutex<Deliveries>,
     done: Notify,
+    errors: ErrorLog,
 }
 
 impl SinkContext {
@@ -53,7 +54,9 @@ impl SinkContext {
 
 impl ClientContext for SinkContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(error = %describe(&error), reason, "Kafka producer error");
+        if let Some(total) = self.errors.should_log() {
+            tracing::warn!(error = %describe(&error), reason, total, "Kafka producer error");
+        }
     }
 }
 
@@ -189,17 +192,25 @@ impl KafkaSink {
     }
 
     /// Checks that the topic exists (a precise error instead of timeouts).
+    /// Unreachable brokers are only a warning: writes retry until they are
+    /// back (and a missing topic then fails the first write).
     async fn check_topic(&mut self) -> Result<(), SinkError> {
         let producer = self.producer()?.clone();
         let topic = self.config.topic.clone();
         let brokers = self.config.brokers.join(",");
         tokio::task::spawn_blocking(move || {
-            let meta = producer
+            let meta = match producer
                 .client()
                 .fetch_metadata(Some(&topic), REQUEST_TIMEOUT)
-                .map_err(|e| {
-                    SinkError::Retryable(format!("cannot reach the Kafka brokers {brokers}: {}", describe(&e)))
-                })?;
+            {
+                Ok(meta) => meta,
+                Err(e) => {
+                    tracing::warn!(%topic, %brokers, error = %describe(&e),
+                        "cannot reach the Kafka brokers to check the topic; writes will retry");
+                    return Ok(());
+                }
+            };
+
             let exists = meta
                 .topics()
                 .iter()

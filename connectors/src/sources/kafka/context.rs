@@ -18,6 +18,7 @@ use rdkafka::Offset;
 use sluice_engine::metrics as m;
 
 use super::positions::TopicPartition;
+use crate::kafka::ErrorLog;
 
 /// A change of assignment, for the poll loop.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +47,7 @@ pub struct KafkaContext {
     start: Offset,
     labels: Vec<metrics::Label>,
     shared: Mutex<Shared>,
+    errors: ErrorLog,
 }
 
 impl KafkaContext {
@@ -63,6 +65,7 @@ impl KafkaContext {
                 next,
                 ..Shared::default()
             }),
+            errors: ErrorLog::default(),
         }
     }
 
@@ -94,7 +97,10 @@ impl ClientContext for KafkaContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         metrics::counter!(m::ERRORS, m::with_error(&self.labels, "kafka_client")).increment(1);
-        tracing::warn!(source = %self.source, error = %crate::kafka::describe(&error), reason, "Kafka client error");
+        if let Some(total) = self.errors.should_log() {
+            tracing::warn!(source = %self.source, error = %crate::kafka::describe(&error),
+                reason, total, "Kafka client error");
+        }
     }
 }
 

@@ -23,7 +23,7 @@ use crate::kafka::{client_config, close_with_timeout, describe};
 use crate::lines::OVERSIZED_KEEP;
 
 /// How long metadata and watermark requests may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the lag gauge is updated.
 const LAG_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -215,13 +215,21 @@ impl Runner {
                         let delay = Duration::from_millis(500 << attempt.min(5));
                         tracing::warn!(source = %self.ctx.name, brokers = %self.config.brokers.join(","),
                             error = %describe(&e), ?delay, "cannot reach the Kafka brokers; retrying");
-                        std::thread::sleep(delay);
+                        self.sleep_unless_stopping(delay);
                         attempt += 1;
                     }
                 }
             }
         }
         Ok(true)
+    }
+
+    /// Sleeps for `delay`, waking up early at shutdown.
+    fn sleep_unless_stopping(&self, delay: Duration) {
+        let until = Instant::now() + delay;
+        while !self.stopping() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Applies assignment changes recorded by the rebalance callback.
