@@ -104,7 +104,18 @@ impl Setup {
     }
 
     fn counts(&self) -> std::collections::BTreeMap<String, i64> {
-        materialize(&self.path("out.ndjson"))
+        Self::by_country(materialize(&self.path("out.ndjson")))
+    }
+
+    /// Progress while sluice may be running or just killed.
+    fn counts_so_far(&self) -> std::collections::BTreeMap<String, i64> {
+        Self::by_country(materialize_so_far(&self.path("out.ndjson")))
+    }
+
+    fn by_country(
+        table: std::collections::BTreeMap<String, serde_json::Value>,
+    ) -> std::collections::BTreeMap<String, i64> {
+        table
             .into_values()
             .map(|r| {
                 (
@@ -143,7 +154,7 @@ fn show_log(log: &Path) -> String {
 fn run_with_kills_mid_stream(s: &Setup, rng: &mut impl rand::Rng, kills: usize) -> Vec<i64> {
     let mut progress = Vec::new();
     for k in 0..kills {
-        let done: i64 = s.counts().values().sum();
+        let done: i64 = s.counts_so_far().values().sum();
         let mut child = spawn_run(&s.pipeline, &s.env, &s.log());
         let started = Instant::now();
         let first_delay = Duration::from_millis(rng.random_range(0..4_000));
@@ -155,7 +166,7 @@ fn run_with_kills_mid_stream(s: &Setup, rng: &mut impl rand::Rng, kills: usize) 
             if k == 0 && started.elapsed() >= first_delay {
                 break;
             }
-            if k > 0 && s.counts().values().sum::<i64>() > done {
+            if k > 0 && s.counts_so_far().values().sum::<i64>() > done {
                 std::thread::sleep(Duration::from_millis(rng.random_range(0..300)));
                 break;
             }
@@ -172,7 +183,7 @@ fn run_with_kills_mid_stream(s: &Setup, rng: &mut impl rand::Rng, kills: usize) 
             child.kill().unwrap(); // SIGKILL
         }
         child.wait().unwrap();
-        progress.push(s.counts().values().sum());
+        progress.push(s.counts_so_far().values().sum());
     }
     let status = spawn_run(&s.pipeline, &s.env, &s.log()).wait().unwrap();
     assert!(
@@ -232,7 +243,7 @@ fn kafka_graceful_stop_commits_the_end_offsets() {
     cmd.env("RUST_LOG", "info");
     let mut child: Child = cmd.spawn().expect("start sluice");
     let deadline = Instant::now() + Duration::from_secs(90);
-    while s.counts() != s.w1.by_country {
+    while s.counts_so_far() != s.w1.by_country {
         if let Some(status) = child.try_wait().unwrap() {
             panic!(
                 "sluice exited early ({status}); log:\n{}",

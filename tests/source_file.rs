@@ -61,14 +61,14 @@ format = "changes"
     let wait_total = |want: i64| {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if total(&materialize(&out)) == want {
+            if total(&materialize_so_far(&out)) == want {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!(
             "expected {want} events counted, have {}",
-            total(&materialize(&out))
+            total(&materialize_so_far(&out))
         );
     };
     let mut child = sluice()

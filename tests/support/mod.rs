@@ -118,6 +118,18 @@ pub fn materialize(path: &Path) -> BTreeMap<String, serde_json::Value> {
     table
 }
 
+/// [`materialize`] for progress probes while sluice runs: only complete
+/// lines count. A killed or still-writing sluice can leave a partial last
+/// line, which sluice itself cuts back at its next start.
+pub fn materialize_so_far(path: &Path) -> BTreeMap<String, serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |i| &text[..=i]);
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("complete.ndjson");
+    std::fs::write(&copy, complete).unwrap();
+    materialize(&copy)
+}
+
 /// Lines of a file that appear more than once (exactly-once check for appends).
 pub fn duplicate_lines(path: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
