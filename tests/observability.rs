@@ -162,6 +162,16 @@ fn query(prom: u16, expr: &str) -> serde_json::Value {
     serde_json::from_str(&body).unwrap()
 }
 
+/// A query while Prometheus may still be starting (it answers 503 until
+/// its storage is ready): None until it answers 200.
+fn try_query(prom: u16, expr: &str) -> Option<serde_json::Value> {
+    let url = format!("/api/v1/query?query={}", urlencode(expr));
+    match http_request(prom, "GET", &url, &[], b"") {
+        Ok((200, body)) => serde_json::from_str(&body).ok(),
+        _ => None,
+    }
+}
+
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
@@ -241,12 +251,12 @@ fn prometheus_scrapes_sluice_and_answers_the_dashboard_queries() {
     // Up and scraped a few times (rate() needs two samples).
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
-        let ok = std::net::TcpStream::connect(("127.0.0.1", prom_port)).is_ok()
-            && query(prom_port, "count_over_time(up{job=\"sluice\"}[1m])")["data"]["result"][0]
-                ["value"][1]
+        let ok = try_query(prom_port, "count_over_time(up{job=\"sluice\"}[1m])").is_some_and(|r| {
+            r["data"]["result"][0]["value"][1]
                 .as_str()
                 .and_then(|v| v.parse::<f64>().ok())
-                .is_some_and(|n| n >= 4.0);
+                .is_some_and(|n| n >= 4.0)
+        });
         if ok {
             break;
         }
