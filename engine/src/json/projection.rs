@@ -213,8 +213,18 @@ impl Projection {
             Some(b'[') => Some(msg::FOUND_ARRAY),
             Some(b'"') => Some(msg::FOUND_STRING),
             Some(b'-' | b'0'..=b'9') => Some(msg::FOUND_NUMBER),
-            Some(b't' | b'f') => Some(msg::FOUND_BOOL),
-            Some(b'n') => Some(msg::FOUND_NULL),
+            // Only a whole literal is named as one: `this is not json` is
+            // not "a boolean".
+            Some(b't' | b'f' | b'n') => {
+                let rest = &bytes[r.pos..];
+                if rest.starts_with(b"true") || rest.starts_with(b"false") {
+                    Some(msg::FOUND_BOOL)
+                } else if rest.starts_with(b"null") {
+                    Some(msg::FOUND_NULL)
+                } else {
+                    Some(msg::EXPECTED_VALUE)
+                }
+            }
             _ => Some(msg::EXPECTED_VALUE),
         };
         if let Some(message) = found {

@@ -395,6 +395,8 @@ fn projection_requires_an_object() {
         (" -1", msg::FOUND_NUMBER),
         ("true", msg::FOUND_BOOL),
         ("null", msg::FOUND_NULL),
+        ("this is not json", msg::EXPECTED_VALUE),
+        ("nothing", msg::EXPECTED_VALUE),
         ("", msg::EOF),
         ("x", msg::EXPECTED_VALUE),
     ];
