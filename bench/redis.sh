@@ -91,9 +91,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-now() { date +%s.%N; }
-secs() { python3 -c "print(f'{$2 - $1:.2f}')"; }
-rate() { python3 -c "print(f'{$N / ($2 - $1):,.0f}')"; }
+source "$ROOT/bench/redis_common.sh"
 
 # A fresh queue holding the N messages, named in $Q.
 fresh_queue() { # tag
@@ -104,53 +102,6 @@ fresh_queue() { # tag
 }
 queue_stat() { # queue -> "messages consumers"
     timeout 30 rabbitmqctl -q list_queues name messages consumers 2>/dev/null | awk -v q="$1" '$1 == q {print $2, $3}'
-}
-reset_keys() { # prefix
-    rcli DEL "${1}country:counts" "${1}country:counts:__epoch" "${1}messages:total" >/dev/null
-}
-# Compares <prefix>country:counts and <prefix>messages:total with the oracle.
-# Prints "exact" or the difference; status 0 when exact.
-check() { # prefix
-    python3 - "$ORACLE/w1a.csv" "$N" "$1" "$REDIS_URL" <<'PY'
-import subprocess, sys
-oracle_csv, n, prefix, url = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-def cli(*args):
-    return subprocess.run(["redis-cli", "-u", url, "--raw", *args], check=True, timeout=30,
-                          capture_output=True, text=True).stdout.splitlines()
-oracle = {}
-for line in open(oracle_csv):
-    c, k = line.strip().split(",")
-    oracle[c] = int(k)
-flat = cli("HGETALL", prefix + "country:counts")
-got = {flat[i]: int(flat[i + 1]) for i in range(0, len(flat), 2)}
-total = cli("GET", prefix + "messages:total")
-total = int(total[0]) if total and total[0] else 0
-diff = {c: got.get(c, 0) - oracle.get(c, 0) for c in set(got) | set(oracle)}
-diff = {c: d for c, d in diff.items() if d}
-if not diff and total == n:
-    print("exact")
-    sys.exit(0)
-extra = sum(d for d in diff.values() if d > 0)
-missing = -sum(d for d in diff.values() if d < 0)
-print(f"messages:total {total - n:+,} ({total:,} vs {n:,}); country:counts +{extra:,} / -{missing:,} over {len(diff)} countries")
-sys.exit(1)
-PY
-}
-# Waits for a background process at most $2 s (SIGKILL after); its status.
-wait_bounded() { # pid secs
-    local deadline=$((SECONDS + $2))
-    while kill -0 "$1" 2>/dev/null; do
-        if ((SECONDS >= deadline)); then
-            kill -9 "$1" 2>/dev/null || true
-            wait "$1" 2>/dev/null || true
-            echo "timed out after $2 s" >&2
-            return 124
-        fi
-        sleep 0.05
-    done
-    local st=0
-    wait "$1" || st=$?
-    return $st
 }
 # SIGKILLs $1 once <prefix>messages:total reaches N/2 or, if given, $3
 # seconds have passed (sluice writes Redis only at checkpoints, so its total

@@ -3,7 +3,7 @@
 //! positions; offsets go to Kafka only when a checkpoint's [`Commit`]
 //! arrives.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -84,6 +84,13 @@ struct Runner {
     labels: Vec<metrics::Label>,
     /// An assignment was received (bounded runs finish only after one).
     assigned_once: bool,
+    /// Every partition of the subscribed topics, from the metadata read at
+    /// start: a bounded run reads all of them to their end.
+    expected: Vec<TopicPartition>,
+    /// Bounded runs: the partitions this consumer has read to their end.
+    finished: HashSet<TopicPartition>,
+    /// Bounded runs: when waiting for unassigned partitions was last logged.
+    waiting_logged: Option<Instant>,
     skipped: u64,
     errors: u64,
 }
@@ -129,6 +136,9 @@ fn run_blocking(config: KafkaSourceConfig, ctx: SourceContext) -> Result<(), Sou
         committed: HashMap::new(),
         labels,
         assigned_once: false,
+        expected: Vec::new(),
+        finished: HashSet::new(),
+        waiting_logged: None,
         skipped: 0,
         errors: 0,
     };
@@ -188,7 +198,7 @@ impl Runner {
 
     /// Fails with a precise message when a topic does not exist; waits
     /// (and retries) while the brokers cannot be reached. False on shutdown.
-    fn check_topics(&self) -> Result<bool, SourceError> {
+    fn check_topics(&mut self) -> Result<bool, SourceError> {
         for topic in &self.config.topics {
             let mut attempt = 0u32;
             loop {
@@ -202,6 +212,10 @@ impl Runner {
                             None => true,
                             Some(t) => t.error().is_some() || t.partitions().is_empty(),
                         };
+                        if let Some(t) = t.filter(|_| !missing) {
+                            self.expected
+                                .extend(t.partitions().iter().map(|p| (topic.clone(), p.id())));
+                        }
                         if missing {
                             return Err(SourceError::Config(format!(
                                 "kafka source `{}`: topic `{topic}` does not exist on {}; create it first (sluice does not create topics)",
@@ -442,14 +456,39 @@ impl Runner {
             let Some(end) = part.end else { continue };
             if part.events.is_empty() && reached_end(part.next, part.start_at, end) {
                 part.done = true;
+                self.finished.insert(part.tp.clone());
                 let _ = self.ctx.output.partition_done_blocking(part.id);
             }
         }
     }
 
+    /// Bounded runs: done once every partition of the topics was read to
+    /// its end by this consumer. An empty assignment, or partitions held by
+    /// another member of the group, are waited for (and logged), never
+    /// taken for the end of the input.
     fn all_done(&mut self) -> bool {
         self.mark_done();
-        self.assigned_once && self.parts.iter().all(|p| p.done)
+        if !(self.assigned_once && self.parts.iter().all(|p| p.done)) {
+            return false;
+        }
+        let missing: Vec<String> = self
+            .expected
+            .iter()
+            .filter(|tp| !self.finished.contains(*tp))
+            .map(|(t, p)| format!("{t}[{p}]"))
+            .collect();
+        if missing.is_empty() {
+            return true;
+        }
+        if self
+            .waiting_logged
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(10))
+        {
+            self.waiting_logged = Some(Instant::now());
+            tracing::warn!(source = %self.ctx.name, group = %self.config.group_id, partitions = %missing.join(", "),
+                "bounded run: these partitions are not assigned to this consumer (another member of the group holds them, or a rebalance is pending); waiting for them, to read every partition to its end");
+        }
+        false
     }
 
     /// Applies the commits received so far: remembers their offsets as

@@ -447,3 +447,83 @@ async fn revoked_partitions_stop_holding_the_watermark() {
         r.task.await.unwrap().unwrap();
     }
 }
+
+/// A bounded run (`--once`, replay) reads every partition of its topics to
+/// the end: partitions held by another member of the group are waited for,
+/// not taken for the end of the input (an empty or partial assignment once
+/// ended such a run early with exit status 0 and incomplete results).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bounded_run_waits_for_the_partitions_another_member_holds() {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic("t", 2, 1).unwrap();
+    let b = brokers.clone();
+    tokio::task::spawn_blocking(move || produce(&b, "t", 2, 5))
+        .await
+        .unwrap();
+    // An unbounded member holds both partitions.
+    let mut other = start(config(&brokers, "t", "g6"), BTreeMap::new(), false);
+    collect(&mut other, 10).await;
+
+    // The bounded member joins and gets one partition in the rebalance.
+    let mut r = start(config(&brokers, "t", "g6"), BTreeMap::new(), true);
+    let mut positions = BTreeMap::new();
+    let mut epoch = 0;
+    let mut events = 0;
+    let mut receive = |ev: SourceEvent, events: &mut usize| {
+        if let SourceEvent::Data {
+            partition,
+            batch,
+            position,
+            ..
+        } = ev
+        {
+            *events += batch.len();
+            positions.insert(partition, position);
+            epoch += 1;
+            // What the processor does once a checkpoint is durable.
+            r.commits
+                .send(Commit {
+                    epoch,
+                    positions: positions.clone(),
+                })
+                .unwrap();
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while events < 5 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, r.events.recv()).await {
+            Ok(Some(ev)) => receive(ev, &mut events),
+            other => panic!("{events} events, then {other:?}"),
+        }
+    }
+    // Its own partition is read and checkpointed; the other one is not
+    // assigned to it: it keeps running.
+    let quiet = tokio::time::timeout(Duration::from_millis(1500), r.events.recv()).await;
+    if let Ok(Some(ev)) = quiet {
+        receive(ev, &mut events);
+    }
+    assert_eq!(events, 5, "only its own partition");
+    assert!(
+        !r.task.is_finished(),
+        "a bounded run ended with a partition unread"
+    );
+
+    // The other member leaves: the bounded run gets the partition, reads
+    // it to the end and only then finishes.
+    other.stop.send(true).unwrap();
+    other.task.await.unwrap().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !r.task.is_finished() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left.min(Duration::from_millis(100)), r.events.recv()).await {
+            Ok(Some(ev)) => receive(ev, &mut events),
+            Ok(None) | Err(_) => {
+                assert!(Instant::now() < deadline, "not finished: {events} events");
+            }
+        }
+    }
+    r.task.await.unwrap().unwrap();
+    assert_eq!(events, 10, "both partitions, each once");
+}
