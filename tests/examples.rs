@@ -650,7 +650,7 @@ fn use_case_3_orders_from_rabbitmq() {
 #[test]
 fn use_case_4_kafka_in_kafka_out() {
     use support::kafka::{
-        broker, committed, create_topic, end_offsets, produce_lines, read_all, unique_topic,
+        broker, committed, create_topic, end_offsets, produce_lines, read_until, unique_topic,
     };
 
     let Some(brokers) = broker() else {
@@ -711,14 +711,25 @@ fn use_case_4_kafka_in_kafka_out() {
             expected.insert(format!("{country}|{w}"), *n);
         }
     }
-    let mut last: BTreeMap<String, i64> = BTreeMap::new();
-    for (_, key, value) in read_all(&brokers, &output, 3) {
-        let value: Value = serde_json::from_str(value.as_deref().expect("no tombstones")).unwrap();
-        last.insert(key, value["reports"].as_i64().unwrap());
-    }
-    assert_eq!(last, expected, "last value per key of {output}");
+    let last_values = |messages: &[(i32, String, Option<String>)]| {
+        let mut last: BTreeMap<String, i64> = BTreeMap::new();
+        for (_, key, value) in messages {
+            let value: Value =
+                serde_json::from_str(value.as_deref().expect("no tombstones")).unwrap();
+            last.insert(key.clone(), value["reports"].as_i64().unwrap());
+        }
+        last
+    };
+    let messages = read_until(&brokers, &output, 3, Duration::from_secs(60), |m| {
+        last_values(m) == expected
+    });
+    assert_eq!(
+        last_values(&messages),
+        expected,
+        "last value per key of {output}"
+    );
 
-    let dead_letters = read_all(&brokers, &dead, 1);
+    let dead_letters = read_until(&brokers, &dead, 1, Duration::from_secs(5), |_| false);
     assert_eq!(dead_letters.len(), 1, "{dead_letters:?}");
     assert!(
         dead_letters[0]

@@ -97,6 +97,11 @@ pub enum SourceEvent {
     Partitions { source: usize, partitions: Vec<u32> },
     /// A partition reached its end (bounded input): it no longer holds the watermark back.
     PartitionDone { source: usize, partition: u32 },
+    /// The source no longer reads these partitions (a consumer-group
+    /// rebalance gave them to another worker). Unlike `PartitionDone` this
+    /// is not the end of the input: they stop holding the watermark back,
+    /// but if no partition is left the watermark stays where it is.
+    PartitionsReleased { source: usize, partitions: Vec<u32> },
     /// The source finished (bounded input fully read, or shutdown).
     Finished { source: usize },
     /// The source failed.
@@ -207,6 +212,16 @@ impl SourceOutput {
         let msg = SourceEvent::PartitionDone {
             source: self.index,
             partition,
+        };
+        self.tx.blocking_send(msg).map_err(|_| Closed)
+    }
+
+    /// Stops reading `partitions` for now (see [`SourceEvent::PartitionsReleased`]);
+    /// declare them again with [`Self::partitions_blocking`] when they come back.
+    pub fn partitions_released_blocking(&self, partitions: Vec<u32>) -> Result<(), Closed> {
+        let msg = SourceEvent::PartitionsReleased {
+            source: self.index,
+            partitions,
         };
         self.tx.blocking_send(msg).map_err(|_| Closed)
     }

@@ -214,3 +214,43 @@ pub fn read_all(brokers: &str, topic: &str, partitions: i32) -> Vec<(i32, String
     }
     out
 }
+
+/// Every message of `topic` from the beginning, read until `enough` holds
+/// for what was read so far, or for at most `limit` (the caller's assertion
+/// then shows what is missing). Unlike [`read_all`], it does not rely on
+/// the broker's end offsets nor on a quiet period, so a slow broker on a
+/// loaded machine cannot cut the reading short.
+pub fn read_until(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    limit: Duration,
+    mut enough: impl FnMut(&[(i32, String, Option<String>)]) -> bool,
+) -> Vec<(i32, String, Option<String>)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "sluice-test-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+            let value = m.payload().map(|v| String::from_utf8_lossy(v).into_owned());
+            out.push((m.partition(), key, value));
+            continue;
+        }
+        if enough(&out) {
+            break;
+        }
+    }
+    out
+}

@@ -378,6 +378,10 @@ impl Processor {
                 self.tracker.partition_done(source, partition, now);
                 self.advance_watermarks();
             }
+            SourceEvent::PartitionsReleased { source, partitions } => {
+                self.tracker.release(source, &partitions);
+                self.advance_watermarks();
+            }
             SourceEvent::Finished { source } => {
                 self.sources_finished += 1;
                 if !*self.stop.borrow() {

@@ -94,6 +94,17 @@ impl WatermarkTracker {
         self.partition(source, partition, now_ms).done = true;
     }
 
+    /// Forgets partitions this source no longer reads (given to another
+    /// worker). They stop holding the watermark back; with none left the
+    /// watermark holds (as when every partition is idle). It is not the
+    /// end of the input, which `partition_done` is.
+    pub fn release(&mut self, source: usize, partitions: &[u32]) {
+        let s = &mut self.sources[source];
+        for p in partitions {
+            s.partitions.remove(p);
+        }
+    }
+
     pub fn source_finished(&mut self, source: usize) {
         self.sources[source].finished = true;
     }
@@ -115,6 +126,7 @@ impl WatermarkTracker {
         } else if !s.settings.event_time {
             now_ms
         } else if s.partitions.is_empty() {
+            // None known yet, or all released: hold (never goes backwards).
             i64::MIN
         } else {
             let mut min = i64::MAX;
@@ -212,6 +224,29 @@ mod tests {
         assert_eq!(t.watermark_of(&[0, 1], 0), 100);
         t.source_finished(0);
         assert_eq!(t.watermark_of(&[0], 0), i64::MAX);
+    }
+
+    /// A consumer-group rebalance revokes partitions: they stop holding the
+    /// watermark back, but losing all of them is not the end of the input
+    /// (it once moved the watermark to i64::MAX, closing every window and
+    /// making every later event late).
+    #[test]
+    fn released_partitions_are_not_finished() {
+        let mut t = WatermarkTracker::new(vec![event(0, None)]);
+        t.observe(0, 0, 100, 0);
+        t.observe(0, 1, 50, 0);
+        assert_eq!(t.source_watermark(0, 0), 50);
+        t.release(0, &[1]);
+        assert_eq!(t.source_watermark(0, 0), 100);
+        t.release(0, &[0]);
+        assert_eq!(t.source_watermark(0, 0), 100, "all released: it holds");
+        // Assigned again: declared partitions hold it until they show data.
+        t.declare(0, &[0, 1], 0);
+        assert_eq!(t.source_watermark(0, 0), 100);
+        t.observe(0, 0, 300, 0);
+        t.observe(0, 1, 200, 0);
+        assert_eq!(t.source_watermark(0, 0), 200);
+        assert_eq!(t.max_times(0).count(), 2);
     }
 
     #[test]

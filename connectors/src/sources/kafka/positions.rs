@@ -101,6 +101,11 @@ impl PartitionIds {
         Ok((table, next))
     }
 
+    /// Every id known: restored from the checkpoint or assigned since.
+    pub fn known(&self) -> impl Iterator<Item = u32> + '_ {
+        self.ids.values().copied()
+    }
+
     /// The id of `(topic, partition)`, assigning a new one if needed.
     pub fn id(&mut self, topic: &str, partition: i32) -> u32 {
         if let Some(&id) = self.ids.get(&(topic.to_string(), partition)) {

@@ -259,6 +259,7 @@ impl Runner {
     }
 
     fn assign(&mut self, tps: Vec<TopicPartition>) -> Result<(), SourceError> {
+        let first = !self.assigned_once;
         self.assigned_once = true;
         let mut ids = Vec::new();
         let mut commit = TopicPartitionList::new();
@@ -304,6 +305,19 @@ impl Runner {
                 tracing::warn!(source = %self.ctx.name, error = %describe(&e), "committing restored offsets failed");
             }
         }
+        if first {
+            // Partitions of the checkpoint that the group gave to another
+            // worker: their restored event times must not hold the
+            // watermark back.
+            let others: Vec<u32> = self
+                .ids
+                .known()
+                .filter(|id| !self.parts.iter().any(|p| p.id == *id))
+                .collect();
+            if !others.is_empty() {
+                let _ = self.ctx.output.partitions_released_blocking(others);
+            }
+        }
         if !ids.is_empty() {
             // Err: the pipeline is shutting down, which the loop notices.
             let _ = self.ctx.output.partitions_blocking(ids);
@@ -313,17 +327,22 @@ impl Runner {
 
     /// Stops reading revoked partitions: what was collected but not emitted
     /// is dropped (the next owner reads it); what was emitted is covered by
-    /// the next checkpoint. They no longer hold the watermark back.
+    /// the next checkpoint. They are released, not finished: they no longer
+    /// hold the watermark back, but a rebalance that revokes every
+    /// partition (the eager protocol does, on any member change) must not
+    /// move the watermark to the end of time and close every window.
     fn revoke(&mut self, tps: &[TopicPartition]) {
         let (gone, kept): (Vec<Part>, Vec<Part>) = std::mem::take(&mut self.parts)
             .into_iter()
             .partition(|p| tps.contains(&p.tp));
         self.parts = kept;
+        let mut released = Vec::with_capacity(gone.len());
         for p in gone {
             self.committed.remove(&p.tp);
-            if !p.done {
-                let _ = self.ctx.output.partition_done_blocking(p.id);
-            }
+            released.push(p.id);
+        }
+        if !released.is_empty() {
+            let _ = self.ctx.output.partitions_released_blocking(released);
         }
     }
 

@@ -399,7 +399,7 @@ async fn a_missing_topic_is_a_clear_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revoked_partitions_stop_holding_the_watermark() {
+async fn revoked_partitions_are_released_not_finished() {
     let cluster = MockCluster::new(1).unwrap();
     let brokers = cluster.bootstrap_servers();
     cluster.create_topic("t", 2, 1).unwrap();
@@ -420,7 +420,10 @@ async fn revoked_partitions_stop_holding_the_watermark() {
     while done.len() < 2 || again.is_empty() {
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, a.events.recv()).await {
-            Ok(Some(SourceEvent::PartitionDone { partition, .. })) => done.push(partition),
+            Ok(Some(SourceEvent::PartitionsReleased { partitions, .. })) => done.extend(partitions),
+            Ok(Some(SourceEvent::PartitionDone { partition, .. })) => {
+                panic!("revoked partition {partition} reported as finished (end of input)")
+            }
             Ok(Some(SourceEvent::Partitions { partitions, .. })) => again.extend(partitions),
             Ok(Some(_)) => {}
             other => panic!("no rebalance seen by the first member: {other:?} {done:?} {again:?}"),
