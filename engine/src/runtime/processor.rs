@@ -375,8 +375,12 @@ impl Processor {
                 self.tracker.declare(source, &partitions, now);
             }
             SourceEvent::PartitionDone { source, partition } => {
-                self.tracker.partition_done(source, partition, now);
-                self.advance_watermarks();
+                // As for `Finished`: a source stopping because of a shutdown
+                // has not reached the end of its input.
+                if !*self.stop.borrow() {
+                    self.tracker.partition_done(source, partition, now);
+                    self.advance_watermarks();
+                }
             }
             SourceEvent::PartitionsReleased { source, partitions } => {
                 self.tracker.release(source, &partitions);

@@ -153,7 +153,11 @@ async fn run<C: MongoClient>(
             },
         }
     }
-    let _ = ctx.output.partition_done(0).await;
+    // The end of the input only for a bounded run; a shutdown is not one
+    // (reporting it would fire and purge every open window).
+    if ctx.bounded {
+        let _ = ctx.output.partition_done(0).await;
+    }
     Ok(())
 }
 

@@ -423,3 +423,39 @@ async fn driver_change_stream_round_trip() {
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert!(rows[0].contains("\"_id\":\"b\""));
 }
+
+/// A change stream has no end: stopping it at shutdown must not report its
+/// partition as finished, which would move the watermark to the end of
+/// time and close every open window in the final checkpoint.
+#[tokio::test]
+async fn a_shutdown_is_not_the_end_of_the_stream() {
+    let fake = FakeMongo::default();
+    fake.push_event(insert(1, "orders", "a"));
+    let mut cfg = config(Some("orders"));
+    cfg.start_at_operation_time = Some("1700000001".into());
+    let mut r = start(
+        MongoSource::with_client(cfg, fake.clone()),
+        BTreeMap::new(),
+        false,
+    );
+    let mut rows = 0;
+    while rows < 1 {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), r.events.recv()).await {
+            Ok(Some(SourceEvent::Data { batch, .. })) => rows += batch.len(),
+            Ok(Some(_)) => {}
+            other => panic!("no data: {other:?}"),
+        }
+    }
+    r.stop.send(true).unwrap();
+    let mut after = Vec::new();
+    while let Some(ev) = r.events.recv().await {
+        after.push(ev);
+    }
+    r.task.await.unwrap().unwrap();
+    assert!(
+        !after
+            .iter()
+            .any(|ev| matches!(ev, SourceEvent::PartitionDone { .. })),
+        "reported as finished at shutdown: {after:?}"
+    );
+}
