@@ -173,53 +173,12 @@ pub fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> Ve
         .collect()
 }
 
-/// Every message of `topic` from the beginning: (partition, key, value).
-/// Reads past the end offsets seen at the start until nothing new comes for
-/// 2 s: tansu reports the end of a partition as the base offset of its last
-/// batch + 1, which is too small when that batch holds several records.
-pub fn read_all(brokers: &str, topic: &str, partitions: i32) -> Vec<(i32, String, Option<String>)> {
-    let ends = end_offsets(brokers, topic, partitions).expect("topic exists");
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "sluice-test-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut next = vec![0i64; partitions as usize];
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last_message = Instant::now();
-    while next.iter().zip(&ends).any(|(n, e)| n < e)
-        || last_message.elapsed() < Duration::from_secs(2)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "reading {topic}: at {next:?} of {ends:?}"
-        );
-        let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
-            continue;
-        };
-        last_message = Instant::now();
-        let p = m.partition();
-        next[p as usize] = m.offset() + 1;
-        let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-        let value = m.payload().map(|v| String::from_utf8_lossy(v).into_owned());
-        out.push((p, key, value));
-    }
-    out
-}
-
 /// Every message of `topic` from the beginning, read until `enough` holds
 /// for what was read so far, or for at most `limit` (the caller's assertion
-/// then shows what is missing). Unlike [`read_all`], it does not rely on
-/// the broker's end offsets nor on a quiet period, so a slow broker on a
-/// loaded machine cannot cut the reading short.
+/// then shows what is missing). It relies neither on the broker's end
+/// offsets (tansu reports them too small for multi-record batches) nor on
+/// a quiet period, so a slow broker on a loaded machine cannot cut the
+/// reading short.
 pub fn read_until(
     brokers: &str,
     topic: &str,
