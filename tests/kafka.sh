@@ -5,6 +5,7 @@
 #
 #   tests/kafka.sh            # install tansu if needed, start it if needed
 #   tests/kafka.sh stop       # stop the broker this script started
+#   tests/kafka.sh fresh      # restart the broker this script started (empty)
 #
 # tansu is cached in $SLUICE_TOOLS (default /root/.cache/sluice-tools); a
 # first install builds it from crates.io (~20 min on 2 cores). Its storage
@@ -33,6 +34,25 @@ if [[ "${1:-}" == "stop" ]]; then
         echo "no tansu started by this script is running"
     fi
     exit 0
+fi
+
+# A fresh broker for a whole test run (tests/run.sh): tansu keeps every
+# topic in memory and was seen to slow down as a long-lived broker filled
+# up (a 100k-record produce timing out after 120 s). Only a broker this
+# script started is restarted; another one on the port is left alone.
+if [[ "${1:-}" == "fresh" ]] && [[ -f "$PID_FILE" ]] && kill -0 "$(cat "$PID_FILE")" 2>/dev/null; then
+    echo "restarting the tansu this script started (pid $(cat "$PID_FILE")) with empty storage"
+    kill "$(cat "$PID_FILE")"
+    for _ in $(seq 1 100); do
+        kill -0 "$(cat "$PID_FILE")" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -9 "$(cat "$PID_FILE")" 2>/dev/null || true
+    rm -f "$PID_FILE"
+    for _ in $(seq 1 100); do
+        port_open || break
+        sleep 0.1
+    done
 fi
 
 if port_open; then
