@@ -670,7 +670,45 @@ fn check_graph(src: &SourceText, p: &Pipeline, spans: &[NodeSpans]) -> Vec<Confi
             );
         }
     }
+    errors.extend(check_changelogs(src, p, spans, &graph));
     errors
+}
+
+/// Wirings that read an aggregate's changelog where they cannot (see
+/// `OperatorSpec::check_input`).
+fn check_changelogs(
+    src: &SourceText,
+    p: &Pipeline,
+    spans: &[NodeSpans],
+    graph: &sluice_engine::graph::Graph,
+) -> Vec<ConfigError> {
+    let n = p.sources.len();
+    // Transforms whose own config is wrong are reported elsewhere.
+    let specs: Vec<_> = p
+        .transforms
+        .iter()
+        .map(|t| crate::components::transform_spec(&t.config).ok())
+        .collect();
+    let spec = |node: usize| {
+        node.checked_sub(n)
+            .and_then(|t| specs.get(t))
+            .and_then(|s| s.as_deref())
+    };
+    let (_, errors) = graph.plan_streams(
+        |node, input| spec(node).map(|s| s.output_stream(input)),
+        |node, input| spec(node).map_or(Ok(()), |s| s.check_input(input)),
+    );
+    errors
+        .into_iter()
+        .map(|(node, e)| {
+            ConfigError::at(
+                src,
+                spans[node].name.start,
+                format!("transform `{}` {e}", graph.nodes[node].name),
+            )
+            .with_field(format!("transforms.{}", graph.nodes[node].name))
+        })
+        .collect()
 }
 
 #[cfg(test)]

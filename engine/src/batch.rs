@@ -36,7 +36,7 @@ pub struct Origin {
 }
 
 /// Per-row metadata.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RowMeta {
     /// Event time in epoch milliseconds (arrival time for processing-time pipelines).
     pub time: i64,
@@ -47,6 +47,24 @@ pub struct RowMeta {
     pub raw_start: u32,
     /// Length of the original bytes (0 when unknown).
     pub raw_len: u32,
+    /// The watermark in force when this row arrived: computed from the rows
+    /// before it in its source partition's log (see
+    /// `runtime::watermark::WatermarkTracker::observe_rows`), so it does
+    /// not depend on how the input was batched. `i64::MIN` when unknown
+    /// (rows made by operators); operators then use their own watermark.
+    pub watermark: i64,
+}
+
+impl Default for RowMeta {
+    fn default() -> Self {
+        RowMeta {
+            time: 0,
+            offset: 0,
+            raw_start: 0,
+            raw_len: 0,
+            watermark: i64::MIN,
+        }
+    }
 }
 
 /// A batch of rows plus their metadata; all vectors are parallel.

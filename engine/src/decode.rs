@@ -153,6 +153,7 @@ impl Decoder {
                 offset: ev.offset,
                 raw_start: ev.start,
                 raw_len: ev.len,
+                ..RowMeta::default()
             });
         }
         (batch, dead)

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use crate::config::did_you_mean;
-use crate::operator::FieldSet;
+use crate::operator::{FieldSet, Stream};
 
 /// The section a node is declared in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,6 +239,54 @@ impl Graph {
     /// Which fields each node's output must carry, given how each node
     /// transforms the needs of its readers (`input_reads(node, needs)`).
     /// Sinks need whole records. Returns one set per node.
+    /// What flows out of every node, in node order, given what each
+    /// transform makes of its input (`output(transform node, input)`,
+    /// `None` for sources and sinks). Also returns the nodes that cannot
+    /// read their input, with the reason: a node reading a changelog
+    /// together with anything else (their keys would be confused), or
+    /// whatever `check(node, input)` refuses.
+    pub fn plan_streams(
+        &self,
+        output: impl Fn(usize, Stream) -> Option<Stream>,
+        check: impl Fn(usize, Stream) -> Result<(), String>,
+    ) -> (Vec<Stream>, Vec<(usize, String)>) {
+        let mut streams = vec![Stream::Events; self.nodes.len()];
+        let mut errors = Vec::new();
+        for &node in &self.order {
+            let inputs = &self.inputs[node];
+            let input = inputs
+                .iter()
+                .map(|&i| streams[i])
+                .find(|s| s.is_changelog())
+                .unwrap_or_default();
+            if self.nodes[node].kind != NodeKind::Transform {
+                streams[node] = input;
+                continue;
+            }
+            if input.is_changelog() && inputs.len() > 1 {
+                let names: Vec<String> = inputs
+                    .iter()
+                    .map(|&i| format!("`{}`", self.nodes[i].name))
+                    .collect();
+                errors.push((
+                    node,
+                    format!(
+                        "reads the changelog of an aggregate together with other inputs ({}); \
+                         the keys of their rows would be mixed up. Give each aggregate's output its \
+                         own transform",
+                        names.join(", ")
+                    ),
+                ));
+                continue;
+            }
+            if let Err(e) = check(node, input) {
+                errors.push((node, e));
+            }
+            streams[node] = output(node, input).unwrap_or(input);
+        }
+        (streams, errors)
+    }
+
     pub fn plan_reads(&self, input_reads: impl Fn(usize, &FieldSet) -> FieldSet) -> Vec<FieldSet> {
         let mut needs = vec![FieldSet::empty(); self.nodes.len()];
         for &i in self.order.iter().rev() {

@@ -48,6 +48,30 @@ impl FieldSet {
     }
 }
 
+/// What flows along an edge of the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Stream {
+    /// Events: every row is a new fact.
+    #[default]
+    Events,
+    /// A changelog (the output of an aggregate): upserts and deletes of
+    /// rows identified by [`crate::batch::Batch::keys`]. A row replaces the
+    /// previous row of its key, so a reader must retract that previous row
+    /// before applying the new one.
+    Changelog {
+        /// A key whose row has time `t` no longer changes once the
+        /// watermark reaches `t + 1 + settles_after` (a window's allowed
+        /// lateness); `None` when keys may change forever (all-time).
+        settles_after: Option<i64>,
+    },
+}
+
+impl Stream {
+    pub fn is_changelog(self) -> bool {
+        matches!(self, Stream::Changelog { .. })
+    }
+}
+
 /// What the planner tells an operator when building it.
 #[derive(Debug, Clone)]
 pub struct BuildContext {
@@ -60,6 +84,8 @@ pub struct BuildContext {
     /// Whether the rows reaching this operator carry event time (false:
     /// processing time).
     pub event_time: bool,
+    /// What the operator reads: events, or an aggregate's changelog.
+    pub input: Stream,
 }
 
 /// Errors building an operator from its (already parsed) config.
@@ -95,6 +121,25 @@ pub trait OperatorSpec: Send + Sync {
         } else {
             input.map(<[FieldPath]>::to_vec)
         }
+    }
+
+    /// What this operator emits, given what it reads. Stateless operators
+    /// keep the kind of their input (a filter over a changelog turns the
+    /// upserts it rejects into deletes); stateful ones emit events unless
+    /// they say otherwise (aggregates emit a changelog).
+    fn output_stream(&self, input: Stream) -> Stream {
+        if self.is_stateful() {
+            Stream::Events
+        } else {
+            input
+        }
+    }
+
+    /// Whether this operator can read `input`; the error says why not and
+    /// what to do instead. Checked by `sluice validate` and at start.
+    fn check_input(&self, input: Stream) -> Result<(), String> {
+        let _ = input;
+        Ok(())
     }
 
     /// A fingerprint of everything that determines the meaning of this

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use rustc_hash::FxHashSet;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use sluice_engine::keys::{encode_component, stable_hash, GroupKey};
@@ -159,6 +159,24 @@ impl Aggregate {
         }
     }
 
+    /// Whether the accumulator can take back an input (needed to read a
+    /// changelog); `first` and `last` cannot.
+    pub fn retractable(&self) -> bool {
+        !matches!(self.func, AggFn::First | AggFn::Last)
+    }
+
+    /// A retractable accumulator (for changelog input): min, max and
+    /// count_distinct keep counts of their values so that taking one back
+    /// finds the next result.
+    pub fn init_retractable(&self) -> Acc {
+        match self.func {
+            AggFn::Min => Acc::MinOf(Vec::new()),
+            AggFn::Max => Acc::MaxOf(Vec::new()),
+            AggFn::CountDistinct => Acc::DistinctOf(FxHashMap::default()),
+            _ => self.init(),
+        }
+    }
+
     /// The input of this aggregate in `row` (None for a plain count).
     pub fn input<'a>(&self, row: &'a Value) -> Option<&'a Value> {
         self.field.as_ref().map(|f| row.get_path(f))
@@ -210,6 +228,33 @@ pub enum Acc {
         value: Value,
         time: i64,
     },
+    /// Retractable min: every value with its count, in `total_cmp` order.
+    MinOf(Vec<(Value, u64)>),
+    /// Retractable max: every value with its count, in `total_cmp` order.
+    MaxOf(Vec<(Value, u64)>),
+    /// Retractable count_distinct: value hash -> count.
+    DistinctOf(FxHashMap<u64, u64>),
+}
+
+/// Adds `n` (1 or -1) occurrences of `v` to a sorted multiset.
+fn multiset_add(set: &mut Vec<(Value, u64)>, v: &Value, add: bool) {
+    match set.binary_search_by(|(x, _)| x.total_cmp(v)) {
+        Ok(i) if add => set[i].1 += 1,
+        Ok(i) => {
+            set[i].1 -= 1;
+            if set[i].1 == 0 {
+                set.remove(i);
+            }
+        }
+        Err(i) if add => set.insert(i, (v.clone(), 1)),
+        Err(_) => {}
+    }
+}
+
+fn value_hash(v: &Value) -> u64 {
+    let mut k = GroupKey::new();
+    encode_component(&mut k, v);
+    stable_hash(&k)
 }
 
 fn present(v: Option<&Value>) -> Option<&Value> {
@@ -263,9 +308,13 @@ impl Acc {
             }
             Acc::Distinct(set) => {
                 if !counted {
-                    let mut k = GroupKey::new();
-                    encode_component(&mut k, v);
-                    set.insert(stable_hash(&k));
+                    set.insert(value_hash(v));
+                }
+            }
+            Acc::MinOf(set) | Acc::MaxOf(set) => multiset_add(set, v, true),
+            Acc::DistinctOf(counts) => {
+                if !counted {
+                    *counts.entry(value_hash(v)).or_default() += 1;
                 }
             }
             Acc::First { value, time: t } => {
@@ -279,6 +328,55 @@ impl Acc {
                     *value = v.clone();
                     *t = time;
                 }
+            }
+        }
+    }
+
+    /// Takes back one input added earlier by [`Acc::update`] (a changelog
+    /// row replaced or deleted). Only for retractable accumulators.
+    pub fn retract(&mut self, input: Option<&Value>) {
+        let counted = input.is_none();
+        let Some(v) = present(input) else { return };
+        match self {
+            Acc::Count(n) => *n = n.saturating_sub(1),
+            Acc::Sum {
+                int,
+                float,
+                is_float,
+            } => match v {
+                Value::Int(i) if !*is_float => match int.checked_sub(*i) {
+                    Some(s) => *int = s,
+                    None => {
+                        *is_float = true;
+                        *float = *int as f64 - *i as f64;
+                    }
+                },
+                other => {
+                    if !*is_float {
+                        *is_float = true;
+                        *float = *int as f64;
+                    }
+                    *float -= other.as_f64().unwrap_or(0.0);
+                }
+            },
+            Acc::Avg { sum, n } => {
+                *sum -= v.as_f64().unwrap_or(0.0);
+                *n = n.saturating_sub(1);
+            }
+            Acc::MinOf(set) | Acc::MaxOf(set) => multiset_add(set, v, false),
+            Acc::DistinctOf(counts) => {
+                if !counted {
+                    let h = value_hash(v);
+                    if let Some(c) = counts.get_mut(&h) {
+                        *c -= 1;
+                        if *c == 0 {
+                            counts.remove(&h);
+                        }
+                    }
+                }
+            }
+            Acc::Min(_) | Acc::Max(_) | Acc::Distinct(_) | Acc::First { .. } | Acc::Last { .. } => {
+                debug_assert!(false, "retracting from an accumulator that cannot")
             }
         }
     }
@@ -317,6 +415,18 @@ impl Acc {
                 *n += n2;
             }
             (Acc::Distinct(a), Acc::Distinct(b)) => a.extend(b),
+            (Acc::MinOf(a), Acc::MinOf(b)) | (Acc::MaxOf(a), Acc::MaxOf(b)) => {
+                for (v, n) in b {
+                    for _ in 0..n {
+                        multiset_add(a, &v, true);
+                    }
+                }
+            }
+            (Acc::DistinctOf(a), Acc::DistinctOf(b)) => {
+                for (h, n) in b {
+                    *a.entry(h).or_default() += n;
+                }
+            }
             (
                 Acc::First { value, time },
                 Acc::First {
@@ -369,6 +479,9 @@ impl Acc {
                 }
             }
             Acc::Distinct(set) => Value::Int(set.len() as i64),
+            Acc::MinOf(set) => set.first().map_or(Value::Null, |(v, _)| v.clone()),
+            Acc::MaxOf(set) => set.last().map_or(Value::Null, |(v, _)| v.clone()),
+            Acc::DistinctOf(counts) => Value::Int(counts.len() as i64),
             Acc::First { value, .. } | Acc::Last { value, .. } => value.clone(),
         }
     }
@@ -377,6 +490,8 @@ impl Acc {
     pub fn approx_bytes(&self) -> usize {
         match self {
             Acc::Distinct(set) => 48 + set.len() * 8,
+            Acc::DistinctOf(counts) => 48 + counts.len() * 16,
+            Acc::MinOf(set) | Acc::MaxOf(set) => 48 + set.len() * 40,
             _ => 48,
         }
     }
@@ -477,6 +592,40 @@ mod tests {
                 left.merge(right);
                 prop_assert_eq!(left.result(), whole.result(), "{:?}", func);
             }
+        }
+
+        /// Taking back inputs leaves what a fold over the remaining inputs
+        /// gives (the retractable accumulators of changelog input).
+        #[test]
+        fn retraction_equals_fold_of_what_remains(
+            values in proptest::collection::vec(-20i64..20, 1..60),
+            removals in proptest::collection::vec(any::<prop::sample::Index>(), 0..60),
+        ) {
+            for func in [AggFn::Count, AggFn::Sum, AggFn::Min, AggFn::Max, AggFn::Avg, AggFn::CountDistinct] {
+                let a = agg(func);
+                prop_assert!(a.retractable());
+                let mut acc = a.init_retractable();
+                let mut remaining = values.clone();
+                for v in &values {
+                    acc.update(Some(&Value::Int(*v)), 0);
+                }
+                for r in &removals {
+                    if remaining.is_empty() {
+                        break;
+                    }
+                    let v = remaining.remove(r.index(remaining.len()));
+                    acc.retract(Some(&Value::Int(v)));
+                }
+                let mut fold = a.init();
+                for v in &remaining {
+                    fold.update(Some(&Value::Int(*v)), 0);
+                }
+                match (func, acc.result(), fold.result()) {
+                    (AggFn::Avg, Value::Float(x), Value::Float(y)) => prop_assert!((x - y).abs() < 1e-9),
+                    (_, x, y) => prop_assert_eq!(x, y, "{:?}", func),
+                }
+            }
+            prop_assert!(!agg(AggFn::First).retractable() && !agg(AggFn::Last).retractable());
         }
 
         /// The accumulators agree with a straightforward fold.

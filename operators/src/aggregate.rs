@@ -28,7 +28,7 @@ use sluice_engine::batch::Batch;
 use sluice_engine::dead_letter::{DeadLetter, ErrorType};
 use sluice_engine::keys::GroupKey;
 use sluice_engine::operator::{
-    BuildContext, BuildError, Emitter, FieldPath, FieldSet, Operator, OperatorSpec,
+    BuildContext, BuildError, Emitter, FieldPath, FieldSet, Operator, OperatorSpec, Stream,
 };
 use sluice_engine::time::HumanDuration;
 use sluice_engine::value::parse_path;
@@ -171,6 +171,49 @@ impl OperatorSpec for AggregateSpec {
         true
     }
 
+    fn output_stream(&self, _input: Stream) -> Stream {
+        Stream::Changelog {
+            settles_after: self
+                .config
+                .window
+                .as_ref()
+                .map(|_| self.config.allowed_lateness.as_millis()),
+        }
+    }
+
+    fn check_input(&self, input: Stream) -> Result<(), String> {
+        let Stream::Changelog { settles_after } = input else {
+            return Ok(());
+        };
+        if let Some(WindowConfig::Session { .. }) = self.config.window {
+            return Err(
+                "reads the changelog of an aggregate, which a session window cannot: \
+                 merged sessions cannot take back a row. Use a tumbling or hopping window, \
+                 or aggregate the events themselves"
+                    .into(),
+            );
+        }
+        if let Some(a) = self.aggregates.iter().find(|a| !a.retractable()) {
+            return Err(format!(
+                "reads the changelog of an aggregate, so every function must be able to take \
+                 back a replaced row, and `{}` ({:?}) cannot. Use min/max, or aggregate the \
+                 events themselves",
+                a.name, a.func
+            )
+            .replace("First", "first")
+            .replace("Last", "last"));
+        }
+        if self.config.window.is_some() && settles_after.is_none() {
+            return Err(
+                "is windowed but reads the changelog of an all-time aggregate, whose \
+                 rows have no event time of their own. Window the upstream aggregate, or make \
+                 this one all-time"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
     fn needs_event_time(&self) -> bool {
         self.config.window.is_some() && self.config.time == Some(TimeMode::Event)
     }
@@ -227,7 +270,9 @@ impl OperatorSpec for AggregateSpec {
             key_groups: ctx.key_groups,
             start_field: parse_path(&self.config.window_start_field),
             end_field: parse_path(&self.config.window_end_field),
+            input: ctx.input,
         };
+        self.check_input(ctx.input).map_err(err)?;
         Ok(match self.config.window {
             None => Box::new(FixedAggregate::new(common, None)),
             Some(WindowConfig::Tumbling { size }) => Box::new(FixedAggregate::new(
@@ -278,6 +323,8 @@ pub struct Common {
     pub key_groups: u16,
     pub start_field: FieldPath,
     pub end_field: FieldPath,
+    /// Events, or an aggregate's changelog (rows replace earlier rows).
+    pub input: Stream,
 }
 
 impl Common {

@@ -9,7 +9,7 @@
 //! See [`crate::expr`] for the condition language.
 
 use serde::{Deserialize, Serialize};
-use sluice_engine::batch::Batch;
+use sluice_engine::batch::{Batch, RowKind};
 use sluice_engine::operator::{
     BuildContext, BuildError, Emitter, FieldSet, Operator, OperatorSpec,
 };
@@ -67,6 +67,20 @@ impl Operator for Filter {
         self.keep.clear();
         self.keep
             .extend(batch.rows.iter().map(|row| self.expr.eval(row)));
+        if !batch.kinds.is_empty() {
+            // A changelog: an upsert that no longer passes withdraws the
+            // key's earlier row, which may have passed; deletes pass.
+            for (keep, kind) in self.keep.iter_mut().zip(batch.kinds.iter_mut()) {
+                match kind {
+                    RowKind::Upsert if !*keep => {
+                        *kind = RowKind::Delete;
+                        *keep = true;
+                    }
+                    RowKind::Delete => *keep = true,
+                    _ => {}
+                }
+            }
+        }
         if self.keep.iter().all(|&k| k) {
             out.emit(batch);
             return;

@@ -4,14 +4,14 @@
 
 use std::collections::BTreeMap;
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 use sluice_engine::batch::{Batch, RowKind};
 use sluice_engine::dead_letter::{DeadLetter, ErrorType};
 use sluice_engine::keys::{decode_key, encode_component, key_group, GroupKey};
 use sluice_engine::operator::{
     decode_versioned, encode_versioned, Emitter, Operator, StateEntry, StateError, StateStats,
-    StateWriter,
+    StateWriter, Stream,
 };
 use sluice_engine::time::now_ms;
 use sluice_engine::value::{Map, Value};
@@ -23,6 +23,12 @@ use crate::window::assign;
 /// The start used for the single all-time "window".
 const GLOBAL: i64 = i64::MIN;
 const STATE_VERSION: u8 = 1;
+/// Slots of an aggregate reading a changelog (retractable accumulators
+/// plus the number of rows they hold).
+const CHANGELOG_STATE_VERSION: u8 = 2;
+/// State key tag of a slot; of the last applied row of an upstream key.
+const TAG_SLOT: u8 = 1;
+const TAG_PREV: u8 = 2;
 /// State key tag of the operator's own metadata (its watermark).
 const META_WATERMARK: &[u8] = b"\0wm";
 
@@ -30,6 +36,9 @@ struct Slot {
     accs: Vec<Acc>,
     state_dirty: bool,
     emit_dirty: bool,
+    /// Rows applied and not taken back (changelog input only): at zero the
+    /// group has no result any more.
+    rows: u64,
 }
 
 #[derive(Default)]
@@ -41,6 +50,26 @@ struct Window {
 #[derive(Serialize, Deserialize)]
 struct StoredSlot {
     accs: Vec<Acc>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredChangelogSlot {
+    accs: Vec<Acc>,
+    rows: u64,
+}
+
+/// The row of an upstream key as last applied (changelog input), so that
+/// the next row of that key can take it back first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Prev {
+    /// Its group key here.
+    group: Vec<u8>,
+    /// Its time (to know when it settles).
+    time: i64,
+    /// The windows it was added to.
+    starts: Vec<i64>,
+    /// Each aggregate's input (None for a plain count; Null when missing).
+    inputs: Vec<Option<Value>>,
 }
 
 pub struct FixedAggregate {
@@ -55,6 +84,12 @@ pub struct FixedAggregate {
     watermark_dirty: bool,
     keys: Vec<Result<GroupKey, usize>>,
     starts: Vec<i64>,
+    /// Changelog input: the last applied row of every upstream key.
+    prev: FxHashMap<GroupKey, Prev>,
+    /// Upstream keys whose `prev` entry changed since the last snapshot.
+    prev_dirty: FxHashSet<GroupKey>,
+    /// Results whose every row was taken back: deleted at the next flush.
+    emptied: Vec<(i64, GroupKey)>,
 }
 
 impl FixedAggregate {
@@ -70,6 +105,53 @@ impl FixedAggregate {
             watermark_dirty: false,
             keys: Vec::new(),
             starts: Vec::new(),
+            prev: FxHashMap::default(),
+            prev_dirty: FxHashSet::default(),
+            emptied: Vec::new(),
+        }
+    }
+
+    fn changelog(&self) -> bool {
+        self.c.input.is_changelog()
+    }
+
+    /// Takes back the previous row of an upstream key from the windows it
+    /// was added to, unless they closed for good (`wm`): those results are
+    /// final, as the new row could not reach them either.
+    fn retract(&mut self, prev: Prev, wm: i64) {
+        let group = GroupKey::from_slice(&prev.group);
+        for start in prev.starts {
+            if self.window.is_some() && self.end_of(start).saturating_add(self.c.lateness) <= wm {
+                continue;
+            }
+            let updates = self.c.emit == EmitMode::Updates;
+            let Some(window) = self.windows.get_mut(&start) else {
+                continue;
+            };
+            let fired = window.fired;
+            let Some(slot) = window.slots.get_mut(&group) else {
+                continue;
+            };
+            for (acc, input) in slot.accs.iter_mut().zip(&prev.inputs) {
+                acc.retract(input.as_ref());
+            }
+            slot.rows = slot.rows.saturating_sub(1);
+            if slot.rows == 0 {
+                window.slots.remove(&group);
+                self.purged.push((start, group.clone()));
+                if updates || fired {
+                    self.emptied.push((start, group.clone()));
+                }
+                continue;
+            }
+            if !slot.state_dirty {
+                slot.state_dirty = true;
+                self.state_dirty.push((start, group.clone()));
+            }
+            if (updates || fired) && !slot.emit_dirty {
+                slot.emit_dirty = true;
+                self.emit_dirty.push((start, group.clone()));
+            }
         }
     }
 
@@ -113,6 +195,16 @@ impl FixedAggregate {
     /// Emits every result whose emit flag is set.
     fn flush_dirty(&mut self, out: &mut Emitter<'_>) {
         let mut batch = Batch::default();
+        for (start, key) in std::mem::take(&mut self.emptied) {
+            let exists = self
+                .windows
+                .get(&start)
+                .is_some_and(|w| w.slots.contains_key(&key));
+            if !exists {
+                let (id, row, time) = self.result(start, &key, &[]);
+                batch.push_change(RowKind::Delete, id, row, time);
+            }
+        }
         for (start, key) in std::mem::take(&mut self.emit_dirty) {
             let Some(slot) = self.windows.get(&start).and_then(|w| w.slots.get(&key)) else {
                 continue;
@@ -133,7 +225,7 @@ impl FixedAggregate {
 
     fn state_key(start: i64, key: &[u8]) -> Vec<u8> {
         let mut k = Vec::with_capacity(9 + key.len());
-        k.push(1);
+        k.push(TAG_SLOT);
         // flip the sign bit so that byte order is numeric order
         k.extend_from_slice(&((start as u64) ^ (1 << 63)).to_be_bytes());
         k.extend_from_slice(key);
@@ -146,7 +238,23 @@ impl Operator for FixedAggregate {
         self.c.keys(&batch, &mut self.keys);
         let now = if self.c.processing_time { now_ms() } else { 0 };
         let keys = std::mem::take(&mut self.keys);
+        let changelog = self.changelog() && batch.is_keyed();
         for (i, key) in keys.iter().enumerate() {
+            // The watermark this row is judged by: the one in force when it
+            // arrived in its partition's log (independent of batching).
+            let wm = self.watermark.max(batch.meta[i].watermark);
+            if changelog {
+                // A changelog row replaces the previous row of its key:
+                // take that one back first.
+                let id = &batch.keys[i];
+                if let Some(prev) = self.prev.remove(id) {
+                    self.prev_dirty.insert(id.clone());
+                    self.retract(prev, wm);
+                }
+                if batch.kind(i) == RowKind::Delete {
+                    continue;
+                }
+            }
             let Some((key, t)) = self.c.admit(&batch, i, key, now, out) else {
                 continue;
             };
@@ -155,15 +263,19 @@ impl Operator for FixedAggregate {
             match self.window {
                 None => self.starts.push(GLOBAL),
                 Some((size, slide)) => {
+                    let mut latest = i64::MIN;
                     for s in assign(t, size, slide) {
-                        if s.saturating_add(size).saturating_add(self.c.lateness) > self.watermark {
+                        latest = latest.max(s);
+                        if s.saturating_add(size).saturating_add(self.c.lateness) > wm {
                             self.starts.push(s);
                         }
                     }
                     if self.starts.is_empty() {
+                        let end = latest.saturating_add(size);
                         let reason = format!(
-                            "late event: time {t} is behind the watermark {} by more than the allowed lateness of {} ms",
-                            self.watermark, self.c.lateness
+                            "late event: time {t} falls only in closed windows; the last one, [{latest}, {end}), \
+                             closed for good because its end {end} + allowed lateness {} ms <= watermark {wm}",
+                            self.c.lateness
                         );
                         out.dead_letter(DeadLetter::from_row(
                             &batch,
@@ -180,17 +292,28 @@ impl Operator for FixedAggregate {
                 let start = self.starts[si];
                 let window = self.windows.entry(start).or_default();
                 let fired = window.fired;
-                let slot = match window.slots.get_mut(key) {
-                    Some(s) => s,
-                    None => {
-                        let accs = self.c.aggregates.iter().map(|a| a.init()).collect();
-                        window.slots.entry(key.clone()).or_insert(Slot {
+                if !window.slots.contains_key(key) {
+                    let accs = if self.c.input.is_changelog() {
+                        self.c
+                            .aggregates
+                            .iter()
+                            .map(|a| a.init_retractable())
+                            .collect()
+                    } else {
+                        self.c.aggregates.iter().map(|a| a.init()).collect()
+                    };
+                    window.slots.insert(
+                        key.clone(),
+                        Slot {
                             accs,
                             state_dirty: false,
                             emit_dirty: false,
-                        })
-                    }
-                };
+                            rows: 0,
+                        },
+                    );
+                }
+                let slot = window.slots.get_mut(key).expect("inserted above");
+                slot.rows += 1;
                 for (agg, acc) in self.c.aggregates.iter().zip(slot.accs.iter_mut()) {
                     acc.update(agg.input(row), t);
                 }
@@ -203,6 +326,30 @@ impl Operator for FixedAggregate {
                     slot.emit_dirty = true;
                     self.emit_dirty.push((start, key.clone()));
                 }
+            }
+            if changelog {
+                let id = batch.keys[i].clone();
+                let inputs = self
+                    .c
+                    .aggregates
+                    .iter()
+                    .map(|a| {
+                        a.input(row).map(|v| match v {
+                            Value::Missing => Value::Null,
+                            v => v.clone(),
+                        })
+                    })
+                    .collect();
+                self.prev.insert(
+                    id.clone(),
+                    Prev {
+                        group: key.to_vec(),
+                        time: t,
+                        starts: self.starts.clone(),
+                        inputs,
+                    },
+                );
+                self.prev_dirty.insert(id);
             }
         }
         self.keys = keys;
@@ -239,6 +386,20 @@ impl Operator for FixedAggregate {
             }
         }
         out.emit(batch);
+        if let Stream::Changelog {
+            settles_after: Some(d),
+        } = self.c.input
+        {
+            // Upstream rows that can no longer change need no taking back.
+            let dirty = &mut self.prev_dirty;
+            self.prev.retain(|id, p| {
+                let keep = p.time.saturating_add(1).saturating_add(d) > watermark;
+                if !keep {
+                    dirty.insert(id.clone());
+                }
+                keep
+            });
+        }
         if self.window.is_none() {
             // All-time results are never purged.
             return;
@@ -282,17 +443,37 @@ impl Operator for FixedAggregate {
                 continue;
             };
             slot.state_dirty = false;
-            let value = encode_versioned(
-                STATE_VERSION,
-                &StoredSlot {
-                    accs: slot.accs.clone(),
-                },
-            );
+            let value = if self.c.input.is_changelog() {
+                encode_versioned(
+                    CHANGELOG_STATE_VERSION,
+                    &StoredChangelogSlot {
+                        accs: slot.accs.clone(),
+                        rows: slot.rows,
+                    },
+                )
+            } else {
+                encode_versioned(
+                    STATE_VERSION,
+                    &StoredSlot {
+                        accs: slot.accs.clone(),
+                    },
+                )
+            };
             w.put(
                 key_group(&key, self.c.key_groups),
                 Self::state_key(start, &key),
                 value,
             );
+        }
+        for id in std::mem::take(&mut self.prev_dirty) {
+            let kg = key_group(&id, self.c.key_groups);
+            let mut k = Vec::with_capacity(id.len() + 1);
+            k.push(TAG_PREV);
+            k.extend_from_slice(&id);
+            match self.prev.get(&id) {
+                Some(p) => w.put(kg, k, encode_versioned(CHANGELOG_STATE_VERSION, p)),
+                None => w.delete(kg, k),
+            }
         }
         if self.watermark_dirty {
             self.watermark_dirty = false;
@@ -314,21 +495,35 @@ impl Operator for FixedAggregate {
                 self.watermark = i64::from_be_bytes(bytes);
                 continue;
             }
-            if key.len() < 9 || key[0] != 1 {
+            if key.first() == Some(&TAG_PREV) && self.c.input.is_changelog() {
+                let prev: Prev = decode_versioned(CHANGELOG_STATE_VERSION, &value)?;
+                self.prev.insert(GroupKey::from_slice(&key[1..]), prev);
+                continue;
+            }
+            if key.len() < 9 || key[0] != TAG_SLOT {
                 return Err(StateError::Corrupt(format!(
                     "unexpected state key {key:02x?}"
                 )));
             }
             let start =
                 (u64::from_be_bytes(key[1..9].try_into().expect("8 bytes")) ^ (1 << 63)) as i64;
-            let stored: StoredSlot = decode_versioned(STATE_VERSION, &value)?;
+            // The version tells events from changelog state: a rewiring
+            // between the two is refused, not misread.
+            let (accs, rows) = if self.c.input.is_changelog() {
+                let s: StoredChangelogSlot = decode_versioned(CHANGELOG_STATE_VERSION, &value)?;
+                (s.accs, s.rows)
+            } else {
+                let s: StoredSlot = decode_versioned(STATE_VERSION, &value)?;
+                (s.accs, 0)
+            };
             let group = GroupKey::from_slice(&key[9..]);
             self.windows.entry(start).or_default().slots.insert(
                 group,
                 Slot {
-                    accs: stored.accs,
+                    accs,
                     state_dirty: false,
                     emit_dirty: false,
+                    rows,
                 },
             );
         }
@@ -346,6 +541,12 @@ impl Operator for FixedAggregate {
 
     fn state_stats(&self) -> StateStats {
         let mut stats = StateStats::default();
+        stats.keys += self.prev.len() as u64;
+        stats.bytes += self
+            .prev
+            .iter()
+            .map(|(k, p)| (k.len() + p.group.len() + 32 + p.inputs.len() * 24) as u64)
+            .sum::<u64>();
         for w in self.windows.values() {
             stats.keys += w.slots.len() as u64;
             for (k, s) in &w.slots {

@@ -16,7 +16,7 @@ use sluice_engine::batch::Batch;
 use sluice_engine::dead_letter::{DeadLetter, ErrorType};
 use sluice_engine::keys::{encode_component, GroupKey};
 use sluice_engine::operator::{
-    BuildContext, BuildError, Emitter, FieldPath, FieldSet, Operator, OperatorSpec,
+    BuildContext, BuildError, Emitter, FieldPath, FieldSet, Operator, OperatorSpec, Stream,
 };
 use sluice_engine::value::{parse_path, Value};
 
@@ -55,6 +55,18 @@ impl OperatorSpec for KeyBySpec {
 
     fn output_key(&self, _input: Option<&[FieldPath]>) -> Option<Vec<FieldPath>> {
         Some(self.fields.clone())
+    }
+
+    fn check_input(&self, input: Stream) -> Result<(), String> {
+        if input.is_changelog() {
+            return Err(
+                "reads the changelog of an aggregate, which `key_by` cannot re-key: \
+                 its rows replace earlier rows by their own key. Group the downstream aggregate \
+                 with `group_by` instead"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Operator>, BuildError> {

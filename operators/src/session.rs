@@ -68,25 +68,11 @@ impl SessionAggregate {
     }
 
     fn key_row(&self, key: &GroupKey) -> Value {
-        let mut row = Value::Object(Map::new());
-        if let Some(values) = decode_key(key) {
-            for (path, v) in self.c.group.names().iter().zip(values) {
-                row.set_path(path, v);
-            }
-        }
-        row
+        key_row(&self.c, key)
     }
 
     fn emit(&self, key: &GroupKey, s: &Session, batch: &mut Batch) {
-        let mut row = self.key_row(key);
-        row.set_path(&self.c.start_field, Value::Int(s.start));
-        row.set_path(&self.c.end_field, Value::Int(s.end));
-        if let Value::Object(m) = &mut row {
-            for (agg, acc) in self.c.aggregates.iter().zip(&s.accs) {
-                m.insert(agg.name.as_str(), acc.result());
-            }
-        }
-        batch.push_change(RowKind::Upsert, Self::id(key, s.start), row, s.end - 1);
+        emit_session(&self.c, key, s, batch);
     }
 
     /// Emits retractions and changed sessions: all changed ones in
@@ -128,6 +114,34 @@ impl SessionAggregate {
     }
 }
 
+fn key_row(c: &Common, key: &GroupKey) -> Value {
+    let mut row = Value::Object(Map::new());
+    if let Some(values) = decode_key(key) {
+        for (path, v) in c.group.names().iter().zip(values) {
+            row.set_path(path, v);
+        }
+    }
+    row
+}
+
+/// Appends the result row of session `s` of `key`.
+fn emit_session(c: &Common, key: &GroupKey, s: &Session, batch: &mut Batch) {
+    let mut row = key_row(c, key);
+    row.set_path(&c.start_field, Value::Int(s.start));
+    row.set_path(&c.end_field, Value::Int(s.end));
+    if let Value::Object(m) = &mut row {
+        for (agg, acc) in c.aggregates.iter().zip(&s.accs) {
+            m.insert(agg.name.as_str(), acc.result());
+        }
+    }
+    batch.push_change(
+        RowKind::Upsert,
+        SessionAggregate::id(key, s.start),
+        row,
+        s.end - 1,
+    );
+}
+
 impl Operator for SessionAggregate {
     fn process(&mut self, batch: Batch, out: &mut Emitter<'_>) {
         self.c.keys(&batch, &mut self.keys);
@@ -138,11 +152,15 @@ impl Operator for SessionAggregate {
                 continue;
             };
             let row = &batch.rows[i];
+            // The watermark in force when this row arrived in its
+            // partition's log (independent of batching).
+            let wm = self.watermark.max(batch.meta[i].watermark);
             let (start, end) = (t, t.saturating_add(self.gap));
-            if end.saturating_add(self.c.lateness) <= self.watermark {
+            if end.saturating_add(self.c.lateness) <= wm {
                 let reason = format!(
-                    "late event: time {t} is behind the watermark {} by more than the session gap plus the allowed lateness",
-                    self.watermark
+                    "late event: its session would end at {end} (time {t} + gap {} ms), \
+                     and end + allowed lateness {} ms <= watermark {wm}",
+                    self.gap, self.c.lateness
                 );
                 out.dead_letter(DeadLetter::from_row(
                     &batch,
@@ -154,6 +172,26 @@ impl Operator for SessionAggregate {
                 continue;
             }
             let list = self.sessions.entry(key.clone()).or_default();
+            // Sessions of this key that closed for good before this row
+            // arrived are gone for it, as if the watermark had been applied
+            // row by row: emit what they still owe, then drop them, so the
+            // row cannot merge into them.
+            if list
+                .iter()
+                .any(|s| s.end.saturating_add(self.c.lateness) <= wm)
+            {
+                let mut expired = Batch::default();
+                list.retain(|s| {
+                    if s.end.saturating_add(self.c.lateness) > wm {
+                        return true;
+                    }
+                    if s.changed {
+                        emit_session(&self.c, key, s, &mut expired);
+                    }
+                    false
+                });
+                out.emit(expired);
+            }
             let mut merged = Session {
                 start,
                 end,

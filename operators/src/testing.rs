@@ -13,6 +13,7 @@ pub fn build_ctx() -> BuildContext {
         key_groups: 8,
         upstream_key: None,
         event_time: true,
+        input: sluice_engine::operator::Stream::Events,
     }
 }
 
@@ -29,6 +30,7 @@ pub fn batch_of(lines: &[&str]) -> Batch {
             offset: i as u64,
             raw_start: raw.len() as u32,
             raw_len: l.len() as u32,
+            ..RowMeta::default()
         });
         raw.extend_from_slice(l.as_bytes());
         b.rows.push(row);

@@ -228,6 +228,103 @@ def keyed_distinct():
     write("keyed_distinct", "expected.ndjson", expected)
 
 
+def late_events(rng, n, step_ms=40):
+    """Events whose delays straddle the lateness boundary: most are nearly
+    in order, many are 0-4 s behind (around a 1 s disorder bound plus 1 s of
+    allowed lateness), some far behind."""
+    events = []
+    for i in range(n):
+        r = rng.random()
+        if r < 0.6:
+            delay = rng.randint(0, 100)
+        elif r < 0.97:
+            delay = rng.randint(0, 4000)
+        else:
+            delay = rng.randint(10_000, 30_000)
+        events.append({"id": i, "ts": BASE_TS + i * step_ms - delay,
+                       "country": rng.choice(COUNTRIES[:4]), "temp_c": rng.randint(-10, 40)})
+    return events
+
+
+def per_event_windows(events, size, slide, lateness, disorder):
+    """The reference of per-event lateness: an event is judged by the
+    watermark in force when it arrives (the largest earlier event time minus
+    the disorder bound) and is late when every window it falls in has
+    end + lateness <= watermark. Returns (window -> events, late indices)."""
+    windows, late = defaultdict(list), []
+    top = None
+    for i, e in enumerate(events):
+        wm = None if top is None else top - disorder
+        t = e["ts"]
+        starts = [s for s in range(t - t % slide - size + slide, t + 1, slide) if s <= t < s + size]
+        kept = [s for s in starts if wm is None or s + size + lateness > wm]
+        if not kept:
+            late.append(i)
+        for s in kept:
+            windows[(s, e["country"])].append(e)
+        top = t if top is None else max(top, t)
+    return windows, late
+
+
+def late_boundaries():
+    """5 s tumbling windows, 1 s disorder, 1 s allowed lateness, with many
+    events right at the lateness boundary: the results and the late dead
+    letters follow the per-event rule, whatever the batch sizes (the
+    pipeline reads ${READ_BYTES}) and however the crash test cuts the run."""
+    rng = random.Random(7)
+    events = late_events(rng, 4000)
+    lines = [dump(e) for e in events]
+    windows, late = per_event_windows(events, 5000, 5000, 1000, 1000)
+    expected = [dump({"country": c, "window_start": s, "window_end": s + 5000,
+                      "n": len(es), "sum_temp": sum(e["temp_c"] for e in es)})
+                for (s, c), es in sorted(windows.items())]
+    offs = offsets(lines)
+    write("late_boundaries", "input.ndjson", lines)
+    write("late_boundaries", "expected.ndjson", expected)
+    write("late_boundaries", "expected_dead_letters.ndjson",
+          [dump({"error_type": "late", "offset": offs[i]}) for i in late])
+
+
+def aggregate_of_aggregate():
+    """An aggregate reading an aggregate's changelog (through a filter):
+    reports per country (updated at every checkpoint), then over the
+    countries with at least 600 reports: how many, their total, the largest
+    and smallest count. Each upstream update replaces the country's earlier
+    row instead of adding to it."""
+    rng = random.Random(8)
+    events = weather_events(rng, 5000)
+    lines = [dump(e) for e in events]
+    per_country = defaultdict(int)
+    for e in events:
+        per_country[e["country"]] += 1
+    big = [n for n in per_country.values() if n >= 600]
+    expected = [dump({"countries": len(big), "reports": sum(big),
+                      "largest": max(big), "smallest": min(big)})]
+    write("aggregate_of_aggregate", "input.ndjson", lines)
+    write("aggregate_of_aggregate", "expected.ndjson", expected)
+
+
+def windows_of_windows():
+    """Per-minute counts per country (emitted as updates), then per 5
+    minutes: the sum and the peak of those minutes and how many minutes had
+    reports. Late events follow the per-event rule at the first aggregate."""
+    rng = random.Random(9)
+    events = late_events(rng, 6000, step_ms=200)
+    lines = [dump(e) for e in events]
+    minutes, late = per_event_windows(events, 60_000, 60_000, 0, 2000)
+    five = defaultdict(list)
+    for (s, c), es in minutes.items():
+        five[(s - s % 300_000, c)].append(len(es))
+    expected = [dump({"country": c, "window_start": s, "window_end": s + 300_000,
+                      "reports": sum(ns), "peak": max(ns), "minutes": len(ns)})
+                for (s, c), ns in sorted(five.items())]
+    offs = offsets(lines)
+    write("windows_of_windows", "input.ndjson", lines)
+    write("windows_of_windows", "expected.ndjson", expected)
+    write("windows_of_windows", "expected_dead_letters.ndjson",
+          [dump({"error_type": "late", "offset": offs[i]}) for i in late])
+
+
 if __name__ == "__main__":
     country_counts()
     weather_windows()
@@ -235,3 +332,6 @@ if __name__ == "__main__":
     sessions()
     filter_map_events()
     keyed_distinct()
+    late_boundaries()
+    aggregate_of_aggregate()
+    windows_of_windows()

@@ -181,6 +181,21 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, RunE
         }
     }
 
+    // Changelogs: what each node reads, and wirings that cannot work.
+    let (streams, stream_errors) = graph.plan_streams(
+        |node, input| transform_of(node).map(|t| spec.transforms[t].spec.output_stream(input)),
+        |node, input| match transform_of(node) {
+            Some(t) => spec.transforms[t].spec.check_input(input),
+            None => Ok(()),
+        },
+    );
+    if let Some((node, e)) = stream_errors.first() {
+        return Err(RunError::Plan(format!(
+            "transform `{}` {e}",
+            graph.nodes[*node].name
+        )));
+    }
+
     let pipeline: Arc<str> = Arc::from(spec.name.as_str());
     let mut operators: Vec<Option<Box<dyn Operator>>> = Vec::new();
     let mut signatures = Vec::new();
@@ -208,6 +223,10 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, RunE
             key_groups: spec.key_groups,
             upstream_key: input_key,
             event_time,
+            input: graph.inputs[node]
+                .first()
+                .map(|&i| streams[i])
+                .unwrap_or_default(),
         };
         let op = tspec
             .spec

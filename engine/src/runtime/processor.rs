@@ -117,6 +117,9 @@ pub(super) struct Processor {
     sink_of: Vec<Option<usize>>,
     /// Stateful operator nodes in topological order, with their sources.
     timed: Vec<(usize, Vec<usize>, i64)>,
+    /// Per source: the other sources feeding a stateful operator it feeds
+    /// (their watermarks cap the watermark stamped on its rows).
+    co_sources: Vec<Vec<usize>>,
     stateful: Vec<bool>,
     sources: Vec<String>,
     source_labels: Vec<Vec<Label>>,
@@ -176,11 +179,21 @@ impl Processor {
                 *slot = Some(i - n_sources - n_transforms);
             }
         }
-        let timed = graph
+        let timed: Vec<(usize, Vec<usize>, i64)> = graph
             .order
             .iter()
             .filter(|&&n| n >= n_sources && n < n_sources + n_transforms && stateful[n - n_sources])
             .map(|&n| (n, upstream[n].iter().copied().collect(), i64::MIN))
+            .collect();
+        let mut co_sources = vec![BTreeSet::new(); source_names.len()];
+        for (_, sources, _) in &timed {
+            for &a in sources {
+                co_sources[a].extend(sources.iter().copied().filter(|&b| b != a));
+            }
+        }
+        let co_sources = co_sources
+            .into_iter()
+            .map(|s| s.into_iter().collect())
             .collect();
         let source_labels = source_names
             .iter()
@@ -214,6 +227,7 @@ impl Processor {
             names,
             sink_of,
             timed,
+            co_sources,
             stateful,
             positions_dirty: false,
             sources_finished: 0,
@@ -354,8 +368,15 @@ impl Processor {
                 metrics::counter!(m::BYTES_IN, labels.clone()).increment(bytes);
                 metrics::histogram!(m::BATCH_SIZE, labels.clone()).record(events as f64);
                 self.events_in += events;
-                if let Some(max) = batch.meta.iter().map(|r| r.time).max() {
-                    self.tracker.observe(source, partition, max, now);
+                let mut batch = batch;
+                if !batch.meta.is_empty() {
+                    let cap = self.co_sources[source]
+                        .iter()
+                        .map(|&s| self.tracker.source_watermark(s, now))
+                        .min()
+                        .unwrap_or(i64::MAX);
+                    self.tracker
+                        .observe_rows(source, partition, &mut batch.meta, cap, now);
                 }
                 self.positions[source].insert(partition, position);
                 self.positions_dirty = true;

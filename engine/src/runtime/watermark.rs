@@ -90,6 +90,76 @@ impl WatermarkTracker {
         p.done = false;
     }
 
+    /// Records the rows of one batch of `partition`, in log order, and
+    /// stamps each with the watermark in force when it arrives: the
+    /// partition's largest event time *before* that row minus the disorder
+    /// bound, combined (minimum) with the current watermarks of the
+    /// source's other partitions and with `cap` (the sources sharing a
+    /// windowed operator with this one), and never below what the source
+    /// already reached. For a single partition this depends only on the
+    /// log, not on where batches begin and end, so a replay after a crash
+    /// judges every row the same way.
+    pub fn observe_rows(
+        &mut self,
+        source: usize,
+        partition: u32,
+        rows: &mut [crate::batch::RowMeta],
+        cap: i64,
+        now_ms: i64,
+    ) {
+        if !self.sources[source].settings.event_time {
+            let wm = self.source_watermark(source, now_ms).min(cap);
+            for r in rows.iter_mut() {
+                r.watermark = wm;
+            }
+            return;
+        }
+        let others = self.others_watermark(source, partition, now_ms);
+        let s = &mut self.sources[source];
+        let disorder = s.settings.max_disorder_ms;
+        let floor = s.current;
+        let p = s.partitions.entry(partition).or_insert(Partition {
+            max_time: i64::MIN,
+            last_seen_ms: now_ms,
+            done: false,
+        });
+        let mut max = p.max_time;
+        for r in rows.iter_mut() {
+            let own = if max == i64::MIN {
+                i64::MIN
+            } else {
+                max.saturating_sub(disorder)
+            };
+            r.watermark = own.min(others).min(cap).max(floor);
+            max = max.max(r.time);
+        }
+        p.max_time = max;
+        p.last_seen_ms = now_ms;
+        p.done = false;
+    }
+
+    /// The minimum watermark of the partitions of `source` other than
+    /// `partition` that hold it back (`i64::MAX` when none does).
+    fn others_watermark(&self, source: usize, partition: u32, now_ms: i64) -> i64 {
+        let s = &self.sources[source];
+        if s.finished {
+            return i64::MAX;
+        }
+        s.partitions
+            .iter()
+            .filter(|(&k, p)| {
+                k != partition
+                    && !p.done
+                    && !s
+                        .settings
+                        .idle_timeout_ms
+                        .is_some_and(|t| now_ms.saturating_sub(p.last_seen_ms) >= t)
+            })
+            .map(|(_, p)| p.max_time.saturating_sub(s.settings.max_disorder_ms))
+            .min()
+            .unwrap_or(i64::MAX)
+    }
+
     pub fn partition_done(&mut self, source: usize, partition: u32, now_ms: i64) {
         self.partition(source, partition, now_ms).done = true;
     }
