@@ -194,14 +194,13 @@ impl OperatorSpec for AggregateSpec {
             );
         }
         if let Some(a) = self.aggregates.iter().find(|a| !a.retractable()) {
+            let func = format!("{:?}", a.func).to_lowercase();
             return Err(format!(
                 "reads the changelog of an aggregate, so every function must be able to take \
-                 back a replaced row, and `{}` ({:?}) cannot. Use min/max, or aggregate the \
-                 events themselves",
-                a.name, a.func
-            )
-            .replace("First", "first")
-            .replace("Last", "last"));
+                 back a replaced row, and `{}` uses `{func}`, which cannot. Use min/max, or \
+                 aggregate the events themselves",
+                a.name
+            ));
         }
         if self.config.window.is_some() && settles_after.is_none() {
             return Err(

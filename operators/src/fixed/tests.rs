@@ -267,7 +267,12 @@ mod batching {
         let mut keep = |batches: Vec<sluice_engine::batch::Batch>| {
             for b in batches {
                 for (i, row) in b.rows.iter().enumerate() {
-                    table.insert(format!("{:?}", b.keys[i]), row.to_string());
+                    let id = format!("{:?}", b.keys[i]);
+                    if b.kinds[i] == sluice_engine::batch::RowKind::Delete {
+                        table.remove(&id);
+                    } else {
+                        table.insert(id, row.to_string());
+                    }
                 }
             }
         };
@@ -382,6 +387,32 @@ mod batching {
                     (b'a' + k) as char, s + size))
                 .collect();
             prop_assert_eq!(table.values().cloned().collect::<BTreeSet<_>>(), expected);
+        }
+    }
+
+    proptest! {
+        /// Session windows too: a session that closed for good before an
+        /// event arrived cannot absorb it, even when the batch it closed in
+        /// has not ended yet.
+        #[test]
+        fn sessions_do_not_depend_on_batching(
+            events in events(),
+            sizes in proptest::collection::vec(1usize..40, 1..8),
+            gap in prop_oneof![Just(5i64), Just(12)],
+            lateness in prop_oneof![Just(0i64), Just(4)],
+            disorder in prop_oneof![Just(0i64), Just(3), Just(9)],
+        ) {
+            let toml = format!(
+                "group_by = [\"k\"]\nwindow = {{ type = \"session\", gap = {gap} }}\n\
+                 allowed_lateness = {lateness}\naggregates = {{ n = \"count\", total = {{ fn = \"sum\", field = \"v\" }} }}"
+            );
+            let (table, late) = drive(&toml, &events, &sizes, disorder);
+            let (one_by_one, late_one) = drive(&toml, &events, &[1], disorder);
+            let (whole, late_whole) = drive(&toml, &events, &[events.len()], disorder);
+            prop_assert_eq!(&late, &late_one);
+            prop_assert_eq!(&late, &late_whole);
+            prop_assert_eq!(&table, &one_by_one);
+            prop_assert_eq!(&table, &whole);
         }
     }
 
