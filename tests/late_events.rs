@@ -56,6 +56,9 @@ path = "${OUTPUT}"
 format = "changes"
 "#;
 
+/// (window start, country) -> (count, sum of ids).
+type Windows = BTreeMap<(i64, String), (i64, i64)>;
+
 #[derive(Clone)]
 struct Event {
     id: i64,
@@ -104,7 +107,7 @@ fn events(n: usize) -> Vec<Event> {
 
 /// The per-event reference: (window start, country) -> (count, sum of ids)
 /// of the closed windows, and the ids of the late events.
-fn reference(events: &[Event]) -> (BTreeMap<(i64, String), (i64, i64)>, BTreeSet<i64>) {
+fn reference(events: &[Event]) -> (Windows, BTreeSet<i64>) {
     let (mut windows, mut late) = (BTreeMap::new(), BTreeSet::new());
     let mut top: Option<i64> = None;
     for e in events {
@@ -125,7 +128,7 @@ fn reference(events: &[Event]) -> (BTreeMap<(i64, String), (i64, i64)>, BTreeSet
 }
 
 /// What a run produced: the same shapes as [`reference`].
-fn results(dir: &Path) -> (BTreeMap<(i64, String), (i64, i64)>, BTreeSet<i64>) {
+fn results(dir: &Path) -> (Windows, BTreeSet<i64>) {
     let windows = materialize(&dir.join("out.ndjson"))
         .into_values()
         .filter(|r| r["country"] != "ZZ")
@@ -231,7 +234,7 @@ fn http_run(
     events: &[Event],
     per_request: usize,
     kill_after: &[usize],
-) -> (BTreeMap<(i64, String), (i64, i64)>, BTreeSet<i64>) {
+) -> (Windows, BTreeSet<i64>) {
     let dir = tempfile::tempdir().unwrap();
     let port = pick_port();
     let env = env(

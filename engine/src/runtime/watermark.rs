@@ -148,12 +148,11 @@ impl WatermarkTracker {
         s.partitions
             .iter()
             .filter(|(&k, p)| {
-                k != partition
-                    && !p.done
-                    && !s
-                        .settings
-                        .idle_timeout_ms
-                        .is_some_and(|t| now_ms.saturating_sub(p.last_seen_ms) >= t)
+                let idle = s
+                    .settings
+                    .idle_timeout_ms
+                    .is_some_and(|t| now_ms.saturating_sub(p.last_seen_ms) >= t);
+                k != partition && !p.done && !idle
             })
             .map(|(_, p)| p.max_time.saturating_sub(s.settings.max_disorder_ms))
             .min()

@@ -300,6 +300,9 @@ mod batching {
         (table, late)
     }
 
+    /// (window start, key) -> (count, sum).
+    type Windows = BTreeMap<(i64, u8), (i64, i64)>;
+
     /// The reference: one event at a time, the watermark being the largest
     /// earlier event time minus the disorder bound; an event is late when
     /// every window it falls in has `end + lateness <= watermark`.
@@ -309,7 +312,7 @@ mod batching {
         slide: i64,
         lateness: i64,
         disorder: i64,
-    ) -> (BTreeMap<(i64, u8), (i64, i64)>, BTreeSet<u64>) {
+    ) -> (Windows, BTreeSet<u64>) {
         let (mut windows, mut late) = (BTreeMap::new(), BTreeSet::new());
         let mut max = i64::MIN;
         for (i, &(t, k, v)) in events.iter().enumerate() {
