@@ -251,6 +251,28 @@ fn multiset_add(set: &mut Vec<(Value, u64)>, v: &Value, add: bool) {
     }
 }
 
+/// Adds `v` to (or, with `negate`, subtracts it from) a sum that stays an
+/// integer while every input is one and does not overflow.
+fn add_to_sum(int: &mut i64, float: &mut f64, is_float: &mut bool, v: &Value, negate: bool) {
+    if let (Value::Int(i), false) = (v, *is_float) {
+        let exact = if negate {
+            int.checked_sub(*i)
+        } else {
+            int.checked_add(*i)
+        };
+        if let Some(s) = exact {
+            *int = s;
+            return;
+        }
+    }
+    if !*is_float {
+        *is_float = true;
+        *float = *int as f64;
+    }
+    let x = v.as_f64().unwrap_or(0.0);
+    *float += if negate { -x } else { x };
+}
+
 fn value_hash(v: &Value) -> u64 {
     let mut k = GroupKey::new();
     encode_component(&mut k, v);
@@ -276,22 +298,7 @@ impl Acc {
                 int,
                 float,
                 is_float,
-            } => match v {
-                Value::Int(i) if !*is_float => match int.checked_add(*i) {
-                    Some(s) => *int = s,
-                    None => {
-                        *is_float = true;
-                        *float = *int as f64 + *i as f64;
-                    }
-                },
-                other => {
-                    if !*is_float {
-                        *is_float = true;
-                        *float = *int as f64;
-                    }
-                    *float += other.as_f64().unwrap_or(0.0);
-                }
-            },
+            } => add_to_sum(int, float, is_float, v, false),
             Acc::Min(m) => {
                 if matches!(m, Value::Null) || v.total_cmp(m).is_lt() {
                     *m = v.clone();
@@ -343,22 +350,7 @@ impl Acc {
                 int,
                 float,
                 is_float,
-            } => match v {
-                Value::Int(i) if !*is_float => match int.checked_sub(*i) {
-                    Some(s) => *int = s,
-                    None => {
-                        *is_float = true;
-                        *float = *int as f64 - *i as f64;
-                    }
-                },
-                other => {
-                    if !*is_float {
-                        *is_float = true;
-                        *float = *int as f64;
-                    }
-                    *float -= other.as_f64().unwrap_or(0.0);
-                }
-            },
+            } => add_to_sum(int, float, is_float, v, true),
             Acc::Avg { sum, n } => {
                 *sum -= v.as_f64().unwrap_or(0.0);
                 *n = n.saturating_sub(1);
