@@ -173,6 +173,15 @@ fn run_one(dir: &Path, keep: bool) -> anyhow::Result<Option<String>> {
 pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
     let (mut passed, mut failed) = (0, 0);
     for dir in &args.dirs {
+        // A shell glob such as `tests/pipelines/*` also matches files
+        // beside the pipeline directories (the generator script).
+        if !dir.join("pipeline.toml").is_file() {
+            println!(
+                "skip {}: not a golden pipeline (no pipeline.toml in it)",
+                dir.display()
+            );
+            continue;
+        }
         match run_one(dir, args.keep) {
             Ok(None) => {
                 passed += 1;
@@ -189,6 +198,11 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
         }
     }
     println!("{passed} passed, {failed} failed");
+    if passed + failed == 0 {
+        anyhow::bail!(
+            "no golden pipeline directory among the arguments (each needs a pipeline.toml)"
+        );
+    }
     Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {
