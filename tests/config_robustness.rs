@@ -62,7 +62,7 @@ fn huge_durations_are_errors_in_validate_and_run() {
     let validate = sluice().arg("validate").arg(&p).output().unwrap();
     assert_clean_error(
         &validate,
-        "pipeline.toml:4:12: in `checkpoint.interval`: duration `600000000000000000m` is too long: the maximum is 36500d (100 years)",
+        "pipeline.toml:5:12: in `checkpoint.interval`: duration `600000000000000000m` is too long: the maximum is 36500d (100 years)",
     );
     let run = sluice().args(["run", "--once"]).arg(&p).output().unwrap();
     assert_clean_error(&run, "the maximum is 36500d");
