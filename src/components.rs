@@ -248,11 +248,13 @@ pub fn transform_spec(config: &TransformConfig) -> Result<Box<dyn OperatorSpec>,
 }
 
 impl TransformConfig {
-    /// True for aggregates with a window.
-    pub fn window(&self) -> Option<&sluice_operators::window::WindowConfig> {
+    /// True for transforms that place events in time: aggregates with a
+    /// window, dedupes with `within`.
+    pub fn uses_time(&self) -> bool {
         match self {
-            TransformConfig::Aggregate(c) => c.window.as_ref(),
-            _ => None,
+            TransformConfig::Aggregate(c) => c.window.is_some(),
+            TransformConfig::Dedupe(c) => c.within.is_some(),
+            _ => false,
         }
     }
 

@@ -774,7 +774,8 @@ fn check_graph(
             continue;
         };
         let decl = &p.transforms[t];
-        if decl.config.window().is_none() {
+        let is_dedupe = matches!(decl.config, TransformConfig::Dedupe(_));
+        if !decl.config.uses_time() {
             continue;
         }
         // Sources with invalid options are not known to have event time.
@@ -794,20 +795,33 @@ fn check_graph(
             decl.config.time_mode() == Some(sluice_operators::aggregate::TimeMode::Event);
         let mixed = !missing.is_empty() && missing.len() < sources.len();
         if !missing.is_empty() && (explicit_event || mixed) {
-            errors.push(
-                ConfigError::at(
-                    src,
-                    entry.name_span.start,
+            let missing = missing
+                .iter()
+                .map(|m| format!("`{m}`"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let (message, hint) = if is_dedupe {
+                (
                     format!(
-                        "the window of `{}` uses event time, but source(s) {} provide none",
-                        decl.name,
-                        missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ")
+                        "`{}` counts `within` in event time, as other sources feeding it \
+                         have it, but source(s) {missing} provide none",
+                        decl.name
                     ),
+                    "add `event_time = { field = \"ts\" }` to those sources",
                 )
-                .with_field(format!("transforms.{}", decl.name))
-                .with_hint(Some(
-                    "add `event_time = { field = \"ts\" }` to those sources, or set `time = \"processing\"`".into(),
-                )),
+            } else {
+                (
+                    format!(
+                        "the window of `{}` uses event time, but source(s) {missing} provide none",
+                        decl.name
+                    ),
+                    "add `event_time = { field = \"ts\" }` to those sources, or set `time = \"processing\"`",
+                )
+            };
+            errors.push(
+                ConfigError::at(src, entry.name_span.start, message)
+                    .with_field(format!("transforms.{}", decl.name))
+                    .with_hint(Some(hint.into())),
             );
         }
     }

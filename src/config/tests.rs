@@ -310,6 +310,22 @@ fn dedupe_is_a_transform() {
     assert_eq!(e.hint.as_deref(), Some("did you mean `dedupe`?"), "{e}");
 }
 
+#[test]
+fn a_dedupe_within_refuses_a_mix_of_event_and_processing_time() {
+    let mixed = DEDUPE.replace(
+        "[transforms.unique]\ntype = \"dedupe\"\ninputs = [\"orders\"]",
+        "[sources.more]\ntype = \"file\"\npath = \"more.ndjson\"\n\n\
+         [transforms.unique]\ntype = \"dedupe\"\ninputs = [\"orders\", \"more\"]",
+    );
+    let e = first_error(&mixed);
+    assert!(e.message.contains("source(s) `more` provide none"), "{e}");
+    assert_eq!(e.field.as_deref(), Some("transforms.unique"));
+    // Without `within`, time plays no part.
+    assert!(load_str(&mixed.replace("within = \"10m\"\n", "")).is_ok());
+    // Without event time anywhere, `within` is processing time.
+    assert!(load_str(&DEDUPE.replace("event_time = { field = \"ts\" }\n", "")).is_ok());
+}
+
 proptest::proptest! {
     /// No text given as a duration, window size or count makes loading
     /// panic; each either loads or gives errors.
