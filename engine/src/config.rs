@@ -267,25 +267,37 @@ pub fn deserialize_all<T: DeserializeOwned>(
             // Reported once the rest of the table was read: nothing follows.
             return Err(errors);
         }
-        // Find the top-level key the error is in, and retry without it.
+        // Retry without the innermost key the error is in (one entry of
+        // `aggregates`, not all of them).
         let Some(offset) = e.span().map(|s| s.start) else {
             return Err(errors);
         };
-        let DeValue::Table(table) = tree.get_mut() else {
-            return Err(errors);
-        };
-        let key = table
-            .iter()
-            .find(|(k, v)| k.span().contains(&offset) || v.span().contains(&offset))
-            .map(|(k, _)| k.get_ref().to_string());
-        match key {
-            Some(k) => {
-                table.remove(k.as_str());
-                removed.push(k);
-            }
+        match remove_innermost(&mut tree, offset) {
+            Some(k) => removed.push(k),
             None => return Err(errors),
         }
     }
+}
+
+/// Removes the innermost key of `tree` whose key or value holds `offset`;
+/// returns its name.
+fn remove_innermost(tree: &mut Spanned<DeValue<'_>>, offset: usize) -> Option<String> {
+    let DeValue::Table(table) = tree.get_mut() else {
+        return None;
+    };
+    let key = table
+        .iter()
+        .find(|(k, v)| k.span().contains(&offset) || v.span().contains(&offset))
+        .map(|(k, v)| (k.get_ref().to_string(), v.span().contains(&offset)))?;
+    if let (name, true) = &key {
+        if let Some(value) = table.get_mut(name.as_str()) {
+            if let Some(inner) = remove_innermost(value, offset) {
+                return Some(inner);
+            }
+        }
+    }
+    table.remove(key.0.as_str());
+    Some(key.0)
 }
 
 /// The span of the value at dotted `path` (e.g. `window.size`) in `tree`.

@@ -240,6 +240,27 @@ fn every_mistake_is_reported_in_one_pass() {
 }
 
 #[test]
+fn every_bad_entry_of_a_table_is_reported() {
+    let errors = all_errors(&GOOD.replace(
+        "aggregates = { count = \"count\" }",
+        "aggregates = { a = \"sum\", b = { fn = \"avg\" }, c = \"median\", d = \"count\" }",
+    ));
+    let messages: Vec<&str> = errors.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(errors.len(), 3, "{messages:#?}");
+    assert!(messages[0].contains("`sum` needs a field"), "{messages:#?}");
+    assert!(
+        messages[1].contains("`avg` needs a `field`"),
+        "{messages:#?}"
+    );
+    assert!(
+        messages[2].contains("unknown value `median`"),
+        "{messages:#?}"
+    );
+    let columns: Vec<usize> = errors.iter().map(|e| e.column).collect();
+    assert!(columns.windows(2).all(|w| w[0] < w[1]), "{errors:#?}");
+}
+
+#[test]
 fn graph_errors_come_with_component_errors() {
     // A broken filter still takes part in the graph: the cycle through it
     // and the unknown input of the sink are reported with its own error.
