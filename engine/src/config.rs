@@ -560,6 +560,54 @@ mod tests {
         );
     }
 
+    fn parse_demo_all(doc: &str) -> Result<Demo, Vec<ConfigError>> {
+        let src = SourceText::plain(Path::new("p.toml"), doc.to_string());
+        let table = src.parse().map_err(|e| vec![e])?;
+        let DeValue::Table(t) = table.get_ref().get("sources").unwrap().get_ref() else {
+            panic!()
+        };
+        deserialize_all(&src, "sources.orders", t.get("orders").unwrap().clone())
+    }
+
+    #[test]
+    fn deserialize_all_reports_every_bad_field_once() {
+        let errors =
+            parse_demo_all("[sources.orders]\ntopc = \"x\"\npartitions = \"three\"\nextra = 1\n")
+                .unwrap_err();
+        let mut found: Vec<(usize, &str)> = errors
+            .iter()
+            .map(|e| (e.line, e.message.as_str()))
+            .collect();
+        found.sort_unstable();
+        // `topc` is reported as unknown (did you mean `topic`?), not also
+        // `topic` as missing.
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert_eq!(found[0], (2, "unknown field `topc`"));
+        assert_eq!(found[1].0, 3);
+        assert_eq!(found[2], (4, "unknown field `extra`"));
+        // A required field that is simply absent is reported.
+        let errors = parse_demo_all("[sources.orders]\npartitions = 3\n").unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].message.contains("missing field `topic`"));
+        assert!(parse_demo_all("[sources.orders]\ntopic = \"t\"\n").is_ok());
+    }
+
+    #[test]
+    fn errors_of_checks_point_at_the_field_they_name() {
+        let src = SourceText::plain(
+            Path::new("p.toml"),
+            "[t]\nwindow = { type = \"x\", size = \"0s\" }\n".into(),
+        );
+        let doc = src.parse().unwrap();
+        let tree = doc.get_ref().get("t").unwrap();
+        let e = error_at_named_field(&src, "t", tree, 0, "window `size` must be positive".into());
+        assert_eq!((e.line, e.column), (2, 31));
+        assert_eq!(e.field.as_deref(), Some("t.window.size"));
+        let e = error_at_named_field(&src, "t", tree, 0, "no field named here".into());
+        assert_eq!((e.line, e.column), (1, 1));
+        assert_eq!(e.field.as_deref(), Some("t"));
+    }
+
     #[test]
     fn wrong_type_names_the_field() {
         let err =
