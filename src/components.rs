@@ -3,7 +3,7 @@
 //! `match` below.
 
 use serde::Serialize;
-use sluice_engine::config::{deserialize_spanned, ConfigError, SourceText};
+use sluice_engine::config::{deserialize_all, error_at_named_field, ConfigError, SourceText};
 use sluice_engine::operator::OperatorSpec;
 use sluice_engine::sink::Sink;
 use sluice_engine::source::Source;
@@ -34,6 +34,7 @@ use sluice_connectors::sources::mongodb::MongoSourceConfig;
 #[cfg(feature = "files")]
 use sluice_connectors::sources::{file::FileSourceConfig, stdin::StdinSourceConfig};
 use sluice_operators::aggregate::AggregateConfig;
+use sluice_operators::dedupe::DedupeConfig;
 use sluice_operators::filter::FilterConfig;
 use sluice_operators::key_by::KeyByConfig;
 use sluice_operators::map::MapConfig;
@@ -64,6 +65,7 @@ pub enum TransformConfig {
     Map(MapConfig),
     KeyBy(KeyByConfig),
     Aggregate(AggregateConfig),
+    Dedupe(DedupeConfig),
 }
 
 /// A sink's own options, by `type`.
@@ -102,7 +104,7 @@ pub const SOURCE_TYPES: &[&str] = &[
     #[cfg(feature = "mongodb")]
     "mongodb",
 ];
-pub const TRANSFORM_TYPES: &[&str] = &["filter", "map", "key_by", "aggregate"];
+pub const TRANSFORM_TYPES: &[&str] = &["filter", "map", "key_by", "aggregate", "dedupe"];
 pub const SINK_TYPES: &[&str] = &[
     #[cfg(feature = "files")]
     "file",
@@ -127,37 +129,25 @@ pub fn parse_source(
     path: &str,
     kind: &str,
     value: Spanned<DeValue<'_>>,
-) -> Option<Result<SourceConfig, ConfigError>> {
+) -> Option<Result<SourceConfig, Vec<ConfigError>>> {
     let _ = (src, path, &value);
-    #[cfg(any(feature = "kafka", feature = "mongodb"))]
-    let at = value.span().start;
     Some(match kind {
         #[cfg(feature = "files")]
-        "file" => deserialize_spanned(src, path, value).map(SourceConfig::File),
+        "file" => validated(src, path, value, FileSourceConfig::validate).map(SourceConfig::File),
         #[cfg(feature = "files")]
-        "stdin" => deserialize_spanned(src, path, value).map(SourceConfig::Stdin),
+        "stdin" => deserialize_all(src, path, value).map(SourceConfig::Stdin),
         #[cfg(feature = "amqp")]
-        "amqp" => deserialize_spanned(src, path, value).map(SourceConfig::Amqp),
+        "amqp" => deserialize_all(src, path, value).map(SourceConfig::Amqp),
         #[cfg(feature = "http")]
-        "http" => deserialize_spanned(src, path, value).map(SourceConfig::Http),
+        "http" => deserialize_all(src, path, value).map(SourceConfig::Http),
         #[cfg(feature = "kafka")]
-        "kafka" => validated(
-            src,
-            path,
-            at,
-            deserialize_spanned(src, path, value),
-            KafkaSourceConfig::validate,
-        )
-        .map(SourceConfig::Kafka),
+        "kafka" => {
+            validated(src, path, value, KafkaSourceConfig::validate).map(SourceConfig::Kafka)
+        }
         #[cfg(feature = "mongodb")]
-        "mongodb" => validated(
-            src,
-            path,
-            at,
-            deserialize_spanned(src, path, value),
-            MongoSourceConfig::validate,
-        )
-        .map(SourceConfig::Mongodb),
+        "mongodb" => {
+            validated(src, path, value, MongoSourceConfig::validate).map(SourceConfig::Mongodb)
+        }
         _ => return None,
     })
 }
@@ -167,12 +157,13 @@ pub fn parse_transform(
     path: &str,
     kind: &str,
     value: Spanned<DeValue<'_>>,
-) -> Option<Result<TransformConfig, ConfigError>> {
+) -> Option<Result<TransformConfig, Vec<ConfigError>>> {
     Some(match kind {
-        "filter" => deserialize_spanned(src, path, value).map(TransformConfig::Filter),
-        "map" => deserialize_spanned(src, path, value).map(TransformConfig::Map),
-        "key_by" => deserialize_spanned(src, path, value).map(TransformConfig::KeyBy),
-        "aggregate" => deserialize_spanned(src, path, value).map(TransformConfig::Aggregate),
+        "filter" => deserialize_all(src, path, value).map(TransformConfig::Filter),
+        "map" => deserialize_all(src, path, value).map(TransformConfig::Map),
+        "key_by" => deserialize_all(src, path, value).map(TransformConfig::KeyBy),
+        "aggregate" => deserialize_all(src, path, value).map(TransformConfig::Aggregate),
+        "dedupe" => deserialize_all(src, path, value).map(TransformConfig::Dedupe),
         _ => return None,
     })
 }
@@ -182,80 +173,59 @@ pub fn parse_sink(
     path: &str,
     kind: &str,
     value: Spanned<DeValue<'_>>,
-) -> Option<Result<SinkConfig, ConfigError>> {
+) -> Option<Result<SinkConfig, Vec<ConfigError>>> {
     let _ = (src, path, &value);
-    #[cfg(any(
-        feature = "redis",
-        feature = "postgres",
-        feature = "kafka",
-        feature = "mongodb"
-    ))]
-    let at = value.span().start;
     Some(match kind {
         #[cfg(feature = "redis")]
-        "redis" => validated(
-            src,
-            path,
-            at,
-            deserialize_spanned(src, path, value),
-            RedisSinkConfig::validate,
-        )
-        .map(SinkConfig::Redis),
+        "redis" => validated(src, path, value, RedisSinkConfig::validate).map(SinkConfig::Redis),
         #[cfg(feature = "postgres")]
-        "postgres" => validated(
-            src,
-            path,
-            at,
-            deserialize_spanned(src, path, value),
-            PostgresSinkConfig::validate,
-        )
-        .map(SinkConfig::Postgres),
+        "postgres" => {
+            validated(src, path, value, PostgresSinkConfig::validate).map(SinkConfig::Postgres)
+        }
         #[cfg(feature = "files")]
-        "file" => deserialize_spanned(src, path, value).map(SinkConfig::File),
+        "file" => deserialize_all(src, path, value).map(SinkConfig::File),
         #[cfg(feature = "files")]
-        "stdout" => deserialize_spanned(src, path, value).map(SinkConfig::Stdout),
+        "stdout" => deserialize_all(src, path, value).map(SinkConfig::Stdout),
         #[cfg(feature = "amqp")]
-        "amqp" => deserialize_spanned(src, path, value).map(SinkConfig::Amqp),
-        "table" => deserialize_spanned(src, path, value).map(SinkConfig::Table),
+        "amqp" => deserialize_all(src, path, value).map(SinkConfig::Amqp),
+        "table" => deserialize_all(src, path, value).map(SinkConfig::Table),
         #[cfg(feature = "kafka")]
-        "kafka" => validated(
-            src,
-            path,
-            at,
-            deserialize_spanned(src, path, value),
-            KafkaSinkConfig::validate,
-        )
-        .map(SinkConfig::Kafka),
+        "kafka" => validated(src, path, value, KafkaSinkConfig::validate).map(SinkConfig::Kafka),
         #[cfg(feature = "mongodb")]
-        "mongodb" => validated(
-            src,
-            path,
-            at,
-            deserialize_spanned(src, path, value),
-            MongoSinkConfig::validate,
-        )
-        .map(SinkConfig::Mongodb),
+        "mongodb" => {
+            validated(src, path, value, MongoSinkConfig::validate).map(SinkConfig::Mongodb)
+        }
         _ => return None,
     })
 }
 
 /// A component's checks beyond its shape (options that depend on each
-/// other), reported at the component's table.
+/// other, bounds), located at the value of the first field the message
+/// names in backticks, else at the component's table.
 #[cfg(any(
+    feature = "files",
     feature = "redis",
     feature = "postgres",
     feature = "kafka",
     feature = "mongodb"
 ))]
-fn validated<T>(
+fn validated<T: serde::de::DeserializeOwned>(
     src: &SourceText,
     path: &str,
-    at: usize,
-    parsed: Result<T, ConfigError>,
+    value: Spanned<DeValue<'_>>,
     check: impl FnOnce(&T) -> Result<(), String>,
-) -> Result<T, ConfigError> {
-    let config = parsed?;
-    check(&config).map_err(|message| ConfigError::at(src, at, message).with_field(path))?;
+) -> Result<T, Vec<ConfigError>> {
+    let tree = value.clone();
+    let config = deserialize_all(src, path, value)?;
+    check(&config).map_err(|message| {
+        vec![error_at_named_field(
+            src,
+            path,
+            &tree,
+            tree.span().start,
+            message,
+        )]
+    })?;
     Ok(config)
 }
 
@@ -263,7 +233,8 @@ fn validated<T>(
 /// operator spec (a message for the user on error).
 pub fn transform_spec(config: &TransformConfig) -> Result<Box<dyn OperatorSpec>, String> {
     use sluice_operators::{
-        aggregate::AggregateSpec, filter::FilterSpec, key_by::KeyBySpec, map::MapSpec,
+        aggregate::AggregateSpec, dedupe::DedupeSpec, filter::FilterSpec, key_by::KeyBySpec,
+        map::MapSpec,
     };
     Ok(match config {
         TransformConfig::Filter(c) => {
@@ -272,15 +243,18 @@ pub fn transform_spec(config: &TransformConfig) -> Result<Box<dyn OperatorSpec>,
         TransformConfig::Map(c) => Box::new(MapSpec::new(c)?),
         TransformConfig::KeyBy(c) => Box::new(KeyBySpec::new(c)?),
         TransformConfig::Aggregate(c) => Box::new(AggregateSpec::new(c)?),
+        TransformConfig::Dedupe(c) => Box::new(DedupeSpec::new(c)?),
     })
 }
 
 impl TransformConfig {
-    /// True for aggregates with a window.
-    pub fn window(&self) -> Option<&sluice_operators::window::WindowConfig> {
+    /// True for transforms that place events in time: aggregates with a
+    /// window, dedupes with `within`.
+    pub fn uses_time(&self) -> bool {
         match self {
-            TransformConfig::Aggregate(c) => c.window.as_ref(),
-            _ => None,
+            TransformConfig::Aggregate(c) => c.window.is_some(),
+            TransformConfig::Dedupe(c) => c.within.is_some(),
+            _ => false,
         }
     }
 

@@ -5,7 +5,9 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sluice_engine::config::{deserialize_spanned, did_you_mean, ConfigError, SourceText};
+use sluice_engine::config::{
+    deserialize_all, did_you_mean, error_at_named_field, value_span, ConfigError, SourceText,
+};
 use sluice_engine::graph::{build_graph, GraphError, GraphNode, NodeKind};
 use sluice_engine::keys::DEFAULT_KEY_GROUPS;
 use sluice_engine::time::{HumanDuration, TimeFormat};
@@ -161,6 +163,7 @@ const SECTIONS: &[&str] = &[
     "pipeline",
     "state",
     "checkpoint",
+    "admin",
     "sources",
     "transforms",
     "sinks",
@@ -178,10 +181,19 @@ const FEATURE_TYPES: &[(&str, &str, bool)] = &[
     ("postgres", "postgres", cfg!(feature = "postgres")),
 ];
 
-/// Span bookkeeping for graph errors.
-struct NodeSpans {
-    name: Range<usize>,
-    inputs: Vec<Range<usize>>,
+/// What the graph check needs of one component, whether or not its own
+/// options were valid: its place in the file and its `inputs`.
+struct Entry {
+    name: String,
+    kind: NodeKind,
+    inputs: Vec<String>,
+    name_span: Range<usize>,
+    input_spans: Vec<Range<usize>>,
+    /// `inputs` was there but could not be read.
+    inputs_failed: bool,
+    /// Index into `Pipeline::sources` / `transforms` / `sinks` when the
+    /// component's options are valid.
+    index: Option<usize>,
 }
 
 /// Loads and validates a pipeline file; `env` resolves `${VAR}`.
@@ -200,6 +212,11 @@ pub fn load(
 }
 
 /// Parses and validates an already-interpolated pipeline text.
+///
+/// Every mistake is reported in one pass: each field of each section and
+/// component, and the graph (inputs, cycles, dangling components) of every
+/// component whose name and `inputs` could be read, sorted by place in the
+/// file (errors without a place last).
 pub fn parse(src: &SourceText) -> Result<Pipeline, Vec<ConfigError>> {
     let doc = src.parse().map_err(|e| vec![e])?;
     let mut errors = Vec::new();
@@ -218,35 +235,35 @@ pub fn parse(src: &SourceText) -> Result<Pipeline, Vec<ConfigError>> {
         sinks: Vec::new(),
         dead_letter: None,
     };
-    let mut spans: Vec<NodeSpans> = Vec::new();
-    let mut source_spans = Vec::new();
-    let mut transform_spans = Vec::new();
-    let mut sink_spans = Vec::new();
+    let mut entries: [Vec<Entry>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    let mut failed_components = false;
+    // Some component's name or `inputs` could not be read.
+    let mut graph_incomplete = false;
     for (key, value) in doc.get_ref().iter() {
         let section = key.get_ref().as_ref();
         let at = |msg: String| ConfigError::at(src, key.span().start, msg);
         match section {
             "pipeline" => {
-                match deserialize_spanned::<PipelineSection>(src, "pipeline", value.clone()) {
+                match deserialize_all::<PipelineSection>(src, "pipeline", value.clone()) {
                     Ok(p) => {
                         if let Some(name) = p.name {
                             pipeline.name = name;
                         }
                     }
-                    Err(e) => errors.push(e),
+                    Err(mut e) => errors.append(&mut e),
                 }
             }
-            "state" => match deserialize_spanned(src, "state", value.clone()) {
+            "state" => match deserialize_all(src, "state", value.clone()) {
                 Ok(s) => pipeline.state = s,
-                Err(e) => errors.push(e),
+                Err(mut e) => errors.append(&mut e),
             },
-            "checkpoint" => match deserialize_spanned(src, "checkpoint", value.clone()) {
+            "checkpoint" => match deserialize_all(src, "checkpoint", value.clone()) {
                 Ok(c) => pipeline.checkpoint = c,
-                Err(e) => errors.push(e),
+                Err(mut e) => errors.append(&mut e),
             },
-            "admin" => match deserialize_spanned(src, "admin", value.clone()) {
+            "admin" => match deserialize_all(src, "admin", value.clone()) {
                 Ok(a) => pipeline.admin = a,
-                Err(e) => errors.push(e),
+                Err(mut e) => errors.append(&mut e),
             },
             "sources" | "transforms" | "sinks" => {
                 let DeValue::Table(table) = value.get_ref() else {
@@ -256,20 +273,40 @@ pub fn parse(src: &SourceText) -> Result<Pipeline, Vec<ConfigError>> {
                     continue;
                 };
                 for (name, body) in table.iter() {
-                    match parse_component(src, section, name, body) {
-                        Ok(Component::Source(decl, s)) => {
+                    let (entry, result) = parse_component(src, section, name, body);
+                    graph_incomplete |= entry.as_ref().is_none_or(|e| e.inputs_failed);
+                    let mut index = None;
+                    match result {
+                        Ok(Component::Source(decl)) => {
+                            index = Some(pipeline.sources.len());
                             pipeline.sources.push(decl);
-                            source_spans.push(s);
                         }
-                        Ok(Component::Transform(decl, s)) => {
+                        Ok(Component::Transform(decl)) => {
+                            index = Some(pipeline.transforms.len());
                             pipeline.transforms.push(decl);
-                            transform_spans.push(s);
                         }
-                        Ok(Component::Sink(decl, s)) => {
+                        Ok(Component::Sink(decl)) => {
+                            index = Some(pipeline.sinks.len());
                             pipeline.sinks.push(decl);
-                            sink_spans.push(s);
                         }
-                        Err(mut e) => errors.append(&mut e),
+                        Err(mut e) => {
+                            failed_components = true;
+                            errors.append(&mut e);
+                        }
+                    }
+                    if let Some(mut entry) = entry {
+                        entry.index = index;
+                        // A failed component without `inputs` may have
+                        // misspelt them.
+                        graph_incomplete |= index.is_none()
+                            && entry.inputs.is_empty()
+                            && entry.kind != NodeKind::Source;
+                        let slot = match entry.kind {
+                            NodeKind::Source => 0,
+                            NodeKind::Transform => 1,
+                            NodeKind::Sink => 2,
+                        };
+                        entries[slot].push(entry);
                     }
                 }
             }
@@ -277,7 +314,7 @@ pub fn parse(src: &SourceText) -> Result<Pipeline, Vec<ConfigError>> {
                 Ok((kind, kind_span, rest)) => {
                     match components::parse_sink(src, "dead_letter", &kind, rest) {
                         Some(Ok(c)) => pipeline.dead_letter = Some(c),
-                        Some(Err(e)) => errors.push(e),
+                        Some(Err(mut e)) => errors.append(&mut e),
                         None => errors.push(unknown_type(
                             src,
                             "sink",
@@ -289,43 +326,73 @@ pub fn parse(src: &SourceText) -> Result<Pipeline, Vec<ConfigError>> {
                 }
                 Err(e) => errors.push(e),
             },
-            other => errors.push(
-                at(format!("unknown section `{other}`")).with_hint(
-                    did_you_mean(other, SECTIONS.iter().copied())
-                        .map(|s| format!("did you mean `{s}`?")),
-                ),
-            ),
+            other => {
+                // Perhaps a misspelt `sources`, `transforms` or `sinks`.
+                graph_incomplete = true;
+                failed_components = true;
+                errors.push(
+                    at(format!("unknown section `{other}`")).with_hint(
+                        did_you_mean(other, SECTIONS.iter().copied())
+                            .map(|s| format!("did you mean `{s}`?")),
+                    ),
+                )
+            }
         }
     }
     if pipeline.checkpoint.interval.0.is_zero() {
-        errors.push(
-            ConfigError::general(&src.path, "`checkpoint.interval` must be positive")
-                .with_field("checkpoint.interval"),
-        );
+        errors.push(value_error(
+            src,
+            &doc,
+            "checkpoint.interval",
+            "`checkpoint.interval` must be positive, e.g. \"1s\"",
+        ));
     }
     if pipeline.state.key_groups == 0 {
-        errors.push(
-            ConfigError::general(&src.path, "`state.key_groups` must be at least 1")
-                .with_field("state.key_groups"),
-        );
+        errors.push(value_error(
+            src,
+            &doc,
+            "state.key_groups",
+            "`state.key_groups` must be at least 1",
+        ));
     }
-    spans.extend(source_spans);
-    spans.extend(transform_spans);
-    spans.extend(sink_spans);
-    if errors.is_empty() {
-        errors.extend(check_graph(src, &pipeline, &spans));
-    }
+    let entries: Vec<Entry> = entries.into_iter().flatten().collect();
+    errors.extend(check_graph(
+        src,
+        &pipeline,
+        &entries,
+        failed_components,
+        graph_incomplete,
+    ));
     if errors.is_empty() {
         Ok(pipeline)
     } else {
+        // By place in the file; errors without one last.
+        errors.sort_by_key(|e| (e.line == 0, e.line, e.column));
         Err(errors)
     }
 }
 
+/// An error about the value at dotted `path` of the document, located at
+/// that value (or reported for the file when the value is a default).
+fn value_error(
+    src: &SourceText,
+    doc: &Spanned<toml::de::DeTable<'_>>,
+    path: &str,
+    message: &str,
+) -> ConfigError {
+    let (section, rest) = path.split_once('.').unwrap_or((path, ""));
+    let span = doc.get_ref().get(section).and_then(|v| value_span(v, rest));
+    match span {
+        Some(span) => ConfigError::at(src, span.start, message),
+        None => ConfigError::general(&src.path, message),
+    }
+    .with_field(path)
+}
+
 enum Component {
-    Source(SourceDecl, NodeSpans),
-    Transform(TransformDecl, NodeSpans),
-    Sink(SinkDecl, NodeSpans),
+    Source(SourceDecl),
+    Transform(TransformDecl),
+    Sink(SinkDecl),
 }
 
 fn valid_name(name: &str) -> bool {
@@ -409,49 +476,92 @@ fn take<'a, T: serde::de::DeserializeOwned>(
     path: &str,
     rest: &mut Spanned<DeValue<'a>>,
     key: &str,
-) -> Result<Option<(T, Spanned<DeValue<'a>>)>, ConfigError> {
+) -> Result<Option<(T, Spanned<DeValue<'a>>)>, Vec<ConfigError>> {
     let DeValue::Table(t) = rest.get_mut() else {
         return Ok(None);
     };
     let Some(v) = t.remove(key) else {
         return Ok(None);
     };
-    let parsed = deserialize_spanned(src, &format!("{path}.{key}"), v.clone())?;
+    let parsed = deserialize_all(src, &format!("{path}.{key}"), v.clone())?;
     Ok(Some((parsed, v)))
 }
 
+/// Parses one component. The entry (for the graph check) is returned
+/// whenever the name is valid, even if the options are not; the result
+/// holds every error found in the component.
 fn parse_component(
     src: &SourceText,
     section: &str,
     name: &Spanned<toml::de::DeString<'_>>,
     body: &Spanned<DeValue<'_>>,
-) -> Result<Component, Vec<ConfigError>> {
+) -> (Option<Entry>, Result<Component, Vec<ConfigError>>) {
     let name_str = name.get_ref().to_string();
     let path = format!("{section}.{name_str}");
     if !valid_name(&name_str) {
-        return Err(vec![ConfigError::at(
-            src,
-            name.span().start,
-            format!("invalid component name `{name_str}`: use letters, digits, `_` and `-`"),
-        )
-        .with_field(path)]);
+        return (
+            None,
+            Err(vec![ConfigError::at(
+                src,
+                name.span().start,
+                format!("invalid component name `{name_str}`: use letters, digits, `_` and `-`"),
+            )
+            .with_field(path)]),
+        );
     }
-    let (kind, kind_span, mut rest) = component_type(src, &path, body).map_err(|e| vec![e])?;
-    let mut spans = NodeSpans {
-        name: name.span(),
-        inputs: Vec::new(),
+    let kind = match section {
+        "sources" => NodeKind::Source,
+        "transforms" => NodeKind::Transform,
+        _ => NodeKind::Sink,
     };
-    let mut inputs = Vec::new();
+    let mut entry = Entry {
+        name: name_str.clone(),
+        kind,
+        inputs: Vec::new(),
+        name_span: name.span(),
+        input_spans: Vec::new(),
+        inputs_failed: false,
+        index: None,
+    };
+    let mut errors = Vec::new();
+    let mut rest = body.clone();
     if section != "sources" {
-        if let Some((list, value)) =
-            take::<Vec<String>>(src, &path, &mut rest, "inputs").map_err(|e| vec![e])?
-        {
-            if let DeValue::Array(items) = value.get_ref() {
-                spans.inputs = items.iter().map(|i| i.span()).collect();
+        match take::<Vec<String>>(src, &path, &mut rest, "inputs") {
+            Ok(Some((list, value))) => {
+                if let DeValue::Array(items) = value.get_ref() {
+                    entry.input_spans = items.iter().map(|i| i.span()).collect();
+                }
+                entry.inputs = list;
             }
-            inputs = list;
+            Ok(None) => {}
+            Err(mut e) => {
+                entry.inputs_failed = true;
+                errors.append(&mut e);
+            }
         }
     }
+    let result = parse_options(src, section, &path, &name_str, name, &rest, &entry.inputs);
+    match result {
+        Ok(c) if errors.is_empty() => (Some(entry), Ok(c)),
+        Ok(_) => (Some(entry), Err(errors)),
+        Err(mut e) => {
+            errors.append(&mut e);
+            (Some(entry), Err(errors))
+        }
+    }
+}
+
+/// The options of a component besides `inputs`.
+fn parse_options(
+    src: &SourceText,
+    section: &str,
+    path: &str,
+    name_str: &str,
+    name: &Spanned<toml::de::DeString<'_>>,
+    body: &Spanned<DeValue<'_>>,
+    inputs: &[String],
+) -> Result<Component, Vec<ConfigError>> {
+    let (kind, kind_span, mut rest) = component_type(src, path, body).map_err(|e| vec![e])?;
     let add_common_hint = |mut e: ConfigError, common: &[&str]| {
         if e.hint.is_none() || e.message.starts_with("unknown field") {
             if let Some(field) = e
@@ -466,49 +576,56 @@ fn parse_component(
         }
         e
     };
+    let hint_all = |errors: Vec<ConfigError>, common: &[&str]| -> Vec<ConfigError> {
+        errors
+            .into_iter()
+            .map(|e| add_common_hint(e, common))
+            .collect()
+    };
     match section {
         "sources" => {
+            let mut errors = Vec::new();
             let mut common = SourceCommon::default();
-            if let Some((et, _)) = take(src, &path, &mut rest, "event_time").map_err(|e| vec![e])? {
-                common.event_time = Some(et);
+            match take(src, path, &mut rest, "event_time") {
+                Ok(et) => common.event_time = et.map(|(et, _)| et),
+                Err(mut e) => errors.append(&mut e),
             }
-            if let Some((m, _)) =
-                take(src, &path, &mut rest, "max_event_bytes").map_err(|e| vec![e])?
-            {
-                common.max_event_bytes = Some(m);
+            match take(src, path, &mut rest, "max_event_bytes") {
+                Ok(m) => common.max_event_bytes = m.map(|(m, _)| m),
+                Err(mut e) => errors.append(&mut e),
             }
-            let config = match components::parse_source(src, &path, &kind, rest) {
-                Some(Ok(c)) => c,
+            let config = match components::parse_source(src, path, &kind, rest) {
+                Some(Ok(c)) => Some(c),
                 Some(Err(e)) => {
-                    return Err(vec![add_common_hint(
-                        e,
-                        &["event_time", "max_event_bytes", "type"],
-                    )])
+                    errors.extend(hint_all(e, &["event_time", "max_event_bytes", "type"]));
+                    None
                 }
                 None => {
-                    return Err(vec![unknown_type(
+                    errors.push(unknown_type(
                         src,
                         "source",
                         &kind,
                         kind_span,
                         components::SOURCE_TYPES,
-                    )])
+                    ));
+                    None
                 }
             };
-            Ok(Component::Source(
-                SourceDecl {
-                    name: name_str,
+            match config {
+                Some(config) if errors.is_empty() => Ok(Component::Source(SourceDecl {
+                    name: name_str.to_string(),
                     config,
                     event_time: common.event_time,
                     max_event_bytes: common.max_event_bytes.unwrap_or(1 << 20),
-                },
-                spans,
-            ))
+                })),
+                _ => Err(errors),
+            }
         }
         "transforms" => {
-            let config = match components::parse_transform(src, &path, &kind, rest) {
+            let tree = rest.clone();
+            let config = match components::parse_transform(src, path, &kind, rest) {
                 Some(Ok(c)) => c,
-                Some(Err(e)) => return Err(vec![add_common_hint(e, &["inputs", "type"])]),
+                Some(Err(e)) => return Err(hint_all(e, &["inputs", "type"])),
                 None => {
                     return Err(vec![unknown_type(
                         src,
@@ -520,23 +637,24 @@ fn parse_component(
                 }
             };
             if let Err(message) = components::transform_spec(&config) {
-                return Err(vec![
-                    ConfigError::at(src, name.span().start, message).with_field(path)
-                ]);
+                return Err(vec![error_at_named_field(
+                    src,
+                    path,
+                    &tree,
+                    name.span().start,
+                    message,
+                )]);
             }
-            Ok(Component::Transform(
-                TransformDecl {
-                    name: name_str,
-                    inputs,
-                    config,
-                },
-                spans,
-            ))
+            Ok(Component::Transform(TransformDecl {
+                name: name_str.to_string(),
+                inputs: inputs.to_vec(),
+                config,
+            }))
         }
         _ => {
-            let config = match components::parse_sink(src, &path, &kind, rest) {
+            let config = match components::parse_sink(src, path, &kind, rest) {
                 Some(Ok(c)) => c,
-                Some(Err(e)) => return Err(vec![add_common_hint(e, &["inputs", "type"])]),
+                Some(Err(e)) => return Err(hint_all(e, &["inputs", "type"])),
                 None => {
                     return Err(vec![unknown_type(
                         src,
@@ -547,68 +665,80 @@ fn parse_component(
                     )])
                 }
             };
-            Ok(Component::Sink(
-                SinkDecl {
-                    name: name_str,
-                    inputs,
-                    config,
-                },
-                spans,
-            ))
+            Ok(Component::Sink(SinkDecl {
+                name: name_str.to_string(),
+                inputs: inputs.to_vec(),
+                config,
+            }))
         }
     }
 }
 
-/// The graph nodes of a pipeline: sources, transforms, sinks.
-pub fn graph_nodes(p: &Pipeline) -> Vec<GraphNode> {
-    let mut nodes = Vec::new();
-    for s in &p.sources {
-        nodes.push(GraphNode {
-            name: s.name.clone(),
-            kind: NodeKind::Source,
-            inputs: Vec::new(),
-        });
-    }
-    for t in &p.transforms {
-        nodes.push(GraphNode {
-            name: t.name.clone(),
-            kind: NodeKind::Transform,
-            inputs: t.inputs.clone(),
-        });
-    }
-    for s in &p.sinks {
-        nodes.push(GraphNode {
-            name: s.name.clone(),
-            kind: NodeKind::Sink,
-            inputs: s.inputs.clone(),
-        });
-    }
-    nodes
-}
-
-fn check_graph(src: &SourceText, p: &Pipeline, spans: &[NodeSpans]) -> Vec<ConfigError> {
-    let nodes = graph_nodes(p);
+/// Checks the graph of every component whose name could be read. A
+/// component with invalid options still has its `inputs` checked and can be
+/// read from; it is only spared "needs `inputs`" (its own errors already
+/// say what is wrong with it) when `inputs` itself was bad.
+fn check_graph(
+    src: &SourceText,
+    p: &Pipeline,
+    entries: &[Entry],
+    failed_components: bool,
+    graph_incomplete: bool,
+) -> Vec<ConfigError> {
+    let nodes: Vec<GraphNode> = entries
+        .iter()
+        .map(|e| GraphNode {
+            name: e.name.clone(),
+            kind: e.kind,
+            inputs: e.inputs.clone(),
+        })
+        .collect();
     let graph = match build_graph(nodes.clone()) {
         Ok(g) => g,
         Err(errors) => {
+            // Names suggested for unknown inputs: their "unused" error
+            // would only repeat the typo.
+            let suggested: Vec<&str> = errors
+                .iter()
+                .filter_map(|e| match e {
+                    GraphError::UnknownInput {
+                        suggestion: Some(s),
+                        ..
+                    } => Some(s.as_str()),
+                    _ => None,
+                })
+                .collect();
             return errors
                 .iter()
+                .filter(|e| match e {
+                    // A failed component's own errors say what is wrong
+                    // (a misspelt `inputs`, a bad list).
+                    GraphError::NoInputs { node } => entries[*node].index.is_some(),
+                    // Components missing because they failed to parse.
+                    GraphError::Empty { .. } => !failed_components,
+                    // Read, perhaps, by a component whose `inputs` or name
+                    // could not be read.
+                    GraphError::Unused { node } => {
+                        !graph_incomplete && !suggested.contains(&nodes[*node].name.as_str())
+                    }
+                    _ => true,
+                })
                 .map(|e| {
                     let (node, offset) = match e {
                         GraphError::UnknownInput { node, input, .. }
                         | GraphError::InputIsSink { node, input } => (
                             Some(*node),
-                            spans[*node].inputs.get(*input).map(|r| r.start),
+                            entries[*node].input_spans.get(*input).map(|r| r.start),
                         ),
                         GraphError::SourceWithInputs { node }
                         | GraphError::NoInputs { node }
                         | GraphError::DuplicateName { node, .. }
                         | GraphError::Unused { node } => {
-                            (Some(*node), Some(spans[*node].name.start))
+                            (Some(*node), Some(entries[*node].name_span.start))
                         }
                         GraphError::Cycle { nodes: cycle } => (
                             cycle.first().copied(),
-                            cycle.first().map(|&n| spans[n].name.start),
+                            cycle.first().map(|&n| entries[n].name_span.start),
                         ),
                         GraphError::Empty { .. } => (None, None),
                     };
@@ -639,34 +769,59 @@ fn check_graph(src: &SourceText, p: &Pipeline, spans: &[NodeSpans]) -> Vec<Confi
     // ask for processing time).
     let upstream = graph.upstream_sources();
     let mut errors = Vec::new();
-    for (t, decl) in p.transforms.iter().enumerate() {
-        let node = p.sources.len() + t;
-        if decl.config.window().is_none() {
+    for (node, entry) in entries.iter().enumerate() {
+        let (NodeKind::Transform, Some(t)) = (entry.kind, entry.index) else {
+            continue;
+        };
+        let decl = &p.transforms[t];
+        let is_dedupe = matches!(decl.config, TransformConfig::Dedupe(_));
+        if !decl.config.uses_time() {
             continue;
         }
-        let missing: Vec<&str> = upstream[node]
+        // Sources with invalid options are not known to have event time.
+        let Some(sources) = upstream[node]
             .iter()
-            .filter(|&&s| p.sources[s].event_time.is_none())
-            .map(|&s| p.sources[s].name.as_str())
+            .map(|&s| entries[s].index.map(|i| &p.sources[i]))
+            .collect::<Option<Vec<_>>>()
+        else {
+            continue;
+        };
+        let missing: Vec<&str> = sources
+            .iter()
+            .filter(|s| s.event_time.is_none())
+            .map(|s| s.name.as_str())
             .collect();
         let explicit_event =
             decl.config.time_mode() == Some(sluice_operators::aggregate::TimeMode::Event);
-        let mixed = !missing.is_empty() && missing.len() < upstream[node].len();
+        let mixed = !missing.is_empty() && missing.len() < sources.len();
         if !missing.is_empty() && (explicit_event || mixed) {
-            errors.push(
-                ConfigError::at(
-                    src,
-                    spans[node].name.start,
+            let missing = missing
+                .iter()
+                .map(|m| format!("`{m}`"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let (message, hint) = if is_dedupe {
+                (
                     format!(
-                        "the window of `{}` uses event time, but source(s) {} provide none",
-                        decl.name,
-                        missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ")
+                        "`{}` counts `within` in event time, as other sources feeding it \
+                         have it, but source(s) {missing} provide none",
+                        decl.name
                     ),
+                    "add `event_time = { field = \"ts\" }` to those sources",
                 )
-                .with_field(format!("transforms.{}", decl.name))
-                .with_hint(Some(
-                    "add `event_time = { field = \"ts\" }` to those sources, or set `time = \"processing\"`".into(),
-                )),
+            } else {
+                (
+                    format!(
+                        "the window of `{}` uses event time, but source(s) {missing} provide none",
+                        decl.name
+                    ),
+                    "add `event_time = { field = \"ts\" }` to those sources, or set `time = \"processing\"`",
+                )
+            };
+            errors.push(
+                ConfigError::at(src, entry.name_span.start, message)
+                    .with_field(format!("transforms.{}", decl.name))
+                    .with_hint(Some(hint.into())),
             );
         }
     }

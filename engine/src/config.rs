@@ -231,6 +231,131 @@ pub fn deserialize_spanned<T: DeserializeOwned>(
         .map_err(|e| toml_error(source, field_prefix, &tree, root_span, &e))
 }
 
+/// Like [`deserialize_spanned`], but reports every mistake it can find
+/// instead of the first: after an error inside a field, that field is
+/// taken out of the table and the rest is tried again, so a typo in one
+/// field does not hide a bad value in the next. A field taken out is not
+/// reported again as missing. Errors come in the order they were found.
+pub fn deserialize_all<T: DeserializeOwned>(
+    source: &SourceText,
+    field_prefix: &str,
+    value: Spanned<DeValue<'_>>,
+) -> Result<T, Vec<ConfigError>> {
+    let mut errors: Vec<ConfigError> = Vec::new();
+    let mut removed: Vec<String> = Vec::new();
+    let mut tree = value;
+    // Each round removes one key, so a table of n keys takes at most n + 1.
+    loop {
+        let root_span = tree.span();
+        let attempt = T::deserialize(ValueDeserializer::from(tree.clone()));
+        let e = match attempt {
+            Ok(v) if errors.is_empty() => return Ok(v),
+            Ok(_) => return Err(errors),
+            Err(e) => e,
+        };
+        let missing = between(e.message(), "missing field `", "`").map(str::to_string);
+        if let Some(m) = &missing {
+            // Already reported: as a bad value, or as the unknown field
+            // whose suggestion it is (`pth`: did you mean `path`?).
+            let typo = did_you_mean(m, removed.iter().map(String::as_str)).is_some();
+            if removed.contains(m) || typo {
+                return Err(errors);
+            }
+        }
+        errors.push(toml_error(source, field_prefix, &tree, root_span, &e));
+        if missing.is_some() {
+            // Reported once the rest of the table was read: nothing follows.
+            return Err(errors);
+        }
+        // Retry without the innermost key the error is in (one entry of
+        // `aggregates`, not all of them).
+        let Some(offset) = e.span().map(|s| s.start) else {
+            return Err(errors);
+        };
+        match remove_innermost(&mut tree, offset) {
+            Some(k) => removed.push(k),
+            None => return Err(errors),
+        }
+    }
+}
+
+/// Removes the innermost key of `tree` whose key or value holds `offset`;
+/// returns its name.
+fn remove_innermost(tree: &mut Spanned<DeValue<'_>>, offset: usize) -> Option<String> {
+    let DeValue::Table(table) = tree.get_mut() else {
+        return None;
+    };
+    let key = table
+        .iter()
+        .find(|(k, v)| k.span().contains(&offset) || v.span().contains(&offset))
+        .map(|(k, v)| (k.get_ref().to_string(), v.span().contains(&offset)))?;
+    if let (name, true) = &key {
+        if let Some(value) = table.get_mut(name.as_str()) {
+            if let Some(inner) = remove_innermost(value, offset) {
+                return Some(inner);
+            }
+        }
+    }
+    table.remove(key.0.as_str());
+    Some(key.0)
+}
+
+/// The span of the value at dotted `path` (e.g. `window.size`) in `tree`.
+pub fn value_span(tree: &Spanned<DeValue<'_>>, path: &str) -> Option<Range<usize>> {
+    let mut node = tree;
+    for part in path.split('.') {
+        let DeValue::Table(t) = node.get_ref() else {
+            return None;
+        };
+        node = t.get(part)?;
+    }
+    Some(node.span())
+}
+
+/// The dotted path and value span of the first key named `name` anywhere
+/// in `tree` (depth first, in file order).
+pub fn find_key(tree: &Spanned<DeValue<'_>>, name: &str) -> Option<(String, Range<usize>)> {
+    let DeValue::Table(t) = tree.get_ref() else {
+        return None;
+    };
+    for (k, v) in t.iter() {
+        let key = k.get_ref().to_string();
+        if key == name {
+            return Some((key, v.span()));
+        }
+    }
+    for (k, v) in t.iter() {
+        if let Some((inner, span)) = find_key(v, name) {
+            return Some((format!("{}.{inner}", k.get_ref()), span));
+        }
+    }
+    None
+}
+
+/// An error from a check beyond the shape of the table at `path` (e.g.
+/// "window `size` must be positive"): located at the value of the first
+/// field the message names in backticks that `tree` holds (`size` is found
+/// in `window.size`), else at byte offset `fallback`.
+pub fn error_at_named_field(
+    source: &SourceText,
+    path: &str,
+    tree: &Spanned<DeValue<'_>>,
+    fallback: usize,
+    message: String,
+) -> ConfigError {
+    let named = message
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .find_map(|field| find_key(tree, field));
+    match named {
+        Some((field, span)) => {
+            ConfigError::at(source, span.start, message).with_field(format!("{path}.{field}"))
+        }
+        None => ConfigError::at(source, fallback, message).with_field(path),
+    }
+}
+
 fn toml_error(
     source: &SourceText,
     field_prefix: &str,
@@ -238,14 +363,31 @@ fn toml_error(
     root_span: Range<usize>,
     e: &toml::de::Error,
 ) -> ConfigError {
-    let span = e.span().unwrap_or(root_span);
+    let mut span = e.span().unwrap_or(root_span);
     let message = e.message().trim().to_string();
+    let mut inner = key_path_at(tree, span.start).unwrap_or_default();
+    // Some errors only carry the span of a whole table (those of internally
+    // tagged enums such as `window = { type = "tumbling", size = "abc" }`):
+    // narrow them to the key or value the message names in backticks.
+    if let Some(node) = node_at(tree, &inner).filter(|n| n.span() == span) {
+        let named = message
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .find_map(|token| find_key(node, token).or_else(|| find_string(node, token)));
+        if let Some((found, found_span)) = named {
+            span = found_span;
+            inner = if inner.is_empty() {
+                found
+            } else {
+                format!("{inner}.{found}")
+            };
+        }
+    }
     let mut err = ConfigError::at(source, span.start, message.clone());
     let mut path = field_prefix.to_string();
-    if let Some(inner) = key_path_at(tree, span.start) {
-        if !inner.is_empty() {
-            path = format!("{field_prefix}.{inner}");
-        }
+    if !inner.is_empty() {
+        path = format!("{field_prefix}.{inner}");
     }
     if let Some(unknown) = between(&message, "unknown field `", "`") {
         let expected = expected_names(&message);
@@ -269,6 +411,40 @@ fn toml_error(
             });
     }
     err.with_field(path)
+}
+
+/// The node at dotted `path` of `tree` (the tree itself for "").
+fn node_at<'t, 'a>(tree: &'t Spanned<DeValue<'a>>, path: &str) -> Option<&'t Spanned<DeValue<'a>>> {
+    let mut node = tree;
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        let DeValue::Table(t) = node.get_ref() else {
+            return None;
+        };
+        node = t.get(part)?;
+    }
+    Some(node)
+}
+
+/// The dotted path and span of the first string value equal to `text` in
+/// `tree` (depth first, in file order).
+fn find_string(tree: &Spanned<DeValue<'_>>, text: &str) -> Option<(String, Range<usize>)> {
+    let DeValue::Table(t) = tree.get_ref() else {
+        return None;
+    };
+    for (k, v) in t.iter() {
+        match v.get_ref() {
+            DeValue::String(s) if s.as_ref() == text => {
+                return Some((k.get_ref().to_string(), v.span()))
+            }
+            DeValue::Table(_) => {
+                if let Some((inner, span)) = find_string(v, text) {
+                    return Some((format!("{}.{inner}", k.get_ref()), span));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// The dotted path of the deepest key in `tree` whose key or value span
@@ -382,6 +558,54 @@ mod tests {
             text.starts_with("p.toml:2:1: in `sources.orders`: unknown field `topc`"),
             "{text}"
         );
+    }
+
+    fn parse_demo_all(doc: &str) -> Result<Demo, Vec<ConfigError>> {
+        let src = SourceText::plain(Path::new("p.toml"), doc.to_string());
+        let table = src.parse().map_err(|e| vec![e])?;
+        let DeValue::Table(t) = table.get_ref().get("sources").unwrap().get_ref() else {
+            panic!()
+        };
+        deserialize_all(&src, "sources.orders", t.get("orders").unwrap().clone())
+    }
+
+    #[test]
+    fn deserialize_all_reports_every_bad_field_once() {
+        let errors =
+            parse_demo_all("[sources.orders]\ntopc = \"x\"\npartitions = \"three\"\nextra = 1\n")
+                .unwrap_err();
+        let mut found: Vec<(usize, &str)> = errors
+            .iter()
+            .map(|e| (e.line, e.message.as_str()))
+            .collect();
+        found.sort_unstable();
+        // `topc` is reported as unknown (did you mean `topic`?), not also
+        // `topic` as missing.
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert_eq!(found[0], (2, "unknown field `topc`"));
+        assert_eq!(found[1].0, 3);
+        assert_eq!(found[2], (4, "unknown field `extra`"));
+        // A required field that is simply absent is reported.
+        let errors = parse_demo_all("[sources.orders]\npartitions = 3\n").unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].message.contains("missing field `topic`"));
+        assert!(parse_demo_all("[sources.orders]\ntopic = \"t\"\n").is_ok());
+    }
+
+    #[test]
+    fn errors_of_checks_point_at_the_field_they_name() {
+        let src = SourceText::plain(
+            Path::new("p.toml"),
+            "[t]\nwindow = { type = \"x\", size = \"0s\" }\n".into(),
+        );
+        let doc = src.parse().unwrap();
+        let tree = doc.get_ref().get("t").unwrap();
+        let e = error_at_named_field(&src, "t", tree, 0, "window `size` must be positive".into());
+        assert_eq!((e.line, e.column), (2, 31));
+        assert_eq!(e.field.as_deref(), Some("t.window.size"));
+        let e = error_at_named_field(&src, "t", tree, 0, "no field named here".into());
+        assert_eq!((e.line, e.column), (1, 1));
+        assert_eq!(e.field.as_deref(), Some("t"));
     }
 
     #[test]

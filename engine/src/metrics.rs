@@ -44,6 +44,8 @@ pub const SOURCE_RECONNECTS: &str = "sluice_source_reconnects_total";
 /// How far behind a change-stream source is: now minus the server time of
 /// the last event it read (MongoDB `clusterTime`).
 pub const SOURCE_LAG_SECONDS: &str = "sluice_source_lag_seconds";
+/// Events a `dedupe` transform dropped as repeats of an identity it remembers.
+pub const DEDUPE_DROPPED: &str = "sluice_dedupe_dropped_total";
 
 /// Every metric name above, for the exporter's descriptions and the
 /// dashboard consistency test.
@@ -80,6 +82,7 @@ pub const ALL: &[&str] = &[
     SOURCE_ACKS,
     SOURCE_RECONNECTS,
     SOURCE_LAG_SECONDS,
+    DEDUPE_DROPPED,
 ];
 
 /// Labels identifying one component.

@@ -10,13 +10,36 @@ use serde::{Deserialize, Serialize, Serializer};
 use crate::value::Value;
 
 /// A duration written in a pipeline file as `"500ms"`, `"2s"`, `"1m"`,
-/// `"1h30m"`, `"1d"`, or as a plain integer number of milliseconds.
+/// `"1h30m"`, `"1d"`, or as a plain integer number of milliseconds. At most
+/// [`MAX_DURATION_MS`] (100 years): anything longer is refused when the
+/// file is read, so that sums and conversions of durations never overflow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct HumanDuration(pub Duration);
 
+/// The longest duration a pipeline file may give: 100 years (36500d), in
+/// milliseconds. Adding a handful of these, or one to any event time a
+/// source accepts, stays far inside `i64`.
+pub const MAX_DURATION_MS: u64 = 36_500 * 86_400_000;
+
+/// The message for a duration above [`MAX_DURATION_MS`].
+fn too_long(text: &str) -> String {
+    format!("duration `{text}` is too long: the maximum is 36500d (100 years)")
+}
+
 impl HumanDuration {
+    /// A duration of `ms` milliseconds (not checked against the maximum:
+    /// for defaults written in code).
     pub fn from_millis(ms: u64) -> Self {
         HumanDuration(Duration::from_millis(ms))
+    }
+
+    /// A duration of `ms` milliseconds read from a pipeline file: refused
+    /// above [`MAX_DURATION_MS`].
+    pub fn checked_from_millis(ms: u64) -> Result<Self, String> {
+        if ms > MAX_DURATION_MS {
+            return Err(too_long(&format!("{ms}")));
+        }
+        Ok(HumanDuration::from_millis(ms))
     }
 
     pub fn as_millis(&self) -> i64 {
@@ -25,15 +48,24 @@ impl HumanDuration {
 }
 
 /// Parses a human duration such as `"1m30s"`; see [`HumanDuration`].
+///
+/// Never panics: a number too large for its unit, or a total above
+/// [`MAX_DURATION_MS`], is an error naming the maximum.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let s = text.trim();
     if s.is_empty() {
         return Err("empty duration".into());
     }
-    if let Ok(ms) = s.parse::<u64>() {
-        return Ok(Duration::from_millis(ms));
+    if s.bytes().all(|b| b.is_ascii_digit()) {
+        // Plain milliseconds; too many digits for a u64 is too long too.
+        let ms = s.parse::<u64>().map_err(|_| too_long(text))?;
+        return HumanDuration::checked_from_millis(ms)
+            .map(|d| d.0)
+            .map_err(|_| too_long(text));
     }
-    let mut total = Duration::ZERO;
+    // Summed in nanoseconds: the maximum (3.2e21 ns) fits a u128 many times.
+    let max_nanos = u128::from(MAX_DURATION_MS) * 1_000_000;
+    let mut total_nanos: u128 = 0;
     let mut rest = s;
     while !rest.is_empty() {
         let digits = rest
@@ -61,10 +93,21 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
                 ))
             }
         };
-        total += Duration::from_secs_f64(number * scale_ms / 1_000.0);
+        let nanos = number * scale_ms * 1_000_000.0;
+        // `number` has only digits and dots, so it is finite and not
+        // negative; a huge one may still overflow to infinity.
+        if !nanos.is_finite() || nanos > max_nanos as f64 {
+            return Err(too_long(text));
+        }
+        total_nanos += nanos.round() as u128;
+        if total_nanos > max_nanos {
+            return Err(too_long(text));
+        }
         rest = &rest[unit_end..];
     }
-    Ok(total)
+    let secs = (total_nanos / 1_000_000_000) as u64;
+    let sub = (total_nanos % 1_000_000_000) as u32;
+    Ok(Duration::new(secs, sub))
 }
 
 impl fmt::Display for HumanDuration {
@@ -93,12 +136,12 @@ impl<'de> Deserialize<'de> for HumanDuration {
                 f.write_str("a duration such as \"500ms\", \"2s\", \"1m\" or milliseconds")
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                u64::try_from(v)
-                    .map(HumanDuration::from_millis)
-                    .map_err(|_| E::custom("a duration cannot be negative"))
+                let ms =
+                    u64::try_from(v).map_err(|_| E::custom("a duration cannot be negative"))?;
+                HumanDuration::checked_from_millis(ms).map_err(E::custom)
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(HumanDuration::from_millis(v))
+                HumanDuration::checked_from_millis(v).map_err(E::custom)
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
                 parse_duration(v).map(HumanDuration).map_err(E::custom)
@@ -137,8 +180,26 @@ pub enum TimeFormat {
     Rfc3339,
 }
 
-/// Reads an event timestamp (epoch ms) from a field value.
+/// The earliest event time accepted: 0000-01-01T00:00:00Z, in epoch ms.
+pub const MIN_EVENT_TIME_MS: i64 = -62_167_219_200_000;
+/// The latest event time accepted: 9999-12-31T23:59:59.999Z, in epoch ms.
+/// With durations at most [`MAX_DURATION_MS`], window bounds and watermarks
+/// computed from accepted times never overflow.
+pub const MAX_EVENT_TIME_MS: i64 = 253_402_300_799_999;
+
+/// Reads an event timestamp (epoch ms) from a field value. Times outside
+/// the years 0000 to 9999 are refused.
 pub fn event_time_ms(value: &Value, format: TimeFormat) -> Result<i64, String> {
+    let ms = read_event_time_ms(value, format)?;
+    if !(MIN_EVENT_TIME_MS..=MAX_EVENT_TIME_MS).contains(&ms) {
+        return Err(format!(
+            "the event time `{value}` is out of range (years 0000 to 9999 are accepted)"
+        ));
+    }
+    Ok(ms)
+}
+
+fn read_event_time_ms(value: &Value, format: TimeFormat) -> Result<i64, String> {
     match (format, value) {
         (TimeFormat::Auto | TimeFormat::EpochMs, Value::Int(ms)) => Ok(*ms),
         (TimeFormat::Auto | TimeFormat::EpochMs, Value::Float(ms)) if ms.is_finite() => {
@@ -261,6 +322,66 @@ mod tests {
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("10").is_ok());
         assert_eq!(HumanDuration::from_millis(60_000).to_string(), "1m");
+        assert_eq!(parse_duration("0.5ms").unwrap(), Duration::from_micros(500));
+        assert_eq!(
+            parse_duration("36500d").unwrap(),
+            Duration::from_millis(MAX_DURATION_MS)
+        );
+    }
+
+    /// Regression: `interval = "600000000000000000m"` panicked in
+    /// `Duration::from_secs_f64`, and sums of long durations overflowed.
+    #[test]
+    fn durations_too_long_are_errors_naming_the_maximum() {
+        for text in [
+            "600000000000000000m",
+            "36501d",
+            "36500d1ms",
+            "20000d20000d",
+            "99999999999999999999999999",
+            &format!("{}s", "9".repeat(400)),
+            &"1000000h".repeat(50),
+        ] {
+            let e = parse_duration(text).unwrap_err();
+            assert!(e.contains("maximum is 36500d"), "{text}: {e}");
+        }
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct D {
+        d: HumanDuration,
+    }
+
+    #[test]
+    fn integer_durations_are_bounded_too() {
+        let e = toml::from_str::<D>("d = 9223372036854775807").unwrap_err();
+        assert!(e.to_string().contains("maximum is 36500d"), "{e}");
+        assert!(toml::from_str::<D>("d = -1").is_err());
+        assert_eq!(toml::from_str::<D>("d = 1500").unwrap().d.as_millis(), 1500);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_duration_never_panics(text in "\\PC{0,40}") {
+            let _ = parse_duration(&text);
+        }
+
+        #[test]
+        fn parse_duration_never_panics_on_number_unit_chains(
+            parts in proptest::collection::vec(("[0-9.]{1,30}", "(ms|s|m|h|d|x| )"), 1..8)
+        ) {
+            let text: String = parts.iter().map(|(n, u)| format!("{n}{u}")).collect();
+            if let Ok(d) = parse_duration(&text) {
+                proptest::prop_assert!(d.as_millis() <= u128::from(MAX_DURATION_MS));
+            }
+        }
+
+        #[test]
+        fn integer_durations_never_panic(ms in proptest::num::i64::ANY) {
+            let r = toml::from_str::<D>(&format!("d = {ms}"));
+            proptest::prop_assert_eq!(r.is_ok(), (0..=MAX_DURATION_MS as i64).contains(&ms));
+        }
     }
 
     #[test]
@@ -298,5 +419,34 @@ mod tests {
         let e = event_time_ms(&Value::Bool(true), TimeFormat::EpochMs).unwrap_err();
         assert!(e.contains("bool"), "{e}");
         assert!(event_time_ms(&Value::Missing, TimeFormat::Auto).is_err());
+    }
+
+    /// Regression: an event time near `i64::MIN` overflowed window
+    /// alignment (`t.div_euclid(slide) * slide`) downstream.
+    #[test]
+    fn event_times_out_of_range_are_errors() {
+        for v in [
+            Value::Int(i64::MIN + 1),
+            Value::Int(i64::MAX),
+            Value::Int(MAX_EVENT_TIME_MS + 1),
+            Value::Float(1e300),
+            Value::Float(-1e19),
+        ] {
+            let e = event_time_ms(&v, TimeFormat::Auto).unwrap_err();
+            assert!(e.contains("out of range"), "{v}: {e}");
+        }
+        assert!(event_time_ms(&Value::Int(i64::MAX / 1000), TimeFormat::EpochS).is_err());
+        assert_eq!(
+            event_time_ms(&Value::Int(MIN_EVENT_TIME_MS), TimeFormat::Auto).unwrap(),
+            MIN_EVENT_TIME_MS
+        );
+        assert_eq!(
+            parse_rfc3339_ms("9999-12-31T23:59:59.999Z").unwrap(),
+            MAX_EVENT_TIME_MS
+        );
+        assert_eq!(
+            parse_rfc3339_ms("0000-01-01T00:00:00Z").unwrap(),
+            MIN_EVENT_TIME_MS
+        );
     }
 }

@@ -1,9 +1,10 @@
-//! Sluice operators, one file each: `filter`, `map`, `key_by` and
+//! Sluice operators, one file each: `filter`, `map`, `key_by`, `dedupe` and
 //! `aggregate` (all-time, tumbling, hopping and session windows), plus the
 //! condition language and the aggregate functions they use.
 
 pub mod accumulator;
 pub mod aggregate;
+pub mod dedupe;
 pub mod expr;
 pub mod filter;
 pub mod fixed;

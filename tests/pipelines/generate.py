@@ -323,6 +323,67 @@ def windows_of_windows():
     write("windows_of_windows", "expected.ndjson", expected)
     write("windows_of_windows", "expected_dead_letters.ndjson",
           [dump({"error_type": "late", "offset": offs[i]}) for i in late])
+def dedupe_orders():
+    """dedupe by order id within 1m of event time, then all-time count and
+    sum per country. Publishers re-send some orders unchanged a little later
+    in the log (dropped); a few ids are reused long after their first
+    period ended (counted again); some orders lack an id (dead letters)."""
+    rng = random.Random(7)
+    within_ms = 60_000
+    originals = []
+    for i in range(3000):
+        originals.append({
+            "order_id": f"o{i}",
+            "ts": BASE_TS + i * 50,
+            "country": rng.choice(COUNTRIES),
+            "amount": rng.randint(1, 500),
+        })
+    # Re-sends: identical lines 1-150 events later (at most 7.5 s of event
+    # time, far inside `within` whatever the batch boundaries).
+    inserts = defaultdict(list)
+    for i, e in enumerate(originals):
+        if rng.random() < 0.08:
+            for _ in range(rng.randint(1, 3)):
+                inserts[min(i + rng.randint(1, 150), len(originals) - 1)].append(e)
+    # Reused ids: a new order with an id first seen more than `within` ago.
+    for i in range(1800, 3000, 60):
+        old = originals[i - rng.randint(1300, 1700)]
+        originals[i]["order_id"] = old["order_id"]
+    lines, events = [], []
+    for i, e in enumerate(originals):
+        lines.append(dump(e))
+        events.append(e)
+        for r in inserts[i]:
+            lines.append(dump(r))
+            events.append(r)
+    # Orders without an id.
+    dead = []
+    missing = set(rng.sample(range(len(lines)), 12))
+    for i in sorted(missing):
+        e = dict(events[i])
+        del e["order_id"]
+        lines[i] = dump(e)
+        events[i] = e
+    offs = offsets(lines)
+    for i in sorted(missing):
+        dead.append(dump({"error_type": "missing_field", "offset": offs[i]}))
+    # The oracle: an event passes unless its id was first seen less than
+    # `within` before it (and that sighting passed).
+    first_seen = {}
+    acc = defaultdict(lambda: [0, 0])
+    for e in events:
+        oid = e.get("order_id")
+        if oid is None:
+            continue
+        if oid in first_seen and e["ts"] < first_seen[oid] + within_ms:
+            continue
+        first_seen[oid] = e["ts"]
+        acc[e["country"]][0] += 1
+        acc[e["country"]][1] += e["amount"]
+    expected = [dump({"country": c, "orders": n, "total": t}) for c, (n, t) in sorted(acc.items())]
+    write("dedupe_orders", "input.ndjson", lines)
+    write("dedupe_orders", "expected.ndjson", expected)
+    write("dedupe_orders", "expected_dead_letters.ndjson", sorted(dead))
 
 
 if __name__ == "__main__":
@@ -335,3 +396,4 @@ if __name__ == "__main__":
     late_boundaries()
     aggregate_of_aggregate()
     windows_of_windows()
+    dedupe_orders()

@@ -33,9 +33,26 @@ pub struct FileSourceConfig {
     /// as possible). Handy to replay a recorded file at its original rate.
     #[serde(default)]
     pub max_events_per_second: u64,
-    /// Size of each read, in bytes (also the largest batch).
+    /// Size of each read, in bytes (also the largest batch); at most
+    /// [`MAX_READ_BYTES`].
     #[serde(default = "default_read_bytes")]
     pub read_bytes: usize,
+}
+
+/// The largest `read_bytes` (64 MiB): the read buffer is allocated up front.
+pub const MAX_READ_BYTES: usize = 64 << 20;
+
+impl FileSourceConfig {
+    /// Checks values beyond their type.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.read_bytes > MAX_READ_BYTES {
+            return Err(format!(
+                "`read_bytes` is {}; the maximum is {MAX_READ_BYTES} (64 MiB)",
+                self.read_bytes
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn default_poll() -> HumanDuration {
