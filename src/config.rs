@@ -825,7 +825,7 @@ fn check_graph(
             );
         }
     }
-    errors.extend(check_changelogs(src, p, spans, &graph));
+    errors.extend(check_changelogs(src, p, entries, &graph));
     errors
 }
 
@@ -834,34 +834,36 @@ fn check_graph(
 fn check_changelogs(
     src: &SourceText,
     p: &Pipeline,
-    spans: &[NodeSpans],
+    entries: &[Entry],
     graph: &sluice_engine::graph::Graph,
 ) -> Vec<ConfigError> {
-    let n = p.sources.len();
     // Transforms whose own config is wrong are reported elsewhere.
-    let specs: Vec<_> = p
-        .transforms
+    let specs: Vec<_> = entries
         .iter()
-        .map(|t| crate::components::transform_spec(&t.config).ok())
+        .map(|e| match (e.kind, e.index) {
+            (NodeKind::Transform, Some(t)) => {
+                crate::components::transform_spec(&p.transforms[t].config).ok()
+            }
+            _ => None,
+        })
         .collect();
-    let spec = |node: usize| {
-        node.checked_sub(n)
-            .and_then(|t| specs.get(t))
-            .and_then(|s| s.as_deref())
-    };
     let (_, errors) = graph.plan_streams(
-        |node, input| spec(node).map(|s| s.output_stream(input)),
-        |node, input| spec(node).map_or(Ok(()), |s| s.check_input(input)),
+        |node, input| specs[node].as_ref().map(|s| s.output_stream(input)),
+        |node, input| {
+            specs[node]
+                .as_ref()
+                .map_or(Ok(()), |s| s.check_input(input))
+        },
     );
     errors
         .into_iter()
         .map(|(node, e)| {
             ConfigError::at(
                 src,
-                spans[node].name.start,
-                format!("transform `{}` {e}", graph.nodes[node].name),
+                entries[node].name_span.start,
+                format!("transform `{}` {e}", entries[node].name),
             )
-            .with_field(format!("transforms.{}", graph.nodes[node].name))
+            .with_field(format!("transforms.{}", entries[node].name))
         })
         .collect()
 }

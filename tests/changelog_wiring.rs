@@ -63,6 +63,10 @@ fn refused_wirings_say_why() {
             "`key_by` cannot re-key",
         ),
         (
+            "[transforms.next]\ntype = \"dedupe\"\ninputs = [\"per_country\"]\nfields = [\"country\"]\nmax_keys = 10\n",
+            "Put `dedupe` before the aggregate",
+        ),
+        (
             "[transforms.next]\ntype = \"aggregate\"\ninputs = [\"per_country\", \"reports\"]\naggregates = { n = \"count\" }\n",
             "together with other inputs",
         ),

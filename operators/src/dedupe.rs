@@ -43,7 +43,7 @@ use sluice_engine::keys::{key_group, GroupKey};
 use sluice_engine::metrics::DEDUPE_DROPPED;
 use sluice_engine::operator::{
     decode_versioned, encode_versioned, BuildContext, BuildError, Emitter, FieldPath, FieldSet,
-    Operator, OperatorSpec, StateEntry, StateError, StateStats, StateWriter,
+    Operator, OperatorSpec, StateEntry, StateError, StateStats, StateWriter, Stream,
 };
 use sluice_engine::time::{now_ms, HumanDuration};
 use sluice_engine::value::parse_path;
@@ -114,6 +114,17 @@ impl OperatorSpec for DedupeSpec {
 
     fn is_stateful(&self) -> bool {
         true
+    }
+
+    fn check_input(&self, input: Stream) -> Result<(), String> {
+        if input.is_changelog() {
+            return Err(
+                "reads the changelog of an aggregate, whose rows are updates of \
+                 earlier rows, not redeliveries. Put `dedupe` before the aggregate"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 
     /// Rows pass through unchanged, with the key they came with.
@@ -193,6 +204,23 @@ impl Dedupe {
         self.within.map_or(i64::MAX, |w| time.saturating_add(w))
     }
 
+    /// Forgets every identity whose period ended at or before `watermark`.
+    fn expire(&mut self, watermark: i64) {
+        if self.within.is_none() {
+            return;
+        }
+        while let Some(&(end, seq)) = self.by_expiry.first() {
+            if end > watermark {
+                break;
+            }
+            let Some(key) = self.by_seq.get(&seq).cloned() else {
+                self.by_expiry.pop_first();
+                continue;
+            };
+            self.forget(&key);
+        }
+    }
+
     fn forget(&mut self, key: &GroupKey) {
         if let Some(s) = self.seen.remove(key) {
             self.by_seq.remove(&s.seq);
@@ -256,6 +284,11 @@ impl Operator for Dedupe {
             } else {
                 batch.meta[i].time
             };
+            // Identities whose period ended before this row arrived are
+            // forgotten for it, as if the watermark moved row by row (the
+            // row's stamp, see `RowMeta::watermark`): the same decisions
+            // whatever the batching.
+            self.expire(batch.meta[i].watermark);
             let duplicate = self.seen.get(&key).is_some_and(|s| t < self.expiry(s.time));
             if duplicate {
                 dropped += 1;
@@ -279,19 +312,7 @@ impl Operator for Dedupe {
 
     /// Forgets every identity whose period ended at or before `watermark`.
     fn on_watermark(&mut self, watermark: i64, _out: &mut Emitter<'_>) {
-        if self.within.is_none() {
-            return;
-        }
-        while let Some(&(end, seq)) = self.by_expiry.first() {
-            if end > watermark {
-                break;
-            }
-            let Some(key) = self.by_seq.get(&seq).cloned() else {
-                self.by_expiry.pop_first();
-                continue;
-            };
-            self.forget(&key);
-        }
+        self.expire(watermark);
     }
 
     fn snapshot(&mut self, w: &mut StateWriter) {

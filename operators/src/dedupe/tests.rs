@@ -302,3 +302,61 @@ proptest! {
         prop_assert_eq!(passed(op.as_mut(), &refs), expected);
     }
 }
+
+/// Which events pass does not depend on how the input was batched: an
+/// identity is forgotten for a row once the watermark in force when the row
+/// arrived (its stamp) passed the end of the identity's period.
+fn passed_with_batches(toml_text: &str, events: &[(i64, u8)], sizes: &[usize]) -> Vec<String> {
+    use sluice_engine::runtime::watermark::{WatermarkSettings, WatermarkTracker};
+    let mut op = op(toml_text);
+    let mut tracker = WatermarkTracker::new(vec![WatermarkSettings {
+        event_time: true,
+        max_disorder_ms: 3,
+        idle_timeout_ms: None,
+    }]);
+    let lines: Vec<String> = events
+        .iter()
+        .enumerate()
+        .map(|(i, (t, id))| format!(r#"{{"id":{id},"n":{i},"t":{t}}}"#))
+        .collect();
+    let (mut out, mut at, mut k) = (Vec::new(), 0, 0);
+    while at < lines.len() {
+        let n = sizes[k % sizes.len()].max(1).min(lines.len() - at);
+        k += 1;
+        let chunk: Vec<&str> = lines[at..at + n].iter().map(String::as_str).collect();
+        let mut b = batch_of(&chunk);
+        tracker.observe_rows(0, 0, &mut b.meta, i64::MAX, 0);
+        out.extend(passed_batch(op.as_mut(), b));
+        watermark(op.as_mut(), tracker.source_watermark(0, 0));
+        at += n;
+    }
+    out
+}
+
+fn passed_batch(op: &mut dyn Operator, b: sluice_engine::batch::Batch) -> Vec<String> {
+    let (out, dead) = run_op(op, b);
+    assert!(dead.is_empty(), "{dead:?}");
+    rows(&out)
+}
+
+proptest! {
+    #[test]
+    fn decisions_do_not_depend_on_batching(
+        steps in proptest::collection::vec((0i64..6, -8i64..3, 0u8..6), 1..120),
+        sizes in proptest::collection::vec(1usize..30, 1..6),
+        max_keys in prop_oneof![Just(""), Just("\nmax_keys = 3")],
+    ) {
+        let mut now = 0;
+        let events: Vec<(i64, u8)> = steps
+            .into_iter()
+            .map(|(step, jitter, id)| {
+                now += step;
+                ((now + jitter).max(0), id)
+            })
+            .collect();
+        let toml_text = format!("fields = [\"id\"]\nwithin = 10{max_keys}");
+        let batched = passed_with_batches(&toml_text, &events, &sizes);
+        prop_assert_eq!(&batched, &passed_with_batches(&toml_text, &events, &[1]));
+        prop_assert_eq!(&batched, &passed_with_batches(&toml_text, &events, &[events.len()]));
+    }
+}
