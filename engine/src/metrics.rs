@@ -44,6 +44,11 @@ pub const SOURCE_RECONNECTS: &str = "sluice_source_reconnects_total";
 /// How far behind a change-stream source is: now minus the server time of
 /// the last event it read (MongoDB `clusterTime`).
 pub const SOURCE_LAG_SECONDS: &str = "sluice_source_lag_seconds";
+/// Connections the HTTP source holds open.
+pub const HTTP_CONNECTIONS: &str = "sluice_http_connections";
+/// Bytes of request bodies the HTTP source holds in memory (reserved for
+/// requests in flight).
+pub const HTTP_BUFFERED_BYTES: &str = "sluice_http_buffered_bytes";
 
 /// Every metric name above, for the exporter's descriptions and the
 /// dashboard consistency test.
@@ -80,6 +85,8 @@ pub const ALL: &[&str] = &[
     SOURCE_ACKS,
     SOURCE_RECONNECTS,
     SOURCE_LAG_SECONDS,
+    HTTP_CONNECTIONS,
+    HTTP_BUFFERED_BYTES,
 ];
 
 /// Labels identifying one component.
