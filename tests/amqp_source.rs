@@ -321,3 +321,83 @@ fn amqp_missing_queue_without_declare_fails_clearly() {
         "unclear error: {text}"
     );
 }
+
+/// Regression: redelivery handling keyed on `message_id` alone dropped
+/// messages after a SIGKILL (a checkpoint still listed an id whose message
+/// had been acked; a later publish with the same `message_id`, redelivered
+/// after the restart, was taken for it) while a run without kills counted
+/// them all. Both runs must count every publish.
+#[test]
+fn amqp_messages_sharing_a_message_id_count_the_same_with_and_without_sigkills() {
+    let url = shared_broker();
+    let w1 = w1::generate(40_000, 11);
+    // 500 message_ids for 40,000 messages: every id is shared by 80
+    // publishes with different bodies, spread over the whole queue
+    let messages: Vec<(Option<String>, Vec<u8>)> = lines_as_messages(&w1.input, "")
+        .into_iter()
+        .enumerate()
+        .map(|(i, (_, body))| (Some(format!("shared-{}", i % 500)), body))
+        .collect();
+    let straight_queue = services::unique("sluice_amqp_shared_ids_straight");
+    let killed_queue = services::unique("sluice_amqp_shared_ids_killed");
+    let _cleanup = Cleanup {
+        url: url.clone(),
+        queues: vec![straight_queue.clone(), killed_queue.clone()],
+        exchanges: Vec::new(),
+    };
+    let rt = rt();
+    let client = rt.block_on(Client::connect(&url));
+    for queue in [&straight_queue, &killed_queue] {
+        rt.block_on(client.durable_queue(queue, None));
+        rt.block_on(client.publish(queue, &messages));
+    }
+
+    let straight = Work::new();
+    let log = straight.path("sluice.log");
+    let mut child = spawn_run(
+        &straight.pipeline,
+        &straight.env(&url, &straight_queue),
+        &log,
+    );
+    wait_success(&mut child, Duration::from_secs(120), &log);
+    let straight_counts = counts(&straight.path("out.ndjson"));
+
+    let killed = Work::new();
+    let mut env = killed.env(&url, &killed_queue);
+    env.push(("PREFETCH", "2000".into()));
+    let log = killed.path("sluice.log");
+    let mut rng = rng("amqp_messages_sharing_a_message_id_count_the_same");
+    let kills = run_with_kills(
+        &killed.pipeline,
+        &env,
+        &log,
+        &mut rng,
+        8,
+        Duration::from_millis(1500),
+    );
+    assert!(kills >= 3, "only {kills} of 8 kills hit a running sluice");
+    let killed_counts = counts(&killed.path("out.ndjson"));
+    let total = |c: &BTreeMap<String, i64>| c.values().sum::<i64>();
+    eprintln!(
+        "straight: {} events, after {kills} kills: {} events, oracle: {}",
+        total(&straight_counts),
+        total(&killed_counts),
+        total(&w1.by_country)
+    );
+    assert_eq!(
+        (total(&straight_counts), total(&killed_counts)),
+        (total(&w1.by_country), total(&w1.by_country)),
+        "events counted (without kills, with {kills} kills) against the oracle; log {}",
+        log.display()
+    );
+    assert_eq!(straight_counts, w1.by_country, "run without kills");
+    assert_eq!(
+        killed_counts,
+        w1.by_country,
+        "run with {kills} kills (log {})",
+        log.display()
+    );
+    for queue in [&straight_queue, &killed_queue] {
+        assert_eq!(rt.block_on(client.depth(queue)).0, 0, "messages left");
+    }
+}

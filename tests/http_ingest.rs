@@ -9,6 +9,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Child;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use support::*;
@@ -29,6 +30,11 @@ address = "127.0.0.1:${ADMIN_PORT}"
 [sources.web]
 type = "http"
 address = "127.0.0.1:${PORT}"
+max_connections = ${MAX_CONNECTIONS:-512}
+header_read_timeout = "${HEADER_TIMEOUT:-10s}"
+body_read_timeout = "${BODY_TIMEOUT:-60s}"
+max_body_bytes = ${MAX_BODY:-10485760}
+max_buffered_bytes = ${MAX_BUFFERED:-67108864}
 
 [transforms.by_country]
 type = "aggregate"
@@ -72,12 +78,18 @@ impl Setup {
     }
 
     fn start(&self) -> Child {
-        let env = [
+        self.start_with(&[])
+    }
+
+    /// Starts sluice with extra variables for the pipeline file.
+    fn start_with(&self, extra: &[(&str, &str)]) -> Child {
+        let mut env = vec![
             ("STATE", self.path("state").display().to_string()),
             ("OUTPUT", self.path("out.ndjson").display().to_string()),
             ("PORT", self.port.to_string()),
             ("ADMIN_PORT", self.admin_port.to_string()),
         ];
+        env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
         let mut child = spawn_serve(&self.path("pipeline.toml"), &env, &self.log());
         wait_for_port(self.port, &mut child, &self.log());
         child
@@ -309,4 +321,121 @@ fn concurrent_clients_lose_nothing_accepted_across_random_sigkills() {
             s.log().display()
         );
     }
+}
+
+/// The value of the `web` source's `gauge` on /metrics.
+fn gauge(s: &Setup, gauge: &str) -> f64 {
+    let (_, metrics) = http_request(s.admin_port, "GET", "/metrics", &[], b"").unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("{gauge}{{")) && l.contains("component=\"web\""))
+        .unwrap_or_else(|| panic!("{gauge} missing from /metrics:\n{metrics}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// Polls `gauge` until `done` holds for it (at most 20 s), checking
+/// `bound` on every sample.
+fn watch_gauge(s: &Setup, name: &str, bound: f64, done: impl Fn(f64) -> bool) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = gauge(s, name);
+        assert!(v <= bound, "{name} = {v}, over its limit {bound}");
+        if done(v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{name} stuck at {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Reads until the server closes the connection; false if it is still
+/// open after 20 s. Returns what it sent too.
+fn closed_by_server(stream: &mut std::net::TcpStream) -> (bool, String) {
+    use std::io::Read;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut out = Vec::new();
+    let closed = match stream.read_to_end(&mut out) {
+        Ok(_) => true,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    };
+    (closed, String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Regression: no header or body timeout, no connection limit, no bound on
+/// buffered bodies (1000 connections with unfinished headers stayed open;
+/// 100 half-sent 10 MiB bodies took RSS from 59 to 585 MB). The issue's
+/// reproduction, scaled down, against the binary.
+#[test]
+fn slow_clients_hold_bounded_connections_and_memory() {
+    use std::io::Write;
+    let s = Setup::new();
+    let mut child = s.start_with(&[
+        ("MAX_CONNECTIONS", "32"),
+        ("HEADER_TIMEOUT", "1s"),
+        ("BODY_TIMEOUT", "1s"),
+        ("MAX_BODY", "1048576"),
+        ("MAX_BUFFERED", "4194304"),
+    ]);
+    // 200 connections stop in the middle of their headers
+    let mut slow: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| {
+            let mut c = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+            c.write_all(b"POST /ingest HTTP/1.1\r\nHost: x\r\nContent-Ty")
+                .unwrap();
+            c
+        })
+        .collect();
+    watch_gauge(&s, "sluice_http_connections", 32.0, |v| v == 32.0);
+    for (i, c) in slow.iter_mut().enumerate() {
+        assert!(closed_by_server(c).0, "connection {i} is still open");
+    }
+    drop(slow);
+    watch_gauge(&s, "sluice_http_connections", 32.0, |v| v == 0.0);
+    let (status, body) = s.post("application/json", "{\"country\":\"GT\"}");
+    assert_eq!(status, 202, "{body}");
+
+    // 40 clients announce a 1 MiB body and send half of it
+    let head = "POST /ingest HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1048576\r\n\r\n";
+    let mut halves: Vec<std::net::TcpStream> = (0..40)
+        .map(|_| {
+            let mut c = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+            c.write_all(head.as_bytes()).unwrap();
+            c.write_all(&vec![b' '; 512 << 10]).unwrap();
+            c
+        })
+        .collect();
+    let buffered = "sluice_http_buffered_bytes";
+    watch_gauge(&s, buffered, 4194304.0, |v| v >= 4194304.0);
+    let mut statuses = BTreeMap::<String, usize>::new();
+    for (i, c) in halves.iter_mut().enumerate() {
+        let (closed, reply) = closed_by_server(c);
+        assert!(closed, "half-sent request {i} is still open");
+        *statuses
+            .entry(reply.get(9..12).unwrap_or("none").to_string())
+            .or_default() += 1;
+    }
+    eprintln!("answers to half-sent bodies: {statuses:?}");
+    assert!(statuses.get("408").is_some_and(|&n| n >= 4), "{statuses:?}");
+    assert_eq!(
+        statuses.get("408").copied().unwrap_or(0) + statuses.get("503").copied().unwrap_or(0),
+        40,
+        "{statuses:?}"
+    );
+    drop(halves);
+    watch_gauge(&s, buffered, 4194304.0, |v| v == 0.0);
+    watch_gauge(&s, "sluice_http_connections", 32.0, |v| v == 0.0);
+    let (status, body) = s.post("application/json", "{\"country\":\"BR\"}");
+    assert_eq!(status, 202, "{body}");
+    let status = terminate(&mut child);
+    assert!(status.success(), "SIGTERM exit: {status}");
+    assert_counts(
+        &s,
+        &BTreeMap::from([("GT".to_string(), 1), ("BR".to_string(), 1)]),
+        "after slow clients",
+    );
 }

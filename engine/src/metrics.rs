@@ -46,6 +46,11 @@ pub const SOURCE_RECONNECTS: &str = "sluice_source_reconnects_total";
 pub const SOURCE_LAG_SECONDS: &str = "sluice_source_lag_seconds";
 /// Events a `dedupe` transform dropped as repeats of an identity it remembers.
 pub const DEDUPE_DROPPED: &str = "sluice_dedupe_dropped_total";
+/// Connections the HTTP source holds open.
+pub const HTTP_CONNECTIONS: &str = "sluice_http_connections";
+/// Bytes of request bodies the HTTP source holds in memory (reserved for
+/// requests in flight).
+pub const HTTP_BUFFERED_BYTES: &str = "sluice_http_buffered_bytes";
 
 /// Every metric name above, for the exporter's descriptions and the
 /// dashboard consistency test.
@@ -83,6 +88,8 @@ pub const ALL: &[&str] = &[
     SOURCE_RECONNECTS,
     SOURCE_LAG_SECONDS,
     DEDUPE_DROPPED,
+    HTTP_CONNECTIONS,
+    HTTP_BUFFERED_BYTES,
 ];
 
 /// Labels identifying one component.

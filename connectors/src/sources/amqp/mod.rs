@@ -8,9 +8,10 @@
 //! - The source position, stored in every checkpoint, is the set of ids of
 //!   messages processed but not yet known to be acknowledged. A redelivery
 //!   (after a crash, a reconnect or a broker restart) of one of them is
-//!   acknowledged and skipped instead of being counted again. The id is the
-//!   `message_id` property, or a hash of the content when the publisher set
-//!   none (identical unlabeled messages are then indistinguishable).
+//!   acknowledged and skipped instead of being counted again. The id is a
+//!   hash of the whole message (`message_id`, exchange, routing key,
+//!   timestamp, headers, body): publishes sharing a `message_id` are all
+//!   counted; dropping publisher duplicates is the `dedupe` transform's job.
 //! - Malformed or oversized messages become dead letters and are
 //!   acknowledged with the checkpoint like any other: never requeued forever.
 //! - Losing the broker means reconnecting with exponential backoff and
@@ -23,5 +24,5 @@ mod tests;
 mod tracker;
 
 pub use config::AmqpSourceConfig;
-pub use source::{dedup_id, AmqpSource, MessageParts};
+pub use source::{dedup_id, legacy_dedup_id, AmqpSource, MessageParts};
 pub use tracker::{AckPlan, MessageId, PositionError, Tracker, Verdict};

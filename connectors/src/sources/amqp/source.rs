@@ -55,7 +55,7 @@ impl Source for AmqpSource {
     }
 }
 
-/// What identifies a message for deduplication.
+/// What identifies a message for recognising broker redeliveries.
 pub struct MessageParts<'a> {
     pub message_id: Option<&'a str>,
     pub exchange: &'a str,
@@ -66,43 +66,68 @@ pub struct MessageParts<'a> {
     pub body: &'a [u8],
 }
 
-/// The 63-bit dedup id: a hash of the `message_id` property when the
-/// publisher set one, else of the content (exchange, routing key,
-/// timestamp, headers and body).
+/// The 63-bit id of a message: a hash of its whole content (exchange,
+/// routing key, timestamp, headers, body and `message_id`). A broker
+/// redelivery has the same id as the original; two publishes that share a
+/// `message_id` but differ in anything else do not. (Messages without a
+/// `message_id` hash as they did in version 1 positions.)
 pub fn dedup_id(p: &MessageParts<'_>) -> MessageId {
     let mut h = Fnv::new();
-    match p.message_id {
-        Some(id) => {
-            h.write(b"m");
-            h.field(id.as_bytes());
-        }
-        None => {
-            h.write(b"c");
-            h.field(p.exchange.as_bytes());
-            h.field(p.routing_key.as_bytes());
-            h.field(&p.timestamp.unwrap_or(u64::MAX).to_le_bytes());
-            h.field(p.headers);
-            h.field(p.body);
-        }
+    h.write(b"c");
+    h.field(p.exchange.as_bytes());
+    h.field(p.routing_key.as_bytes());
+    h.field(&p.timestamp.unwrap_or(u64::MAX).to_le_bytes());
+    h.field(p.headers);
+    h.field(p.body);
+    if let Some(id) = p.message_id {
+        h.write(b"m");
+        h.field(id.as_bytes());
     }
     h.0 & (i64::MAX as u64)
 }
 
-fn delivery_id(d: &Delivery) -> MessageId {
+/// The id version 1 positions used: the `message_id` alone when set.
+pub fn legacy_dedup_id(p: &MessageParts<'_>) -> MessageId {
+    match p.message_id {
+        Some(id) => {
+            let mut h = Fnv::new();
+            h.write(b"m");
+            h.field(id.as_bytes());
+            h.0 & (i64::MAX as u64)
+        }
+        None => dedup_id(p),
+    }
+}
+
+/// A header the broker itself adds when it redelivers (quorum queues
+/// count deliveries in it): not part of the message's identity.
+const BROKER_DELIVERY_COUNT: &str = "x-delivery-count";
+
+/// The message's ids: (content id, legacy id when `legacy`).
+fn delivery_ids(d: &Delivery, legacy: bool) -> (MessageId, Option<MessageId>) {
     let props = &d.properties;
     let headers = props
         .headers()
         .as_ref()
-        .and_then(|h| serde_json::to_vec(h).ok())
+        .and_then(|h| {
+            if h.contains_key(BROKER_DELIVERY_COUNT) {
+                let mut own = h.inner().clone();
+                own.remove(BROKER_DELIVERY_COUNT);
+                serde_json::to_vec(&lapin::types::FieldTable::from(own)).ok()
+            } else {
+                serde_json::to_vec(h).ok()
+            }
+        })
         .unwrap_or_default();
-    dedup_id(&MessageParts {
+    let parts = MessageParts {
         message_id: props.message_id().as_ref().map(|s| s.as_str()),
         exchange: d.exchange.as_str(),
         routing_key: d.routing_key.as_str(),
         timestamp: *props.timestamp(),
         headers: &headers,
         body: &d.data,
-    })
+    };
+    (dedup_id(&parts), legacy.then(|| legacy_dedup_id(&parts)))
 }
 
 struct Metrics {
@@ -388,7 +413,16 @@ impl Session {
             tokio::select! {
                 biased;
                 commit = ctx.commits.recv() => match commit {
-                    Some(c) => self.on_commit(config, &c, tracker, metrics).await?,
+                    Some(c) => {
+                        self.on_commit(config, &c, tracker, metrics).await?;
+                        // Acked messages leave the position: emit it soon, so
+                        // that the next checkpoint no longer holds them (a
+                        // crash before that would wait for redeliveries that
+                        // never come, and could skip a byte-identical twin).
+                        if tracker.has_pending_emit() && flush_at.is_none() {
+                            flush_at = Some(Instant::now());
+                        }
+                    }
                     None => return Ok(()), // the pipeline is gone
                 },
                 changed = ctx.shutdown.changed(), if finishing.is_none() => {
@@ -404,8 +438,8 @@ impl Session {
                         if d.redelivered {
                             metrics.redeliveries.increment(1);
                         }
-                        let id = delivery_id(&d);
-                        match tracker.on_delivery(d.delivery_tag, id, d.redelivered) {
+                        let (id, legacy) = delivery_ids(&d, d.redelivered && tracker.needs_legacy_ids());
+                        match tracker.on_delivery_with_legacy(d.delivery_tag, id, legacy, d.redelivered) {
                             Verdict::Process => pending.push(&d.data, id, max_event_bytes),
                             Verdict::Skip => metrics.duplicates.increment(1),
                         }

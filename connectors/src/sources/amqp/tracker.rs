@@ -19,13 +19,22 @@
 //! checkpoint, never processed. Orphans that are never redelivered (their
 //! ack did reach the broker) are forgotten after a retention period.
 //!
+//! A message id identifies a message by its whole content (see
+//! `source::dedup_id`), never by its `message_id` alone, so two publishes
+//! that share a `message_id` are two messages, in runs with and without
+//! crashes alike. Positions of version 1 held ids computed from the
+//! `message_id` alone; restored, they become `legacy` orphans, matched
+//! against the legacy id of each redelivery until they expire.
+//!
 //! Delivery tags are per channel: acks only ever name tags of the current
 //! channel generation, because losing a channel drops every record of it.
 
 use std::collections::{HashMap, VecDeque};
 
-/// Position layout version.
-const VERSION: u8 = 1;
+/// Position layout version: 2 = content ids; 1 = `message_id` ids (read
+/// only, for upgrades).
+const VERSION: u8 = 2;
+const VERSION_LEGACY_IDS: u8 = 1;
 const HEADER: usize = 1 + 8 + 8 + 4;
 
 /// A message's dedup id (63 bits, also used as its `offset`).
@@ -57,6 +66,8 @@ struct Record {
     ids: Vec<MessageId>,
     /// In the open batch: skipped redeliveries (already in `live`).
     skipped: Vec<MessageId>,
+    /// ... of them, those matched by a legacy id.
+    skipped_legacy: Vec<MessageId>,
 }
 
 /// An ack to send: `basic_ack(tag, multiple = true)`, covering `messages`.
@@ -73,6 +84,8 @@ pub struct Tracker {
     live: HashMap<MessageId, u32>,
     live_len: usize,
     orphans: HashMap<MessageId, u32>,
+    /// Orphans restored from a version 1 position (legacy ids).
+    legacy_orphans: HashMap<MessageId, u32>,
     /// When the orphans may be forgotten (ms), once a channel is up.
     orphans_expire: Option<u64>,
     records: VecDeque<Record>,
@@ -114,6 +127,7 @@ impl Tracker {
             live: HashMap::new(),
             live_len: 0,
             orphans: HashMap::new(),
+            legacy_orphans: HashMap::new(),
             orphans_expire: None,
             records: VecDeque::new(),
             open: Record::default(),
@@ -123,9 +137,17 @@ impl Tracker {
             dirty: false,
         };
         if let Some(bytes) = restored {
+            let legacy = bytes.first() == Some(&VERSION_LEGACY_IDS);
             for id in decode_ids(bytes)? {
                 add(&mut t.live, id);
-                add(&mut t.orphans, id);
+                add(
+                    if legacy {
+                        &mut t.legacy_orphans
+                    } else {
+                        &mut t.orphans
+                    },
+                    id,
+                );
                 t.live_len += 1;
             }
         }
@@ -137,18 +159,41 @@ impl Tracker {
     pub fn new_channel(&mut self, expire_at: u64) {
         debug_assert!(self.records.is_empty() && self.acking.is_empty());
         self.acked_tag = 0;
-        if !self.orphans.is_empty() {
+        if !self.orphans.is_empty() || !self.legacy_orphans.is_empty() {
             self.orphans_expire = Some(expire_at);
         }
+    }
+
+    /// True while orphans of a version 1 position remain: deliveries then
+    /// need their legacy id too ([`on_delivery_with_legacy`](Self::on_delivery_with_legacy)).
+    pub fn needs_legacy_ids(&self) -> bool {
+        !self.legacy_orphans.is_empty()
     }
 
     /// Classifies a delivery of the current channel and records it in the
     /// open batch.
     pub fn on_delivery(&mut self, tag: u64, id: MessageId, redelivered: bool) -> Verdict {
+        self.on_delivery_with_legacy(tag, id, None, redelivered)
+    }
+
+    /// [`on_delivery`](Self::on_delivery), also matching `legacy` (the id
+    /// the message had in version 1 positions) against legacy orphans.
+    pub fn on_delivery_with_legacy(
+        &mut self,
+        tag: u64,
+        id: MessageId,
+        legacy: Option<MessageId>,
+        redelivered: bool,
+    ) -> Verdict {
         self.open.max_tag = self.open.max_tag.max(tag);
         if redelivered && take(&mut self.orphans, id) {
             // Already in `live`; now released by the open batch's ack.
             self.open.skipped.push(id);
+            return Verdict::Skip;
+        }
+        if let Some(old) = legacy.filter(|&old| redelivered && take(&mut self.legacy_orphans, old))
+        {
+            self.open.skipped_legacy.push(old);
             return Verdict::Skip;
         }
         self.open.ids.push(id);
@@ -160,7 +205,10 @@ impl Tracker {
 
     /// True when the open batch or the position has something to emit.
     pub fn has_pending_emit(&self) -> bool {
-        !self.open.ids.is_empty() || !self.open.skipped.is_empty() || self.dirty
+        !self.open.ids.is_empty()
+            || !self.open.skipped.is_empty()
+            || !self.open.skipped_legacy.is_empty()
+            || self.dirty
     }
 
     /// Closes the open batch; returns the position to emit with it (None
@@ -174,6 +222,8 @@ impl Tracker {
         let mut record = std::mem::take(&mut self.open);
         record.seq = seq;
         let skipped = std::mem::take(&mut record.skipped);
+        record.ids.extend(skipped);
+        let skipped = std::mem::take(&mut record.skipped_legacy);
         record.ids.extend(skipped);
         if !record.ids.is_empty() {
             self.records.push_back(record);
@@ -234,6 +284,9 @@ impl Tracker {
         for id in open.skipped {
             add(&mut self.orphans, id);
         }
+        for id in open.skipped_legacy {
+            add(&mut self.legacy_orphans, id);
+        }
         let records = std::mem::take(&mut self.records);
         let acking = std::mem::take(&mut self.acking);
         for id in records
@@ -256,7 +309,8 @@ impl Tracker {
         }
         self.orphans_expire = None;
         let mut n = 0;
-        for (id, count) in std::mem::take(&mut self.orphans) {
+        let legacy = std::mem::take(&mut self.legacy_orphans);
+        for (id, count) in std::mem::take(&mut self.orphans).into_iter().chain(legacy) {
             for _ in 0..count {
                 if take(&mut self.live, id) {
                     self.live_len -= 1;
@@ -274,7 +328,11 @@ impl Tracker {
     }
 
     pub fn orphans_len(&self) -> usize {
-        self.orphans.values().map(|&n| n as usize).sum()
+        self.orphans
+            .values()
+            .chain(self.legacy_orphans.values())
+            .map(|&n| n as usize)
+            .sum()
     }
 
     /// Emitted batches whose checkpoint has not completed yet, plus acks
@@ -307,7 +365,7 @@ fn decode_header(bytes: &[u8]) -> Result<(u64, u64), PositionError> {
     if bytes.len() < HEADER {
         return Err(PositionError("too short"));
     }
-    if bytes[0] != VERSION {
+    if bytes[0] != VERSION && bytes[0] != VERSION_LEGACY_IDS {
         return Err(PositionError("unknown version"));
     }
     let word = |at: usize| {

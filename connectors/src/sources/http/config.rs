@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Deserializer, Serialize};
+use sluice_engine::time::HumanDuration;
 
 /// `type = "http"`: accepts JSON events over HTTP POST and journals them
 /// durably before answering.
@@ -55,6 +56,38 @@ pub struct HttpSourceConfig {
     /// whole history.
     #[serde(default)]
     pub retain_segments: usize,
+    /// Time a client has to send a request's start line and headers, from
+    /// the moment the server starts waiting for them (a new connection, or
+    /// an idle keep-alive connection between requests). A connection that
+    /// takes longer is closed. `"0s"` is refused.
+    #[serde(
+        default = "default_header_read_timeout",
+        deserialize_with = "positive_duration"
+    )]
+    pub header_read_timeout: HumanDuration,
+    /// Time a client has to send a whole request body once its headers
+    /// arrived. A request that takes longer gets 408 and its connection is
+    /// closed; nothing of it is journaled. `"0s"` is refused.
+    #[serde(
+        default = "default_body_read_timeout",
+        deserialize_with = "positive_duration"
+    )]
+    pub body_read_timeout: HumanDuration,
+    /// Most connections open at a time. At the cap the server stops
+    /// accepting: further connections wait in the operating system's listen
+    /// queue until an open one closes (or their client gives up).
+    #[serde(default = "default_max_connections", deserialize_with = "at_least_one")]
+    pub max_connections: usize,
+    /// Most bytes of request bodies held in memory at once, over all
+    /// requests in flight (a body counts from its `Content-Length`, or as
+    /// it arrives when chunked, until its request is answered). A request
+    /// that would go over gets 503 with `Retry-After: 1`. Must be at least
+    /// `max_body_bytes`.
+    #[serde(
+        default = "default_max_buffered_bytes",
+        deserialize_with = "at_least_one"
+    )]
+    pub max_buffered_bytes: usize,
 }
 
 impl Default for HttpSourceConfig {
@@ -69,7 +102,24 @@ impl Default for HttpSourceConfig {
             max_backlog_events: default_max_backlog_events(),
             segment_bytes: default_segment_bytes(),
             retain_segments: 0,
+            header_read_timeout: default_header_read_timeout(),
+            body_read_timeout: default_body_read_timeout(),
+            max_connections: default_max_connections(),
+            max_buffered_bytes: default_max_buffered_bytes(),
         }
+    }
+}
+
+impl HttpSourceConfig {
+    /// Why the options do not fit together, if they do not.
+    pub(crate) fn check_limits(&self) -> Result<(), String> {
+        if self.max_buffered_bytes < self.max_body_bytes {
+            return Err(format!(
+                "max_buffered_bytes ({}) is smaller than max_body_bytes ({}): a body of the largest allowed size could never be accepted; raise max_buffered_bytes or lower max_body_bytes",
+                self.max_buffered_bytes, self.max_body_bytes
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -87,6 +137,22 @@ fn default_max_body_bytes() -> usize {
 
 fn default_max_backlog_events() -> u64 {
     1_000_000
+}
+
+fn default_header_read_timeout() -> HumanDuration {
+    HumanDuration::from_millis(10_000)
+}
+
+fn default_body_read_timeout() -> HumanDuration {
+    HumanDuration::from_millis(60_000)
+}
+
+fn default_max_connections() -> usize {
+    512
+}
+
+fn default_max_buffered_bytes() -> usize {
+    64 << 20
 }
 
 fn default_segment_bytes() -> u64 {
@@ -123,6 +189,24 @@ pub(crate) fn check_path(path: &str) -> Result<(), String> {
             "invalid path `{path}`: it must start with `/` and contain only letters, digits and `/-_.~`"
         ))
     }
+}
+
+fn positive_duration<'de, D: Deserializer<'de>>(d: D) -> Result<HumanDuration, D::Error> {
+    let duration = HumanDuration::deserialize(d)?;
+    if duration.0.is_zero() {
+        return Err(serde::de::Error::custom(
+            "a timeout of 0 would refuse every request: give a positive duration, e.g. \"10s\"",
+        ));
+    }
+    Ok(duration)
+}
+
+fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let n = usize::deserialize(d)?;
+    if n == 0 {
+        return Err(serde::de::Error::custom("must be at least 1"));
+    }
+    Ok(n)
 }
 
 fn address<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {

@@ -7,12 +7,18 @@
 //! checkpoints, counted exactly once, even across `kill -9`.
 //!
 //! Status codes: 202 `{"accepted": n}` (durable), 400 (malformed body,
-//! with `line` or `index`), 401 (bad bearer token), 413 (body or event too
-//! large), 503 + `Retry-After: 1` (backlog full or journal failing), and
-//! 404/405 for other paths and methods. See `docs/connectors/http.md`.
+//! with `line` or `index`), 401 (bad bearer token), 408 (body not sent
+//! within `body_read_timeout`), 413 (body or event too large), 503 +
+//! `Retry-After: 1` (backlog full, bodies in flight over
+//! `max_buffered_bytes`, or journal failing), and 404/405 for other paths
+//! and methods. Resources are bounded: `max_connections`,
+//! `header_read_timeout`, `max_buffered_bytes`. See
+//! `docs/connectors/http.md`.
 
 mod body;
+mod budget;
 mod config;
+mod server;
 mod source;
 #[cfg(test)]
 mod tests;

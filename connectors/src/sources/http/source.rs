@@ -17,19 +17,18 @@ use sluice_engine::metrics as m;
 use sluice_engine::source::{
     wait_shutdown, BoxFuture, RawBatch, Source, SourceContext, SourceError, SourceOutput,
 };
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use sluice_engine::time::HumanDuration;
 
 use super::body::{Framing, Location, Rejection, Validator};
+use super::budget::{Budget, Reservation};
 use super::config::HttpSourceConfig;
+use super::server::{Limits, Server};
 use crate::lines::OVERSIZED_KEEP;
 
 /// Events per batch read back from the journal.
 const BATCH_EVENTS: usize = 4096;
 /// Payload bytes per batch read back from the journal.
 const BATCH_BYTES: usize = 1 << 20;
-/// How long in-flight requests get to finish at shutdown.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A configured HTTP source.
 pub struct HttpSource {
@@ -110,7 +109,7 @@ async fn run(config: HttpSourceConfig, mut ctx: SourceContext) -> Result<(), Sou
         return Ok(());
     }
 
-    let server = Server::start(&config, &name, journal.clone(), &ctx.output, labels).await?;
+    let server = start_server(&config, &name, journal.clone(), &ctx.output, labels).await?;
     tracing::info!(source = %name, address = %config.address, paths = ?config.paths,
         journal = %dir.display(), from_seq = start, "HTTP source listening");
     loop {
@@ -212,88 +211,57 @@ fn raw_batch(batch: ReadBatch, max_event_bytes: usize) -> RawBatch {
     }
 }
 
-/// The running HTTP server.
-struct Server {
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<std::io::Result<()>>>,
-}
-
-impl Server {
-    async fn start(
-        config: &HttpSourceConfig,
-        name: &str,
-        journal: Journal,
-        output: &SourceOutput,
-        labels: Vec<Label>,
-    ) -> Result<Server, SourceError> {
-        let token = match &config.auth_token_env {
-            None => None,
-            Some(var) => match std::env::var(var) {
-                Ok(t) if !t.is_empty() => Some(t),
-                _ => {
-                    return Err(SourceError::Config(format!(
-                        "source `{name}`: auth_token_env names `{var}`, but that environment variable is not set (or empty)"
-                    )))
-                }
-            },
-        };
-        let state = Arc::new(Ingest {
-            journal,
-            token,
-            max_body_bytes: config.max_body_bytes,
-            validator: Validator::new(output.max_event_bytes()),
-            labels,
-        });
-        let mut router = Router::new();
-        for path in &config.paths {
-            router = router.route(path, post(ingest));
-        }
-        let app = router.with_state(state);
-        let listener = tokio::net::TcpListener::bind(&config.address)
-            .await
-            .map_err(|source| SourceError::Io {
-                context: format!("source `{name}`: cannot listen on {}", config.address),
-                source,
-            })?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await
-        });
-        Ok(Server {
-            stop: Some(stop),
-            task: Some(task),
-        })
-    }
-
-    /// Graceful stop: no new connections, in-flight requests finish (up
-    /// to a timeout, after which they are cut: their clients never got a
-    /// 202, so nothing accepted is lost).
-    async fn shutdown(mut self, name: &str) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(mut task) = self.task.take() {
-            if tokio::time::timeout(DRAIN_TIMEOUT, &mut task)
-                .await
-                .is_err()
-            {
-                tracing::warn!(source = %name, "in-flight HTTP requests did not finish in time; closing them");
-                task.abort();
+/// Builds the request handlers and starts serving them.
+async fn start_server(
+    config: &HttpSourceConfig,
+    name: &str,
+    journal: Journal,
+    output: &SourceOutput,
+    labels: Vec<Label>,
+) -> Result<Server, SourceError> {
+    config
+        .check_limits()
+        .map_err(|e| SourceError::Config(format!("source `{name}`: {e}")))?;
+    let token = match &config.auth_token_env {
+        None => None,
+        Some(var) => match std::env::var(var) {
+            Ok(t) if !t.is_empty() => Some(t),
+            _ => {
+                return Err(SourceError::Config(format!(
+                    "source `{name}`: auth_token_env names `{var}`, but that environment variable is not set (or empty)"
+                )))
             }
-        }
+        },
+    };
+    let budget = Budget::new(
+        config.max_buffered_bytes,
+        metrics::gauge!(m::HTTP_BUFFERED_BYTES, labels.clone()),
+    );
+    let limits = Limits {
+        header_read_timeout: config.header_read_timeout.0,
+        max_connections: config.max_connections,
+    };
+    let state = Arc::new(Ingest {
+        journal,
+        token,
+        max_body_bytes: config.max_body_bytes,
+        body_read_timeout: config.body_read_timeout.0,
+        budget,
+        validator: Validator::new(output.max_event_bytes()),
+        labels: labels.clone(),
+    });
+    let mut router = Router::new();
+    for path in &config.paths {
+        router = router.route(path, post(ingest));
     }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(task) = &self.task {
-            task.abort();
-        }
-    }
+    Server::start(
+        &config.address,
+        name,
+        limits,
+        router.with_state(state),
+        &labels,
+    )
+    .await
 }
 
 /// What request handlers share.
@@ -301,6 +269,9 @@ struct Ingest {
     journal: Journal,
     token: Option<String>,
     max_body_bytes: usize,
+    body_read_timeout: Duration,
+    /// Bytes of bodies held by all requests in flight.
+    budget: Arc<Budget>,
     validator: Validator,
     labels: Vec<Label>,
 }
@@ -326,14 +297,28 @@ async fn ingest(State(s): State<Arc<Ingest>>, headers: HeaderMap, body: Body) ->
             return r;
         }
     }
-    let body = match read_body(&headers, body, s.max_body_bytes).await {
-        Ok(b) => b,
-        Err(r) => {
-            s.count_error(if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                "payload_too_large"
-            } else {
-                "bad_request"
-            });
+    // Held until the request is answered: the body stays in memory
+    // until then (the journal append copies it).
+    let mut reservation = s.budget.reservation();
+    let read = read_body(&headers, body, s.max_body_bytes, &mut reservation);
+    let body = match tokio::time::timeout(s.body_read_timeout, read).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(refusal)) => {
+            s.count_error(refusal.error_type());
+            return refusal.response(s.max_body_bytes);
+        }
+        Err(_) => {
+            s.count_error("body_timeout");
+            let mut r = error(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!(
+                    "the request body did not arrive within {} (body_read_timeout)",
+                    HumanDuration(s.body_read_timeout)
+                ),
+                None,
+            );
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return r;
         }
     };
@@ -378,7 +363,7 @@ async fn ingest(State(s): State<Arc<Ingest>>, headers: HeaderMap, body: Body) ->
 fn authorized(headers: &HeaderMap, token: &str) -> bool {
     let Some(given) = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .and_then(|v| bearer_credentials(v.as_bytes()))
     else {
         return false;
     };
@@ -389,6 +374,18 @@ fn authorized(headers: &HeaderMap, token: &str) -> bool {
             .zip(token.as_bytes())
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
             == 0
+}
+
+/// The token of `Bearer <token>`. The scheme name is case-insensitive
+/// (RFC 9110, section 11.1) and followed by one or more spaces.
+fn bearer_credentials(value: &[u8]) -> Option<&[u8]> {
+    const SCHEME: &[u8] = b"bearer";
+    if value.len() <= SCHEME.len() || !value[..SCHEME.len()].eq_ignore_ascii_case(SCHEME) {
+        return None;
+    }
+    let rest = &value[SCHEME.len()..];
+    let token_at = rest.iter().position(|&b| b != b' ')?;
+    (token_at > 0).then_some(&rest[token_at..])
 }
 
 fn is_ndjson(headers: &HeaderMap) -> bool {
@@ -410,34 +407,78 @@ fn is_ndjson(headers: &HeaderMap) -> bool {
     .any(|t| mime.eq_ignore_ascii_case(t))
 }
 
-/// Reads the whole body, refusing more than `max` bytes.
-async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<Vec<u8>, Response> {
-    let too_large = || {
-        error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("the request body exceeds the limit of {max} bytes (max_body_bytes)"),
-            None,
-        )
-    };
+/// Why a body was not read.
+enum BodyRefusal {
+    /// Over `max_body_bytes`.
+    TooLarge,
+    /// Over what `max_buffered_bytes` leaves for it now.
+    NoRoom,
+    /// The connection failed while reading.
+    Broken(String),
+}
+
+impl BodyRefusal {
+    fn error_type(&self) -> &'static str {
+        match self {
+            BodyRefusal::TooLarge => "payload_too_large",
+            BodyRefusal::NoRoom => "buffer_full",
+            BodyRefusal::Broken(_) => "bad_request",
+        }
+    }
+
+    fn response(self, max: usize) -> Response {
+        match self {
+            BodyRefusal::TooLarge => error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("the request body exceeds the limit of {max} bytes (max_body_bytes)"),
+                None,
+            ),
+            BodyRefusal::NoRoom => unavailable(
+                "too many request bodies are in flight (max_buffered_bytes); retry later",
+            ),
+            BodyRefusal::Broken(e) => error(
+                StatusCode::BAD_REQUEST,
+                &format!("cannot read the request body: {e}"),
+                None,
+            ),
+        }
+    }
+}
+
+/// Reads the whole body, refusing more than `max` bytes. Every byte of
+/// buffer is reserved in `reservation` before it is allocated: the
+/// declared `Content-Length` up front, chunked bodies as they grow.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    max: usize,
+    reservation: &mut Reservation,
+) -> Result<Vec<u8>, BodyRefusal> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max as u64) {
-        return Err(too_large());
+        return Err(BodyRefusal::TooLarge);
     }
-    let mut buf = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+    let declared = declared.map_or(0, |n| n as usize);
+    if !reservation.grow_to(declared) {
+        return Err(BodyRefusal::NoRoom);
+    }
+    let mut buf = Vec::with_capacity(declared);
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            error(
-                StatusCode::BAD_REQUEST,
-                &format!("cannot read the request body: {e}"),
-                None,
-            )
-        })?;
-        if buf.len() + chunk.len() > max {
-            return Err(too_large());
+        let chunk = chunk.map_err(|e| BodyRefusal::Broken(e.to_string()))?;
+        let need = buf.len() + chunk.len();
+        if need > max {
+            return Err(BodyRefusal::TooLarge);
+        }
+        if need > buf.capacity() {
+            let capacity = need.max(buf.capacity() * 2).min(max);
+            if !reservation.grow_to(capacity) {
+                return Err(BodyRefusal::NoRoom);
+            }
+            buf.reserve_exact(capacity - buf.len());
         }
         buf.extend_from_slice(&chunk);
     }

@@ -1,0 +1,198 @@
+//! The HTTP/1.1 server of the HTTP source: accepts at most
+//! `max_connections` connections at a time (at the cap it stops accepting,
+//! so further clients wait in the listen queue), gives each client
+//! `header_read_timeout` to send a request's headers, and bounds hyper's
+//! per-connection read buffer. Shuts down gracefully: no new connections,
+//! requests in flight finish.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use metrics::{Counter, Gauge, Label};
+use sluice_engine::metrics as m;
+use sluice_engine::source::SourceError;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+
+/// How long in-flight requests get to finish at shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest read buffer of one connection (hyper's `max_buf_size`): request
+/// headers beyond it get 431, so a connection holds at most this much
+/// besides its body.
+const MAX_READ_BUFFER: usize = 64 << 10;
+/// Pause after an accept error that is not about one connection (e.g. out
+/// of file descriptors), so that the loop does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// The connection limits of the server.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limits {
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// The running HTTP server.
+pub(super) struct Server {
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds `address` and serves `app` on it.
+    pub async fn start(
+        address: &str,
+        name: &str,
+        limits: Limits,
+        app: Router,
+        labels: &[Label],
+    ) -> Result<Server, SourceError> {
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|source| SourceError::Io {
+                context: format!("source `{name}`: cannot listen on {address}"),
+                source,
+            })?;
+        let counters = ConnMetrics {
+            open: metrics::gauge!(m::HTTP_CONNECTIONS, labels.to_vec()),
+            header_timeouts: metrics::counter!(m::ERRORS, m::with_error(labels, "header_timeout")),
+        };
+        counters.open.set(0.0);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let name = name.to_string();
+        let task = tokio::spawn(serve(listener, app, limits, stopped, counters, name));
+        Ok(Server {
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    /// Graceful stop: no new connections, in-flight requests finish (up
+    /// to a timeout, after which they are cut: their clients never got a
+    /// 202, so nothing accepted is lost).
+    pub async fn shutdown(mut self, name: &str) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(mut task) = self.task.take() {
+            if tokio::time::timeout(DRAIN_TIMEOUT, &mut task)
+                .await
+                .is_err()
+            {
+                tracing::warn!(source = %name, "in-flight HTTP requests did not finish in time; closing them");
+                task.abort();
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+#[derive(Clone)]
+struct ConnMetrics {
+    open: Gauge,
+    header_timeouts: Counter,
+}
+
+/// One open connection: its slot under `max_connections`, counted in
+/// `sluice_http_connections` until dropped.
+struct Open {
+    _slot: OwnedSemaphorePermit,
+    gauge: Gauge,
+}
+
+impl Open {
+    fn new(slot: OwnedSemaphorePermit, gauge: Gauge) -> Open {
+        gauge.increment(1.0);
+        Open { _slot: slot, gauge }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.gauge.decrement(1.0);
+    }
+}
+
+/// The accept loop. Connections run in a `JoinSet`, so aborting this task
+/// closes them all.
+async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    mut stop: oneshot::Receiver<()>,
+    counters: ConnMetrics,
+    name: String,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(MAX_READ_BUFFER);
+    let graceful = GracefulShutdown::new();
+    let mut conns = JoinSet::new();
+    loop {
+        while conns.try_join_next().is_some() {}
+        // At the cap, wait for a slot before accepting anything.
+        let slot = tokio::select! {
+            biased;
+            _ = &mut stop => break,
+            slot = Arc::clone(&slots).acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break, // never closed
+            },
+        };
+        let stream = tokio::select! {
+            biased;
+            _ = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) if is_connection_error(&e) => continue,
+                Err(e) => {
+                    tracing::error!(source = %name, error = %e, "cannot accept connections; retrying");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let open = Open::new(slot, counters.open.clone());
+        let conn =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let conn = graceful.watch(conn);
+        let header_timeouts = counters.header_timeouts.clone();
+        conns.spawn(async move {
+            if let Err(e) = conn.await {
+                if e.is_timeout() {
+                    header_timeouts.increment(1);
+                } else {
+                    tracing::debug!(error = %e, "HTTP connection ended with an error");
+                }
+            }
+            drop(open);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    while conns.join_next().await.is_some() {}
+}
+
+/// Errors about one connection that leave the listener fine.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    )
+}
