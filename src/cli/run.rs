@@ -23,6 +23,9 @@ pub struct RunArgs {
     /// (overrides `[admin] address`).
     #[arg(long)]
     pub admin: Option<std::net::SocketAddr>,
+    /// Reload the pipeline file when it changes (as on SIGHUP).
+    #[arg(long, env = "SLUICE_WATCH")]
+    pub watch: bool,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -54,16 +57,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
             None => None,
         };
-        let result = super::execute(
-            &pipeline,
-            args.state_dir.clone(),
-            args.once,
-            shutdown,
-            Vec::new(),
-            ready,
-            false,
-        )
-        .await;
+        let result = run_reloading(&args, pipeline.clone(), shutdown, ready).await;
         let _ = stop_admin.send(true);
         if let Some(server) = server {
             let _ = server.await;
@@ -87,4 +81,69 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     );
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the pipeline, replacing it by the file's new contents on every
+/// accepted reload (see [`super::reload`]), until a shutdown or the end of
+/// a bounded input.
+async fn run_reloading(
+    args: &RunArgs,
+    mut current: crate::config::Pipeline,
+    mut signals: watch::Receiver<bool>,
+    ready: Arc<AtomicBool>,
+) -> anyhow::Result<sluice_engine::runtime::RunReport> {
+    let mut reloads = super::reload::requests(
+        args.pipeline.clone(),
+        args.watch,
+        std::time::Duration::from_millis(500),
+    );
+    loop {
+        let (stop, stopped) = watch::channel(*signals.borrow());
+        let mut next = None;
+        let report = {
+            let run = super::execute(
+                &current,
+                args.state_dir.clone(),
+                args.once,
+                stopped,
+                Vec::new(),
+                ready.clone(),
+                false,
+            );
+            tokio::pin!(run);
+            loop {
+                tokio::select! {
+                    report = &mut run => break report?,
+                    changed = signals.changed() => {
+                        if changed.is_err() || *signals.borrow() {
+                            let _ = stop.send(true);
+                        }
+                    }
+                    Some(why) = reloads.recv(), if next.is_none() && !*stop.borrow() => {
+                        match super::reload::prepare(&args.pipeline, &current) {
+                            Ok(new) => {
+                                tracing::info!(reason = why, file = %args.pipeline.display(),
+                                    "reloading: stopping at a checkpoint, then starting the new pipeline");
+                                next = Some(new);
+                                let _ = stop.send(true);
+                            }
+                            Err(e) => tracing::error!(reason = why, file = %args.pipeline.display(),
+                                "reload refused, the running pipeline goes on unchanged: {e}"),
+                        }
+                    }
+                }
+            }
+        };
+        match next {
+            Some(new) if !*signals.borrow() && !report.input_exhausted => {
+                current = new;
+                tracing::info!(
+                    epoch = report.epoch,
+                    "reloaded `{}`",
+                    current.path.display()
+                );
+            }
+            _ => return Ok(report),
+        }
+    }
 }

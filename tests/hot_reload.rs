@@ -1,0 +1,276 @@
+//! Hot reload (`SIGHUP`, `sluice run --watch`): compatible changes apply
+//! without a restart of the process and without losing or double-applying
+//! anything; changes to the meaning of state and invalid files are refused
+//! while the running pipeline goes on; a SIGKILL right after a reload
+//! loses nothing.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use support::*;
+
+const BASE: &str = r#"
+[pipeline]
+name = "reload"
+
+[state]
+dir = "${STATE}"
+
+[checkpoint]
+interval = "100ms"
+
+[sources.web]
+type = "http"
+address = "127.0.0.1:${PORT}"
+
+[transforms.by_country]
+type = "aggregate"
+inputs = ["web"]
+group_by = ["country"]
+aggregates = { n = "count" }
+
+[sinks.out]
+type = "file"
+inputs = ["by_country"]
+path = "${OUTPUT}"
+format = "changes"
+"#;
+
+/// BASE plus a new filter (upstream of nothing stateful) and a new sink.
+fn with_errors_sink(interval: &str) -> String {
+    format!(
+        "{}\n[transforms.errors]\ntype = \"filter\"\ninputs = [\"web\"]\ncondition = \"level == 'error'\"\n\n\
+         [sinks.errors_out]\ntype = \"file\"\ninputs = [\"errors\"]\npath = \"${{ERRORS}}\"\n",
+        BASE.replace("interval = \"100ms\"", &format!("interval = \"{interval}\""))
+    )
+}
+
+struct Run {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+    want: BTreeMap<String, u64>,
+    want_errors: Vec<String>,
+    errors_sink_on: bool,
+    next_id: u64,
+}
+
+impl Run {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn write(&self, text: &str) {
+        std::fs::write(self.path("pipeline.toml"), text).unwrap();
+    }
+
+    fn start(&mut self, watch: bool) {
+        let env = [
+            ("STATE", self.path("state").display().to_string()),
+            ("OUTPUT", self.path("out.ndjson").display().to_string()),
+            ("ERRORS", self.path("errors.ndjson").display().to_string()),
+            ("PORT", self.port.to_string()),
+            ("SLUICE_WATCH", watch.to_string()),
+        ];
+        let log = self.path("sluice.log");
+        let mut child = spawn_serve(&self.path("pipeline.toml"), &env, &log);
+        wait_for_port(self.port, &mut child, &log);
+        self.child = Some(child);
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.path("sluice.log")).unwrap_or_default()
+    }
+
+    /// Waits until the log holds `n` lines containing `what`.
+    fn wait_log(&mut self, what: &str, n: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = self.log();
+            if log.lines().filter(|l| l.contains(what)).count() >= n {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {n}x `{what}` in the log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        assert!(std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    /// Posts `n` events, expecting 202, waiting for the listener first
+    /// (it is closed for a moment while a reload swaps the pipeline).
+    fn post(&mut self, n: usize, rng: &mut impl Rng) {
+        let log = self.path("sluice.log");
+        wait_for_port(self.port, self.child.as_mut().unwrap(), &log);
+        let mut lines = Vec::new();
+        for _ in 0..n {
+            let country = ["GT", "MX", "BR"][rng.random_range(0..3)];
+            let level = ["info", "error"][rng.random_range(0..2)];
+            let line = format!(
+                r#"{{"id":{},"country":"{country}","level":"{level}"}}"#,
+                self.next_id
+            );
+            self.next_id += 1;
+            *self.want.entry(country.to_string()).or_default() += 1;
+            if self.errors_sink_on && level == "error" {
+                self.want_errors.push(line.clone());
+            }
+            lines.push(line);
+        }
+        let (status, body) = http_request(
+            self.port,
+            "POST",
+            "/ingest",
+            &[("Content-Type", "application/x-ndjson")],
+            lines.join("\n").as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(status, 202, "{body}");
+    }
+
+    fn counts(&self) -> BTreeMap<String, u64> {
+        materialize(&self.path("out.ndjson"))
+            .into_iter()
+            .map(|(k, v)| (k, v["n"].as_u64().unwrap()))
+            .collect()
+    }
+}
+
+fn wait_until(what: &str, log: &Path, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ok() {
+        assert!(Instant::now() < deadline, "{what}; see {}", log.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn reloads_apply_or_are_refused_and_nothing_is_lost() {
+    let mut rng = rng("hot_reload");
+    let mut run = Run {
+        dir: tempfile::tempdir().unwrap(),
+        port: pick_port(),
+        child: None,
+        want: BTreeMap::new(),
+        want_errors: Vec::new(),
+        errors_sink_on: false,
+        next_id: 0,
+    };
+    run.write(BASE);
+    run.start(false);
+    run.post(60, &mut rng);
+
+    // A compatible change: a new filter and a new sink, a new interval.
+    run.write(&with_errors_sink("200ms"));
+    run.signal("-HUP");
+    run.wait_log("reloaded `", 1);
+    run.errors_sink_on = true;
+    run.post(60, &mut rng);
+
+    // A change to the meaning of the aggregate's state: refused, and the
+    // running pipeline goes on as it was.
+    run.write(
+        &with_errors_sink("200ms").replace("group_by = [\"country\"]", "group_by = [\"level\"]"),
+    );
+    run.signal("-HUP");
+    let log = run.wait_log("reload refused", 1);
+    assert!(
+        log.contains("`by_country` or what feeds it changed") && log.contains("sluice replay"),
+        "{log}"
+    );
+    run.post(60, &mut rng);
+
+    // An invalid file: refused the same way.
+    run.write("[pipeline\nname = ");
+    run.signal("-HUP");
+    let log = run.wait_log("reload refused", 2);
+    assert!(log.contains("error(s)"), "{log}");
+    run.post(60, &mut rng);
+    assert_eq!(run.log().matches("reloaded `").count(), 1);
+
+    // Back to a compatible file; SIGKILL right after the reload.
+    run.write(&with_errors_sink("300ms"));
+    run.signal("-HUP");
+    run.wait_log("reloaded `", 2);
+    run.child.as_mut().unwrap().kill().unwrap();
+    run.child.take().unwrap().wait().unwrap();
+    run.start(false);
+    run.post(60, &mut rng);
+
+    let out = run.path("out.ndjson");
+    let want = run.want.clone();
+    wait_until("the counts do not match", &run.path("sluice.log"), || {
+        materialize_so_far(&out)
+            .into_iter()
+            .map(|(k, v)| (k, v["n"].as_u64().unwrap()))
+            .collect::<BTreeMap<_, _>>()
+            == want
+    });
+    assert!(terminate(run.child.as_mut().unwrap()).success());
+    assert_eq!(run.counts(), run.want);
+    let mut errors: Vec<String> = std::fs::read_to_string(run.path("errors.ndjson"))
+        .unwrap()
+        .lines()
+        .map(|l| canonical(&serde_json::from_str(l).unwrap()))
+        .collect();
+    let mut want_errors: Vec<String> = run
+        .want_errors
+        .iter()
+        .map(|l| canonical(&serde_json::from_str(l).unwrap()))
+        .collect();
+    errors.sort();
+    want_errors.sort();
+    assert_eq!(
+        errors, want_errors,
+        "the new sink got each error event once"
+    );
+}
+
+#[test]
+fn watch_reloads_when_the_file_changes() {
+    let mut rng = rng("hot_reload_watch");
+    let mut run = Run {
+        dir: tempfile::tempdir().unwrap(),
+        port: pick_port(),
+        child: None,
+        want: BTreeMap::new(),
+        want_errors: Vec::new(),
+        errors_sink_on: false,
+        next_id: 0,
+    };
+    run.write(BASE);
+    run.start(true);
+    run.post(30, &mut rng);
+    run.write(&with_errors_sink("100ms"));
+    let log = run.wait_log("reloaded `", 1);
+    assert!(log.contains("the file changed"), "{log}");
+    run.errors_sink_on = true;
+    run.post(30, &mut rng);
+    let out = run.path("out.ndjson");
+    let want = run.want.clone();
+    wait_until("the counts do not match", &run.path("sluice.log"), || {
+        materialize_so_far(&out)
+            .into_iter()
+            .map(|(k, v)| (k, v["n"].as_u64().unwrap()))
+            .collect::<BTreeMap<_, _>>()
+            == want
+    });
+    assert!(terminate(run.child.as_mut().unwrap()).success());
+    let errors = std::fs::read_to_string(run.path("errors.ndjson")).unwrap();
+    assert_eq!(errors.lines().count(), run.want_errors.len());
+}
