@@ -303,6 +303,12 @@ impl Processor {
                 _ = tick.tick() => {
                     if self.inflight.is_none() && self.changed {
                         self.start_checkpoint();
+                    } else if self.quiescent() {
+                        // Idle: the last checkpoint covers everything, so
+                        // the durable state is as current as a new one
+                        // would make it (an idle pipeline is healthy).
+                        metrics::gauge!(m::CHECKPOINT_LAST_SUCCESS, m::pipeline_labels(&self.pipeline))
+                            .set(now_ms() as f64 / 1000.0);
                     }
                 }
                 _ = housekeeping.tick() => {
