@@ -23,6 +23,13 @@ pub struct RunArgs {
     /// (overrides `[admin] address`).
     #[arg(long)]
     pub admin: Option<std::net::SocketAddr>,
+    /// Start even though the state directory is missing or damaged, or
+    /// holds an older checkpoint than an earlier run committed (sluice
+    /// refuses such a start by default). Results computed before are lost
+    /// or recomputed from what the sources still hold; see
+    /// docs/operations.md, "Damaged or lost state".
+    #[arg(long)]
+    pub accept_empty_state: bool,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -61,7 +68,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             shutdown,
             Vec::new(),
             ready,
-            false,
+            if args.accept_empty_state {
+                super::Mode::RunAcceptingEmptyState
+            } else {
+                super::Mode::Run
+            },
         )
         .await;
         let _ = stop_admin.send(true);
