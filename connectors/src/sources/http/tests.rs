@@ -528,13 +528,28 @@ async fn a_checkpointed_journal_without_a_restored_position_is_refused() {
             positions: BTreeMap::from([(0, encode_position(6))]),
         })
         .unwrap();
+    // wait (bounded) until the commit deleted the first segment
+    let first = dir
+        .path()
+        .join("journal/web")
+        .join(format!("{:020}.log", 0));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while first.exists() {
+        assert!(std::time::Instant::now() < deadline, "segments not deleted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     h.shutdown.send(true).unwrap();
     h.task.await.unwrap().unwrap();
     // the state that held position 6 is lost: no restored position, and
     // the journal's early records are gone
     for bounded in [false, true] {
         let h = start(config.clone(), dir.path(), None, bounded);
-        let err = h.task.await.unwrap().unwrap_err().to_string();
+        let err = tokio::time::timeout(Duration::from_secs(10), h.task)
+            .await
+            .expect("the source stops")
+            .unwrap()
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("refusing to start") && err.contains("--accept-empty-state"),
             "{err}"
