@@ -74,6 +74,17 @@ pub trait Sink: Send + 'static {
         progress: Option<&'a [u8]>,
     ) -> BoxFuture<'a, Result<(), SinkError>>;
 
+    /// What the destination shows of an earlier run of this pipeline, if
+    /// anything (e.g. "/out/counts.ndjson holds 2048 bytes"). Asked once,
+    /// before [`restore`](Self::restore), only when the state store holds
+    /// no checkpoint: sinks are only ever given committed epochs, so any
+    /// output then means the state of an earlier run was lost, and the
+    /// pipeline refuses to start (unless the operator accepted it). The
+    /// default finds nothing.
+    fn earlier_output(&mut self) -> BoxFuture<'_, Result<Option<String>, SinkError>> {
+        Box::pin(async { Ok(None) })
+    }
+
     /// Writes one epoch's records; must be idempotent for the same epoch.
     /// Returns once the records are durable at the destination.
     fn write<'a>(

@@ -260,6 +260,12 @@ pub struct SourceContext {
     pub restored: BTreeMap<u32, Vec<u8>>,
     /// Read only what is there now and finish (replay, bounded runs).
     pub bounded: bool,
+    /// The operator accepted starting without the state of an earlier run
+    /// (`sluice run --accept-empty-state`, `sluice replay`): a source that
+    /// finds traces of one (e.g. journal records deleted by an earlier
+    /// checkpoint) without a restored position may go on. Otherwise it must
+    /// refuse to start rather than lose or repeat input silently.
+    pub accept_empty_state: bool,
     pub shutdown: Shutdown,
     /// Checkpoint completions, to release upstream.
     pub commits: mpsc::UnboundedReceiver<Commit>,

@@ -68,6 +68,17 @@ pub fn shutdown_on_signals() -> watch::Receiver<bool> {
     rx
 }
 
+/// How a pipeline is started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `sluice run`: refuses to start on lost or damaged state.
+    Run,
+    /// `sluice run --accept-empty-state`: starts from the state as it is.
+    RunAcceptingEmptyState,
+    /// `sluice replay`: builds fresh state from the sources' logs.
+    Replay,
+}
+
 /// Runs a pipeline on the current runtime.
 pub async fn execute(
     p: &Pipeline,
@@ -76,14 +87,15 @@ pub async fn execute(
     shutdown: watch::Receiver<bool>,
     progress: Vec<Arc<Progress>>,
     ready: Arc<AtomicBool>,
-    replay: bool,
+    mode: Mode,
 ) -> anyhow::Result<RunReport> {
-    let spec = crate::plan::to_spec(p, state_dir, replay)?;
+    let spec = crate::plan::to_spec(p, state_dir, mode == Mode::Replay)?;
     let opts = RunOptions {
         bounded,
         shutdown,
         ready,
         progress,
+        accept_empty_state: mode != Mode::Run,
     };
     Ok(runtime::run(spec, opts).await?)
 }

@@ -66,7 +66,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             shutdown,
             progress,
             Default::default(),
-            true,
+            super::Mode::Replay,
         )
         .await;
         ticker.abort();

@@ -26,6 +26,13 @@ pub struct RunArgs {
     /// Reload the pipeline file when it changes (as on SIGHUP).
     #[arg(long, env = "SLUICE_WATCH")]
     pub watch: bool,
+    /// Start even though the state directory is missing or damaged, or
+    /// holds an older checkpoint than an earlier run committed (sluice
+    /// refuses such a start by default). Results computed before are lost
+    /// or recomputed from what the sources still hold; see
+    /// docs/operations.md, "Damaged or lost state".
+    #[arg(long)]
+    pub accept_empty_state: bool,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -97,6 +104,13 @@ async fn run_reloading(
         args.watch,
         std::time::Duration::from_millis(500),
     );
+    // Only the first start may accept missing state; after a reload the
+    // state is the one just checkpointed.
+    let mut mode = if args.accept_empty_state {
+        super::Mode::RunAcceptingEmptyState
+    } else {
+        super::Mode::Run
+    };
     loop {
         let (stop, stopped) = watch::channel(*signals.borrow());
         let mut next = None;
@@ -108,7 +122,7 @@ async fn run_reloading(
                 stopped,
                 Vec::new(),
                 ready.clone(),
-                false,
+                mode,
             );
             tokio::pin!(run);
             loop {
@@ -137,6 +151,7 @@ async fn run_reloading(
         match next {
             Some(new) if !*signals.borrow() && !report.input_exhausted => {
                 current = new;
+                mode = super::Mode::Run;
                 tracing::info!(
                     epoch = report.epoch,
                     "reloaded `{}`",

@@ -18,15 +18,22 @@
 //! - **Order**: each append gets a gapless range of sequence numbers;
 //!   readers see records in sequence order, and only durable ones.
 //! - **Recovery**: [`Journal::open`] validates every record (length and
-//!   CRC-32). A torn or corrupt tail of the *last* segment (a crash during a
-//!   write, before that write was acknowledged) is cut off with a warning;
-//!   damage anywhere else is an error, never skipped silently.
-//! - **Failure**: if a write or fsync fails, the journal stops accepting
-//!   appends ([`JournalError::Failed`]) until it is reopened: after a failed
-//!   fsync the state of the file is unknown. Requests of the failed group
-//!   are answered with that error; some of their records may still have
-//!   reached the disk and be read after a restart (at-least-once for
-//!   requests that were told "failed", never loss for acknowledged ones).
+//!   CRC-32). A torn tail of the *last* segment (damage with no valid record
+//!   after it: a crash during a write, before that write was acknowledged)
+//!   is cut off with a warning; damage anywhere else is an error, never
+//!   skipped silently.
+//! - **Recovery never drops acknowledged records**: damage followed by a
+//!   valid record, a gap between segments, a missing newest segment (the
+//!   `HEAD` file names the active segment) or a journal whose segments are
+//!   all gone is an error, never silently skipped.
+//! - **Failure is all or nothing**: if a write or fsync fails (a full
+//!   disk), the whole group is cut back off the files (segments it created
+//!   are deleted) and its requests are answered with
+//!   [`JournalError::WriteFailed`]; none of their records exist after a
+//!   restart, and later appends continue normally. Only if that cleanup
+//!   fails too does the journal stop accepting appends
+//!   ([`JournalError::Failed`]) until it is reopened. (A crash in the middle
+//!   of the cleanup can leave some of the failed records behind.)
 //! - One process at a time: the directory is locked while open.
 
 mod reader;
@@ -108,7 +115,12 @@ pub enum JournalError {
     /// Too many events wait for a checkpoint; retry later.
     #[error("the journal backlog is full: {backlog} events wait for a checkpoint (limit {limit})")]
     Backlog { backlog: u64, limit: u64 },
-    /// An earlier write or fsync failed; reopen the journal to continue.
+    /// This append could not be written (e.g. the disk is full). None of
+    /// its records were kept: retrying it cannot duplicate anything.
+    #[error("cannot write to the journal (nothing of this append was kept): {0}")]
+    WriteFailed(String),
+    /// A write failed and removing its partial records failed too; reopen
+    /// the journal to continue.
     #[error("the journal stopped accepting writes after a failure: {0}")]
     Failed(String),
     /// A record larger than the format allows (4 GiB).
@@ -210,6 +222,10 @@ pub(crate) struct Shared {
     groups: AtomicU64,
     fsync: bool,
     labels: Vec<Label>,
+    /// Test hook: bytes the disk can still take; a flush beyond them
+    /// writes what fits and fails.
+    #[cfg(test)]
+    pub(crate) fault: Mutex<Option<usize>>,
 }
 
 /// Locks a mutex, ignoring poisoning (the protected data stays consistent:
@@ -287,6 +303,7 @@ impl Journal {
         std::fs::create_dir_all(dir)
             .map_err(JournalError::io(format!("cannot create {}", dir.display())))?;
         let lock_path = dir.join("LOCK");
+        let existed = lock_path.exists();
         let lock_file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -308,7 +325,7 @@ impl Journal {
                 ))(e))
             }
         }
-        let segments = recover(dir, opts.fsync)?;
+        let segments = recover(dir, opts.fsync, existed)?;
         let (&active_first, active) = segments.iter().next_back().ok_or(JournalError::Closed)?;
         let next_seq = active.end_seq;
         let active = active.clone();
@@ -330,6 +347,8 @@ impl Journal {
             groups: AtomicU64::new(0),
             fsync: opts.fsync,
             labels: opts.metric_labels,
+            #[cfg(test)]
+            fault: Mutex::new(None),
         });
         shared.export(bytes);
         let (tx, rx) = mpsc::channel();

@@ -15,6 +15,9 @@ enum Op {
     Reopen,
     /// Reopen after a crash that tore this many bytes off the last record.
     TearLast(u8),
+    /// An append on a disk with this many bytes free: it fails unless it
+    /// fits, and then leaves nothing behind.
+    AppendOnFullDisk(Vec<Vec<u8>>, u16),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -25,6 +28,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Reopen),
         // at most a header's worth, so only the last record is hit
         1 => (1u8..=8).prop_map(Op::TearLast),
+        1 => (prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 1..6), 0u16..300)
+            .prop_map(|(e, b)| Op::AppendOnFullDisk(e, b)),
     ]
 }
 
@@ -95,6 +100,18 @@ proptest! {
                     let range = rt.block_on(journal.append(events.clone())).expect("append");
                     prop_assert_eq!(range.clone(), model.len() as u64..(model.len() + events.len()) as u64);
                     model.extend(events);
+                }
+                Op::AppendOnFullDisk(events, budget) => {
+                    *lock(&journal.shared().fault) = Some(budget.into());
+                    let result = rt.block_on(journal.append(events.clone()));
+                    *lock(&journal.shared().fault) = None;
+                    match result {
+                        Ok(range) => {
+                            prop_assert_eq!(range, model.len() as u64..(model.len() + events.len()) as u64);
+                            model.extend(events);
+                        }
+                        Err(e) => prop_assert!(matches!(e, JournalError::WriteFailed(_)), "{}", e),
+                    }
                 }
                 Op::Read(n) => {
                     let first = journal.first_seq();

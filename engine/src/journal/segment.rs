@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::{sync_dir, JournalError};
@@ -156,9 +156,96 @@ pub(crate) fn scan(
     Ok((meta, damage))
 }
 
+/// The file naming the active (newest) segment: its first sequence number
+/// in decimal. It is rewritten (atomically) whenever a new segment is
+/// created, after the segment file itself, so that a missing newest segment
+/// is detected instead of being taken for the end of the journal.
+pub(crate) const HEAD: &str = "HEAD";
+
+/// Records `first_seq` as the active segment, atomically (temporary file,
+/// fsync, rename, fsync of the directory).
+pub(crate) fn write_head(dir: &Path, first_seq: u64, fsync: bool) -> Result<(), JournalError> {
+    let tmp = dir.join("HEAD.tmp");
+    let io = |what: &str, p: &Path| JournalError::io(format!("cannot {what} {}", p.display()));
+    let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
+    f.write_all(format!("{first_seq}\n").as_bytes())
+        .map_err(io("write", &tmp))?;
+    if fsync {
+        f.sync_all().map_err(io("fsync", &tmp))?;
+    }
+    drop(f);
+    let head = dir.join(HEAD);
+    std::fs::rename(&tmp, &head).map_err(io("rename into", &head))?;
+    if fsync {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Reads the HEAD file, if there is one.
+fn read_head(dir: &Path) -> Result<Option<u64>, JournalError> {
+    let path = dir.join(HEAD);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| JournalError::Corrupt {
+                path,
+                offset: 0,
+                reason: format!("HEAD holds {:?}, not a sequence number", text.trim()),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(JournalError::io(format!("cannot read {}", path.display()))(
+            e,
+        )),
+    }
+}
+
+/// Whether a complete record with a valid checksum starts anywhere in
+/// `path` after byte `damaged` (where a scan stopped). Returns its offset.
+/// Used to tell a torn tail (nothing valid after it: a write cut short by
+/// a crash) from damage in the middle of acknowledged records.
+pub(crate) fn valid_record_after(path: &Path, damaged: u64) -> Result<Option<u64>, JournalError> {
+    let io = |what: &str| JournalError::io(format!("cannot {what} {}", path.display()));
+    let mut file = File::open(path).map_err(io("open"))?;
+    file.seek(SeekFrom::Start(damaged)).map_err(io("seek in"))?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail).map_err(io("read"))?;
+    for at in 1..tail.len() {
+        let rest = &tail[at..];
+        if rest.len() < HEADER {
+            break;
+        }
+        let (len, crc) = decode_header(rest[..HEADER].try_into().expect("8 bytes"));
+        let len = len as usize;
+        if len > rest.len() - HEADER {
+            continue;
+        }
+        if record_crc(
+            [rest[0], rest[1], rest[2], rest[3]],
+            &rest[HEADER..HEADER + len],
+        ) == crc
+        {
+            return Ok(Some(damaged + at as u64));
+        }
+    }
+    Ok(None)
+}
+
 /// Scans the segments of `dir` (creating the first one if there is none),
-/// truncating a torn tail of the last one.
-pub(crate) fn recover(dir: &Path, fsync: bool) -> Result<BTreeMap<u64, SegmentMeta>, JournalError> {
+/// truncating a torn tail of the last one. `existed`: the directory held a
+/// journal before this open (its LOCK file was there).
+///
+/// Errors ([`JournalError::Corrupt`]) rather than losing acknowledged
+/// records: damage followed by a valid record, in any segment; a gap
+/// between segments; a missing newest segment (HEAD names a later one);
+/// a journal whose segments are all gone.
+pub(crate) fn recover(
+    dir: &Path,
+    fsync: bool,
+    existed: bool,
+) -> Result<BTreeMap<u64, SegmentMeta>, JournalError> {
     let mut firsts = Vec::new();
     let entries = std::fs::read_dir(dir)
         .map_err(JournalError::io(format!("cannot list {}", dir.display())))?;
@@ -168,15 +255,29 @@ pub(crate) fn recover(dir: &Path, fsync: bool) -> Result<BTreeMap<u64, SegmentMe
         let name = name.to_string_lossy();
         match parse_segment_name(&name) {
             Some(first) => firsts.push(first),
-            None if name != "LOCK" => {
+            None if !matches!(&*name, "LOCK" | HEAD | "HEAD.tmp") => {
                 tracing::warn!(dir = %dir.display(), file = %name, "ignoring a file that is not a journal segment")
             }
             None => {}
         }
     }
     firsts.sort_unstable();
+    let head = read_head(dir)?;
     let mut segments = BTreeMap::new();
     if firsts.is_empty() {
+        if existed || head.is_some() {
+            return Err(JournalError::Corrupt {
+                path: dir.to_path_buf(),
+                offset: 0,
+                reason: format!(
+                    "the journal has no segment files left, but it held {}: its records were deleted",
+                    match head {
+                        Some(h) => format!("an active segment starting at sequence {h}"),
+                        None => "a journal before (its LOCK file is there)".to_string(),
+                    }
+                ),
+            });
+        }
         let path = segment_path(dir, 0);
         File::create(&path).map_err(JournalError::io(format!(
             "cannot create {}",
@@ -185,8 +286,23 @@ pub(crate) fn recover(dir: &Path, fsync: bool) -> Result<BTreeMap<u64, SegmentMe
         if fsync {
             sync_dir(dir)?;
         }
+        write_head(dir, 0, fsync)?;
         segments.insert(0, SegmentMeta::empty(0));
         return Ok(segments);
+    }
+    let newest = *firsts.last().expect("not empty");
+    if let Some(h) = head {
+        if newest < h {
+            return Err(JournalError::Corrupt {
+                path: segment_path(dir, h),
+                offset: 0,
+                reason: format!(
+                    "the newest segment file starts at sequence {newest}, but the journal's HEAD says \
+                     the active segment starts at {h}: the newest segment(s) were deleted, with \
+                     records that were acknowledged"
+                ),
+            });
+        }
     }
     let mut expected: Option<u64> = None;
     for (i, &first) in firsts.iter().enumerate() {
@@ -211,6 +327,17 @@ pub(crate) fn recover(dir: &Path, fsync: bool) -> Result<BTreeMap<u64, SegmentMe
                     reason: d.reason.to_string(),
                 });
             }
+            if let Some(valid) = valid_record_after(&path, d.offset)? {
+                return Err(JournalError::Corrupt {
+                    path,
+                    offset: d.offset,
+                    reason: format!(
+                        "{} after record {}, followed by a valid record at byte {valid}: \
+                         this is damage, not a write cut short by a crash",
+                        d.reason, meta.end_seq
+                    ),
+                });
+            }
             tracing::warn!(
                 segment = %path.display(),
                 offset = d.offset,
@@ -231,6 +358,9 @@ pub(crate) fn recover(dir: &Path, fsync: bool) -> Result<BTreeMap<u64, SegmentMe
         }
         expected = Some(meta.end_seq);
         segments.insert(first, meta);
+    }
+    if head != Some(newest) {
+        write_head(dir, newest, fsync)?;
     }
     Ok(segments)
 }

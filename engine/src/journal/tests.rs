@@ -352,3 +352,124 @@ async fn without_fsync_appends_resolve_after_the_write() {
     let j = Journal::open(dir.path(), o).unwrap();
     assert_eq!(read_all(&j, 0).len(), 20);
 }
+
+/// Flips one byte of a file.
+fn flip(path: &Path, at: usize) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[at] ^= 0x10;
+    std::fs::write(path, &bytes).unwrap();
+}
+
+/// Byte offset of record `k` in a segment holding `event(first)..`.
+fn record_offset(first: u64, k: u64) -> usize {
+    (first..first + k)
+        .map(|i| segment::HEADER + event(i).len())
+        .sum()
+}
+
+#[tokio::test]
+async fn damage_in_the_middle_of_the_last_segment_is_an_error_not_a_torn_tail() {
+    // a flipped bit in a payload, and in a length field: both followed by
+    // valid, acknowledged records
+    for (what, at) in [("payload", segment::HEADER + 3), ("length", 2)] {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), opts(1 << 20)).unwrap();
+        j.append((0..40).map(event).collect()).await.unwrap();
+        drop(j);
+        let last = dir.path().join(segment_files(dir.path()).pop().unwrap());
+        flip(&last, record_offset(0, 11) + at);
+        match Journal::open(dir.path(), opts(1 << 20)) {
+            Err(JournalError::Corrupt { offset, reason, .. }) => {
+                assert_eq!(offset, record_offset(0, 11) as u64, "{what}");
+                assert!(
+                    reason.contains("followed by a valid record"),
+                    "{what}: {reason}"
+                );
+            }
+            Err(e) => panic!("{what}: unexpected error {e}"),
+            Ok(j) => panic!(
+                "{what}: opened, keeping {} of 40 acknowledged records",
+                j.next_seq()
+            ),
+        }
+        // the file was left alone: nothing was cut off
+        assert_eq!(
+            std::fs::metadata(&last).unwrap().len(),
+            record_offset(0, 40) as u64
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_deleted_newest_segment_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path(), opts(100)).unwrap();
+    j.append((0..20).map(event).collect()).await.unwrap();
+    j.truncate_before(5).unwrap();
+    drop(j);
+    let files = segment_files(dir.path());
+    assert!(files.len() > 2, "{files:?}");
+    std::fs::remove_file(dir.path().join(files.last().unwrap())).unwrap();
+    let err = Journal::open(dir.path(), opts(100)).err().expect("opened");
+    assert!(
+        matches!(err, JournalError::Corrupt { .. }) && err.to_string().contains("HEAD"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_journal_whose_segments_were_all_deleted_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path(), opts(1 << 20)).unwrap();
+    j.append((0..5).map(event).collect()).await.unwrap();
+    drop(j);
+    for f in segment_files(dir.path()) {
+        std::fs::remove_file(dir.path().join(f)).unwrap();
+    }
+    let err = Journal::open(dir.path(), opts(1 << 20))
+        .err()
+        .expect("opened");
+    assert!(err.to_string().contains("no segment files left"), "{err}");
+    // HEAD gone too: the LOCK file still shows a journal was there
+    std::fs::remove_file(dir.path().join(segment::HEAD)).unwrap();
+    let err = Journal::open(dir.path(), opts(1 << 20))
+        .err()
+        .expect("opened");
+    assert!(err.to_string().contains("LOCK"), "{err}");
+    // a new directory is a fresh journal
+    let fresh = dir.path().join("new");
+    assert_eq!(Journal::open(&fresh, opts(1 << 20)).unwrap().next_seq(), 0);
+}
+
+#[tokio::test]
+async fn a_failed_append_leaves_nothing_behind_and_later_appends_continue() {
+    // small segments: the failed append rolls over several before the
+    // disk is full
+    for budget in [0usize, 30, 150, 400] {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), opts(100)).unwrap();
+        j.append((0..10).map(event).collect()).await.unwrap();
+        let files_before = segment_files(dir.path());
+        *lock(&j.shared().fault) = Some(budget);
+        let err = j
+            .append((100..130).map(event).collect())
+            .await
+            .expect_err("the disk is full");
+        assert!(matches!(err, JournalError::WriteFailed(_)), "{err}");
+        *lock(&j.shared().fault) = None;
+        assert_eq!(j.next_seq(), 10);
+        assert_eq!(segment_files(dir.path()), files_before, "budget {budget}");
+        // later appends continue right after the last acknowledged record
+        assert_eq!(
+            j.append((10..15).map(event).collect()).await.unwrap(),
+            10..15
+        );
+        let want: Vec<(u64, Vec<u8>)> = (0..15).map(|i| (i, event(i))).collect();
+        assert_eq!(read_all(&j, 0), want, "budget {budget}");
+        drop(j);
+        // and a restart sees none of the failed append's events
+        let j = Journal::open(dir.path(), opts(100)).unwrap();
+        assert_eq!(read_all(&j, 0), want, "budget {budget}");
+        assert_eq!(j.append(vec![event(15)]).await.unwrap(), 15..16);
+    }
+}

@@ -4,6 +4,14 @@
 //! queued, writes all their records (rolling segments as they fill up),
 //! fsyncs once, publishes the new durable end to readers, and only then
 //! completes each request with its sequence range.
+//!
+//! A group that fails (a write or fsync error, e.g. a full disk) is rolled
+//! back: the files are cut back to where the group started (segments it
+//! created are deleted), so that none of its records can be read after a
+//! restart, and the writer continues from there. Every request of the
+//! group is answered with [`JournalError::WriteFailed`]; a client retry
+//! cannot count anything twice. Only if the rollback itself fails does the
+//! journal stop accepting appends until it is reopened.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -13,7 +21,9 @@ use std::sync::{mpsc, Arc};
 
 use tokio::sync::oneshot;
 
-use super::segment::{encode_record, segment_path, SegmentMeta, HEADER, INDEX_EVERY};
+use super::segment::{
+    encode_record, parse_segment_name, segment_path, write_head, SegmentMeta, HEADER, INDEX_EVERY,
+};
 use super::{lock, sync_dir, AppendBatch, JournalError, Shared};
 
 /// Write to the file whenever this much is buffered.
@@ -95,14 +105,8 @@ impl Writer {
             }
             let events: u64 = group.iter().map(|r| r.payload.len() as u64).sum();
             let result = match self.shared.failure() {
-                Some(msg) => Err(msg),
-                None => self.write_group(&group).map_err(|e| {
-                    let msg = e.to_string();
-                    tracing::error!(dir = %self.shared.dir.display(), error = %msg,
-                        "journal write failed; refusing further appends until restart");
-                    *lock(&self.shared.failed) = Some(msg.clone());
-                    msg
-                }),
+                Some(msg) => Err(JournalError::Failed(msg)),
+                None => self.write_group(&group).map_err(|e| self.roll_back(e)),
             };
             match result {
                 Ok((ranges, sealed)) => {
@@ -113,14 +117,91 @@ impl Writer {
                         let _ = req.done.send(Ok(range));
                     }
                 }
-                Err(msg) => {
+                Err(e) => {
                     self.shared.queued.fetch_sub(events, Ordering::AcqRel);
+                    let msg = e.to_string();
+                    let failed = matches!(e, JournalError::Failed(_));
                     for req in group.drain(..) {
-                        let _ = req.done.send(Err(JournalError::Failed(msg.clone())));
+                        let _ = req.done.send(Err(if failed {
+                            JournalError::Failed(msg.clone())
+                        } else {
+                            JournalError::WriteFailed(msg.clone())
+                        }));
                     }
                 }
             }
         }
+    }
+
+    /// After a failed group: cuts the journal back to the last published
+    /// (durable) state and returns the error to answer the group with. If
+    /// that fails too, the journal stops accepting appends
+    /// ([`JournalError::Failed`]).
+    fn roll_back(&mut self, error: JournalError) -> JournalError {
+        let dir = self.shared.dir.display().to_string();
+        self.buf.clear();
+        match self.restore_published() {
+            Ok(()) => {
+                tracing::error!(dir = %dir, error = %error,
+                    "journal write failed; the failed appends were removed and answered with an error");
+                error
+            }
+            Err(rollback) => {
+                let msg = format!("{error}; removing the failed appends failed too: {rollback}");
+                tracing::error!(dir = %dir, error = %msg,
+                    "journal write failed; refusing further appends until restart");
+                *lock(&self.shared.failed) = Some(msg.clone());
+                JournalError::Failed(msg)
+            }
+        }
+    }
+
+    /// Makes the files and the writer's state what the readers see: the
+    /// active segment as last published, nothing after it.
+    fn restore_published(&mut self) -> Result<(), JournalError> {
+        let dir = self.shared.dir.clone();
+        let fsync = self.shared.fsync;
+        let active = {
+            let segs = lock(&self.shared.segments);
+            segs.values().next_back().cloned()
+        }
+        .ok_or(JournalError::Closed)?;
+        let path = segment_path(&dir, active.first_seq);
+        if self.meta.first_seq != active.first_seq {
+            // Segments created by the failed group: HEAD first, so that a
+            // crash in between never makes a deleted segment look missing.
+            write_head(&dir, active.first_seq, fsync)?;
+            let entries = std::fs::read_dir(&dir)
+                .map_err(JournalError::io(format!("cannot list {}", dir.display())))?;
+            for entry in entries {
+                let entry =
+                    entry.map_err(JournalError::io(format!("cannot list {}", dir.display())))?;
+                let name = entry.file_name();
+                if parse_segment_name(&name.to_string_lossy()).is_some_and(|f| f > active.first_seq)
+                {
+                    std::fs::remove_file(entry.path()).map_err(JournalError::io(format!(
+                        "cannot delete {}",
+                        entry.path().display()
+                    )))?;
+                }
+            }
+            if fsync {
+                sync_dir(&dir)?;
+            }
+            self.file = OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .map_err(JournalError::io(format!("cannot open {}", path.display())))?;
+        }
+        self.file
+            .set_len(active.bytes)
+            .and_then(|()| if fsync { self.file.sync_all() } else { Ok(()) })
+            .map_err(JournalError::io(format!(
+                "cannot truncate {}",
+                path.display()
+            )))?;
+        self.meta = active;
+        Ok(())
     }
 
     /// Writes every record of `group` and makes it durable. Returns each
@@ -161,6 +242,24 @@ impl Writer {
         if self.buf.is_empty() {
             return Ok(());
         }
+        #[cfg(test)]
+        {
+            // A disk with `budget` bytes free: once they are used up, the
+            // write stores what fits and fails.
+            let mut fault = lock(&self.shared.fault);
+            if let Some(budget) = fault.as_mut() {
+                if self.buf.len() > *budget {
+                    let n = *budget;
+                    *fault = None;
+                    let written = self.file.write_all(&self.buf[..n]);
+                    self.buf.clear();
+                    return written
+                        .and(Err(std::io::Error::from(std::io::ErrorKind::StorageFull)))
+                        .map_err(JournalError::io("cannot write (injected fault)"));
+                }
+                *budget -= self.buf.len();
+            }
+        }
         let result = self.file.write_all(&self.buf);
         self.buf.clear();
         result.map_err(JournalError::io(format!(
@@ -197,6 +296,7 @@ impl Writer {
         if self.shared.fsync {
             sync_dir(&self.shared.dir)?;
         }
+        write_head(&self.shared.dir, first, self.shared.fsync)?;
         Ok(std::mem::replace(&mut self.meta, SegmentMeta::empty(first)))
     }
 

@@ -11,6 +11,7 @@
 //!   while the processor carries on;
 //! - each sink runs as a tokio task fed with committed epochs.
 
+pub mod marker;
 mod processor;
 pub mod store;
 pub mod watermark;
@@ -88,6 +89,10 @@ pub struct RunOptions {
     pub ready: Arc<AtomicBool>,
     /// Progress of each source (bytes), for progress bars.
     pub progress: Vec<Arc<Progress>>,
+    /// Start even if the state store is empty or older than what an earlier
+    /// run left behind (`--accept-empty-state`, `sluice replay`); without
+    /// it such a start is refused ([`RunError::StateLost`]).
+    pub accept_empty_state: bool,
 }
 
 /// What a finished run reports.
@@ -110,6 +115,13 @@ pub enum RunError {
     Store(#[from] store::StoreError),
     #[error("state in {dir} does not match this pipeline: {reason}. Rebuild it with `sluice replay`, or use another [state] dir")]
     StateMismatch { dir: String, reason: String },
+    #[error("{}", describe_lost_state(.dir, .refusal))]
+    StateLost {
+        dir: String,
+        refusal: marker::Refusal,
+    },
+    #[error("state marker: {0}")]
+    Marker(#[from] marker::MarkerError),
     #[error("source `{name}` failed: {error}")]
     Source { name: String, error: String },
     #[error("sink `{name}` failed: {error}")]
@@ -118,6 +130,25 @@ pub enum RunError {
     Checkpoint(String),
     #[error("operator `{name}` cannot restore its state: {error}")]
     Restore { name: String, error: String },
+}
+
+fn describe_lost_state(dir: &str, r: &marker::Refusal) -> String {
+    let mut text = format!(
+        "refusing to start: the state in {dir} is missing or damaged. The state store holds {}, but an earlier run left traces:\n",
+        r.restored
+    );
+    for e in &r.evidence {
+        text.push_str("  - ");
+        text.push_str(e);
+        text.push('\n');
+    }
+    text.push_str(
+        "Starting from this state would lose or repeat results (sinks could be overwritten with smaller values). Options:\n  \
+         - restore the state directory from a backup, or\n  \
+         - rebuild the state from the sources' logs with `sluice replay <pipeline>` and point [state] dir at the result, or\n  \
+         - start from the state as it is with `sluice run --accept-empty-state <pipeline>` (results before it are lost or recomputed).",
+    );
+    text
 }
 
 /// Validates the graph and plans what each source decodes. Returns the
@@ -302,6 +333,42 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, RunE
         tracing::info!(epoch = restored.epoch, dir = %spec.state_dir.display(), "restored checkpoint");
     }
 
+    // Lost or damaged state is never taken for a fresh start.
+    let mut all_sinks: Vec<SinkSpec> = spec.sinks;
+    all_sinks.push(spec.dead_letter);
+    let old_marker = marker::read(&spec.state_dir)?;
+    let mut traces = Vec::new();
+    if restored.epoch == 0 {
+        for s in &mut all_sinks {
+            match s.sink.earlier_output().await {
+                Ok(Some(t)) => traces.push(format!("sink `{}`: {t}", s.name)),
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(RunError::Sink {
+                        name: s.name.clone(),
+                        error: e.to_string(),
+                    })
+                }
+            }
+        }
+    }
+    if let Err(refusal) = marker::check(old_marker, restored.epoch, &traces) {
+        if !opts.accept_empty_state {
+            return Err(RunError::StateLost { dir, refusal });
+        }
+        tracing::warn!(dir = %spec.state_dir.display(), restored = %refusal.restored,
+            evidence = ?refusal.evidence,
+            "starting from the state as it is (--accept-empty-state), although an earlier run left more");
+    }
+    if old_marker.map(|m| m.epoch) != Some(restored.epoch) {
+        marker::write(
+            &spec.state_dir,
+            marker::Marker {
+                epoch: restored.epoch,
+            },
+        )?;
+    }
+
     // Watermarks.
     let now = crate::time::now_ms();
     let mut tracker = WatermarkTracker::new(
@@ -328,8 +395,6 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, RunE
     let mut sink_txs = Vec::new();
     let mut sink_tasks = Vec::new();
     let mut redeliver = Vec::new();
-    let mut all_sinks: Vec<SinkSpec> = spec.sinks;
-    all_sinks.push(spec.dead_letter);
     for (i, s) in all_sinks.into_iter().enumerate() {
         let (tx, rx) = mpsc::unbounded_channel::<SinkEpoch>();
         let ack = restored.acks.remove(&s.name);
@@ -389,6 +454,7 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, RunE
             state_dir: spec.source_dir.clone(),
             restored: restored.positions.remove(&s.name).unwrap_or_default(),
             bounded: opts.bounded,
+            accept_empty_state: opts.accept_empty_state,
             shutdown: stop_rx.clone(),
             commits: commit_rx,
             output,
@@ -412,7 +478,7 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, RunE
 
     let (ckpt_done_tx, ckpt_done_rx) = mpsc::unbounded_channel();
     let (job_tx, job_rx) = std::sync::mpsc::channel();
-    let writer = store::spawn_writer(store.clone(), job_rx, ckpt_done_tx);
+    let writer = store::spawn_writer(store.clone(), spec.state_dir.clone(), job_rx, ckpt_done_tx);
 
     let parts = ProcessorParts {
         pipeline,

@@ -30,7 +30,7 @@ pub const FORMAT_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open the state directory {dir}: {source}")]
+    #[error("cannot open the state directory {dir}: {source}. If it is damaged, restore it from a backup, or rebuild it elsewhere with `sluice replay` (docs/operations.md, \"Damaged or lost state\")")]
     Open {
         dir: String,
         #[source]
@@ -40,7 +40,7 @@ pub enum StoreError {
     Io(#[from] sled::Error),
     #[error("the state directory holds format version {found}; this build reads version {FORMAT_VERSION}")]
     Format { found: u32 },
-    #[error("corrupt state entry {key}: {reason}")]
+    #[error("corrupt state entry {key}: {reason}. The state directory is damaged: restore it from a backup, or rebuild it elsewhere with `sluice replay`")]
     Corrupt { key: String, reason: String },
 }
 
@@ -168,11 +168,20 @@ impl Store {
     /// Reads back the last committed checkpoint.
     pub fn restore(&self) -> Result<Restored, StoreError> {
         let mut r = Restored::default();
+        let corrupt = |k: &[u8], n: usize| StoreError::Corrupt {
+            key: String::from_utf8_lossy(k).into_owned(),
+            reason: format!("expected {n} bytes"),
+        };
         if let Some(v) = self.db.get(key::EPOCH)? {
-            r.epoch = u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]));
+            let bytes = v.as_ref().try_into().map_err(|_| corrupt(key::EPOCH, 8))?;
+            r.epoch = u64::from_be_bytes(bytes);
         }
         if let Some(v) = self.db.get(key::KEY_GROUPS)? {
-            r.key_groups = Some(u16::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 2])));
+            let bytes = v
+                .as_ref()
+                .try_into()
+                .map_err(|_| corrupt(key::KEY_GROUPS, 2))?;
+            r.key_groups = Some(u16::from_be_bytes(bytes));
         }
         for item in self.db.iter() {
             let (k, v) = item?;
@@ -252,9 +261,12 @@ pub struct CheckpointDone {
 }
 
 /// Runs the checkpoint writer on its own thread: jobs in, results out.
-/// Processing continues while a checkpoint is being written.
+/// Processing continues while a checkpoint is being written. After each
+/// durable checkpoint, and before reporting it (so before any sink sees
+/// its epoch), the state marker in `marker_dir` is updated to its epoch.
 pub fn spawn_writer(
     store: std::sync::Arc<Store>,
+    marker_dir: std::path::PathBuf,
     jobs: std::sync::mpsc::Receiver<CheckpointJob>,
     done: tokio::sync::mpsc::UnboundedSender<CheckpointDone>,
 ) -> std::thread::JoinHandle<()> {
@@ -263,6 +275,10 @@ pub fn spawn_writer(
         .spawn(move || {
             while let Ok(job) = jobs.recv() {
                 let result = store.commit(job.batch).map_err(|e| e.to_string());
+                let result = result.and_then(|()| {
+                    super::marker::write(&marker_dir, super::marker::Marker { epoch: job.epoch })
+                        .map_err(|e| e.to_string())
+                });
                 let msg = CheckpointDone {
                     epoch: job.epoch,
                     bytes: job.bytes,

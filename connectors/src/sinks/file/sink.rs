@@ -32,6 +32,24 @@ fn fatal(context: &str, path: &std::path::Path, e: std::io::Error) -> SinkError 
 }
 
 impl Sink for FileSink {
+    /// A non-empty output file: on a start without a checkpoint, restoring
+    /// would cut it back to 0 bytes.
+    fn earlier_output(&mut self) -> BoxFuture<'_, Result<Option<String>, SinkError>> {
+        Box::pin(async move {
+            let path = &self.config.path;
+            match std::fs::metadata(path) {
+                Ok(m) if m.len() > 0 => Ok(Some(format!(
+                    "{} holds {} bytes of earlier output",
+                    path.display(),
+                    m.len()
+                ))),
+                Ok(_) => Ok(None),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(fatal("cannot stat", path, e)),
+            }
+        })
+    }
+
     fn restore<'a>(
         &'a mut self,
         progress: Option<&'a [u8]>,

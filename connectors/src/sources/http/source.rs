@@ -145,6 +145,17 @@ fn start_position(ctx: &SourceContext, journal: &Journal) -> Result<u64, SourceE
     let dir = journal.dir().display();
     let Some(raw) = ctx.restored.get(&0) else {
         if first > 0 {
+            // Records are deleted only once a checkpoint covers them: an
+            // earlier run checkpointed this journal, and its state is gone.
+            if !ctx.accept_empty_state {
+                return Err(SourceError::Config(format!(
+                    "source `{}`: refusing to start: the state has no position for this source, but the journal in {dir} \
+                     starts at record {first}: an earlier run checkpointed and deleted records before it, and that state is \
+                     missing. Restore the state directory, rebuild it with `sluice replay`, or start anyway with \
+                     `sluice run --accept-empty-state` (reads records {first}..{next} only)",
+                    ctx.name
+                )));
+            }
             tracing::warn!(source = %ctx.name, journal = %dir, first_seq = first,
                 "starting without a checkpoint: journal records before the first retained one were deleted earlier");
         }

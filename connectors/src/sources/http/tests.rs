@@ -169,11 +169,16 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start(
+fn start(config: HttpSourceConfig, state: &Path, restored: Option<u64>, bounded: bool) -> Harness {
+    start_with(config, state, restored, bounded, false)
+}
+
+fn start_with(
     mut config: HttpSourceConfig,
     state: &Path,
     restored: Option<u64>,
     bounded: bool,
+    accept_empty_state: bool,
 ) -> Harness {
     let port = free_port();
     config.address = format!("127.0.0.1:{port}");
@@ -190,6 +195,7 @@ fn start(
             .map(|p| BTreeMap::from([(0, encode_position(p))]))
             .unwrap_or_default(),
         bounded,
+        accept_empty_state,
         shutdown: shutdown_rx,
         commits: commit_rx,
         output: SourceOutput::new(0, decoder, tx, Arc::new(Progress::default())),
@@ -713,4 +719,66 @@ fn limits_parse_and_are_checked() {
     let small: HttpSourceConfig = toml::from_str("max_buffered_bytes = 1000").unwrap();
     let e = small.check_limits().unwrap_err();
     assert!(e.contains("smaller than max_body_bytes"), "{e}");
+}
+
+#[tokio::test]
+async fn a_checkpointed_journal_without_a_restored_position_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = HttpSourceConfig {
+        segment_bytes: 64,
+        ..HttpSourceConfig::default()
+    };
+    let mut h = start(config.clone(), dir.path(), None, false);
+    for i in 0..10 {
+        assert_eq!(post(h.port, &format!("{{\"i\":{i}}}")).await.status, 202);
+    }
+    collect(&mut h, 10).await;
+    h.commits
+        .send(Commit {
+            epoch: 1,
+            positions: BTreeMap::from([(0, encode_position(6))]),
+        })
+        .unwrap();
+    // wait (bounded) until the commit deleted the first segment
+    let first = dir
+        .path()
+        .join("journal/web")
+        .join(format!("{:020}.log", 0));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while first.exists() {
+        assert!(std::time::Instant::now() < deadline, "segments not deleted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    h.shutdown.send(true).unwrap();
+    h.task.await.unwrap().unwrap();
+    // the state that held position 6 is lost: no restored position, and
+    // the journal's early records are gone
+    for bounded in [false, true] {
+        let h = start(config.clone(), dir.path(), None, bounded);
+        let err = tokio::time::timeout(Duration::from_secs(10), h.task)
+            .await
+            .expect("the source stops")
+            .unwrap()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("refusing to start") && err.contains("--accept-empty-state"),
+            "{err}"
+        );
+    }
+    // accepted (or `sluice replay`): reads what the journal still holds
+    let mut h = start_with(config, dir.path(), None, true, true);
+    let mut seqs = Vec::new();
+    while let Some(ev) = h.events.recv().await {
+        match ev {
+            SourceEvent::Data { batch, .. } => seqs.extend(batch.meta.iter().map(|m| m.offset)),
+            SourceEvent::PartitionDone { partition: 0, .. } => break,
+            _ => {}
+        }
+    }
+    h.task.await.unwrap().unwrap();
+    assert!(
+        !seqs.is_empty() && seqs[0] > 0 && *seqs.last().unwrap() == 9,
+        "{seqs:?}"
+    );
 }

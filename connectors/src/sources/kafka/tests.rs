@@ -143,6 +143,7 @@ fn start(config: KafkaSourceConfig, restored: BTreeMap<u32, Vec<u8>>, bounded: b
         state_dir: dir.path().to_path_buf(),
         restored,
         bounded,
+        accept_empty_state: false,
         shutdown,
         commits: commit_rx,
         output,

@@ -197,6 +197,7 @@ fn start<S: Source>(source: S, restored: BTreeMap<u32, Vec<u8>>, bounded: bool) 
         state_dir: dir.path().to_path_buf(),
         restored,
         bounded,
+        accept_empty_state: false,
         shutdown,
         commits: commit_rx,
         output: SourceOutput::new(0, decoder, tx, Arc::default()),
