@@ -61,3 +61,107 @@ fn sluice_test_without_any_pipeline_fails() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A scratch copy of what the documented commands read (examples/ and the
+/// golden pipelines), so that they run exactly as written without writing
+/// state into the repository.
+fn scratch() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = |from: &str| {
+        let ok = Command::new("cp")
+            .args(["-r", &repo().join(from).display().to_string()])
+            .arg(dir.path().join(from))
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "cp {from}");
+    };
+    std::fs::create_dir_all(dir.path().join("tests")).unwrap();
+    copy("examples");
+    copy("tests/pipelines");
+    std::fs::copy(
+        repo().join("examples/weather-file.toml"),
+        dir.path().join("pipeline.toml"),
+    )
+    .unwrap();
+    dir
+}
+
+fn shell_in(dir: &std::path::Path, line: &str) -> std::process::Output {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_sluice"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    Command::new("sh")
+        .args(["-c", line])
+        .current_dir(dir)
+        .env("PATH", path)
+        .output()
+        .unwrap()
+}
+
+/// The commands use examples/weather-file.toml, whose admin server listens
+/// on 127.0.0.1:9898: one test runs them one after the other.
+#[test]
+fn the_weather_file_example_works_as_documented() {
+    help_examples_run_as_written();
+    a_second_run_over_the_same_input_says_why_nothing_happened();
+    a_relative_path_error_names_the_working_directory();
+}
+
+/// Every example command of `sluice --help` runs, as printed, and succeeds.
+fn help_examples_run_as_written() {
+    let help = sluice().arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let commands: Vec<&str> = help
+        .lines()
+        .filter_map(|l| l.strip_prefix("  sluice "))
+        .map(|l| l.split("  ").next().unwrap().trim())
+        .collect();
+    assert!(commands.len() >= 5, "{help}");
+    let dir = scratch();
+    for command in &commands {
+        let line = format!("sluice {command}");
+        let out = shell_in(dir.path(), &line);
+        assert!(
+            out.status.success(),
+            "`{line}` failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// A second run of the bounded example says why it counted nothing.
+fn a_second_run_over_the_same_input_says_why_nothing_happened() {
+    let dir = scratch();
+    let first = shell_in(dir.path(), "sluice run examples/weather-file.toml");
+    assert!(first.status.success());
+    assert!(!String::from_utf8_lossy(&first.stderr).contains("nothing new to read"));
+    let second = shell_in(dir.path(), "sluice run examples/weather-file.toml");
+    assert!(second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        err.contains("nothing new to read")
+            && err.contains("sluice replay examples/weather-file.toml"),
+        "{err}"
+    );
+}
+
+/// Run from the wrong directory, the error says where a relative path was
+/// looked for.
+fn a_relative_path_error_names_the_working_directory() {
+    let dir = scratch();
+    let out = shell_in(&dir.path().join("examples"), "sluice run weather-file.toml");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("relative path is resolved against the working directory"),
+        "{err}"
+    );
+}

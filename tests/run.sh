@@ -54,6 +54,10 @@ bash tests/kafka.sh fresh
 echo "==> cargo nextest run --workspace"
 cargo nextest run --workspace --no-fail-fast
 
-# 4. Deployment manifests, dashboards and alert rules.
+# 4. The README's first run, as pasted (builds the release binary).
+echo "==> tests/readme.sh"
+bash tests/readme.sh
+
+# 5. Deployment manifests, dashboards and alert rules.
 echo "==> deploy/validate.sh"
 bash deploy/validate.sh

@@ -86,6 +86,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             ""
         }
     );
+    if report.input_exhausted && report.events_in == 0 && report.epoch > 0 {
+        tracing::warn!(
+            "nothing new to read: the state in {} was already at the end of the input, \
+             from an earlier run. `sluice replay {}` rebuilds everything from the beginning",
+            args.state_dir
+                .clone()
+                .unwrap_or_else(|| pipeline.state_dir())
+                .display(),
+            args.pipeline.display()
+        );
+    }
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
     Ok(ExitCode::SUCCESS)
 }

@@ -41,10 +41,21 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> SourceError 
     move |source| SourceError::Io { context, source }
 }
 
+/// "cannot read PATH", saying where a relative path was looked for.
+fn cannot_read(path: &std::path::Path) -> String {
+    match std::env::current_dir() {
+        Ok(cwd) if path.is_relative() => format!(
+            "cannot read {} (a relative path is resolved against the working directory, {})",
+            path.display(),
+            cwd.display()
+        ),
+        _ => format!("cannot read {}", path.display()),
+    }
+}
+
 /// The files to read, in order: `(name used in positions, path)`.
 fn list_files(config: &FileSourceConfig) -> Result<Vec<(String, PathBuf)>, SourceError> {
-    let meta = std::fs::metadata(&config.path)
-        .map_err(io(format!("cannot read {}", config.path.display())))?;
+    let meta = std::fs::metadata(&config.path).map_err(io(cannot_read(&config.path)))?;
     if meta.is_file() {
         let name = config
             .path

@@ -503,7 +503,9 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        body.to_string(),
+        // A newline ends the reply, so that `curl` in a terminal prints the
+        // prompt on the next line.
+        format!("{body}\n"),
     )
         .into_response()
 }
