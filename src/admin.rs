@@ -161,26 +161,44 @@ async fn table_page(
                 .into_response()
         }
     };
-    let window: Option<i64> = match q.get("window_start").map(|w| w.parse()) {
+    let bad = |message: &str| {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({ "error": message })),
+        )
+            .into_response()
+    };
+    let window: Option<i64> = match q.get("window_start").map(String::as_str) {
         None => None,
-        Some(Ok(w)) => Some(w),
-        Some(Err(_)) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                Json(serde_json::json!({"error": "`window_start` must be epoch milliseconds"})),
-            )
-                .into_response()
-        }
+        // The latest window present (no rows: an empty page).
+        Some("latest") => Some(table.latest("window_start").unwrap_or(i64::MIN)),
+        Some(w) => match w.parse() {
+            Ok(w) => Some(w),
+            Err(_) => return bad("`window_start` must be epoch milliseconds or `latest`"),
+        },
     };
     let prefix = q.get("prefix").cloned().unwrap_or_default();
-    let (rows, more) = table.page(q.get("after").map(String::as_str), limit, |id, v| {
+    let keep = |id: &str, v: &Value| {
         id.starts_with(&prefix)
             && window.is_none_or(|w| v.get_path(&["window_start".into()]).as_i64() == Some(w))
-    });
-    let next = if more {
-        rows.last().map(|(id, _)| id.clone())
-    } else {
-        None
+    };
+    let (rows, next) = match q.get("order").map(String::as_str) {
+        None | Some("id") => {
+            let (rows, more) = table.page(q.get("after").map(String::as_str), limit, keep);
+            let next = more
+                .then(|| rows.last().map(|(id, _)| id.clone()))
+                .flatten();
+            (rows, next)
+        }
+        Some("newest") => {
+            let Ok(skip) = q.get("offset").map_or(Ok(0), |o| o.parse::<usize>()) else {
+                return bad("`offset` must be a number");
+            };
+            let (rows, more) = table.newest_first("window_start", skip, limit, keep);
+            let next = more.then(|| (skip + rows.len()).to_string());
+            (rows, next)
+        }
+        Some(_) => return bad("`order` must be `id` (the default) or `newest`"),
     };
     let rows: Vec<_> = rows
         .iter()

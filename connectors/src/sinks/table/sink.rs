@@ -69,6 +69,44 @@ impl Table {
         (out, false)
     }
 
+    /// Rows that pass `keep`, newest window first (by `start_field`,
+    /// then id), skipping `skip`: the page, and whether more follow.
+    pub fn newest_first(
+        &self,
+        start_field: &str,
+        skip: usize,
+        limit: usize,
+        keep: impl Fn(&str, &Value) -> bool,
+    ) -> (Vec<(String, Value)>, bool) {
+        let Ok(rows) = self.rows.read() else {
+            return (Vec::new(), false);
+        };
+        let field = [start_field.into()];
+        let mut all: Vec<(i64, &String, &Value)> = rows
+            .iter()
+            .filter(|(id, v)| keep(id, v))
+            .map(|(id, v)| (v.get_path(&field).as_i64().unwrap_or(i64::MIN), id, v))
+            .collect();
+        all.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        let more = all.len() > skip.saturating_add(limit);
+        let page = all
+            .into_iter()
+            .skip(skip)
+            .take(limit)
+            .map(|(_, id, v)| (id.clone(), v.clone()))
+            .collect();
+        (page, more)
+    }
+
+    /// The largest `start_field` of any row (the latest window).
+    pub fn latest(&self, start_field: &str) -> Option<i64> {
+        let rows = self.rows.read().ok()?;
+        let field = [start_field.into()];
+        rows.values()
+            .filter_map(|v| v.get_path(&field).as_i64())
+            .max()
+    }
+
     fn apply(&self, records: &[SinkRecord]) {
         if let Ok(mut rows) = self.rows.write() {
             for r in records {
