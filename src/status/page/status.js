@@ -203,23 +203,24 @@ function arrowHead() {
 
 // ---- the panels ----------------------------------------------------------
 
-function fact(dl, label, key, text) {
-  const dt = el("dt", null, label);
-  const dd = el("dd", null, text);
-  dd.dataset.metric = key;
-  dl.append(dt, dd);
+function tile(box, label, key, text) {
+  const t = el("div", "tile");
+  const value = el("div", "tile-value", text);
+  value.dataset.metric = key;
+  t.append(value, el("div", "tile-label", label));
+  box.append(t);
 }
 
 function fillCheckpoint(c) {
-  const dl = $("checkpoint");
-  dl.replaceChildren();
-  fact(dl, "epoch", "epoch", fmtInt(c.epoch));
-  fact(dl, "age", "age_seconds", c.age_seconds == null ? "none yet" : fmtSecs(c.age_seconds));
-  fact(dl, "duration", "last_duration_seconds", fmtSecs(c.last_duration_seconds));
-  fact(dl, "size", "size_bytes", fmtBytes(c.size_bytes));
-  fact(dl, "written", "total", fmtInt(c.total));
-  fact(dl, "failures", "failures", fmtInt(c.failures));
-  fact(dl, "interval", "interval_seconds", fmtSecs(c.interval_seconds));
+  const box = $("checkpoint");
+  box.replaceChildren();
+  tile(box, "age", "age_seconds", c.age_seconds == null ? "none yet" : fmtSecs(c.age_seconds));
+  tile(box, "duration", "last_duration_seconds", fmtSecs(c.last_duration_seconds));
+  tile(box, "size", "size_bytes", fmtBytes(c.size_bytes));
+  tile(box, "epoch", "epoch", fmtInt(c.epoch));
+  tile(box, "checkpoints written", "total", fmtInt(c.total));
+  tile(box, "failures", "failures", fmtInt(c.failures));
+  tile(box, "interval", "interval_seconds", fmtSecs(c.interval_seconds));
   $("checkpoint-panel").classList.toggle("warn", (c.failures || 0) > 0);
 }
 
