@@ -268,6 +268,8 @@ fn status_page_renders_the_graph_and_live_numbers_in_a_browser() {
             "totals sink table 3",
         ]
     );
+    assert!(first["checkpoint"]["last_duration_seconds"].as_f64() > Some(0.0));
+    assert!(first["checkpoint"]["size_bytes"].as_f64() > Some(0.0));
     assert_eq!(
         node(&first, "orders")["metrics"]["dead_letters"]["missing_field"],
         1.0
@@ -292,6 +294,11 @@ fn status_page_renders_the_graph_and_live_numbers_in_a_browser() {
     assert!(dom.contains("missing_field 1"), "{dom}");
     assert_eq!(shown(&dom, None, "dead_letters_total"), "1");
     assert!(number(&shown(&dom, None, "epoch")) >= 1.0, "{dom}");
+    assert!(
+        shown(&dom, None, "last_duration_seconds").ends_with(" ms"),
+        "{dom}"
+    );
+    assert!(shown(&dom, None, "size_bytes").ends_with(" B"), "{dom}");
     assert!(number(&shown(&dom, Some("totals"), "events_total")) > 0.0);
     assert_eq!(shown(&dom, Some("per_country"), "state_keys"), "3");
 
