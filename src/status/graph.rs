@@ -18,8 +18,8 @@ pub enum Kind {
 }
 
 /// One component, placed: `column` is its topological depth (sources 0,
-/// each transform one more than its deepest input, every sink in the last
-/// column); `row` its position within the column.
+/// every other component one more than its deepest input); `row` its
+/// position within the column.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Node {
     pub name: String,
@@ -94,18 +94,6 @@ impl Topology {
             }
             if !changed {
                 break;
-            }
-        }
-        let last = decl
-            .iter()
-            .zip(&depth)
-            .filter(|(d, _)| d.1 != Kind::Sink)
-            .map(|(_, &c)| c + 1)
-            .max()
-            .unwrap_or(1);
-        for (i, d) in decl.iter().enumerate() {
-            if d.1 == Kind::Sink {
-                depth[i] = last;
             }
         }
         // Rows: each column in declaration order, then (from the second
@@ -230,7 +218,7 @@ mod tests {
     }
 
     #[test]
-    fn columns_follow_the_longest_path_and_sinks_share_the_last() {
+    fn columns_follow_the_longest_path() {
         let t = Topology::layout(vec![
             decl("a", Kind::Source, "http", &[]),
             decl("b", Kind::Source, "file", &[]),
@@ -246,7 +234,7 @@ mod tests {
                 ("b", 0, 1),
                 ("f", 1, 0),
                 ("agg", 2, 0),
-                ("raw", 3, 1),
+                ("raw", 1, 1),
                 ("out", 3, 0),
             ]
         );

@@ -4,10 +4,13 @@
 "use strict";
 
 const POLL_MS = 1000;
-const BOX_W = 220;
-const COL_GAP = 64;
+const MIN_BOX_W = 170;
+const MAX_BOX_W = 240;
+const MIN_GAP = 44;
+const MAX_GAP = 140;
 const ROW_GAP = 24;
 let builtFor = null; // the graph the boxes were built for
+let lastStatus = null;
 
 const $ = (id) => document.getElementById(id);
 
@@ -33,6 +36,7 @@ function fmtRate(v) {
 
 function fmtSecs(v) {
   if (v == null) return DASH;
+  if (v === 0) return "0 ms";
   if (v < 1) return (v * 1000).toFixed(v < 0.01 ? 2 : 0) + " ms";
   if (v < 60) return v.toFixed(1) + " s";
   if (v < 3600) return Math.floor(v / 60) + " min " + Math.floor(v % 60) + " s";
@@ -136,14 +140,32 @@ function fillGraph(status) {
   layout(status);
 }
 
+window.addEventListener("resize", () => {
+  if (lastStatus) layout(lastStatus);
+});
+
+const clamp = (v, lo, hi) => Math.min(hi, Math.max(lo, v));
+
+// Box width and column gap that fit the columns into the panel when they
+// can (the panel scrolls sideways when they cannot).
+function columnsFor(status) {
+  const columns = 1 + Math.max(0, ...status.nodes.map((n) => n.column));
+  const room = $("graph").parentElement.clientWidth - 40;
+  const w = clamp((room - (columns - 1) * MIN_GAP) / columns, MIN_BOX_W, MAX_BOX_W);
+  const gap = columns > 1 ? clamp((room - columns * w) / (columns - 1), MIN_GAP, MAX_GAP) : 0;
+  return { w: Math.floor(w), gap: Math.floor(gap) };
+}
+
 function layout(status) {
   const graph = $("graph");
+  const { w: BOX_W, gap: COL_GAP } = columnsFor(status);
   const boxes = new Map();
   let tallest = 0;
   for (const box of graph.querySelectorAll(".node")) {
+    box.style.width = BOX_W + "px";
     boxes.set(box.dataset.node, box);
-    tallest = Math.max(tallest, box.offsetHeight);
   }
+  for (const box of boxes.values()) tallest = Math.max(tallest, box.offsetHeight);
   const pitch = tallest + ROW_GAP;
   let width = 0;
   let height = 0;
@@ -277,6 +299,7 @@ function render(status) {
     buildGraph(status);
     builtFor = shape;
   }
+  lastStatus = status;
   fillGraph(status);
   fillCheckpoint(status.checkpoint);
   fillDeadLetters(status);
