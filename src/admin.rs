@@ -1,5 +1,6 @@
 //! The admin HTTP server: `/metrics` (Prometheus), `/health` (alive),
-//! `/ready` (state restored, sources started), and read access to the
+//! `/ready` (state restored, sources started), the status page (`/`, with
+//! its JSON at `/status`, see `crate::status`), and read access to the
 //! pipeline's `table` sinks:
 //!
 //! - `GET /tables` — the tables and their sizes;
@@ -11,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
@@ -23,6 +24,9 @@ use sluice_connectors::sinks::table::registry;
 use sluice_engine::metrics as m;
 use sluice_engine::value::Value;
 use tokio::sync::watch;
+
+use crate::status::rates::RateWindow;
+use crate::status::{self, Topology};
 
 /// Installs the Prometheus recorder (once per process).
 pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
@@ -47,6 +51,7 @@ fn describe(name: &'static str) {
         m::DEAD_LETTERS => "Events sent to the dead-letter output, by error type",
         m::CHECKPOINT_DURATION => "Time to write and fsync a checkpoint",
         m::CHECKPOINT_LAST_SUCCESS => "Unix time of the last durable checkpoint",
+        m::CHECKPOINT_LAST_DURATION => "Time the last durable checkpoint took to write and fsync",
         m::READY => "1 when the pipeline is ready (state restored, sources started)",
         _ => "",
     };
@@ -60,6 +65,8 @@ struct AppState {
     metrics: PrometheusHandle,
     ready: Arc<AtomicBool>,
     pipeline: Arc<str>,
+    topology: Arc<Topology>,
+    rates: Arc<Mutex<RateWindow>>,
 }
 
 /// Serves on `listener` until `stop` turns true.
@@ -68,22 +75,73 @@ pub async fn serve(
     metrics: PrometheusHandle,
     ready: Arc<AtomicBool>,
     pipeline: String,
+    topology: Topology,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     metrics::gauge!(m::BUILD_INFO, "pipeline" => pipeline.clone(), "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-    let app = router(metrics, ready, Arc::from(pipeline));
+    let rates = Arc::new(Mutex::new(RateWindow::default()));
+    let recorder = tokio::spawn(record_rates(
+        metrics.clone(),
+        pipeline.clone(),
+        rates.clone(),
+    ));
+    let app = router(
+        metrics,
+        ready,
+        Arc::from(pipeline),
+        Arc::new(topology),
+        rates,
+    );
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, "admin server listening (/metrics, /health, /ready, /tables)");
+    tracing::info!(%addr, "admin server listening (/, /status, /metrics, /health, /ready, /tables)");
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             sluice_engine::source::wait_shutdown(&mut stop).await;
         })
         .await?;
+    recorder.abort();
     Ok(())
 }
 
-fn router(metrics: PrometheusHandle, ready: Arc<AtomicBool>, pipeline: Arc<str>) -> Router {
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Records the event counters every second for the rates of `/status`.
+async fn record_rates(metrics: PrometheusHandle, pipeline: String, rates: Arc<Mutex<RateWindow>>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let samples = status::prom::parse(&metrics.render());
+        if let Ok(mut r) = rates.lock() {
+            r.record(&pipeline, unix_now(), &samples);
+        }
+    }
+}
+
+fn router(
+    metrics: PrometheusHandle,
+    ready: Arc<AtomicBool>,
+    pipeline: Arc<str>,
+    topology: Arc<Topology>,
+    rates: Arc<Mutex<RateWindow>>,
+) -> Router {
     Router::new()
+        .route(
+            "/",
+            get(|| asset("text/html; charset=utf-8", status::PAGE_HTML)),
+        )
+        .route(
+            "/assets/status.css",
+            get(|| asset("text/css; charset=utf-8", status::PAGE_CSS)),
+        )
+        .route(
+            "/assets/status.js",
+            get(|| asset("text/javascript; charset=utf-8", status::PAGE_JS)),
+        )
+        .route("/status", get(status_json))
         .route("/metrics", get(metrics_page))
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(ready_page))
@@ -94,7 +152,31 @@ fn router(metrics: PrometheusHandle, ready: Arc<AtomicBool>, pipeline: Arc<str>)
             metrics,
             ready,
             pipeline,
+            topology,
+            rates,
         })
+}
+
+async fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+async fn status_json(State(s): State<AppState>) -> Json<status::Status> {
+    let now = unix_now();
+    let samples = status::prom::parse(&s.metrics.render());
+    let rates = s
+        .rates
+        .lock()
+        .map(|r| r.rates(&s.pipeline, now, &samples))
+        .unwrap_or_default();
+    Json(status::status(
+        &s.pipeline,
+        &s.topology,
+        &samples,
+        &rates,
+        s.ready.load(Ordering::SeqCst),
+        now,
+    ))
 }
 
 async fn metrics_page(State(s): State<AppState>) -> Response {

@@ -10,6 +10,7 @@ mod cli;
 mod components;
 mod config;
 mod plan;
+mod status;
 
 /// Sluice: an event-sourced stream processor. A pipeline file (TOML) declares
 /// sources, transforms and sinks; sluice runs it with durable state,
@@ -28,6 +29,7 @@ Examples:
   sluice run --once pipeline.toml                process what is there now, then exit
   sluice replay pipeline.toml                    rebuild state from the log into a fresh directory
   sluice test tests/pipelines/*                  run golden pipelines and compare results
+  sluice graph examples/weather-file.toml        print its graph as Mermaid (--format dot: Graphviz)
 
 Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more. ${VAR} in a
 pipeline file is replaced by the environment variable VAR.";
@@ -45,6 +47,9 @@ enum Command {
     /// Run golden pipelines (dir with pipeline.toml, input.ndjson,
     /// expected.ndjson) and compare their final results.
     Test(cli::test::TestArgs),
+    /// Print the pipeline's graph (sources -> transforms -> sinks) as
+    /// Mermaid or Graphviz DOT.
+    Graph(cli::graph::GraphArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +60,7 @@ fn main() -> ExitCode {
         Command::Validate(a) => cli::validate::run(a),
         Command::Replay(a) => cli::replay::run(a),
         Command::Test(a) => cli::test::run(a),
+        Command::Graph(a) => cli::graph::run(a),
     };
     match result {
         Ok(code) => code,

@@ -165,3 +165,65 @@ fn a_relative_path_error_names_the_working_directory() {
         "{err}"
     );
 }
+
+/// `sluice graph`, as `--help` and docs/operations/status-page.md show it:
+/// every `sluice graph` command in a `sh` block of that page is run as
+/// written, and its output must equal the code block that follows.
+#[test]
+fn sluice_graph_commands_print_what_the_docs_show() {
+    let help = sluice().arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    let line = "sluice graph examples/weather-file.toml";
+    assert!(help.contains(line), "--help no longer shows `{line}`");
+    let doc = std::fs::read_to_string(repo().join("docs/operations/status-page.md")).unwrap();
+    // the fenced blocks, in order: (info string, body)
+    let mut blocks = Vec::new();
+    let mut rest = doc.as_str();
+    while let Some(start) = rest.find("```") {
+        let after = &rest[start + 3..];
+        let (info, body) = after.split_once('\n').unwrap();
+        let end = body.find("```").unwrap();
+        blocks.push((info.trim(), &body[..end]));
+        rest = &body[end + 3..];
+    }
+    let mut ran = Vec::new();
+    for (i, (info, body)) in blocks.iter().enumerate() {
+        if *info != "sh" || !body.starts_with("sluice graph") {
+            continue;
+        }
+        let command = body.trim_end();
+        let out = shell(command);
+        assert!(
+            out.status.success(),
+            "{command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let expected = blocks
+            .get(i + 1)
+            .unwrap_or_else(|| panic!("no output shown after `{command}`"))
+            .1;
+        assert_eq!(String::from_utf8_lossy(&out.stdout), expected, "{command}");
+        ran.push(command.to_string());
+    }
+    assert!(ran.iter().any(|c| c == line), "{ran:?}");
+    assert!(ran.iter().any(|c| c.contains("--format dot")), "{ran:?}");
+}
+
+#[test]
+fn sluice_graph_reports_a_broken_pipeline_instead_of_a_graph() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.toml");
+    std::fs::write(
+        &file,
+        "[sources.a]\ntype = \"stdin\"\n[sinks.b]\ntype = \"stdout\"\ninputs = [\"nope\"]\n",
+    )
+    .unwrap();
+    let out = sluice().arg("graph").arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("`nope`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -23,6 +23,7 @@ command -v pkg-config >/dev/null || pkgs+=(pkg-config)
 command -v python3 >/dev/null || pkgs+=(python3)
 command -v curl >/dev/null || pkgs+=(curl)
 command -v prometheus >/dev/null || pkgs+=(prometheus)   # the observability test runs a real one
+command -v chromium >/dev/null || pkgs+=(chromium)       # the status page test renders it in headless Chromium
 python3 -c 'import yaml' 2>/dev/null || pkgs+=(python3-yaml)
 dpkg -s libssl-dev >/dev/null 2>&1 || pkgs+=(libssl-dev)
 dpkg -s libsasl2-dev >/dev/null 2>&1 || pkgs+=(libsasl2-dev)

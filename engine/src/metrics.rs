@@ -19,6 +19,9 @@ pub const CHECKPOINT_SIZE: &str = "sluice_checkpoint_size_bytes";
 pub const CHECKPOINTS: &str = "sluice_checkpoints_total";
 pub const CHECKPOINT_FAILURES: &str = "sluice_checkpoint_failures_total";
 pub const CHECKPOINT_LAST_SUCCESS: &str = "sluice_checkpoint_last_success_timestamp_seconds";
+/// How long the last durable checkpoint took to write and fsync (the
+/// histogram `sluice_checkpoint_duration_seconds` has the distribution).
+pub const CHECKPOINT_LAST_DURATION: &str = "sluice_checkpoint_last_duration_seconds";
 pub const CHECKPOINT_EPOCH: &str = "sluice_checkpoint_epoch";
 pub const CHECKPOINT_INTERVAL: &str = "sluice_checkpoint_interval_seconds";
 pub const STATE_KEYS: &str = "sluice_state_keys";
@@ -69,6 +72,7 @@ pub const ALL: &[&str] = &[
     CHECKPOINTS,
     CHECKPOINT_FAILURES,
     CHECKPOINT_LAST_SUCCESS,
+    CHECKPOINT_LAST_DURATION,
     CHECKPOINT_EPOCH,
     CHECKPOINT_INTERVAL,
     STATE_KEYS,

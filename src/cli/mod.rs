@@ -1,5 +1,6 @@
 //! The subcommands, one file each, and what they share.
 
+pub mod graph;
 pub mod reload;
 pub mod replay;
 pub mod run;

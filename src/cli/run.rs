@@ -19,7 +19,8 @@ pub struct RunArgs {
     /// Process the input available now and exit (files are not followed).
     #[arg(long)]
     pub once: bool,
-    /// Serve /metrics, /health, /ready and /tables on this address
+    /// Serve the status page (/), /status, /metrics, /health, /ready and
+    /// /tables on this address
     /// (overrides `[admin] address`).
     #[arg(long)]
     pub admin: Option<std::net::SocketAddr>,
@@ -59,6 +60,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                     handle,
                     ready.clone(),
                     pipeline.name.clone(),
+                    crate::status::Topology::of(&pipeline),
                     admin_stop,
                 )))
             }

@@ -138,6 +138,8 @@ impl Processor {
         metrics::counter!(m::CHECKPOINTS, labels.clone()).increment(1);
         metrics::histogram!(m::CHECKPOINT_DURATION, labels.clone())
             .record(done.duration.as_secs_f64());
+        metrics::gauge!(m::CHECKPOINT_LAST_DURATION, labels.clone())
+            .set(done.duration.as_secs_f64());
         metrics::gauge!(m::CHECKPOINT_SIZE, labels.clone()).set(done.bytes as f64);
         metrics::gauge!(m::CHECKPOINT_EPOCH, labels.clone()).set(done.epoch as f64);
         metrics::gauge!(m::CHECKPOINT_LAST_SUCCESS, labels.clone()).set(now_ms() as f64 / 1000.0);
