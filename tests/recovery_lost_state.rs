@@ -501,3 +501,115 @@ totals = "{prefix}:total"
         ],
     );
 }
+
+/// The whole state directory (marker included) is lost, or replaced by an
+/// older copy: only the sink's destination remembers. Redis' fences show
+/// the epochs it already saw (issue 10, item 5: "detect an older epoch
+/// than the sinks already saw").
+#[test]
+fn a_lost_or_older_state_directory_is_seen_in_the_redis_fences() {
+    use support::services::{redis_cli, redis_hash, redis_url, unique};
+    let url = redis_url();
+    let prefix = unique("older_state");
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.ndjson");
+    std::fs::write(&input, lines(300, 0)).unwrap();
+    let pipeline = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"
+[pipeline]
+name = "older_state_redis"
+[state]
+dir = "{state}"
+[checkpoint]
+interval = "50ms"
+[sources.reports]
+type = "file"
+path = "{input}"
+[transforms.by_country]
+type = "aggregate"
+inputs = ["reports"]
+group_by = ["country"]
+aggregates = {{ n = "count" }}
+[sinks.counts]
+type = "redis"
+inputs = ["by_country"]
+url = "{url}"
+key = "{prefix}:counts:{{country}}"
+field = "n"
+value_field = "n"
+"#,
+            state = dir.path().join("state").display(),
+            input = input.display(),
+        ),
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        sluice()
+            .args(["run", "--once"])
+            .args(extra)
+            .arg(&pipeline)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let ok = |o: Output| assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    ok(run(&[]));
+    let state = dir.path().join("state");
+    let backup = dir.path().join("backup");
+    assert!(std::process::Command::new("cp")
+        .args([
+            "-a",
+            &state.display().to_string(),
+            &backup.display().to_string()
+        ])
+        .status()
+        .unwrap()
+        .success());
+    // More input, more epochs: the fences move past the backup's epoch.
+    let mut more = lines(300, 0);
+    more.push_str(&lines(90, 300));
+    std::fs::write(&input, more).unwrap();
+    ok(run(&[]));
+    let gt = || redis_hash(&url, &format!("{prefix}:counts:GT"))["n"];
+    assert_eq!(gt(), 130);
+    // The older copy of the whole directory (its marker agrees with it).
+    std::fs::remove_dir_all(&state).unwrap();
+    std::fs::rename(&backup, &state).unwrap();
+    let refused = run(&[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "started anyway: {stderr}");
+    assert!(
+        stderr.contains("newer than the restored checkpoint epoch"),
+        "{stderr}"
+    );
+    assert_eq!(gt(), 130, "the sink's values were left alone");
+    // The whole directory lost: the fences show an earlier run.
+    std::fs::remove_dir_all(&state).unwrap();
+    let refused = run(&[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "started anyway: {stderr}");
+    assert!(
+        stderr.contains("holds values an earlier run wrote"),
+        "{stderr}"
+    );
+    assert_eq!(gt(), 130);
+    ok(run(&["--accept-empty-state"]));
+    assert_eq!(
+        gt(),
+        130,
+        "recounted from the whole input by a new generation"
+    );
+    for c in ["GT", "MX", "US"] {
+        redis_cli(
+            &url,
+            &[
+                "DEL",
+                &format!("{prefix}:counts:{c}"),
+                &format!("{prefix}:counts:{c}:__epoch"),
+            ],
+        );
+    }
+}

@@ -74,14 +74,22 @@ pub trait Sink: Send + 'static {
         progress: Option<&'a [u8]>,
     ) -> BoxFuture<'a, Result<(), SinkError>>;
 
-    /// What the destination shows of an earlier run of this pipeline, if
-    /// anything (e.g. "/out/counts.ndjson holds 2048 bytes"). Asked once,
-    /// before [`restore`](Self::restore), only when the state store holds
-    /// no checkpoint: sinks are only ever given committed epochs, so any
-    /// output then means the state of an earlier run was lost, and the
-    /// pipeline refuses to start (unless the operator accepted it). The
-    /// default finds nothing.
-    fn earlier_output(&mut self) -> BoxFuture<'_, Result<Option<String>, SinkError>> {
+    /// What the destination shows that the restored state does not
+    /// explain, if anything (e.g. "/out/counts.ndjson holds 2048 bytes").
+    /// Asked once, before [`restore`](Self::restore), with the epoch of the
+    /// restored checkpoint and this sink's restored progress. Sinks are
+    /// only ever given committed epochs, so output while the store holds
+    /// no checkpoint (`restored_epoch == 0`) means the state of an earlier
+    /// run was lost, and values written in an epoch newer than the restored
+    /// one mean the state is older than what the sink already saw. Either
+    /// way the pipeline refuses to start (unless the operator accepted it).
+    /// The default finds nothing.
+    fn earlier_output<'a>(
+        &'a mut self,
+        restored_epoch: u64,
+        progress: Option<&'a [u8]>,
+    ) -> BoxFuture<'a, Result<Option<String>, SinkError>> {
+        let _ = (restored_epoch, progress);
         Box::pin(async { Ok(None) })
     }
 

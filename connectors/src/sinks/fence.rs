@@ -47,9 +47,71 @@ pub fn decode_progress(progress: &[u8]) -> Option<u64> {
     progress.try_into().ok().map(u64::from_be_bytes)
 }
 
+/// The epoch a fence was written in.
+pub fn epoch_of(fence: u64) -> u64 {
+    fence & ((1 << EPOCH_BITS) - 1)
+}
+
+/// What the newest fence at a destination (`newest`, None when it holds
+/// none) shows that the restored state does not explain: values written
+/// while the store holds no checkpoint (the state of an earlier run was
+/// lost), by a newer write generation than the restored one, or in a newer
+/// epoch of the same generation (the state is older than what the sink
+/// saw). `progress` is the sink's restored progress (its generation).
+pub fn unexplained(
+    destination: &str,
+    newest: Option<u64>,
+    restored_epoch: u64,
+    progress: Option<&[u8]>,
+) -> Option<String> {
+    let newest = newest.filter(|&f| f > 0)?;
+    let (g, e) = (generation_of(newest), epoch_of(newest));
+    if restored_epoch == 0 {
+        return Some(format!(
+            "{destination} holds values an earlier run wrote (write generation {g}, epoch {e})"
+        ));
+    }
+    // Without progress the sink had not confirmed an epoch yet: its
+    // generation was not recorded, so there is nothing to compare with.
+    let ours = decode_progress(progress?)?;
+    if g > ours {
+        Some(format!(
+            "{destination} holds values of write generation {g}, newer than the restored state's \
+             generation {ours}: another run wrote after this state was saved"
+        ))
+    } else if g == ours && e > restored_epoch {
+        Some(format!(
+            "{destination} holds values of epoch {e}, newer than the restored checkpoint \
+             epoch {restored_epoch}: the state is older than what the sink already saw"
+        ))
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fences_the_state_does_not_explain() {
+        let f = |g, e| fence(g, e);
+        let p = encode_progress(3);
+        assert_eq!(unexplained("t", None, 0, None), None);
+        assert_eq!(unexplained("t", None, 9, Some(&p)), None);
+        assert!(unexplained("t", f(3, 9), 0, None)
+            .unwrap()
+            .contains("earlier run"));
+        assert_eq!(unexplained("t", f(3, 9), 9, Some(&p)), None);
+        assert_eq!(unexplained("t", f(2, 90), 9, Some(&p)), None);
+        assert!(unexplained("t", f(3, 10), 9, Some(&p))
+            .unwrap()
+            .contains("epoch 10"));
+        assert!(unexplained("t", f(4, 1), 9, Some(&p))
+            .unwrap()
+            .contains("generation 4"));
+        assert_eq!(unexplained("t", f(4, 1), 9, None), None);
+    }
 
     #[test]
     fn generations_order_before_epochs() {

@@ -116,9 +116,8 @@ pub fn check(
             ));
         }
     }
-    if restored_epoch == 0 {
-        evidence.extend(sink_traces.iter().cloned());
-    }
+    // Sinks report only what the restored state does not explain.
+    evidence.extend(sink_traces.iter().cloned());
     if evidence.is_empty() {
         Ok(())
     } else {

@@ -338,9 +338,14 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, RunE
     all_sinks.push(spec.dead_letter);
     let old_marker = marker::read(&spec.state_dir)?;
     let mut traces = Vec::new();
-    if restored.epoch == 0 {
+    {
         for s in &mut all_sinks {
-            match s.sink.earlier_output().await {
+            let progress = restored.acks.get(&s.name).and_then(|a| a.progress.clone());
+            match s
+                .sink
+                .earlier_output(restored.epoch, progress.as_deref())
+                .await
+            {
                 Ok(Some(t)) => traces.push(format!("sink `{}`: {t}", s.name)),
                 Ok(None) => {}
                 Err(e) => {

@@ -34,8 +34,17 @@ fn fatal(context: &str, path: &std::path::Path, e: std::io::Error) -> SinkError 
 impl Sink for FileSink {
     /// A non-empty output file: on a start without a checkpoint, restoring
     /// would cut it back to 0 bytes.
-    fn earlier_output(&mut self) -> BoxFuture<'_, Result<Option<String>, SinkError>> {
+    fn earlier_output<'a>(
+        &'a mut self,
+        restored_epoch: u64,
+        progress: Option<&'a [u8]>,
+    ) -> BoxFuture<'a, Result<Option<String>, SinkError>> {
         Box::pin(async move {
+            // With a checkpoint, output past the acknowledged length is
+            // the normal tail of a crash, cut back at restore.
+            if restored_epoch > 0 || progress.is_some() {
+                return Ok(None);
+            }
             let path = &self.config.path;
             match std::fs::metadata(path) {
                 Ok(m) if m.len() > 0 => Ok(Some(format!(

@@ -531,6 +531,37 @@ impl Sink for PostgresSink {
         })
     }
 
+    fn earlier_output<'a>(
+        &'a mut self,
+        restored_epoch: u64,
+        progress: Option<&'a [u8]>,
+    ) -> BoxFuture<'a, Result<Option<String>, SinkError>> {
+        Box::pin(async move {
+            // Only fenced upsert tables carry epochs.
+            let newest = match self.table_columns().await? {
+                Some(cols) if cols.contains(EPOCH_COLUMN) => {
+                    let q = sql::max_fence(self.table()?);
+                    let conn = self.connection().await?;
+                    let row = conn
+                        .client
+                        .query_one(&q, &[])
+                        .await
+                        .map_err(|e| classify(&e));
+                    let max: i64 = row.map_err(|f| self.err(f))?.try_get(0).unwrap_or(0);
+                    Some(max.max(0) as u64)
+                }
+                _ => None,
+            };
+            let destination = format!("table {}", self.table()?.quoted());
+            Ok(fence::unexplained(
+                &destination,
+                newest,
+                restored_epoch,
+                progress,
+            ))
+        })
+    }
+
     fn write<'a>(
         &'a mut self,
         epoch: u64,

@@ -70,6 +70,30 @@ pub fn chunk_command(sha: &str, args: ChunkArgs<'_>, writes: &[Write]) -> redis:
     cmd
 }
 
+/// A `SCAN MATCH` pattern for the fence keys of a key template: each
+/// `{field}` becomes `*`, glob characters of the text are escaped.
+pub fn fence_glob(template: &str) -> String {
+    let mut out = String::new();
+    let mut in_field = false;
+    for c in template.chars() {
+        match (in_field, c) {
+            (false, '{') => {
+                in_field = true;
+                out.push('*');
+            }
+            (true, '}') => in_field = false,
+            (true, _) => {}
+            (false, '*' | '?' | '[' | ']' | '\\') => {
+                out.push('\\');
+                out.push(c);
+            }
+            (false, _) => out.push(c),
+        }
+    }
+    out.push_str(FENCE_SUFFIX);
+    out
+}
+
 /// The key holding the fences of `key`'s values.
 pub fn fence_key(key: &str) -> String {
     let mut k = String::with_capacity(key.len() + FENCE_SUFFIX.len());

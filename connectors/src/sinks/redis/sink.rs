@@ -275,6 +275,63 @@ impl Sink for RedisSink {
         })
     }
 
+    fn earlier_output<'a>(
+        &'a mut self,
+        restored_epoch: u64,
+        progress: Option<&'a [u8]>,
+    ) -> BoxFuture<'a, Result<Option<String>, SinkError>> {
+        Box::pin(async move {
+            // The newest fence among this sink's fence keys.
+            let glob = fence::fence_glob(self.config.key.as_str());
+            let mut conn = self.connection().await?;
+            let mut newest: Option<u64> = None;
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&glob)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| self.classify(e, "cannot scan the fence keys of"))?;
+                for key in keys {
+                    let kind: String = redis::cmd("TYPE")
+                        .arg(&key)
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(|e| self.classify(e, "cannot read the fence keys of"))?;
+                    let values: Vec<String> = match kind.as_str() {
+                        "hash" => redis::cmd("HVALS").arg(&key).query_async(&mut conn).await,
+                        "string" => redis::cmd("GET")
+                            .arg(&key)
+                            .query_async::<Option<String>>(&mut conn)
+                            .await
+                            .map(|v| v.into_iter().collect()),
+                        _ => Ok(Vec::new()),
+                    }
+                    .map_err(|e| self.classify(e, "cannot read the fence keys of"))?;
+                    for v in values {
+                        if let Ok(f) = v.parse::<u64>() {
+                            newest = newest.max(Some(f));
+                        }
+                    }
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+            Ok(crate::sinks::fence::unexplained(
+                &format!("Redis keys `{}`", self.config.key.as_str()),
+                newest,
+                restored_epoch,
+                progress,
+            ))
+        })
+    }
+
     fn write<'a>(
         &'a mut self,
         epoch: u64,
