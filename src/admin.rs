@@ -8,19 +8,27 @@
 //! - `GET /tables/{name}/{id}` — one row (404 if absent).
 //!
 //! Tables hold committed results: what the last checkpoint delivered.
+//!
+//! [`Access`] adds HTTPS (`[admin] tls`, see `tls.rs`) and a bearer token
+//! (`[admin] auth_token_env`) required everywhere except `/health` and
+//! `/ready`, which stay open for probes.
+
+mod tls;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sluice_connectors::sinks::table::registry;
 use sluice_engine::metrics as m;
+use sluice_engine::tls::TlsAcceptor;
 use sluice_engine::value::Value;
 use tokio::sync::watch;
 
@@ -62,6 +70,37 @@ struct AppState {
     pipeline: Arc<str>,
 }
 
+/// Who may reach the admin server, and how.
+#[derive(Clone, Default)]
+pub struct Access {
+    /// Serve HTTPS with this certificate.
+    pub tls: Option<TlsAcceptor>,
+    /// Required as `Authorization: Bearer <token>` except on the probes.
+    pub token: Option<Arc<str>>,
+}
+
+impl Access {
+    /// From `[admin]`: loads the certificate and reads the token variable,
+    /// failing if either is unusable. Must run inside the tokio runtime.
+    pub fn from_config(admin: &crate::config::AdminSection) -> anyhow::Result<Access> {
+        let tls = match &admin.tls {
+            Some(files) => Some(
+                TlsAcceptor::new(files, "admin")
+                    .map_err(|e| anyhow::anyhow!("[admin] tls: {e}"))?,
+            ),
+            None => None,
+        };
+        let token = match &admin.auth_token_env {
+            Some(var) => Some(Arc::from(
+                sluice_engine::bearer::token_from_env(var)
+                    .map_err(|e| anyhow::anyhow!("[admin] {e}"))?,
+            )),
+            None => None,
+        };
+        Ok(Access { tls, token })
+    }
+}
+
 /// Serves on `listener` until `stop` turns true.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -69,11 +108,22 @@ pub async fn serve(
     ready: Arc<AtomicBool>,
     pipeline: String,
     mut stop: watch::Receiver<bool>,
+    access: Access,
 ) -> anyhow::Result<()> {
     metrics::gauge!(m::BUILD_INFO, "pipeline" => pipeline.clone(), "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-    let app = router(metrics, ready, Arc::from(pipeline));
+    let app = router(metrics, ready, Arc::from(pipeline))
+        .layer(middleware::from_fn_with_state(access.token, require_token));
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, "admin server listening (/metrics, /health, /ready, /tables)");
+    let scheme = if access.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(%addr, %scheme, "admin server listening (/metrics, /health, /ready, /tables)");
+    if let Some(tls) = access.tls {
+        tls::serve(listener, app, tls, stop).await;
+        return Ok(());
+    }
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             sluice_engine::source::wait_shutdown(&mut stop).await;
@@ -95,6 +145,37 @@ fn router(metrics: PrometheusHandle, ready: Arc<AtomicBool>, pipeline: Arc<str>)
             ready,
             pipeline,
         })
+}
+
+/// Paths answered without the token: the probes.
+const OPEN_PATHS: &[&str] = &["/health", "/ready"];
+
+/// With a token configured, 401 for every request but the probes that does
+/// not carry it.
+async fn require_token(
+    State(token): State<Option<Arc<str>>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if let Some(token) = &token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        if !OPEN_PATHS.contains(&req.uri().path())
+            && !sluice_engine::bearer::authorized(given, token)
+        {
+            let mut r = (
+                StatusCode::UNAUTHORIZED,
+                Json(serde_json::json!({"error": "missing or wrong bearer token"})),
+            )
+                .into_response();
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+    }
+    next.run(req).await
 }
 
 async fn metrics_page(State(s): State<AppState>) -> Response {

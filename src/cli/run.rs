@@ -40,6 +40,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let server = match admin {
             Some(addr) => {
                 let handle = crate::admin::install_metrics()?;
+                let access = crate::admin::Access::from_config(&pipeline.admin)?;
                 // Bind first so that a port conflict fails the start, not later.
                 let listener = tokio::net::TcpListener::bind(addr)
                     .await
@@ -50,6 +51,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                     ready.clone(),
                     pipeline.name.clone(),
                     admin_stop,
+                    access,
                 )))
             }
             None => None,
