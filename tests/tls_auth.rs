@@ -132,6 +132,17 @@ fn eventually(what: &str, log: &Path, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// A sluice that is killed if the test fails half-way (no stray process
+/// keeps a port).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 const PIPELINE: &str = r#"
 [pipeline]
 name = "tls_auth"
@@ -212,7 +223,7 @@ impl Setup {
         }
     }
 
-    fn start(&self, admin_tls: bool) -> Child {
+    fn start(&self, admin_tls: bool) -> Running {
         let tls = if admin_tls {
             format!(
                 "tls = {{ cert = \"{}\", key = \"{}\" }}",
@@ -235,7 +246,7 @@ impl Setup {
         let mut child = spawn_serve(&self.path("pipeline.toml"), &env, &self.log());
         wait_for_port(self.port, &mut child, &self.log());
         wait_for_port(self.admin_port, &mut child, &self.log());
-        child
+        Running(child)
     }
 
     fn ingest_url(&self) -> String {
@@ -301,14 +312,14 @@ fn https_ingest_is_durable_and_plain_http_to_the_tls_port_fails() {
     let body = "{\"country\":\"GT\"}";
     assert_eq!(https_status(&ca, &s.ingest_url(), &["-d", body]), Some(202));
     *want.get_mut("GT").unwrap() += 1;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
 
     let mut child = s.start(false);
     eventually("every accepted event counted", &s.log(), || {
         s.counts() == want
     });
-    assert!(terminate(&mut child).success());
+    assert!(terminate(&mut child.0).success());
     assert_eq!(s.counts(), want, "after SIGKILL, restart and SIGTERM");
 }
 
@@ -353,7 +364,7 @@ fn renewed_certificate_files_are_served_without_a_restart() {
     });
     assert_eq!(https_status(&new_ca, &s.ingest_url(), &body), Some(202));
     assert_eq!(https_status(&new_ca, &admin, &[]), Some(200));
-    assert!(terminate(&mut child).success());
+    assert!(terminate(&mut child.0).success());
 }
 
 #[test]
@@ -377,7 +388,7 @@ fn the_admin_token_guards_everything_but_the_probes() {
     eventually("/ready answers 200 without a token", &s.log(), || {
         get("/ready", None) == 200
     });
-    assert!(terminate(&mut child).success());
+    assert!(terminate(&mut child.0).success());
 }
 
 #[test]
@@ -415,19 +426,6 @@ fn a_missing_token_variable_or_unusable_certificate_refuses_to_start() {
     assert!(text.contains("do not go together"), "{text}");
 }
 
-/// Kills the sluice started by the page if the test fails half-way (it
-/// listens on fixed ports).
-struct KillOnDrop(Option<Child>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// Runs every block of the page: the openssl commands, the pipelines
 /// (`sluice validate`), the run and curl commands with their outputs, the
 /// Prometheus configuration (`promtool check config`).
@@ -437,7 +435,7 @@ fn the_tls_auth_page_works_as_written() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     let log = dir.join("sluice.log");
-    let mut server = KillOnDrop(None);
+    let mut server: Option<Running> = None;
     let mut i = 0;
     while i < blocks.len() {
         let b = &blocks[i];
@@ -449,7 +447,7 @@ fn the_tls_auth_page_works_as_written() {
         match b.info.as_str() {
             "toml" => check_pipeline(dir, &b.text, &at),
             "sh" if b.text.contains("sluice run") => {
-                assert!(server.0.is_none(), "{at}: a second sluice run");
+                assert!(server.is_none(), "{at}: a second sluice run");
                 for port in [8443, 9443] {
                     assert!(
                         std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
@@ -465,7 +463,7 @@ fn the_tls_auth_page_works_as_written() {
                     .unwrap();
                 wait_for_port(8443, &mut child, &log);
                 wait_for_port(9443, &mut child, &log);
-                server.0 = Some(child);
+                server = Some(Running(child));
             }
             "sh" => {
                 let deadline = Instant::now() + Duration::from_secs(10);
@@ -525,8 +523,8 @@ fn the_tls_auth_page_works_as_written() {
         }
         i += 1;
     }
-    let mut server = server.0.take().expect("the page starts sluice");
-    assert!(terminate(&mut server).success());
+    let mut server = server.expect("the page starts sluice");
+    assert!(terminate(&mut server.0).success());
 }
 
 #[test]
