@@ -20,10 +20,12 @@ together and honour the engine's contracts (ports 8080/9898, /ready and
       out-of-band Secrets in the overlay's secret.example.yaml);
     - the pipeline in the ConfigMap: admin address and HTTP source port match
       the container ports, state dir matches the volume mount, every
-      ${VAR} is set in the container environment;
+      ${VAR} is set in the container environment, every listener on 0.0.0.0
+      has an auth_token_env the container sets;
     - Services and the PodDisruptionBudget select pods, named target ports
-      exist; the ServiceMonitor selects the metrics Service, its port exists
-      and its jobLabel yields job="sluice" (what the alerts expect).
+      exist; the ServiceMonitor selects the metrics Service, its port exists,
+      its jobLabel yields job="sluice" (what the alerts expect) and it sends
+      the admin token from the Secret key the container reads it from.
   Dockerfile: uid 10001, VOLUME /var/lib/sluice, EXPOSE 8080 9898,
     ENTRYPOINT + CMD = `sluice run /etc/sluice/pipeline.toml`, the same
     arguments as the StatefulSet.
@@ -202,9 +204,14 @@ def check_overlay(c, repo, overlay, dockerfile):
         key = next((i["key"] for i in items if i["path"] == os.path.basename(PIPELINE_PATH)), None)
         pipeline_text = (cm.get("data") or {}).get(key)
         c.expect(pipeline_text is not None, f"{name}: the ConfigMap provides no {PIPELINE_PATH}")
+    pipeline_doc = None
     if pipeline_text is not None:
-        check_pipeline(c, f"{name}: pipeline", pipeline_text, {e["name"] for e in ctr.get("env") or []},
-                       ports.get("admin"), ports.get("http"), mounts)
+        pipeline_doc = check_pipeline(c, f"{name}: pipeline", pipeline_text, {e["name"] for e in ctr.get("env") or []},
+                                      ports.get("admin"), ports.get("http"), mounts)
+    # The Secret key the admin token comes from, if the pipeline has one.
+    admin_token_var = ((pipeline_doc or {}).get("admin") or {}).get("auth_token_env")
+    admin_token_ref = next(((e.get("valueFrom") or {}).get("secretKeyRef") for e in ctr.get("env") or []
+                            if e["name"] == admin_token_var), None)
 
     # Services and the PDB select the pods; named target ports exist.
     for svc in services.values():
@@ -235,6 +242,12 @@ def check_overlay(c, repo, overlay, dockerfile):
             target = svc_ports.get(ep.get("port"), {}).get("targetPort")
             c.expect(target in ("admin", ADMIN_PORT), f"{w}: endpoint does not reach the admin port")
             c.expect(ep.get("path", "/metrics") == "/metrics", f"{w}: endpoint path is not /metrics")
+            if admin_token_var:
+                creds = ((ep.get("authorization") or {}).get("credentials")) or {}
+                c.expect(admin_token_ref is not None
+                         and {"name": creds.get("name"), "key": creds.get("key")} == {"name": admin_token_ref["name"], "key": admin_token_ref["key"]},
+                         f"{w}: the admin server requires ${admin_token_var}, but the endpoint does not send "
+                         f"the Secret key it comes from ({admin_token_ref})")
         job = (svc["metadata"].get("labels") or {}).get(sm["spec"].get("jobLabel"))
         c.expect(job == JOB, f"{w}: jobLabel yields job={job!r}, the alerts expect job=\"{JOB}\"")
 
@@ -260,6 +273,18 @@ def check_pipeline(c, where, text, env_names, admin_port, http_port, mounts):
                      f"{where}: source {src_name} listens on {src['address']}, the container port http is {http_port}")
     for var in sorted(env_refs(text)):
         c.expect(var in env_names, f"{where}: ${{{var}}} is not set in the container environment")
+    # Listeners open to the network require a token, read from a variable
+    # the container has (docs/operations/tls-auth.md).
+    listeners = [("[admin]", doc.get("admin") or {})]
+    listeners += [(f"source {n}", src) for n, src in (doc.get("sources") or {}).items() if src.get("type") == "http"]
+    for what, listener in listeners:
+        if not str(listener.get("address", "")).startswith("0.0.0.0:"):
+            continue
+        var = listener.get("auth_token_env")
+        c.expect(var is not None, f"{where}: {what} listens on {listener['address']} without auth_token_env")
+        if var is not None:
+            c.expect(var in env_names, f"{where}: {what} auth_token_env {var} is not set in the container environment")
+    return doc
 
 
 # --------------------------------------------------------------------------

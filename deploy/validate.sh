@@ -10,6 +10,8 @@
 # Environment:
 #   SLUICE_METRICS_URL  also check the dashboards and alerts against a live
 #                       /metrics, e.g. http://127.0.0.1:9898/metrics
+#   SLUICE_METRICS_TOKEN  bearer token for that /metrics, when the admin server
+#                       has `auth_token_env` (the shipped Kubernetes pipeline)
 #   SLUICE_BIN          sluice binary for `sluice validate` of the pipelines
 #                       (default: target/release/sluice, target/debug/sluice,
 #                       or sluice on PATH)
@@ -160,8 +162,11 @@ compose_config() {
 live_metrics() {
     local exposition="$WORK/live.prom"
     python3 - "$SLUICE_METRICS_URL" "$exposition" <<'EOF' || return 1
-import sys, urllib.request
-with urllib.request.urlopen(sys.argv[1], timeout=10) as r, open(sys.argv[2], "wb") as f:
+import os, sys, urllib.request
+request = urllib.request.Request(sys.argv[1])
+if os.environ.get("SLUICE_METRICS_TOKEN"):
+    request.add_header("Authorization", "Bearer " + os.environ["SLUICE_METRICS_TOKEN"])
+with urllib.request.urlopen(request, timeout=10) as r, open(sys.argv[2], "wb") as f:
     f.write(r.read())
 EOF
     promtool check metrics <"$exposition" &&

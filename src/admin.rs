@@ -9,19 +9,27 @@
 //! - `GET /tables/{name}/{id}` — one row (404 if absent).
 //!
 //! Tables hold committed results: what the last checkpoint delivered.
+//!
+//! [`Access`] adds HTTPS (`[admin] tls`, see `tls.rs`) and a bearer token
+//! (`[admin] auth_token_env`) required everywhere except `/health` and
+//! `/ready`, which stay open for probes.
+
+mod tls;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
-use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sluice_connectors::sinks::table::registry;
 use sluice_engine::metrics as m;
+use sluice_engine::tls::TlsAcceptor;
 use sluice_engine::value::Value;
 use tokio::sync::watch;
 
@@ -65,8 +73,39 @@ struct AppState {
     metrics: PrometheusHandle,
     ready: Arc<AtomicBool>,
     pipeline: Arc<str>,
-    topology: Arc<Topology>,
+    topology: Arc<RwLock<Topology>>,
     rates: Arc<Mutex<RateWindow>>,
+}
+
+/// Who may reach the admin server, and how.
+#[derive(Clone, Default)]
+pub struct Access {
+    /// Serve HTTPS with this certificate.
+    pub tls: Option<TlsAcceptor>,
+    /// Required as `Authorization: Bearer <token>` except on the probes.
+    pub token: Option<Arc<str>>,
+}
+
+impl Access {
+    /// From `[admin]`: loads the certificate and reads the token variable,
+    /// failing if either is unusable. Must run inside the tokio runtime.
+    pub fn from_config(admin: &crate::config::AdminSection) -> anyhow::Result<Access> {
+        let tls = match &admin.tls {
+            Some(files) => Some(
+                TlsAcceptor::new(files, "admin")
+                    .map_err(|e| anyhow::anyhow!("[admin] tls: {e}"))?,
+            ),
+            None => None,
+        };
+        let token = match &admin.auth_token_env {
+            Some(var) => Some(Arc::from(
+                sluice_engine::bearer::token_from_env(var)
+                    .map_err(|e| anyhow::anyhow!("[admin] {e}"))?,
+            )),
+            None => None,
+        };
+        Ok(Access { tls, token })
+    }
 }
 
 /// Serves on `listener` until `stop` turns true.
@@ -75,8 +114,9 @@ pub async fn serve(
     metrics: PrometheusHandle,
     ready: Arc<AtomicBool>,
     pipeline: String,
-    topology: Topology,
+    topology: Arc<RwLock<Topology>>,
     mut stop: watch::Receiver<bool>,
+    access: Access,
 ) -> anyhow::Result<()> {
     metrics::gauge!(m::BUILD_INFO, "pipeline" => pipeline.clone(), "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     let rates = Arc::new(Mutex::new(RateWindow::default()));
@@ -85,15 +125,20 @@ pub async fn serve(
         pipeline.clone(),
         rates.clone(),
     ));
-    let app = router(
-        metrics,
-        ready,
-        Arc::from(pipeline),
-        Arc::new(topology),
-        rates,
-    );
+    let app = router(metrics, ready, Arc::from(pipeline), topology, rates)
+        .layer(middleware::from_fn_with_state(access.token, require_token));
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, "admin server listening (/, /status, /metrics, /health, /ready, /tables)");
+    let scheme = if access.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(%addr, %scheme, "admin server listening (/, /status, /metrics, /health, /ready, /tables)");
+    if let Some(tls) = access.tls {
+        tls::serve(listener, app, tls, stop).await;
+        recorder.abort();
+        return Ok(());
+    }
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             sluice_engine::source::wait_shutdown(&mut stop).await;
@@ -125,7 +170,7 @@ fn router(
     metrics: PrometheusHandle,
     ready: Arc<AtomicBool>,
     pipeline: Arc<str>,
-    topology: Arc<Topology>,
+    topology: Arc<RwLock<Topology>>,
     rates: Arc<Mutex<RateWindow>>,
 ) -> Router {
     Router::new()
@@ -169,14 +214,53 @@ async fn status_json(State(s): State<AppState>) -> Json<status::Status> {
         .lock()
         .map(|r| r.rates(&s.pipeline, now, &samples))
         .unwrap_or_default();
+    // A reload may have replaced the graph.
+    let topology = s
+        .topology
+        .read()
+        .map(|t| t.clone())
+        .unwrap_or_else(|e| e.into_inner().clone());
     Json(status::status(
         &s.pipeline,
-        &s.topology,
+        &topology,
         &samples,
         &rates,
         s.ready.load(Ordering::SeqCst),
         now,
     ))
+}
+
+/// Paths answered without the token: the probes, and the status page's
+/// static files (they hold no data; the page sends the token it is given
+/// in its URL fragment, `/#token=...`, with its `/status` requests).
+const OPEN_PATHS: &[&str] = &["/health", "/ready", "/", "/assets/status.css", "/assets/status.js"];
+
+/// With a token configured, 401 for every request but the probes that does
+/// not carry it.
+async fn require_token(
+    State(token): State<Option<Arc<str>>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if let Some(token) = &token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        if !OPEN_PATHS.contains(&req.uri().path())
+            && !sluice_engine::bearer::authorized(given, token)
+        {
+            let mut r = (
+                StatusCode::UNAUTHORIZED,
+                Json(serde_json::json!({"error": "missing or wrong bearer token"})),
+            )
+                .into_response();
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+    }
+    next.run(req).await
 }
 
 async fn metrics_page(State(s): State<AppState>) -> Response {

@@ -84,6 +84,17 @@ pub struct AdminSection {
     /// Listen address, e.g. "127.0.0.1:9898" (use "0.0.0.0:9898" in a
     /// container). Without it the admin server is off.
     pub address: Option<std::net::SocketAddr>,
+    /// Serve HTTPS: `tls = { cert = "tls.crt", key = "tls.key" }` (PEM
+    /// files, read again every few seconds; a renewed pair is used for new
+    /// connections). Without it, plain HTTP.
+    #[serde(default)]
+    pub tls: Option<sluice_engine::tls::TlsConfig>,
+    /// Name of an environment variable holding a bearer token. When set,
+    /// every endpoint but `/health` and `/ready` (left open for probes)
+    /// answers 401 without `Authorization: Bearer <token>`; sluice refuses
+    /// to start if the variable is missing or empty.
+    #[serde(default)]
+    pub auth_token_env: Option<String>,
 }
 
 /// `[sources.NAME.event_time]`

@@ -3,6 +3,7 @@
 //! recovery. No vendor SDK is used here.
 
 pub mod batch;
+pub mod bearer;
 pub mod config;
 pub mod dead_letter;
 pub mod decode;
@@ -16,6 +17,7 @@ pub mod runtime;
 pub mod sink;
 pub mod source;
 pub mod time;
+pub mod tls;
 pub mod value;
 
 pub use value::{Map, Str, Value};

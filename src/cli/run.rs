@@ -48,9 +48,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let shutdown = super::shutdown_on_signals();
         let ready = Arc::new(AtomicBool::new(false));
         let (stop_admin, admin_stop) = watch::channel(false);
+        // The graph the status page shows; a reload replaces it.
+        let topology = Arc::new(std::sync::RwLock::new(crate::status::Topology::of(
+            &pipeline,
+        )));
         let server = match admin {
             Some(addr) => {
                 let handle = crate::admin::install_metrics()?;
+                let access = crate::admin::Access::from_config(&pipeline.admin)?;
                 // Bind first so that a port conflict fails the start, not later.
                 let listener = tokio::net::TcpListener::bind(addr)
                     .await
@@ -60,13 +65,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                     handle,
                     ready.clone(),
                     pipeline.name.clone(),
-                    crate::status::Topology::of(&pipeline),
+                    topology.clone(),
                     admin_stop,
+                    access,
                 )))
             }
             None => None,
         };
-        let result = run_reloading(&args, pipeline.clone(), shutdown, ready).await;
+        let result = run_reloading(&args, pipeline.clone(), shutdown, ready, topology).await;
         let _ = stop_admin.send(true);
         if let Some(server) = server {
             let _ = server.await;
@@ -111,6 +117,7 @@ async fn run_reloading(
     mut current: crate::config::Pipeline,
     mut signals: watch::Receiver<bool>,
     ready: Arc<AtomicBool>,
+    topology: Arc<std::sync::RwLock<crate::status::Topology>>,
 ) -> anyhow::Result<sluice_engine::runtime::RunReport> {
     let mut reloads = super::reload::requests(
         args.pipeline.clone(),
@@ -165,6 +172,9 @@ async fn run_reloading(
             Some(new) if !*signals.borrow() && !report.input_exhausted => {
                 current = new;
                 mode = super::Mode::Run;
+                if let Ok(mut t) = topology.write() {
+                    *t = crate::status::Topology::of(&current);
+                }
                 tracing::info!(
                     epoch = report.epoch,
                     "reloaded `{}`",

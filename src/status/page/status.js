@@ -1,3 +1,11 @@
+// With `[admin] auth_token_env`, open the page as /#token=<token>: the
+// token stays in the browser (a URL fragment is never sent) and goes with
+// each /status request as a bearer token.
+function authHeaders() {
+  const match = /(?:^#|&)token=([^&]+)/.exec(window.location.hash);
+  return match ? { Authorization: "Bearer " + decodeURIComponent(match[1]) } : {};
+}
+
 // The sluice status page: polls /status every second, draws the graph
 // (boxes placed by the server's column/row, edges as SVG curves) and fills
 // in each component's numbers.
@@ -308,7 +316,7 @@ function render(status) {
 
 async function poll() {
   try {
-    const response = await fetch("/status", { cache: "no-store" });
+    const response = await fetch("/status", { cache: "no-store", headers: authHeaders() });
     if (!response.ok) throw new Error("GET /status: HTTP " + response.status);
     const status = await response.json();
     render(status);

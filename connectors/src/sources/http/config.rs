@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Deserializer, Serialize};
 use sluice_engine::time::HumanDuration;
+use sluice_engine::tls::TlsConfig;
 
 /// `type = "http"`: accepts JSON events over HTTP POST and journals them
 /// durably before answering.
@@ -33,6 +34,12 @@ pub struct HttpSourceConfig {
     /// refuses to start if the variable is missing or empty.
     #[serde(default)]
     pub auth_token_env: Option<String>,
+    /// Serve HTTPS: `tls = { cert = "tls.crt", key = "tls.key" }` (PEM
+    /// files). The files are read again every few seconds and a renewed
+    /// pair is used for new connections; a changed pair that cannot be used
+    /// is logged and the previous one kept. Without it, plain HTTP.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     /// Where the journal of accepted events lives (default:
     /// `<state dir>/journal/<source name>`).
     #[serde(default)]
@@ -97,6 +104,7 @@ impl Default for HttpSourceConfig {
             paths: default_paths(),
             max_body_bytes: default_max_body_bytes(),
             auth_token_env: None,
+            tls: None,
             journal_dir: None,
             fsync: true,
             max_backlog_events: default_max_backlog_events(),

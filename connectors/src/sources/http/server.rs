@@ -2,8 +2,9 @@
 //! `max_connections` connections at a time (at the cap it stops accepting,
 //! so further clients wait in the listen queue), gives each client
 //! `header_read_timeout` to send a request's headers, and bounds hyper's
-//! per-connection read buffer. Shuts down gracefully: no new connections,
-//! requests in flight finish.
+//! per-connection read buffer. With `tls`, each connection first completes
+//! a TLS handshake (within `header_read_timeout`). Shuts down gracefully:
+//! no new connections, requests in flight finish.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,12 +12,14 @@ use std::time::Duration;
 use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use metrics::{Counter, Gauge, Label};
 use sluice_engine::metrics as m;
 use sluice_engine::source::SourceError;
-use tokio::net::TcpListener;
+use sluice_engine::tls::TlsAcceptor;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -37,6 +40,15 @@ pub(super) struct Limits {
     pub max_connections: usize,
 }
 
+/// What the accept loop hands every connection.
+struct Conn {
+    http: http1::Builder,
+    app: Router,
+    tls: Option<TlsAcceptor>,
+    limits: Limits,
+    counters: ConnMetrics,
+}
+
 /// The running HTTP server.
 pub(super) struct Server {
     stop: Option<oneshot::Sender<()>>,
@@ -49,6 +61,7 @@ impl Server {
         address: &str,
         name: &str,
         limits: Limits,
+        tls: Option<TlsAcceptor>,
         app: Router,
         labels: &[Label],
     ) -> Result<Server, SourceError> {
@@ -61,11 +74,12 @@ impl Server {
         let counters = ConnMetrics {
             open: metrics::gauge!(m::HTTP_CONNECTIONS, labels.to_vec()),
             header_timeouts: metrics::counter!(m::ERRORS, m::with_error(labels, "header_timeout")),
+            tls_failures: metrics::counter!(m::ERRORS, m::with_error(labels, "tls_handshake")),
         };
         counters.open.set(0.0);
         let (stop, stopped) = oneshot::channel::<()>();
         let name = name.to_string();
-        let task = tokio::spawn(serve(listener, app, limits, stopped, counters, name));
+        let task = tokio::spawn(serve(listener, app, limits, tls, stopped, counters, name));
         Ok(Server {
             stop: Some(stop),
             task: Some(task),
@@ -103,6 +117,7 @@ impl Drop for Server {
 struct ConnMetrics {
     open: Gauge,
     header_timeouts: Counter,
+    tls_failures: Counter,
 }
 
 /// One open connection: its slot under `max_connections`, counted in
@@ -131,6 +146,7 @@ async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,
+    tls: Option<TlsAcceptor>,
     mut stop: oneshot::Receiver<()>,
     counters: ConnMetrics,
     name: String,
@@ -140,6 +156,13 @@ async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(MAX_READ_BUFFER);
+    let conn = Arc::new(Conn {
+        http,
+        app,
+        tls,
+        limits,
+        counters,
+    });
     let graceful = GracefulShutdown::new();
     let mut conns = JoinSet::new();
     loop {
@@ -167,25 +190,52 @@ async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let open = Open::new(slot, counters.open.clone());
-        let conn =
-            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
-        let conn = graceful.watch(conn);
-        let header_timeouts = counters.header_timeouts.clone();
+        let open = Open::new(slot, conn.counters.open.clone());
+        let conn = Arc::clone(&conn);
+        // Taken now, so that a connection still in its TLS handshake at
+        // shutdown is closed gracefully once it is done.
+        let watcher = graceful.watcher();
         conns.spawn(async move {
-            if let Err(e) = conn.await {
-                if e.is_timeout() {
-                    header_timeouts.increment(1);
-                } else {
-                    tracing::debug!(error = %e, "HTTP connection ended with an error");
-                }
-            }
+            conn.handle(stream, watcher).await;
             drop(open);
         });
     }
     drop(listener);
     graceful.shutdown().await;
     while conns.join_next().await.is_some() {}
+}
+
+impl Conn {
+    /// Serves one connection, after its TLS handshake if the server has TLS.
+    async fn handle(&self, stream: TcpStream, watcher: Watcher) {
+        match &self.tls {
+            None => self.serve(stream, watcher).await,
+            Some(tls) => match tls.accept(stream, self.limits.header_read_timeout).await {
+                Ok(stream) => self.serve(stream, watcher).await,
+                Err(e) => {
+                    self.counters.tls_failures.increment(1);
+                    tracing::debug!(error = %e, "TLS handshake failed");
+                }
+            },
+        }
+    }
+
+    async fn serve<S>(&self, stream: S, watcher: Watcher)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let conn = self.http.serve_connection(
+            TokioIo::new(stream),
+            TowerToHyperService::new(self.app.clone()),
+        );
+        if let Err(e) = watcher.watch(conn).await {
+            if e.is_timeout() {
+                self.counters.header_timeouts.increment(1);
+            } else {
+                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            }
+        }
+    }
 }
 
 /// Errors about one connection that leave the listener fine.

@@ -24,6 +24,7 @@ use super::budget::{Budget, Reservation};
 use super::config::HttpSourceConfig;
 use super::server::{Limits, Server};
 use crate::lines::OVERSIZED_KEEP;
+use sluice_engine::tls::TlsAcceptor;
 
 /// Events per batch read back from the journal.
 const BATCH_EVENTS: usize = 4096;
@@ -235,14 +236,10 @@ async fn start_server(
         .map_err(|e| SourceError::Config(format!("source `{name}`: {e}")))?;
     let token = match &config.auth_token_env {
         None => None,
-        Some(var) => match std::env::var(var) {
-            Ok(t) if !t.is_empty() => Some(t),
-            _ => {
-                return Err(SourceError::Config(format!(
-                    "source `{name}`: auth_token_env names `{var}`, but that environment variable is not set (or empty)"
-                )))
-            }
-        },
+        Some(var) => Some(
+            sluice_engine::bearer::token_from_env(var)
+                .map_err(|e| SourceError::Config(format!("source `{name}`: {e}")))?,
+        ),
     };
     let budget = Budget::new(
         config.max_buffered_bytes,
@@ -265,10 +262,18 @@ async fn start_server(
     for path in &config.paths {
         router = router.route(path, post(ingest));
     }
+    let tls = match &config.tls {
+        None => None,
+        Some(files) => Some(
+            TlsAcceptor::new(files, name)
+                .map_err(|e| SourceError::Config(format!("source `{name}`: {e}")))?,
+        ),
+    };
     Server::start(
         &config.address,
         name,
         limits,
+        tls,
         router.with_state(state),
         &labels,
     )
@@ -372,31 +377,8 @@ async fn ingest(State(s): State<Arc<Ingest>>, headers: HeaderMap, body: Body) ->
 }
 
 fn authorized(headers: &HeaderMap, token: &str) -> bool {
-    let Some(given) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| bearer_credentials(v.as_bytes()))
-    else {
-        return false;
-    };
-    // Constant time in the token's content.
-    given.len() == token.len()
-        && given
-            .iter()
-            .zip(token.as_bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
-}
-
-/// The token of `Bearer <token>`. The scheme name is case-insensitive
-/// (RFC 9110, section 11.1) and followed by one or more spaces.
-fn bearer_credentials(value: &[u8]) -> Option<&[u8]> {
-    const SCHEME: &[u8] = b"bearer";
-    if value.len() <= SCHEME.len() || !value[..SCHEME.len()].eq_ignore_ascii_case(SCHEME) {
-        return None;
-    }
-    let rest = &value[SCHEME.len()..];
-    let token_at = rest.iter().position(|&b| b != b' ')?;
-    (token_at > 0).then_some(&rest[token_at..])
+    let given = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    sluice_engine::bearer::authorized(given, token)
 }
 
 fn is_ndjson(headers: &HeaderMap) -> bool {

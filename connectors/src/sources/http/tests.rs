@@ -36,6 +36,22 @@ fn example_config_parses_and_defaults_apply() {
 }
 
 #[test]
+fn tls_option_parses_and_its_typos_are_refused() {
+    let c: HttpSourceConfig =
+        toml::from_str("tls = { cert = \"tls/tls.crt\", key = \"tls/tls.key\" }").unwrap();
+    let tls = c.tls.unwrap();
+    assert_eq!(
+        (tls.cert.to_str(), tls.key.to_str()),
+        (Some("tls/tls.crt"), Some("tls/tls.key"))
+    );
+    assert_eq!(HttpSourceConfig::default().tls, None);
+    let err = toml::from_str::<HttpSourceConfig>("tls = { cert = \"a\", kye = \"b\" }")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown field `kye`"), "{err}");
+}
+
+#[test]
 fn bad_options_are_explained() {
     for (toml, want) in [
         ("adress = \"x:1\"", "unknown field `adress`"),
