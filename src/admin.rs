@@ -233,7 +233,13 @@ async fn status_json(State(s): State<AppState>) -> Json<status::Status> {
 /// Paths answered without the token: the probes, and the status page's
 /// static files (they hold no data; the page sends the token it is given
 /// in its URL fragment, `/#token=...`, with its `/status` requests).
-const OPEN_PATHS: &[&str] = &["/health", "/ready", "/", "/assets/status.css", "/assets/status.js"];
+const OPEN_PATHS: &[&str] = &[
+    "/health",
+    "/ready",
+    "/",
+    "/assets/status.css",
+    "/assets/status.js",
+];
 
 /// With a token configured, 401 for every request but the probes that does
 /// not carry it.

@@ -29,6 +29,12 @@ impl Drop for Running {
 }
 
 fn start() -> Running {
+    start_with("", &[])
+}
+
+/// Starts the pipeline with `admin_extra` added to its `[admin]` table and
+/// `env` set.
+fn start_with(admin_extra: &str, env: &[(&str, String)]) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let (admin, ingest) = (pick_port(), pick_port());
     let pipeline = dir.path().join("p.toml");
@@ -44,6 +50,7 @@ dir = "{state}"
 interval = "200ms"
 [admin]
 address = "127.0.0.1:{admin}"
+{admin_extra}
 [sources.orders]
 type = "http"
 address = "127.0.0.1:{ingest}"
@@ -71,7 +78,7 @@ path = "{out}"
     )
     .unwrap();
     let log = dir.path().join("log");
-    let mut child = spawn_serve(&pipeline, &[], &log);
+    let mut child = spawn_serve(&pipeline, env, &log);
     wait_for_port(admin, &mut child, &log);
     wait_for_port(ingest, &mut child, &log);
     Running {
@@ -162,7 +169,10 @@ fn chromium() -> String {
 /// Runs headless Chromium on the status page with `args` (after the
 /// common ones); returns stdout.
 fn browse(admin: u16, profile: &Path, args: &[&str]) -> String {
-    let url = format!("http://127.0.0.1:{admin}/");
+    browse_url(&format!("http://127.0.0.1:{admin}/"), profile, args)
+}
+
+fn browse_url(url: &str, profile: &Path, args: &[&str]) -> String {
     let out = Command::new(chromium())
         .args([
             "--headless",
@@ -172,7 +182,7 @@ fn browse(admin: u16, profile: &Path, args: &[&str]) -> String {
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
         .args(args)
-        .arg(&url)
+        .arg(url)
         .output()
         .unwrap();
     assert!(
@@ -385,4 +395,53 @@ fn status_page_is_self_contained() {
         }
     }
     assert_eq!(refs, 2, "expected the stylesheet and the script:\n{html}");
+}
+
+/// With `[admin] auth_token_env`, the page's files stay open (they hold no
+/// data), `/status` needs the token, and the page opened as `/#token=...`
+/// sends it and shows the numbers.
+#[test]
+fn status_page_sends_the_admin_token_from_its_url_fragment() {
+    let var = "SLUICE_STATUS_PAGE_TEST_TOKEN";
+    let r = start_with(
+        &format!("auth_token_env = \"{var}\""),
+        &[(var, "s3cret-page".to_string())],
+    );
+    let posted = post_orders(r.ingest, 40);
+    let get = |path: &str, auth: &[(&str, &str)]| {
+        http_request(r.admin, "GET", path, auth, b"").unwrap().0
+    };
+    assert_eq!(get("/", &[]), 200);
+    assert_eq!(get("/assets/status.js", &[]), 200);
+    assert_eq!(get("/status", &[]), 401);
+    assert_eq!(get("/metrics", &[]), 401);
+    assert_eq!(
+        get("/status", &[("Authorization", "Bearer s3cret-page")]),
+        200
+    );
+    // The page fetches /status with the token from its fragment.
+    let url = format!("http://127.0.0.1:{}/#token=s3cret-page", r.admin);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let dom = browse_url(&url, &r.dir.path().join("chromium-token"), &["--dump-dom"]);
+        let events = number(&shown(&dom, Some("orders"), "events_total"));
+        if events as u64 >= posted {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the page never showed the {posted} events:\n{dom}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // Without the token the page cannot read /status.
+    let dom = browse_url(
+        &format!("http://127.0.0.1:{}/", r.admin),
+        &r.dir.path().join("chromium-none"),
+        &["--dump-dom"],
+    );
+    assert!(
+        !dom.contains("data-metric=\"events_total\""),
+        "the page showed data without the token:\n{dom}"
+    );
 }
