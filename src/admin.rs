@@ -4,8 +4,10 @@
 //! pipeline's `table` sinks:
 //!
 //! - `GET /tables` — the tables and their sizes;
-//! - `GET /tables/{name}?limit=100&after=<id>&prefix=<id prefix>&window_start=<ms>`
-//!   — a page of rows in id order, with `next` (the cursor for the next page);
+//! - `GET /tables/{name}?limit=100&after=<id>&prefix=<id prefix>&window_start=<ms|latest>`
+//!   — a page of rows in id order, with `next` (the cursor for the next
+//!   page); `order=newest` sorts by window start, newest first, paged by
+//!   `offset`;
 //! - `GET /tables/{name}/{id}` — one row (404 if absent).
 //!
 //! Tables hold committed results: what the last checkpoint delivered.
@@ -126,6 +128,7 @@ pub async fn serve(
         rates.clone(),
     ));
     let app = router(metrics, ready, Arc::from(pipeline), topology, rates)
+        .layer(middleware::from_fn(json_ends_with_newline))
         .layer(middleware::from_fn_with_state(access.token, require_token));
     let addr = listener.local_addr()?;
     let scheme = if access.tls.is_some() {
@@ -228,6 +231,31 @@ async fn status_json(State(s): State<AppState>) -> Json<status::Status> {
         s.ready.load(Ordering::SeqCst),
         now,
     ))
+}
+
+/// JSON replies end with a newline, so that `curl` in a terminal prints the
+/// next prompt on a line of its own.
+async fn json_ends_with_newline(req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let Ok(mut bytes) = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .map(|b| b.to_vec())
+    else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "reply lost\n").into_response();
+    };
+    if bytes.last() != Some(&b'\n') {
+        bytes.push(b'\n');
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(bytes))
 }
 
 /// Paths answered without the token: the probes, and the status page's

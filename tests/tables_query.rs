@@ -42,7 +42,10 @@ inputs = ["per_minute"]
 fn get(admin: u16, path: &str) -> serde_json::Value {
     let (status, body) = http_request(admin, "GET", path, &[], b"").unwrap();
     assert_eq!(status, 200, "{path}: {body}");
-    assert!(body.ends_with('\n') || body.ends_with('}'), "{body}");
+    assert!(
+        body.ends_with("}\n"),
+        "a JSON reply ends with a newline: {body:?}"
+    );
     serde_json::from_str(&body).unwrap()
 }
 
