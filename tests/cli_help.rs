@@ -227,3 +227,24 @@ fn sluice_graph_reports_a_broken_pipeline_instead_of_a_graph() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The README's `sluice validate` example shows lines that the command
+/// really prints for the bundled broken file.
+#[test]
+fn the_readme_validate_example_matches_what_validate_prints() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let shown: Vec<&str> = readme
+        .lines()
+        .filter(|l| l.starts_with("error: docs/examples/broken.toml:"))
+        .collect();
+    assert!(shown.len() >= 2, "the README shows no validate output");
+    let out = shell("sluice validate docs/examples/broken.toml");
+    assert_eq!(out.status.code(), Some(2));
+    let printed = String::from_utf8_lossy(&out.stderr);
+    for line in shown {
+        assert!(
+            printed.lines().any(|l| l == line),
+            "the README shows `{line}`, validate printed:\n{printed}"
+        );
+    }
+}

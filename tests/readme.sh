@@ -50,6 +50,16 @@ if grep -q '}{' "$WORK/client.out"; then
     fail=1
 fi
 
+# The README's way to put the built binary on the PATH.
+path_line='export PATH="$PWD/target/release:$PATH"'
+grep -qxF "$path_line" README.md || { echo "the README no longer shows: $path_line"; fail=1; }
+if (eval "$path_line" && sluice --version >/dev/null); then
+    echo "ok: $path_line, then sluice --version"
+else
+    echo "FAILED: $path_line, then sluice --version"
+    fail=1
+fi
+
 # Ctrl-C stops the job gracefully.
 kill -INT -- "-$job"
 wait "$job" || { echo "the job did not exit 0 after Ctrl-C"; tail -20 "$WORK/job.log"; fail=1; }
