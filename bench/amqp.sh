@@ -53,7 +53,7 @@ t0=$(now)
 t1=$(now)
 cmp -s "$OUT/baseline.csv" "$OUT/oracle/w1a.csv" || { echo "baseline output differs from the oracle" >&2; exit 1; }
 
-rm -rf "$OUT/state"
+rm -rf "$OUT/state" "$OUT/sluice.ndjson"
 t2=$(now)
 BENCH_STATE="$OUT/state" BENCH_QUEUE="$Q_SLUICE" BENCH_OUTPUT="$OUT/sluice.ndjson" \
     /usr/bin/time -f "%M" -o "$OUT/sluice.rss" \

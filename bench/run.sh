@@ -126,6 +126,9 @@ measure() { # workload engine run output -- cmd...
 run_sluice() { # workload run output input
     local state status=0
     state=$(mktemp -d "${TMPDIR:-/tmp}/sluice-bench-state.XXXXXX")
+    # A fresh state with an earlier run's output beside it is refused
+    # (docs/operations.md, "Damaged or lost state"): each run starts clean.
+    rm -f -- "$3"
     BENCH_STATE=$state BENCH_INPUT=$4 BENCH_OUTPUT=$3 \
         measure "$1" sluice "$2" "$3" -- "$BIN/sluice" run "bench/pipelines/$1.toml" || status=$?
     rm -rf -- "$state"
@@ -203,6 +206,7 @@ else
     for ((r = 1; r <= STARTUP_RUNS; r++)); do
         state=$(mktemp -d "${TMPDIR:-/tmp}/sluice-bench-state.XXXXXX")
         status=0
+        rm -f -- "$OUT/startup-out.ndjson"
         json=$(BENCH_STATE=$state BENCH_INPUT=$OUT/empty.jsonl BENCH_OUTPUT=$OUT/startup-out.ndjson \
             python3 "$BENCH/measure.py" --tag workload=startup --tag engine=sluice --tag "run=$r" \
             --stderr "$OUT/sluice-startup.err" --timeout 10 -- "$BIN/sluice" run bench/pipelines/w1a.toml) || status=$?

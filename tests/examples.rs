@@ -262,10 +262,36 @@ fn use_case_1_weather_counts_into_redis() {
     // The same state again: nothing new, nothing counted twice.
     run_once(&pipeline, &env(&state), &log);
     check("second run");
-    // A fresh state (a new worker, or state wiped): everything is counted
-    // again from the file and written as absolute values, not added.
-    run_once(&pipeline, &env(&dir.path().join("state2")), &log);
-    check("run on a fresh state");
+    // A fresh state (state wiped) while Redis holds what an earlier run
+    // wrote: refused, the values left alone...
+    let fresh = env(&dir.path().join("state2"));
+    let refused = sluice()
+        .args(["run", "--once"])
+        .arg(&pipeline)
+        .envs(fresh.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "started anyway: {stderr}");
+    assert!(
+        stderr.contains("holds values an earlier run wrote"),
+        "{stderr}"
+    );
+    check("refused run on a fresh state");
+    // ...unless accepted: everything is counted again from the file and
+    // written as absolute values, not added.
+    let accepted = sluice()
+        .args(["run", "--once", "--accept-empty-state"])
+        .arg(&pipeline)
+        .envs(fresh.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    assert!(
+        accepted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&accepted.stderr)
+    );
+    check("run on a fresh state, accepted");
 }
 
 /// A message of use case 2, as its load generator would post it.
