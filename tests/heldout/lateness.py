@@ -140,14 +140,14 @@ def start(binary, d, port=None):
 
 def file_run(binary, path, read_bytes, kills, rng):
     d = tempfile.mkdtemp()
-    pace = 200_000 if kills else 0
+    pace = 40_000 if kills else 0
     src = f'type = "file"\npath = "{path}"\nread_bytes = {read_bytes}\nmax_events_per_second = {pace}'
     open(f"{d}/pipeline.toml", "w").write(PIPELINE.format(dir=d, source=src))
     hit = 0
     for _ in range(kills):
         p = subprocess.Popen([binary, "run", "--once", f"{d}/pipeline.toml"],
                              stdout=subprocess.DEVNULL, stderr=open(f"{d}/sluice.log", "a"))
-        time.sleep(rng.uniform(0.05, 0.6))
+        time.sleep(rng.uniform(0.05, 0.8))
         if p.poll() is None:
             p.send_signal(signal.SIGKILL)
             hit += 1
