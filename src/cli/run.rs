@@ -73,6 +73,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     })?;
     let secs = started.elapsed().as_secs_f64();
     tracing::info!(
+        pipeline = %pipeline.name,
         events = report.events_in,
         dead_letters = report.dead_letters,
         epoch = report.epoch,

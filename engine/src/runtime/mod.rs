@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 
 use crate::decode::{Decoder, EventTimeSpec};
 use crate::graph::{build_graph, GraphNode, NodeKind};
@@ -179,8 +180,15 @@ fn graph_nodes(spec: &PipelineSpec) -> Vec<GraphNode> {
     nodes
 }
 
-/// Runs `spec` to completion (bounded input exhausted, or shutdown).
+/// Runs `spec` to completion (bounded input exhausted, or shutdown). Every
+/// log line of the run (sources, processor, sinks) carries the pipeline's
+/// name in a `pipeline` span.
 pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, RunError> {
+    let span = tracing::info_span!("pipeline", pipeline = %spec.name);
+    run_in_span(spec, opts).instrument(span).await
+}
+
+async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, RunError> {
     let graph = build_graph(graph_nodes(&spec)).map_err(|errors| {
         let nodes = graph_nodes(&spec);
         RunError::Plan(
@@ -416,16 +424,19 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, RunE
         }
         let progress = ack.as_ref().and_then(|a| a.progress.clone());
         redeliver.push((pending, stored, ack));
-        sink_tasks.push(tokio::spawn(drive_sink(
-            i,
-            Arc::from(s.name.as_str()),
-            pipeline.clone(),
-            s.sink,
-            progress,
-            rx,
-            sink_events_tx.clone(),
-            spec.retry.clone(),
-        )));
+        sink_tasks.push(tokio::spawn(
+            drive_sink(
+                i,
+                Arc::from(s.name.as_str()),
+                pipeline.clone(),
+                s.sink,
+                progress,
+                rx,
+                sink_events_tx.clone(),
+                spec.retry.clone(),
+            )
+            .in_current_span(),
+        ));
         sink_names.push(s.name);
         sink_txs.push(tx);
     }
@@ -461,16 +472,19 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, RunE
         };
         let events = data_tx.clone();
         let source = s.source;
-        source_tasks.push(tokio::spawn(async move {
-            let msg = match source.run(ctx).await {
-                Ok(()) => SourceEvent::Finished { source: i },
-                Err(e) => SourceEvent::Failed {
-                    source: i,
-                    error: e.to_string(),
-                },
-            };
-            let _ = events.send(msg).await;
-        }));
+        source_tasks.push(tokio::spawn(
+            async move {
+                let msg = match source.run(ctx).await {
+                    Ok(()) => SourceEvent::Finished { source: i },
+                    Err(e) => SourceEvent::Failed {
+                        source: i,
+                        error: e.to_string(),
+                    },
+                };
+                let _ = events.send(msg).await;
+            }
+            .in_current_span(),
+        ));
         commit_txs.push(commit_tx);
         source_names.push(s.name);
     }
@@ -508,7 +522,9 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, RunE
     opts.ready.store(true, Ordering::SeqCst);
     let handle = tokio::runtime::Handle::current();
     let shutdown = opts.shutdown;
+    let span = tracing::Span::current();
     let result = tokio::task::spawn_blocking(move || {
+        let _span = span.enter();
         let mut processor = Processor::new(parts);
         handle.block_on(processor.run(data_rx, sink_events_rx, ckpt_done_rx, shutdown))
     })
