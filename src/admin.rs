@@ -1,5 +1,6 @@
 //! The admin HTTP server: `/metrics` (Prometheus), `/health` (alive),
-//! `/ready` (state restored, sources started), and read access to the
+//! `/ready` (200 when ready, else 503 with the reasons, see
+//! `sluice_engine::health`), and read access to the
 //! pipeline's `table` sinks:
 //!
 //! - `GET /tables` — the tables and their sizes;
@@ -10,7 +11,6 @@
 //! Tables hold committed results: what the last checkpoint delivered.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -20,6 +20,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sluice_connectors::sinks::table::registry;
+use sluice_engine::health::Readiness;
 use sluice_engine::metrics as m;
 use sluice_engine::value::Value;
 use tokio::sync::watch;
@@ -47,7 +48,9 @@ fn describe(name: &'static str) {
         m::DEAD_LETTERS => "Events sent to the dead-letter output, by error type",
         m::CHECKPOINT_DURATION => "Time to write and fsync a checkpoint",
         m::CHECKPOINT_LAST_SUCCESS => "Unix time of the last durable checkpoint",
-        m::READY => "1 when the pipeline is ready (state restored, sources started)",
+        m::READY => "1 when the pipeline is ready (state restored, sources up and caught up)",
+        m::SOURCE_BACKLOG => "Events in a source's own log not yet processed",
+        m::RESTORE_SECONDS => "Seconds from start until ready (so far, while not ready)",
         _ => "",
     };
     if !help.is_empty() {
@@ -58,7 +61,7 @@ fn describe(name: &'static str) {
 #[derive(Clone)]
 struct AppState {
     metrics: PrometheusHandle,
-    ready: Arc<AtomicBool>,
+    ready: Arc<Readiness>,
     pipeline: Arc<str>,
 }
 
@@ -66,7 +69,7 @@ struct AppState {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: PrometheusHandle,
-    ready: Arc<AtomicBool>,
+    ready: Arc<Readiness>,
     pipeline: String,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -82,7 +85,7 @@ pub async fn serve(
     Ok(())
 }
 
-fn router(metrics: PrometheusHandle, ready: Arc<AtomicBool>, pipeline: Arc<str>) -> Router {
+fn router(metrics: PrometheusHandle, ready: Arc<Readiness>, pipeline: Arc<str>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_page))
         .route("/health", get(|| async { "ok\n" }))
@@ -98,7 +101,7 @@ fn router(metrics: PrometheusHandle, ready: Arc<AtomicBool>, pipeline: Arc<str>)
 }
 
 async fn metrics_page(State(s): State<AppState>) -> Response {
-    let ready = s.ready.load(Ordering::SeqCst);
+    let ready = s.ready.is_ready();
     metrics::gauge!(m::READY, "pipeline" => s.pipeline.to_string()).set(if ready {
         1.0
     } else {
@@ -114,12 +117,18 @@ async fn metrics_page(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
+/// 200 when ready, 503 otherwise; the body (JSON) lists the reasons and
+/// each source's state and backlog.
 async fn ready_page(State(s): State<AppState>) -> Response {
-    if s.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ready\n").into_response()
+    let report = s.ready.report();
+    let status = if report.ready {
+        StatusCode::OK
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
-    }
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut body = serde_json::to_string(&report).unwrap_or_default();
+    body.push('\n');
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 async fn list_tables() -> Json<serde_json::Value> {

@@ -8,9 +8,9 @@ pub mod validate;
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use sluice_engine::health::Readiness;
 use sluice_engine::runtime::{self, RunOptions, RunReport};
 use sluice_engine::source::Progress;
 use tokio::sync::watch;
@@ -107,7 +107,7 @@ pub async fn execute(
     bounded: bool,
     shutdown: watch::Receiver<bool>,
     progress: Vec<Arc<Progress>>,
-    ready: Arc<AtomicBool>,
+    ready: Arc<Readiness>,
     mode: Mode,
 ) -> anyhow::Result<RunReport> {
     let spec = crate::plan::to_spec(p, state_dir, mode == Mode::Replay)?;

@@ -2,11 +2,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Args;
+use sluice_engine::health::Readiness;
 use tokio::sync::watch;
 
 #[derive(Args)]
@@ -45,7 +45,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let admin = args.admin.or(pipeline.admin.address);
     let report = rt.block_on(async {
         let shutdown = super::shutdown_on_signals();
-        let ready = Arc::new(AtomicBool::new(false));
+        let ready = Arc::new(Readiness::new(pipeline.admin.ready_max_backlog));
         let (stop_admin, admin_stop) = watch::channel(false);
         let server = match admin {
             Some(addr) => {
@@ -98,7 +98,7 @@ async fn run_reloading(
     args: &RunArgs,
     mut current: crate::config::Pipeline,
     mut signals: watch::Receiver<bool>,
-    ready: Arc<AtomicBool>,
+    ready: Arc<Readiness>,
 ) -> anyhow::Result<sluice_engine::runtime::RunReport> {
     let mut reloads = super::reload::requests(
         args.pipeline.clone(),
@@ -152,6 +152,7 @@ async fn run_reloading(
         match next {
             Some(new) if !*signals.borrow() && !report.input_exhausted => {
                 current = new;
+                ready.set_max_backlog(current.admin.ready_max_backlog);
                 mode = super::Mode::Run;
                 tracing::info!(
                     epoch = report.epoch,

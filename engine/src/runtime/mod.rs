@@ -13,12 +13,12 @@
 
 pub mod marker;
 mod processor;
+mod progress;
 pub mod store;
 pub mod watermark;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +27,7 @@ use tracing::Instrument;
 
 use crate::decode::{Decoder, EventTimeSpec};
 use crate::graph::{build_graph, GraphNode, NodeKind};
+use crate::health::{Readiness, SourceHealth};
 use crate::operator::{BuildContext, FieldPath, Operator, OperatorSpec};
 use crate::sink::{drive_sink, RetryPolicy, Sink, SinkEpoch};
 use crate::source::{Progress, Source, SourceContext, SourceEvent, SourceOutput};
@@ -86,8 +87,9 @@ pub struct RunOptions {
     pub bounded: bool,
     /// Turns true to request a graceful stop (SIGTERM).
     pub shutdown: watch::Receiver<bool>,
-    /// Set once state is restored and sources are started.
-    pub ready: Arc<AtomicBool>,
+    /// Readiness (`/ready`): this run reports restoring, running with its
+    /// sources' health, and stopped (see [`crate::health`]).
+    pub ready: Arc<Readiness>,
     /// Progress of each source (bytes), for progress bars.
     pub progress: Vec<Arc<Progress>>,
     /// Start even if the state store is empty or older than what an earlier
@@ -185,7 +187,11 @@ fn graph_nodes(spec: &PipelineSpec) -> Vec<GraphNode> {
 /// name in a `pipeline` span.
 pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, RunError> {
     let span = tracing::info_span!("pipeline", pipeline = %spec.name);
-    run_in_span(spec, opts).instrument(span).await
+    let ready = opts.ready.clone();
+    ready.restoring();
+    let result = run_in_span(spec, opts).instrument(span).await;
+    ready.stopped();
+    result
 }
 
 async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, RunError> {
@@ -235,7 +241,9 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
         )));
     }
 
+    let started = std::time::Instant::now();
     let pipeline: Arc<str> = Arc::from(spec.name.as_str());
+    let pipeline_name = pipeline.clone();
     let mut operators: Vec<Option<Box<dyn Operator>>> = Vec::new();
     let mut signatures = Vec::new();
     for (t, tspec) in spec.transforms.iter().enumerate() {
@@ -447,6 +455,7 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
     let mut commit_txs = Vec::new();
     let mut source_names = Vec::new();
     let mut source_tasks = Vec::new();
+    let mut healths = Vec::new();
     let (stop_tx, stop_rx) = watch::channel(false);
     for (i, s) in spec.sources.into_iter().enumerate() {
         let name: Arc<str> = Arc::from(s.name.as_str());
@@ -457,7 +466,9 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
             s.max_event_bytes,
         ));
         let progress = opts.progress.get(i).cloned().unwrap_or_default();
-        let output = SourceOutput::new(i, decoder, data_tx.clone(), progress);
+        let health = Arc::new(SourceHealth::default());
+        healths.push((name.clone(), health.clone()));
+        let output = SourceOutput::new(i, decoder, data_tx.clone(), progress).with_health(health);
         let (commit_tx, commit_rx) = mpsc::unbounded_channel();
         let ctx = SourceContext {
             name: name.clone(),
@@ -518,8 +529,14 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
         max_pending_epochs: spec.max_pending_epochs.max(1),
         jobs: job_tx,
         stop: stop_tx,
+        health: healths.iter().map(|(_, h)| h.clone()).collect(),
     };
-    opts.ready.store(true, Ordering::SeqCst);
+    opts.ready.running(healths);
+    let (monitor_stop, monitor_stopped) = watch::channel(false);
+    let monitor = tokio::spawn(
+        progress::monitor(opts.ready.clone(), pipeline_name, started, monitor_stopped)
+            .in_current_span(),
+    );
     let handle = tokio::runtime::Handle::current();
     let shutdown = opts.shutdown;
     let span = tracing::Span::current();
@@ -530,7 +547,9 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
     })
     .await
     .map_err(|e| RunError::Checkpoint(format!("processor thread panicked: {e}")))?;
-    opts.ready.store(false, Ordering::SeqCst);
+    opts.ready.stopped();
+    let _ = monitor_stop.send(true);
+    let _ = monitor.await;
     // Sources and sinks normally end on their own once the processor is
     // gone; one stuck retrying an unreachable service is abandoned (its work
     // is in the checkpoint and is redone at the next start).
