@@ -101,12 +101,19 @@ fn router(metrics: PrometheusHandle, ready: Arc<Readiness>, pipeline: Arc<str>) 
 }
 
 async fn metrics_page(State(s): State<AppState>) -> Response {
-    let ready = s.ready.is_ready();
-    metrics::gauge!(m::READY, "pipeline" => s.pipeline.to_string()).set(if ready {
+    // Readiness as of this scrape (the runtime also updates these twice a second).
+    let report = s.ready.report();
+    metrics::gauge!(m::READY, "pipeline" => s.pipeline.to_string()).set(if report.ready {
         1.0
     } else {
         0.0
     });
+    for source in &report.sources {
+        if let Some(backlog) = source.backlog_events {
+            let labels = m::component_labels(&s.pipeline, &source.name, "source");
+            metrics::gauge!(m::SOURCE_BACKLOG, labels).set(backlog as f64);
+        }
+    }
     (
         [(
             header::CONTENT_TYPE,

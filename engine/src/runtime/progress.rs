@@ -60,8 +60,10 @@ pub(super) async fn monitor(
                     );
                 }
                 ever_ready = true;
-            } else if was_ready.is_some() || report.reasons.iter().any(|r| r.contains("down")) {
+            } else if was_ready == Some(true) {
                 tracing::warn!(reasons = ?report.reasons, "not ready");
+            } else {
+                tracing::info!(reasons = ?report.reasons, "not ready yet");
             }
             was_ready = Some(report.ready);
         }
