@@ -1,6 +1,7 @@
 //! The admin HTTP server: `/metrics` (Prometheus), `/health` (alive),
-//! `/ready` (state restored, sources started), the status page (`/`, with
-//! its JSON at `/status`, see `crate::status`), and read access to the
+//! `/ready` (200 when ready, else 503 with the reasons, see
+//! `sluice_engine::health`), the status page (`/`, with its JSON at
+//! `/status`, see `crate::status`), and read access to the
 //! pipeline's `table` sinks:
 //!
 //! - `GET /tables` — the tables and their sizes;
@@ -19,7 +20,6 @@
 mod tls;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use axum::extract::{Path, Query, Request, State};
@@ -30,6 +30,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sluice_connectors::sinks::table::registry;
+use sluice_engine::health::Readiness;
 use sluice_engine::metrics as m;
 use sluice_engine::tls::TlsAcceptor;
 use sluice_engine::value::Value;
@@ -62,7 +63,9 @@ fn describe(name: &'static str) {
         m::CHECKPOINT_DURATION => "Time to write and fsync a checkpoint",
         m::CHECKPOINT_LAST_SUCCESS => "Unix time of the last durable checkpoint",
         m::CHECKPOINT_LAST_DURATION => "Time the last durable checkpoint took to write and fsync",
-        m::READY => "1 when the pipeline is ready (state restored, sources started)",
+        m::READY => "1 when the pipeline is ready (state restored, sources up and caught up)",
+        m::SOURCE_BACKLOG => "Events in a source's own log not yet processed",
+        m::RESTORE_SECONDS => "Seconds from start until ready (so far, while not ready)",
         _ => "",
     };
     if !help.is_empty() {
@@ -73,7 +76,7 @@ fn describe(name: &'static str) {
 #[derive(Clone)]
 struct AppState {
     metrics: PrometheusHandle,
-    ready: Arc<AtomicBool>,
+    ready: Arc<Readiness>,
     pipeline: Arc<str>,
     topology: Arc<RwLock<Topology>>,
     rates: Arc<Mutex<RateWindow>>,
@@ -114,7 +117,7 @@ impl Access {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: PrometheusHandle,
-    ready: Arc<AtomicBool>,
+    ready: Arc<Readiness>,
     pipeline: String,
     topology: Arc<RwLock<Topology>>,
     mut stop: watch::Receiver<bool>,
@@ -171,7 +174,7 @@ async fn record_rates(metrics: PrometheusHandle, pipeline: String, rates: Arc<Mu
 
 fn router(
     metrics: PrometheusHandle,
-    ready: Arc<AtomicBool>,
+    ready: Arc<Readiness>,
     pipeline: Arc<str>,
     topology: Arc<RwLock<Topology>>,
     rates: Arc<Mutex<RateWindow>>,
@@ -228,7 +231,7 @@ async fn status_json(State(s): State<AppState>) -> Json<status::Status> {
         &topology,
         &samples,
         &rates,
-        s.ready.load(Ordering::SeqCst),
+        s.ready.report().ready,
         now,
     ))
 }
@@ -298,12 +301,19 @@ async fn require_token(
 }
 
 async fn metrics_page(State(s): State<AppState>) -> Response {
-    let ready = s.ready.load(Ordering::SeqCst);
-    metrics::gauge!(m::READY, "pipeline" => s.pipeline.to_string()).set(if ready {
+    // Readiness as of this scrape (the runtime also updates these twice a second).
+    let report = s.ready.report();
+    metrics::gauge!(m::READY, "pipeline" => s.pipeline.to_string()).set(if report.ready {
         1.0
     } else {
         0.0
     });
+    for source in &report.sources {
+        if let Some(backlog) = source.backlog_events {
+            let labels = m::component_labels(&s.pipeline, &source.name, "source");
+            metrics::gauge!(m::SOURCE_BACKLOG, labels).set(backlog as f64);
+        }
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -314,12 +324,18 @@ async fn metrics_page(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
+/// 200 when ready, 503 otherwise; the body (JSON) lists the reasons and
+/// each source's state and backlog.
 async fn ready_page(State(s): State<AppState>) -> Response {
-    if s.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ready\n").into_response()
+    let report = s.ready.report();
+    let status = if report.ready {
+        StatusCode::OK
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
-    }
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut body = serde_json::to_string(&report).unwrap_or_default();
+    body.push('\n');
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 async fn list_tables() -> Json<serde_json::Value> {

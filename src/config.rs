@@ -78,7 +78,7 @@ impl Default for CheckpointSection {
 }
 
 /// `[admin]`: the HTTP server for metrics, health, readiness and tables.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSection {
     /// Listen address, e.g. "127.0.0.1:9898" (use "0.0.0.0:9898" in a
@@ -95,6 +95,25 @@ pub struct AdminSection {
     /// to start if the variable is missing or empty.
     #[serde(default)]
     pub auth_token_env: Option<String>,
+    /// `/ready` answers 503 while a source is more events behind than this
+    /// (events in its own log, e.g. the HTTP journal, not yet processed).
+    #[serde(default = "default_ready_max_backlog")]
+    pub ready_max_backlog: u64,
+}
+
+fn default_ready_max_backlog() -> u64 {
+    sluice_engine::health::DEFAULT_MAX_BACKLOG
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection {
+            address: None,
+            tls: None,
+            auth_token_env: None,
+            ready_max_backlog: default_ready_max_backlog(),
+        }
+    }
 }
 
 /// `[sources.NAME.event_time]`

@@ -18,6 +18,16 @@ mod status;
 #[derive(Parser)]
 #[command(name = "sluice", version, about, long_about = None, after_help = EXAMPLES)]
 struct Cli {
+    /// Log lines on stderr as `text` (coloured only on a terminal) or `json`
+    /// (one object per line, for log collectors).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "SLUICE_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: cli::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -31,7 +41,8 @@ Examples:
   sluice test tests/pipelines/*                  run golden pipelines and compare results
   sluice graph examples/weather-file.toml        print its graph as Mermaid (--format dot: Graphviz)
 
-Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more. ${VAR} in a
+Logs go to stderr (--log-format json for one JSON object per line); set
+RUST_LOG (e.g. RUST_LOG=debug) for more. ${VAR} in a
 pipeline file is replaced by the environment variable VAR.";
 
 #[derive(Subcommand)]
@@ -54,7 +65,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    cli::init_logging();
+    let log_format = cli.log_format;
+    cli::init_logging(log_format);
     let result = match cli.command {
         Command::Run(a) => cli::run::run(a),
         Command::Validate(a) => cli::validate::run(a),
@@ -65,7 +77,11 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            if log_format == cli::LogFormat::Json {
+                tracing::error!("{e:#}");
+            } else {
+                eprintln!("error: {e:#}");
+            }
             ExitCode::from(1)
         }
     }

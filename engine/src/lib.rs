@@ -8,6 +8,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod decode;
 pub mod graph;
+pub mod health;
 pub mod journal;
 pub mod json;
 pub mod keys;

@@ -49,6 +49,12 @@ pub const SOURCE_RECONNECTS: &str = "sluice_source_reconnects_total";
 pub const SOURCE_LAG_SECONDS: &str = "sluice_source_lag_seconds";
 /// Events a `dedupe` transform dropped as repeats of an identity it remembers.
 pub const DEDUPE_DROPPED: &str = "sluice_dedupe_dropped_total";
+/// Events a source is behind, as readiness counts them: events in its own
+/// log not yet processed (HTTP journal end minus what the processor reached).
+pub const SOURCE_BACKLOG: &str = "sluice_source_backlog_events";
+/// Seconds the last start took to restore state and catch up until ready;
+/// while not ready yet, the time so far.
+pub const RESTORE_SECONDS: &str = "sluice_restore_seconds";
 /// Connections the HTTP source holds open.
 pub const HTTP_CONNECTIONS: &str = "sluice_http_connections";
 /// Bytes of request bodies the HTTP source holds in memory (reserved for
@@ -94,6 +100,8 @@ pub const ALL: &[&str] = &[
     DEDUPE_DROPPED,
     HTTP_CONNECTIONS,
     HTTP_BUFFERED_BYTES,
+    SOURCE_BACKLOG,
+    RESTORE_SECONDS,
 ];
 
 /// Labels identifying one component.

@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, watch};
 use crate::batch::{Batch, RawBuf};
 use crate::dead_letter::DeadLetter;
 use crate::decode::Decoder;
+pub use crate::health::SourceHealth;
 
 /// A boxed, sendable future (the return type of connector entry points).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -138,6 +139,7 @@ pub struct SourceOutput {
     decoder: Arc<Decoder>,
     tx: mpsc::Sender<SourceEvent>,
     progress: Arc<Progress>,
+    health: Arc<SourceHealth>,
 }
 
 impl SourceOutput {
@@ -153,12 +155,27 @@ impl SourceOutput {
             decoder,
             tx,
             progress,
+            health: Arc::default(),
         }
+    }
+
+    /// Reports this source's health to `health` (the engine does this).
+    pub fn with_health(mut self, health: Arc<SourceHealth>) -> Self {
+        self.health = health;
+        self
+    }
+
+    /// Where the source reports whether it is up and how far behind it is
+    /// (for `/ready`). Declaring partitions counts as started and up unless
+    /// the source said otherwise before.
+    pub fn health(&self) -> &Arc<SourceHealth> {
+        &self.health
     }
 
     fn data(&self, raw: RawBatch) -> SourceEvent {
         let (batch, dead) = self.decoder.decode(&raw);
         self.progress.add_done(raw.bytes);
+        self.health.emitted(raw.events.len() as u64);
         SourceEvent::Data {
             source: self.index,
             partition: raw.partition,
@@ -184,6 +201,7 @@ impl SourceOutput {
 
     /// Declares the partitions this source reads.
     pub async fn partitions(&self, partitions: Vec<u32>) -> Result<(), Closed> {
+        self.health.started();
         let msg = SourceEvent::Partitions {
             source: self.index,
             partitions,
@@ -192,6 +210,7 @@ impl SourceOutput {
     }
 
     pub fn partitions_blocking(&self, partitions: Vec<u32>) -> Result<(), Closed> {
+        self.health.started();
         let msg = SourceEvent::Partitions {
             source: self.index,
             partitions,

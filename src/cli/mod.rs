@@ -9,24 +9,45 @@ pub mod validate;
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use sluice_engine::health::Readiness;
 use sluice_engine::runtime::{self, RunOptions, RunReport};
 use sluice_engine::source::Progress;
 use tokio::sync::watch;
 
 use crate::config::{self, Pipeline};
 
+/// How log lines are written on stderr (`--log-format`, `SLUICE_LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines; coloured only when stderr is a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `fields.message`, the
+    /// event's other fields, and the spans (`pipeline`...) it happened in.
+    Json,
+}
+
 /// Structured logs on stderr, filtered by RUST_LOG (default: info).
-pub fn init_logging() {
+pub fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(false)
+            .with_span_list(true)
+            .try_init(),
+    };
 }
 
 /// Loads a pipeline, printing every error; `Err(exit code)` on failure.
@@ -87,7 +108,7 @@ pub async fn execute(
     bounded: bool,
     shutdown: watch::Receiver<bool>,
     progress: Vec<Arc<Progress>>,
-    ready: Arc<AtomicBool>,
+    ready: Arc<Readiness>,
     mode: Mode,
 ) -> anyhow::Result<RunReport> {
     let spec = crate::plan::to_spec(p, state_dir, mode == Mode::Replay)?;

@@ -2,11 +2,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Args;
+use sluice_engine::health::Readiness;
 use tokio::sync::watch;
 
 #[derive(Args)]
@@ -46,7 +46,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let admin = args.admin.or(pipeline.admin.address);
     let report = rt.block_on(async {
         let shutdown = super::shutdown_on_signals();
-        let ready = Arc::new(AtomicBool::new(false));
+        let ready = Arc::new(Readiness::new(pipeline.admin.ready_max_backlog));
         let (stop_admin, admin_stop) = watch::channel(false);
         // The graph the status page shows; a reload replaces it.
         let topology = Arc::new(std::sync::RwLock::new(crate::status::Topology::of(
@@ -81,6 +81,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     })?;
     let secs = started.elapsed().as_secs_f64();
     tracing::info!(
+        pipeline = %pipeline.name,
         events = report.events_in,
         dead_letters = report.dead_letters,
         epoch = report.epoch,
@@ -116,7 +117,7 @@ async fn run_reloading(
     args: &RunArgs,
     mut current: crate::config::Pipeline,
     mut signals: watch::Receiver<bool>,
-    ready: Arc<AtomicBool>,
+    ready: Arc<Readiness>,
     topology: Arc<std::sync::RwLock<crate::status::Topology>>,
 ) -> anyhow::Result<sluice_engine::runtime::RunReport> {
     let mut reloads = super::reload::requests(
@@ -171,6 +172,7 @@ async fn run_reloading(
         match next {
             Some(new) if !*signals.borrow() && !report.input_exhausted => {
                 current = new;
+                ready.set_max_backlog(current.admin.ready_max_backlog);
                 mode = super::Mode::Run;
                 if let Ok(mut t) = topology.write() {
                     *t = crate::status::Topology::of(&current);

@@ -13,19 +13,21 @@
 
 pub mod marker;
 mod processor;
+mod progress;
 pub mod store;
 pub mod watermark;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 
 use crate::decode::{Decoder, EventTimeSpec};
 use crate::graph::{build_graph, GraphNode, NodeKind};
+use crate::health::{Readiness, SourceHealth};
 use crate::operator::{BuildContext, FieldPath, Operator, OperatorSpec};
 use crate::sink::{drive_sink, RetryPolicy, Sink, SinkEpoch};
 use crate::source::{Progress, Source, SourceContext, SourceEvent, SourceOutput};
@@ -85,8 +87,9 @@ pub struct RunOptions {
     pub bounded: bool,
     /// Turns true to request a graceful stop (SIGTERM).
     pub shutdown: watch::Receiver<bool>,
-    /// Set once state is restored and sources are started.
-    pub ready: Arc<AtomicBool>,
+    /// Readiness (`/ready`): this run reports restoring, running with its
+    /// sources' health, and stopped (see [`crate::health`]).
+    pub ready: Arc<Readiness>,
     /// Progress of each source (bytes), for progress bars.
     pub progress: Vec<Arc<Progress>>,
     /// Start even if the state store is empty or older than what an earlier
@@ -179,8 +182,19 @@ fn graph_nodes(spec: &PipelineSpec) -> Vec<GraphNode> {
     nodes
 }
 
-/// Runs `spec` to completion (bounded input exhausted, or shutdown).
+/// Runs `spec` to completion (bounded input exhausted, or shutdown). Every
+/// log line of the run (sources, processor, sinks) carries the pipeline's
+/// name in a `pipeline` span.
 pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, RunError> {
+    let span = tracing::info_span!("pipeline", pipeline = %spec.name);
+    let ready = opts.ready.clone();
+    ready.restoring();
+    let result = run_in_span(spec, opts).instrument(span).await;
+    ready.stopped();
+    result
+}
+
+async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, RunError> {
     let graph = build_graph(graph_nodes(&spec)).map_err(|errors| {
         let nodes = graph_nodes(&spec);
         RunError::Plan(
@@ -227,7 +241,9 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, RunE
         )));
     }
 
+    let started = std::time::Instant::now();
     let pipeline: Arc<str> = Arc::from(spec.name.as_str());
+    let pipeline_name = pipeline.clone();
     let mut operators: Vec<Option<Box<dyn Operator>>> = Vec::new();
     let mut signatures = Vec::new();
     for (t, tspec) in spec.transforms.iter().enumerate() {
@@ -421,16 +437,19 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, RunE
         }
         let progress = ack.as_ref().and_then(|a| a.progress.clone());
         redeliver.push((pending, stored, ack));
-        sink_tasks.push(tokio::spawn(drive_sink(
-            i,
-            Arc::from(s.name.as_str()),
-            pipeline.clone(),
-            s.sink,
-            progress,
-            rx,
-            sink_events_tx.clone(),
-            spec.retry.clone(),
-        )));
+        sink_tasks.push(tokio::spawn(
+            drive_sink(
+                i,
+                Arc::from(s.name.as_str()),
+                pipeline.clone(),
+                s.sink,
+                progress,
+                rx,
+                sink_events_tx.clone(),
+                spec.retry.clone(),
+            )
+            .in_current_span(),
+        ));
         sink_names.push(s.name);
         sink_txs.push(tx);
     }
@@ -441,6 +460,7 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, RunE
     let mut commit_txs = Vec::new();
     let mut source_names = Vec::new();
     let mut source_tasks = Vec::new();
+    let mut healths = Vec::new();
     let (stop_tx, stop_rx) = watch::channel(false);
     for (i, s) in spec.sources.into_iter().enumerate() {
         let name: Arc<str> = Arc::from(s.name.as_str());
@@ -451,7 +471,9 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, RunE
             s.max_event_bytes,
         ));
         let progress = opts.progress.get(i).cloned().unwrap_or_default();
-        let output = SourceOutput::new(i, decoder, data_tx.clone(), progress);
+        let health = Arc::new(SourceHealth::default());
+        healths.push((name.clone(), health.clone()));
+        let output = SourceOutput::new(i, decoder, data_tx.clone(), progress).with_health(health);
         let (commit_tx, commit_rx) = mpsc::unbounded_channel();
         let ctx = SourceContext {
             name: name.clone(),
@@ -466,16 +488,19 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, RunE
         };
         let events = data_tx.clone();
         let source = s.source;
-        source_tasks.push(tokio::spawn(async move {
-            let msg = match source.run(ctx).await {
-                Ok(()) => SourceEvent::Finished { source: i },
-                Err(e) => SourceEvent::Failed {
-                    source: i,
-                    error: e.to_string(),
-                },
-            };
-            let _ = events.send(msg).await;
-        }));
+        source_tasks.push(tokio::spawn(
+            async move {
+                let msg = match source.run(ctx).await {
+                    Ok(()) => SourceEvent::Finished { source: i },
+                    Err(e) => SourceEvent::Failed {
+                        source: i,
+                        error: e.to_string(),
+                    },
+                };
+                let _ = events.send(msg).await;
+            }
+            .in_current_span(),
+        ));
         commit_txs.push(commit_tx);
         source_names.push(s.name);
     }
@@ -509,17 +534,27 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, RunE
         max_pending_epochs: spec.max_pending_epochs.max(1),
         jobs: job_tx,
         stop: stop_tx,
+        health: healths.iter().map(|(_, h)| h.clone()).collect(),
     };
-    opts.ready.store(true, Ordering::SeqCst);
+    opts.ready.running(healths);
+    let (monitor_stop, monitor_stopped) = watch::channel(false);
+    let monitor = tokio::spawn(
+        progress::monitor(opts.ready.clone(), pipeline_name, started, monitor_stopped)
+            .in_current_span(),
+    );
     let handle = tokio::runtime::Handle::current();
     let shutdown = opts.shutdown;
+    let span = tracing::Span::current();
     let result = tokio::task::spawn_blocking(move || {
+        let _span = span.enter();
         let mut processor = Processor::new(parts);
         handle.block_on(processor.run(data_rx, sink_events_rx, ckpt_done_rx, shutdown))
     })
     .await
     .map_err(|e| RunError::Checkpoint(format!("processor thread panicked: {e}")))?;
-    opts.ready.store(false, Ordering::SeqCst);
+    opts.ready.stopped();
+    let _ = monitor_stop.send(true);
+    let _ = monitor.await;
     // Sources and sinks normally end on their own once the processor is
     // gone; one stuck retrying an unreachable service is abandoned (its work
     // is in the checkpoint and is redone at the next start).

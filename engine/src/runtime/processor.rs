@@ -35,7 +35,7 @@ use crate::keys::{decode_key, GroupKey};
 use crate::metrics as m;
 use crate::operator::{Emitter, Operator, StateWriter};
 use crate::sink::{SinkEpoch, SinkEvent, SinkRecord};
-use crate::source::{Commit, SourceEvent};
+use crate::source::{Commit, SourceEvent, SourceHealth};
 use crate::time::now_ms;
 use crate::value::{Str, Value};
 
@@ -72,6 +72,8 @@ pub(super) struct ProcessorParts {
     pub max_pending_epochs: usize,
     pub jobs: std::sync::mpsc::Sender<CheckpointJob>,
     pub stop: watch::Sender<bool>,
+    /// Per source: told how many events were processed (readiness backlog).
+    pub health: Vec<Arc<SourceHealth>>,
 }
 
 /// The records of one sink collected during the current epoch; upserts
@@ -123,6 +125,7 @@ pub(super) struct Processor {
     stateful: Vec<bool>,
     sources: Vec<String>,
     source_labels: Vec<Vec<Label>>,
+    health: Vec<Arc<SourceHealth>>,
     positions: Vec<BTreeMap<u32, Vec<u8>>>,
     positions_dirty: bool,
     sources_finished: usize,
@@ -166,6 +169,7 @@ impl Processor {
             max_pending_epochs,
             jobs,
             stop,
+            health,
         } = parts;
         let names: Vec<Arc<str>> = graph
             .nodes
@@ -220,6 +224,7 @@ impl Processor {
             positions: vec![BTreeMap::new(); source_names.len()],
             sources: source_names,
             source_labels,
+            health,
             pipeline,
             graph,
             n_sources,
@@ -369,6 +374,7 @@ impl Processor {
                 bytes,
                 events,
             } => {
+                self.health[source].processed(events);
                 let labels = &self.source_labels[source];
                 metrics::counter!(m::EVENTS_IN, labels.clone()).increment(events);
                 metrics::counter!(m::BYTES_IN, labels.clone()).increment(bytes);

@@ -189,6 +189,8 @@ async fn run(config: AmqpSourceConfig, mut ctx: SourceContext) -> Result<(), Sou
         tracing::info!(component = %ctx.name, messages = tracker.orphans_len(),
             "the last checkpoint holds messages that may not have been acknowledged; their redeliveries will be skipped");
     }
+    // Not ready until connected.
+    ctx.output.health().down("connecting to the AMQP broker");
     if ctx.output.partitions(vec![0]).await.is_err() {
         return Ok(());
     }
@@ -200,6 +202,7 @@ async fn run(config: AmqpSourceConfig, mut ctx: SourceContext) -> Result<(), Sou
         }
         let error = match Session::open(&config, &ctx.name).await {
             Ok(session) => {
+                ctx.output.health().up();
                 if connected_before {
                     metrics.reconnects.increment(1);
                 }
@@ -228,6 +231,9 @@ async fn run(config: AmqpSourceConfig, mut ctx: SourceContext) -> Result<(), Sou
             return Err(SourceError::Config(error.to_string()));
         }
         let delay = backoff.next_delay();
+        ctx.output
+            .health()
+            .down(format!("cannot reach the AMQP broker: {error}"));
         tracing::warn!(component = %ctx.name, %error, ?delay, "broker unavailable; reconnecting");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}

@@ -85,6 +85,8 @@ struct Reader<'a> {
     out: &'a SourceOutput,
     shutdown: &'a sluice_engine::source::Shutdown,
     pacer: std::cell::RefCell<Pacer>,
+    /// Bytes of the files present at start still to read (readiness).
+    initial_left: std::cell::Cell<Option<u64>>,
 }
 
 /// Limits the event rate: sleeps so that events/elapsed stays under the rate.
@@ -138,6 +140,11 @@ impl Reader<'_> {
             }
             let (buf, events) = splitter.feed(&chunk[..n]);
             self.pacer.borrow_mut().pace(events.len() as u64);
+            if let Some(left) = self.initial_left.get() {
+                let left = left.saturating_sub(n as u64);
+                self.initial_left.set(Some(left));
+                self.out.health().set_initial_read(Some(left));
+            }
             let position = encode_position(name, splitter.committed_offset());
             if self
                 .out
@@ -180,6 +187,14 @@ fn run_blocking(config: FileSourceConfig, mut ctx: SourceContext) -> Result<(), 
         .map(|(_, p)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
         .sum();
     ctx.output.progress().add_total(total);
+    // Readiness: not ready until the files present now are read.
+    let skipped: u64 = files
+        .iter()
+        .filter(|(n, _)| current.as_deref().is_some_and(|c| n.as_str() < c))
+        .map(|(_, p)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    let initial_left = (!ctx.bounded).then(|| total.saturating_sub(skipped + offset));
+    ctx.output.health().set_initial_read(initial_left);
     let reader = Reader {
         config: &config,
         out: &ctx.output,
@@ -189,6 +204,7 @@ fn run_blocking(config: FileSourceConfig, mut ctx: SourceContext) -> Result<(), 
             started: std::time::Instant::now(),
             events: 0,
         }),
+        initial_left: std::cell::Cell::new(initial_left),
     };
     loop {
         let files = list_files(&config)?;
@@ -210,6 +226,9 @@ fn run_blocking(config: FileSourceConfig, mut ctx: SourceContext) -> Result<(), 
             if stopped {
                 return Ok(());
             }
+        }
+        if reader.initial_left.take().is_some() {
+            ctx.output.health().set_initial_read(None);
         }
         while ctx.commits.try_recv().is_ok() {}
         if !follow {

@@ -1,6 +1,7 @@
 //! The HTTP server accepting events, and the task that reads the journal
 //! back into the pipeline.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,6 +71,11 @@ fn journal_error(name: &str, e: JournalError) -> SourceError {
 
 async fn run(config: HttpSourceConfig, mut ctx: SourceContext) -> Result<(), SourceError> {
     let name = ctx.name.clone();
+    let health = ctx.output.health().clone();
+    health.down(format!(
+        "the HTTP listener on {} is not bound yet (recovering the journal)",
+        config.address
+    ));
     let labels = m::component_labels(&ctx.pipeline, &name, "source");
     let dir = config
         .journal_dir
@@ -110,7 +116,17 @@ async fn run(config: HttpSourceConfig, mut ctx: SourceContext) -> Result<(), Sou
         return Ok(());
     }
 
+    // Readiness counts the journal records after the last one emitted.
+    let emitted = Arc::new(AtomicU64::new(start));
+    let probe = (journal.clone(), emitted.clone());
+    health.set_backlog_probe(move || {
+        probe
+            .0
+            .next_seq()
+            .saturating_sub(probe.1.load(Ordering::Relaxed))
+    });
     let server = start_server(&config, &name, journal.clone(), &ctx.output, labels).await?;
+    health.up();
     tracing::info!(source = %name, address = %config.address, paths = ?config.paths,
         journal = %dir.display(), from_seq = start, "HTTP source listening");
     loop {
@@ -126,6 +142,7 @@ async fn run(config: HttpSourceConfig, mut ctx: SourceContext) -> Result<(), Sou
             }
             batch = reader.next_batch(BATCH_EVENTS, BATCH_BYTES) => {
                 let batch = batch.map_err(|e| journal_error(&name, e))?;
+                emitted.store(batch.next_seq, Ordering::Relaxed);
                 if ctx.output.emit(raw_batch(batch, ctx.output.max_event_bytes())).await.is_err() {
                     return Ok(()); // the pipeline is gone; what is journaled stays there
                 }
@@ -134,6 +151,7 @@ async fn run(config: HttpSourceConfig, mut ctx: SourceContext) -> Result<(), Sou
     }
     // Stop accepting, let in-flight requests finish, then emit everything
     // they made durable so that the final checkpoint covers it.
+    health.down("the HTTP listener is shutting down");
     server.shutdown(&name).await;
     let end = journal.next_seq();
     drain(&name, &mut reader, end, &ctx.output).await

@@ -13,9 +13,11 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtoc
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::TopicPartitionList;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::Offset;
 use sluice_engine::metrics as m;
+use sluice_engine::source::SourceHealth;
 
 use super::positions::TopicPartition;
 use crate::kafka::ErrorLog;
@@ -48,6 +50,9 @@ pub struct KafkaContext {
     labels: Vec<metrics::Label>,
     shared: Mutex<Shared>,
     errors: ErrorLog,
+    /// Down while librdkafka reports all brokers down, up again once
+    /// its statistics show a broker up.
+    health: Arc<SourceHealth>,
 }
 
 impl KafkaContext {
@@ -56,6 +61,7 @@ impl KafkaContext {
         start: Offset,
         labels: Vec<metrics::Label>,
         next: HashMap<TopicPartition, i64>,
+        health: Arc<SourceHealth>,
     ) -> Self {
         KafkaContext {
             source,
@@ -66,6 +72,7 @@ impl KafkaContext {
                 ..Shared::default()
             }),
             errors: ErrorLog::default(),
+            health,
         }
     }
 
@@ -85,6 +92,9 @@ impl KafkaContext {
 
 impl ClientContext for KafkaContext {
     fn stats(&self, stats: Statistics) {
+        if stats.brokers.values().any(|b| b.state == "UP") {
+            self.health.up();
+        }
         let mut shared = self.shared();
         for (topic, t) in stats.topics {
             for (partition, p) in t.partitions {
@@ -96,6 +106,10 @@ impl ClientContext for KafkaContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.health
+                .down(format!("all Kafka brokers are down: {reason}"));
+        }
         metrics::counter!(m::ERRORS, m::with_error(&self.labels, "kafka_client")).increment(1);
         if let Some(total) = self.errors.should_log() {
             tracing::warn!(source = %self.source, error = %crate::kafka::describe(&error),

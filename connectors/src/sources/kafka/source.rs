@@ -120,7 +120,13 @@ fn run_blocking(config: KafkaSourceConfig, ctx: SourceContext) -> Result<(), Sou
     if let Some(id) = config.instance_id() {
         own.push(("group.instance.id", id));
     }
-    let context = KafkaContext::new(ctx.name.clone(), start, labels.clone(), next.clone());
+    let context = KafkaContext::new(
+        ctx.name.clone(),
+        start,
+        labels.clone(),
+        next.clone(),
+        ctx.output.health().clone(),
+    );
     let consumer: KafkaConsumer = client_config(&config.brokers, &own, &config.options)
         .create_with_context(context)
         .map_err(|e| {
@@ -170,6 +176,8 @@ impl Runner {
         self.consumer
             .subscribe(&topics)
             .map_err(external("subscribing failed"))?;
+        // Ready without partitions too (more workers than partitions).
+        self.ctx.output.health().up();
         let mut last_lag = Instant::now();
         loop {
             if self.stopping() {
