@@ -29,7 +29,7 @@ use crate::decode::{Decoder, EventTimeSpec};
 use crate::graph::{build_graph, GraphNode, NodeKind};
 use crate::health::{Readiness, SourceHealth};
 use crate::operator::{BuildContext, FieldPath, Operator, OperatorSpec};
-use crate::sink::{drive_sink, RetryPolicy, Sink, SinkEpoch};
+use crate::sink::{drive_sink, RetryPolicy, Sink, SinkEpoch, SinkError};
 use crate::source::{Progress, Source, SourceContext, SourceEvent, SourceOutput};
 use processor::{Processor, ProcessorParts};
 use store::Store;
@@ -364,6 +364,13 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
             {
                 Ok(Some(t)) => traces.push(format!("sink `{}`: {t}", s.name)),
                 Ok(None) => {}
+                // A destination that is down at start cannot be checked;
+                // the sink retries once running, and the start goes on
+                // (ingest stays available), with the state marker's check.
+                Err(SinkError::Retryable(e)) => {
+                    tracing::warn!(sink = %s.name, error = %e,
+                        "cannot check the sink's destination for values the restored state does not explain (it is unreachable); starting with the state marker's check only");
+                }
                 Err(e) => {
                     return Err(RunError::Sink {
                         name: s.name.clone(),
