@@ -79,8 +79,9 @@ pub fn run_with_kills(
             if let Some(status) = child.try_wait().unwrap() {
                 assert!(
                     status.success(),
-                    "sluice failed during the crash test; see {}",
-                    log.display()
+                    "sluice failed during the crash test; see {}; its last lines:\n{}",
+                    log.display(),
+                    log_tail(log)
                 );
                 break;
             }
@@ -95,10 +96,19 @@ pub fn run_with_kills(
     let status = spawn_run(pipeline, env, log).wait().unwrap();
     assert!(
         status.success(),
-        "the final run failed; see {}",
-        log.display()
+        "the final run failed; see {}; its last lines:\n{}",
+        log.display(),
+        log_tail(log)
     );
     hit
+}
+
+/// The last 15 lines of a log, for failure messages (the temporary
+/// directory holding it is gone once the test has failed).
+pub fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
 }
 
 /// Reads a file written with `format = "changes"`: id -> final record.
