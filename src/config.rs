@@ -116,6 +116,16 @@ impl Default for AdminSection {
     }
 }
 
+/// `[log]`: what sluice logs. A reload (SIGHUP, `--watch`) applies a new
+/// level without a restart.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// A filter like RUST_LOG's: `"info"`, `"debug"`,
+    /// `"warn,sluice_connectors=debug"`. RUST_LOG, when set, wins.
+    pub level: Option<String>,
+}
+
 /// `[sources.NAME.event_time]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -172,6 +182,7 @@ pub struct Pipeline {
     pub state: StateSection,
     pub checkpoint: CheckpointSection,
     pub admin: AdminSection,
+    pub log: LogSection,
     pub sources: Vec<SourceDecl>,
     pub transforms: Vec<TransformDecl>,
     pub sinks: Vec<SinkDecl>,
@@ -194,6 +205,7 @@ const SECTIONS: &[&str] = &[
     "state",
     "checkpoint",
     "admin",
+    "log",
     "sources",
     "transforms",
     "sinks",
@@ -260,6 +272,7 @@ pub fn parse(src: &SourceText) -> Result<Pipeline, Vec<ConfigError>> {
         state: StateSection::default(),
         checkpoint: CheckpointSection::default(),
         admin: AdminSection::default(),
+        log: LogSection::default(),
         sources: Vec::new(),
         transforms: Vec::new(),
         sinks: Vec::new(),
@@ -293,6 +306,20 @@ pub fn parse(src: &SourceText) -> Result<Pipeline, Vec<ConfigError>> {
             },
             "admin" => match deserialize_all(src, "admin", value.clone()) {
                 Ok(a) => pipeline.admin = a,
+                Err(mut e) => errors.append(&mut e),
+            },
+            "log" => match deserialize_all::<LogSection>(src, "log", value.clone()) {
+                Ok(l) => match l
+                    .level
+                    .as_deref()
+                    .map(tracing_subscriber::EnvFilter::try_new)
+                {
+                    Some(Err(e)) => errors.push(
+                        ConfigError::at(src, value.span().start, format!("`[log] level`: {e}"))
+                            .with_field("log.level".to_string()),
+                    ),
+                    _ => pipeline.log = l,
+                },
                 Err(mut e) => errors.append(&mut e),
             },
             "sources" | "transforms" | "sinks" => {

@@ -274,3 +274,40 @@ fn watch_reloads_when_the_file_changes() {
     let errors = std::fs::read_to_string(run.path("errors.ndjson")).unwrap();
     assert_eq!(errors.lines().count(), run.want_errors.len());
 }
+
+/// `[log] level` changes without a restart: the new level applies from the
+/// reload on (RUST_LOG unset; when set, it wins).
+#[test]
+fn a_reload_changes_the_log_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = pick_port();
+    let text = |level: &str| format!("{BASE}\n[log]\nlevel = \"{level}\"\n");
+    let pipeline = dir.path().join("pipeline.toml");
+    std::fs::write(&pipeline, text("warn")).unwrap();
+    let log_path = dir.path().join("sluice.log");
+    let mut child = sluice()
+        .arg("run")
+        .arg(&pipeline)
+        .env_remove("RUST_LOG")
+        .env("STATE", dir.path().join("state"))
+        .env("OUTPUT", dir.path().join("out.ndjson"))
+        .env("PORT", port.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, &mut child, &log_path);
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(!log().contains("HTTP source listening"), "{}", log());
+    std::fs::write(&pipeline, text("info")).unwrap();
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    wait_until("no info line after the reload", &log_path, || {
+        log().contains("HTTP source listening")
+    });
+    assert!(terminate(&mut child).success());
+}

@@ -29,25 +29,52 @@ pub enum LogFormat {
     Json,
 }
 
-/// Structured logs on stderr, filtered by RUST_LOG (default: info).
+/// Changes the log filter of the running process (`[log] level`).
+type LevelHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+static LOG_LEVEL: std::sync::OnceLock<LevelHandle> = std::sync::OnceLock::new();
+
+/// Structured logs on stderr, filtered by RUST_LOG (default: info, or the
+/// pipeline's `[log] level`, see [`set_log_level`]).
 pub fn init_logging(format: LogFormat) {
     use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false);
-    let _ = match format {
-        LogFormat::Text => builder
-            .with_ansi(std::io::stderr().is_terminal())
+    let registry = tracing_subscriber::registry().with(filter);
+    let installed = match format {
+        LogFormat::Text => registry
+            .with(layer.with_ansi(std::io::stderr().is_terminal()))
             .try_init(),
-        LogFormat::Json => builder
-            .json()
-            .with_current_span(false)
-            .with_span_list(true)
+        LogFormat::Json => registry
+            .with(layer.json().with_current_span(false).with_span_list(true))
             .try_init(),
     };
+    if installed.is_ok() {
+        let _ = LOG_LEVEL.set(handle);
+    }
+}
+
+/// Applies a pipeline's `[log] level` (at start and at every reload),
+/// unless RUST_LOG is set, which wins.
+pub fn set_log_level(level: Option<&str>) {
+    if std::env::var_os("RUST_LOG").is_some() {
+        return;
+    }
+    let Some(handle) = LOG_LEVEL.get() else {
+        return;
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(level.unwrap_or("info"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if let Err(e) = handle.reload(filter) {
+        tracing::warn!(error = %e, "cannot change the log level");
+    }
 }
 
 /// Loads a pipeline, printing every error; `Err(exit code)` on failure.

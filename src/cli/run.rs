@@ -133,6 +133,7 @@ async fn run_reloading(
         super::Mode::Run
     };
     loop {
+        super::set_log_level(current.log.level.as_deref());
         let (stop, stopped) = watch::channel(*signals.borrow());
         let mut next = None;
         let report = {
