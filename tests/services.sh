@@ -9,6 +9,9 @@
 #   bash tests/services.sh --env      # only print the export lines
 #   SLUICE_REDIS_PORT=6390 bash tests/services.sh   # Redis on another port
 #
+# To stop them: Redis with `redis-cli -p 6379 shutdown`, PostgreSQL with
+# `pg_ctlcluster <version> main stop` (the cluster Debian's package made).
+#
 # The outage tests start their own private redis-server / PostgreSQL
 # cluster on a free port (tests/support/services.rs), so they never stop
 # these shared ones.
