@@ -13,7 +13,7 @@
 # with message_id); the time measured is from the consumer's start until it
 # has counted all N (sluice: the whole `sluice run --once` process, start-up
 # and final checkpoint included). Both results are checked against the
-# oracle (shared/bench/ref_counts.py). Queues are deleted afterwards.
+# oracle (bench/w1/ref_counts.py). Queues are deleted afterwards.
 set -euo pipefail
 
 N=${1:-200000}
@@ -21,7 +21,7 @@ N=${1:-200000}
 export AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 ROOT=$(git -C "$(dirname "${BASH_SOURCE[0]}")" rev-parse --show-toplevel)
 cd "$ROOT"
-SHARED="$ROOT/../shared/bench"
+SHARED="$ROOT/bench/w1"
 DATA="bench/data/w1-$N.jsonl"
 OUT="bench/out/amqp-$N"
 mkdir -p bench/data "$OUT"

@@ -6,7 +6,7 @@ usage: compare.py SLUICE_OUTPUT.ndjson ORACLE.csv w1a|w1b
 Sluice's file sink writes one JSON object per line. Results are upserts that
 carry absolute values, so a key may appear several times: the LAST line for a
 key wins. This script materialises that final table and compares it with the
-oracle CSV written by shared/bench/ref_counts.py (no header, sorted):
+oracle CSV written by bench/w1/ref_counts.py (no header, sorted):
 
   w1a: lines {"country":"GT","count":123}
        oracle  country,count

@@ -75,7 +75,7 @@ KILL_CHECKPOINT=${KAFKA_BENCH_KILL_CHECKPOINT:-200ms}
 [[ $MODE == once || $MODE == total ]] || die "KAFKA_BENCH_SLUICE_MODE must be once or total"
 ROOT=$(git -C "$(dirname "${BASH_SOURCE[0]}")" rev-parse --show-toplevel)
 cd "$ROOT"
-SHARED="$ROOT/../shared/bench"
+SHARED="$ROOT/bench/w1"
 [[ -f $SHARED/gen_weather.py && -f $SHARED/ref_counts.py ]] || die "cannot find $SHARED/{gen_weather,ref_counts}.py"
 DATA="bench/data/w1-$N.jsonl"
 OUT="bench/out/kafka-$N"

@@ -43,7 +43,7 @@ export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 BASELINE_PREFETCH=${BASELINE_PREFETCH:-1000}
 ROOT=$(git -C "$(dirname "${BASH_SOURCE[0]}")" rev-parse --show-toplevel)
 cd "$ROOT"
-SHARED="$ROOT/../shared/bench"
+SHARED="$ROOT/bench/w1"
 [[ -f $SHARED/gen_weather.py && -f $SHARED/ref_counts.py ]] || die "cannot find $SHARED/{gen_weather,ref_counts}.py"
 DATA="bench/data/w1-$N.jsonl"
 OUT="bench/out/redis-$N"

@@ -4,8 +4,8 @@
 # usage: bench/run.sh [N]        N events, default 5000000, at most 20000000
 #   env: BENCH_RUNS              runs per workload and engine (default 3)
 #
-# Generates bench/data/w1-N.jsonl once (shared/bench/gen_weather.py, seed 42),
-# computes the oracle with shared/bench/ref_counts.py, builds sluice and the
+# Generates bench/data/w1-N.jsonl once (bench/w1/gen_weather.py, seed 42),
+# computes the oracle with bench/w1/ref_counts.py, builds sluice and the
 # baseline in release mode, then times W1a and W1b for both engines with the
 # input hot in the page cache. Every output is checked against the oracle.
 # Prints a markdown table; see bench/README.md for how to read it.
@@ -31,7 +31,7 @@ die() { echo "run.sh: $*" >&2; exit 1; }
 
 ROOT=$(git -C "$(dirname "${BASH_SOURCE[0]}")" rev-parse --show-toplevel)
 cd "$ROOT"
-SHARED="$ROOT/../shared/bench"
+SHARED="$ROOT/bench/w1"
 [[ -f $SHARED/gen_weather.py && -f $SHARED/ref_counts.py ]] || die "cannot find $SHARED/{gen_weather,ref_counts}.py"
 BENCH="$ROOT/bench"
 DATA="$BENCH/data/w1-$N.jsonl"

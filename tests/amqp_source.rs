@@ -2,7 +2,7 @@
 //! published to a fresh durable queue (with `message_id`s) are counted per
 //! country while sluice is killed with SIGKILL at random points, while the
 //! broker restarts, and among poison messages. The counts must equal the
-//! oracle (../shared/bench/ref_counts.py) exactly and the queue must end
+//! oracle (bench/w1/ref_counts.py) exactly and the queue must end
 //! empty: everything acknowledged, nothing counted twice.
 
 mod support;

@@ -1,6 +1,6 @@
 //! W1 (the standard weather workload) through sluice while it is killed
 //! with SIGKILL at random points and restarted: the final per-country and
-//! per-window counts must equal the oracle (../shared/bench/ref_counts.py)
+//! per-window counts must equal the oracle (bench/w1/ref_counts.py)
 //! exactly — nothing lost, nothing counted twice.
 
 mod support;
@@ -15,7 +15,7 @@ use support::*;
 const EVENTS: &str = "300000";
 
 fn shared_bench() -> std::path::PathBuf {
-    repo().join("../shared/bench")
+    repo().join("bench/w1")
 }
 
 /// Last line per key wins (results are absolute upserts).
@@ -47,7 +47,7 @@ fn oracle(csv: &Path) -> BTreeMap<String, i64> {
 #[test]
 fn w1_counts_are_exact_after_random_sigkills() {
     if !shared_bench().join("gen_weather.py").exists() {
-        panic!("../shared/bench/gen_weather.py is missing: the W1 crash test needs the shared benchmark generator");
+        panic!("bench/w1/gen_weather.py is missing");
     }
     let mut rng = rng("w1_counts_are_exact_after_random_sigkills");
     let data = tempfile::tempdir().unwrap();

@@ -1,7 +1,7 @@
 //! The Kafka source against a real Kafka-protocol broker (tansu, started
 //! by tests/kafka.sh): W1 events in a fresh 3-partition topic are counted
 //! per country while sluice is killed with SIGKILL at random points and
-//! restarted; the counts must equal the oracle (../shared/bench/
+//! restarted; the counts must equal the oracle (bench/w1/
 //! ref_counts.py) exactly, and the group's committed offsets must end at
 //! the topics' end offsets. Events are produced one record per batch: tansu
 //! loses data when a consumer resumes inside a multi-record batch.

@@ -4,7 +4,7 @@ with late and malformed lines goes through the file source with several
 read sizes and with SIGKILLs, and through the HTTP source with single-event
 and NDJSON requests and with SIGKILLs between requests. Every run's window
 results and late dead letters must equal a per-event reference computed
-here. Not part of the CI suite (it reads ../shared/bench/gen_weather.py);
+here. Not part of the CI suite (it generates the data with bench/w1/gen_weather.py);
 the same checks run hermetically in tests/late_events.rs.
 
 usage: tests/heldout/lateness.py [N] [SLUICE_BINARY]
@@ -22,7 +22,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
-GEN = os.path.join(ROOT, "..", "shared", "bench", "gen_weather.py")
+GEN = os.path.join(ROOT, "bench", "w1", "gen_weather.py")
 SIZE, LATENESS, DISORDER = 10_000, 1_000, 2_000
 
 PIPELINE = """

@@ -1,6 +1,6 @@
 //! The W1 weather workload for sink tests: generated input
-//! (../shared/bench/gen_weather.py) and the oracle's exact counts
-//! (../shared/bench/ref_counts.py).
+//! (bench/w1/gen_weather.py) and the oracle's exact counts
+//! (bench/w1/ref_counts.py).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,7 +17,7 @@ pub struct W1 {
 }
 
 fn bench() -> PathBuf {
-    super::repo().join("../shared/bench")
+    super::repo().join("bench/w1")
 }
 
 fn oracle(csv: &Path) -> BTreeMap<String, i64> {
@@ -35,7 +35,7 @@ fn oracle(csv: &Path) -> BTreeMap<String, i64> {
 pub fn generate(events: u64, seed: u64) -> W1 {
     assert!(
         bench().join("gen_weather.py").exists(),
-        "../shared/bench/gen_weather.py is missing: the sink tests need the shared benchmark generator"
+        "bench/w1/gen_weather.py is missing"
     );
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("w1.jsonl");

@@ -4,7 +4,7 @@
 //! through a large buffered reader, parse each line with `serde_json` into a
 //! struct that borrows its string fields from the line buffer, count into a hash
 //! map, and write the result as CSV in the oracle's exact format (see
-//! `shared/bench/ref_counts.py`): no header, rows sorted by key.
+//! `bench/w1/ref_counts.py`): no header, rows sorted by key.
 //!
 //! - `w1a`: `country,count`, one row per country.
 //! - `w1b`: `window_start_ms,country,weather,count`, one row per 1-minute
