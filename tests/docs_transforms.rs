@@ -15,37 +15,7 @@ use std::process::{Command, Output};
 
 use support::repo;
 
-#[derive(Debug)]
-struct Block {
-    info: String,
-    text: String,
-    /// 1-based line of the opening fence.
-    line: usize,
-}
-
-fn blocks(markdown: &str) -> Vec<Block> {
-    let mut out = Vec::new();
-    let mut current: Option<Block> = None;
-    for (i, line) in markdown.lines().enumerate() {
-        match (&mut current, line.strip_prefix("```")) {
-            (None, Some(info)) => {
-                current = Some(Block {
-                    info: info.trim().to_string(),
-                    text: String::new(),
-                    line: i + 1,
-                })
-            }
-            (Some(_), Some("")) => out.push(current.take().unwrap()),
-            (Some(b), _) => {
-                b.text.push_str(line);
-                b.text.push('\n');
-            }
-            (None, None) => {}
-        }
-    }
-    assert!(current.is_none(), "unterminated code block");
-    out
-}
+use support::markdown::{blocks, Block};
 
 /// A fragment of transforms completed into a pipeline: a file source
 /// `events` with event time and a file sink reading every transform no

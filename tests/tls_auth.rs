@@ -18,35 +18,7 @@ use support::*;
 
 const DOC: &str = "docs/operations/tls-auth.md";
 
-#[derive(Debug)]
-struct Block {
-    info: String,
-    text: String,
-    line: usize,
-}
-
-fn blocks(markdown: &str) -> Vec<Block> {
-    let mut out = Vec::new();
-    let mut current: Option<Block> = None;
-    for (i, line) in markdown.lines().enumerate() {
-        match (&mut current, line.strip_prefix("```")) {
-            (None, Some(info)) => {
-                current = Some(Block {
-                    info: info.trim().to_string(),
-                    text: String::new(),
-                    line: i + 1,
-                })
-            }
-            (Some(_), Some("")) => out.push(current.take().unwrap()),
-            (Some(b), _) => {
-                b.text.push_str(line);
-                b.text.push('\n');
-            }
-            (None, None) => {}
-        }
-    }
-    out
-}
+use support::markdown::{blocks, Block};
 
 fn doc_blocks() -> Vec<Block> {
     blocks(&std::fs::read_to_string(repo().join(DOC)).unwrap())

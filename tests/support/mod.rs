@@ -13,6 +13,7 @@ use rand::{Rng, SeedableRng};
 pub mod amqp;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod markdown;
 pub mod services;
 pub mod w1;
 
