@@ -15,7 +15,7 @@ use std::process::{Command, Output};
 
 use support::repo;
 
-use support::markdown::{blocks, Block};
+use support::markdown::blocks;
 
 /// A fragment of transforms completed into a pipeline: a file source
 /// `events` with event time and a file sink reading every transform no
