@@ -4,6 +4,7 @@
 
 pub mod batch;
 pub mod bearer;
+pub mod checkpoint;
 pub mod config;
 pub mod dead_letter;
 pub mod decode;
@@ -17,6 +18,7 @@ pub mod operator;
 pub mod runtime;
 pub mod sink;
 pub mod source;
+pub mod state;
 pub mod time;
 pub mod tls;
 pub mod value;

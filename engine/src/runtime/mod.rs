@@ -7,8 +7,8 @@
 //!   input before sending batches over one bounded channel;
 //! - the processor (one dedicated thread) owns every operator and its state,
 //!   runs batches through the graph, tracks watermarks and starts checkpoints;
-//! - the checkpoint writer thread applies each checkpoint to sled and fsyncs,
-//!   while the processor carries on;
+//! - the checkpoint writer thread applies each checkpoint to the state
+//!   backend ([`crate::state`]) durably, while the processor carries on;
 //! - each sink runs as a tokio task fed with committed epochs.
 
 pub mod marker;
@@ -18,22 +18,32 @@ pub mod store;
 pub mod watermark;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
+use crate::checkpoint::{self, Action, Protocol};
 use crate::decode::{Decoder, EventTimeSpec};
-use crate::graph::{build_graph, GraphNode, NodeKind};
+use crate::graph::{build_graph, Graph, GraphNode, NodeKind};
 use crate::health::{Readiness, SourceHealth};
-use crate::operator::{BuildContext, FieldPath, Operator, OperatorSpec};
-use crate::sink::{drive_sink, RetryPolicy, Sink, SinkEpoch, SinkError};
-use crate::source::{Progress, Source, SourceContext, SourceEvent, SourceOutput};
+use crate::operator::{BuildContext, FieldPath, FieldSet, Operator, OperatorSpec};
+use crate::sink::{drive_sink, RetryPolicy, Sink, SinkEpoch, SinkError, SinkEvent};
+use crate::source::{Commit, Progress, Source, SourceContext, SourceEvent, SourceOutput};
+use crate::state::{Restored, SledBackend, StateBackend};
 use processor::{Processor, ProcessorParts};
-use store::Store;
 use watermark::{WatermarkSettings, WatermarkTracker};
+
+/// Sink records buffered in the current epoch that trigger a checkpoint
+/// before the interval elapses (bounds the memory held by outboxes).
+const EARLY_CHECKPOINT_RECORDS: usize = 20_000;
+
+/// On a requested shutdown, how long to wait for sinks to acknowledge the
+/// last committed epochs. What they have not acknowledged by then is safe in
+/// the checkpoint's outbox and is re-delivered at the next start.
+const SINK_DRAIN_GRACE: Duration = Duration::from_secs(10);
 
 /// A source as configured.
 pub struct SourceSpec {
@@ -115,7 +125,7 @@ pub enum RunError {
     #[error("invalid pipeline: {0}")]
     Plan(String),
     #[error(transparent)]
-    Store(#[from] store::StoreError),
+    Store(#[from] crate::state::StoreError),
     #[error("state in {dir} does not match this pipeline: {reason}. Rebuild it with `sluice replay`, or use another [state] dir")]
     StateMismatch { dir: String, reason: String },
     #[error("{}", describe_lost_state(.dir, .refusal))]
@@ -194,9 +204,25 @@ pub async fn run(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, RunE
     result
 }
 
-async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, RunError> {
-    let graph = build_graph(graph_nodes(&spec)).map_err(|errors| {
-        let nodes = graph_nodes(&spec);
+/// The dataflow planned from a spec: the graph, what each source decodes,
+/// the sources feeding each node, and the operators built.
+struct Planned {
+    graph: Graph,
+    /// Per source: the fields it must decode.
+    needs: Vec<FieldSet>,
+    /// Per node: the sources feeding it.
+    upstream: Vec<BTreeSet<usize>>,
+    /// Per transform, in spec order.
+    operators: Vec<Option<Box<dyn Operator>>>,
+    /// `(transform, state signature)` of every stateful transform.
+    signatures: Vec<(String, String)>,
+}
+
+/// Builds and checks the graph, plans reads, keys and changelogs, and
+/// builds the operators.
+fn plan(spec: &PipelineSpec) -> Result<Planned, RunError> {
+    let graph = build_graph(graph_nodes(spec)).map_err(|errors| {
+        let nodes = graph_nodes(spec);
         RunError::Plan(
             errors
                 .iter()
@@ -241,9 +267,6 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
         )));
     }
 
-    let started = std::time::Instant::now();
-    let pipeline: Arc<str> = Arc::from(spec.name.as_str());
-    let pipeline_name = pipeline.clone();
     let mut operators: Vec<Option<Box<dyn Operator>>> = Vec::new();
     let mut signatures = Vec::new();
     for (t, tspec) in spec.transforms.iter().enumerate() {
@@ -285,6 +308,129 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
         }
     }
 
+    Ok(Planned {
+        graph,
+        needs,
+        upstream,
+        operators,
+        signatures,
+    })
+}
+
+async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, RunError> {
+    let Planned {
+        graph,
+        needs,
+        upstream,
+        mut operators,
+        signatures,
+    } = plan(&spec)?;
+    let started = std::time::Instant::now();
+    let pipeline: Arc<str> = Arc::from(spec.name.as_str());
+    register_metrics(&spec);
+    let (store, mut restored) = restore(&spec, &signatures, &mut operators)?;
+    let mut all_sinks: Vec<SinkSpec> = spec.sinks;
+    all_sinks.push(spec.dead_letter);
+    check_lost_state(
+        &spec.state_dir,
+        &mut all_sinks,
+        &restored,
+        opts.accept_empty_state,
+    )
+    .await?;
+    let tracker = watermark_tracker(&spec.sources, &restored);
+    let sink_progress: Vec<Option<Vec<u8>>> = all_sinks
+        .iter()
+        .map(|s| restored.acks.get(&s.name).and_then(|a| a.progress.clone()))
+        .collect();
+    let config = checkpoint::Config {
+        sources: spec
+            .sources
+            .iter()
+            .map(|s| Arc::from(s.name.as_str()))
+            .collect(),
+        sinks: all_sinks
+            .iter()
+            .map(|s| Arc::from(s.name.as_str()))
+            .collect(),
+        key_groups: spec.key_groups,
+        signatures: signatures
+            .iter()
+            .map(|(node, sig)| (Arc::from(node.as_str()), sig.clone()))
+            .collect(),
+        max_pending_epochs: spec.max_pending_epochs.max(1),
+        early_checkpoint_records: EARLY_CHECKPOINT_RECORDS,
+        drain_grace: SINK_DRAIN_GRACE,
+    };
+    let (protocol, redeliveries) = Protocol::restore(config, &mut restored);
+    let stateful = spec
+        .transforms
+        .iter()
+        .map(|t| t.spec.is_stateful())
+        .collect();
+    let sinks = start_sinks(
+        all_sinks,
+        sink_progress,
+        redeliveries,
+        &pipeline,
+        &spec.retry,
+    );
+    let sources = start_sources(
+        spec.sources,
+        &needs,
+        &mut restored,
+        &opts,
+        &pipeline,
+        &spec.source_dir,
+        spec.channel_capacity,
+    );
+
+    let (ckpt_done_tx, ckpt_done_rx) = mpsc::unbounded_channel();
+    let (job_tx, job_rx) = std::sync::mpsc::channel();
+    let writer = store::spawn_writer(store, spec.state_dir.clone(), job_rx, ckpt_done_tx);
+    let parts = ProcessorParts {
+        pipeline: pipeline.clone(),
+        graph,
+        n_sources: sources.names.len(),
+        operators,
+        stateful,
+        upstream,
+        source_names: sources.names,
+        sink_names: sinks.names,
+        sink_txs: sinks.txs,
+        commit_txs: sources.commit_txs,
+        tracker,
+        protocol,
+        checkpoint_interval: spec.checkpoint_interval,
+        jobs: job_tx,
+        stop: sources.stop,
+        health: sources.healths.iter().map(|(_, h)| h.clone()).collect(),
+    };
+    opts.ready.running(sources.healths);
+    let (monitor_stop, monitor_stopped) = watch::channel(false);
+    let monitor = tokio::spawn(
+        progress::monitor(opts.ready.clone(), pipeline, started, monitor_stopped).in_current_span(),
+    );
+    let result = run_processor(
+        parts,
+        sources.data,
+        sinks.events,
+        ckpt_done_rx,
+        opts.shutdown,
+    )
+    .await;
+    opts.ready.stopped();
+    let _ = monitor_stop.send(true);
+    let _ = monitor.await;
+    stop(
+        sources.tasks.into_iter().chain(sinks.tasks).collect(),
+        writer,
+    )
+    .await;
+    result
+}
+
+fn register_metrics(spec: &PipelineSpec) {
     crate::metrics::register_pipeline(
         &spec.name,
         &spec
@@ -304,15 +450,22 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
             .chain([spec.dead_letter.name.clone()])
             .collect::<Vec<_>>(),
     );
+}
 
-    // Restore.
+/// Opens the state directory, reads back the last checkpoint, checks that
+/// it was written for this pipeline, and restores the operators from it.
+fn restore(
+    spec: &PipelineSpec,
+    signatures: &[(String, String)],
+    operators: &mut [Option<Box<dyn Operator>>],
+) -> Result<(Arc<dyn StateBackend>, Restored), RunError> {
     std::fs::create_dir_all(&spec.state_dir).map_err(|e| {
         RunError::Plan(format!(
             "cannot create the state directory {}: {e}",
             spec.state_dir.display()
         ))
     })?;
-    let store = Arc::new(Store::open(&spec.state_dir)?);
+    let store = Arc::new(SledBackend::open(&spec.state_dir)?);
     let mut restored = store.restore()?;
     let dir = spec.state_dir.display().to_string();
     if let Some(kg) = restored.key_groups {
@@ -326,7 +479,7 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
             });
         }
     }
-    for (name, sig) in &signatures {
+    for (name, sig) in signatures {
         if let Some(old) = restored.signatures.get(name) {
             if old != sig {
                 return Err(RunError::StateMismatch {
@@ -348,59 +501,68 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
     if restored.epoch > 0 {
         tracing::info!(epoch = restored.epoch, dir = %spec.state_dir.display(), "restored checkpoint");
     }
+    Ok((store, restored))
+}
 
-    // Lost or damaged state is never taken for a fresh start.
-    let mut all_sinks: Vec<SinkSpec> = spec.sinks;
-    all_sinks.push(spec.dead_letter);
-    let old_marker = marker::read(&spec.state_dir)?;
+/// Lost or damaged state is never taken for a fresh start: the state
+/// marker and the sinks' destinations must agree with what was restored.
+async fn check_lost_state(
+    state_dir: &Path,
+    sinks: &mut [SinkSpec],
+    restored: &Restored,
+    accept_empty_state: bool,
+) -> Result<(), RunError> {
+    let dir = state_dir.display().to_string();
+    let old_marker = marker::read(state_dir)?;
     let mut traces = Vec::new();
-    {
-        for s in &mut all_sinks {
-            let progress = restored.acks.get(&s.name).and_then(|a| a.progress.clone());
-            match s
-                .sink
-                .earlier_output(restored.epoch, progress.as_deref())
-                .await
-            {
-                Ok(Some(t)) => traces.push(format!("sink `{}`: {t}", s.name)),
-                Ok(None) => {}
-                // A destination that is down at start cannot be checked;
-                // the sink retries once running, and the start goes on
-                // (ingest stays available), with the state marker's check.
-                Err(SinkError::Retryable(e)) => {
-                    tracing::warn!(sink = %s.name, error = %e,
-                        "cannot check the sink's destination for values the restored state does not explain (it is unreachable); starting with the state marker's check only");
-                }
-                Err(e) => {
-                    return Err(RunError::Sink {
-                        name: s.name.clone(),
-                        error: e.to_string(),
-                    })
-                }
+    for s in sinks {
+        let progress = restored.acks.get(&s.name).and_then(|a| a.progress.clone());
+        match s
+            .sink
+            .earlier_output(restored.epoch, progress.as_deref())
+            .await
+        {
+            Ok(Some(t)) => traces.push(format!("sink `{}`: {t}", s.name)),
+            Ok(None) => {}
+            // A destination that is down at start cannot be checked;
+            // the sink retries once running, and the start goes on
+            // (ingest stays available), with the state marker's check.
+            Err(SinkError::Retryable(e)) => {
+                tracing::warn!(sink = %s.name, error = %e,
+                    "cannot check the sink's destination for values the restored state does not explain (it is unreachable); starting with the state marker's check only");
+            }
+            Err(e) => {
+                return Err(RunError::Sink {
+                    name: s.name.clone(),
+                    error: e.to_string(),
+                })
             }
         }
     }
     if let Err(refusal) = marker::check(old_marker, restored.epoch, &traces) {
-        if !opts.accept_empty_state {
+        if !accept_empty_state {
             return Err(RunError::StateLost { dir, refusal });
         }
-        tracing::warn!(dir = %spec.state_dir.display(), restored = %refusal.restored,
+        tracing::warn!(dir = %state_dir.display(), restored = %refusal.restored,
             evidence = ?refusal.evidence,
             "starting from the state as it is (--accept-empty-state), although an earlier run left more");
     }
     if old_marker.map(|m| m.epoch) != Some(restored.epoch) {
         marker::write(
-            &spec.state_dir,
+            state_dir,
             marker::Marker {
                 epoch: restored.epoch,
             },
         )?;
     }
+    Ok(())
+}
 
-    // Watermarks.
+/// The watermark tracker, with each partition's restored max event time.
+fn watermark_tracker(sources: &[SourceSpec], restored: &Restored) -> WatermarkTracker {
     let now = crate::time::now_ms();
     let mut tracker = WatermarkTracker::new(
-        spec.sources
+        sources
             .iter()
             .map(|s| WatermarkSettings {
                 event_time: s.event_time.is_some(),
@@ -409,67 +571,112 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
             })
             .collect(),
     );
-    for (i, s) in spec.sources.iter().enumerate() {
+    for (i, s) in sources.iter().enumerate() {
         if let Some(parts) = restored.watermarks.get(&s.name) {
             for (&p, &t) in parts {
                 tracker.restore(i, p, t, now);
             }
         }
     }
+    tracker
+}
 
-    // Sinks (the dead-letter sink is the last one).
-    let (sink_events_tx, sink_events_rx) = mpsc::unbounded_channel();
-    let mut sink_names = Vec::new();
-    let mut sink_txs = Vec::new();
-    let mut sink_tasks = Vec::new();
-    let mut redeliver = Vec::new();
-    for (i, s) in all_sinks.into_iter().enumerate() {
+/// The running sinks (the dead-letter sink last).
+struct RunningSinks {
+    names: Vec<Arc<str>>,
+    txs: Vec<mpsc::UnboundedSender<SinkEpoch>>,
+    events: mpsc::UnboundedReceiver<SinkEvent>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts every sink with its acknowledged progress, after queueing the
+/// committed epochs it has not acknowledged (`redeliveries`).
+fn start_sinks(
+    sinks: Vec<SinkSpec>,
+    progress: Vec<Option<Vec<u8>>>,
+    redeliveries: Vec<Action>,
+    pipeline: &Arc<str>,
+    retry: &RetryPolicy,
+) -> RunningSinks {
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let mut queued: Vec<Vec<SinkEpoch>> = sinks.iter().map(|_| Vec::new()).collect();
+    for action in redeliveries {
+        if let Action::Deliver {
+            sink,
+            epoch,
+            records,
+        } = action
+        {
+            queued[sink].push(SinkEpoch { epoch, records });
+        }
+    }
+    let mut running = RunningSinks {
+        names: Vec::new(),
+        txs: Vec::new(),
+        events,
+        tasks: Vec::new(),
+    };
+    for (i, ((s, progress), queued)) in sinks.into_iter().zip(progress).zip(queued).enumerate() {
         let (tx, rx) = mpsc::unbounded_channel::<SinkEpoch>();
-        let ack = restored.acks.remove(&s.name);
-        let acked_epoch = ack.as_ref().map_or(0, |a| a.epoch);
-        let mut pending = Vec::new();
-        let mut stored = BTreeSet::new();
-        for (epoch, records) in restored.outbox.remove(&s.name).unwrap_or_default() {
-            stored.insert(epoch);
-            if epoch > acked_epoch {
-                pending.push(epoch);
-                let _ = tx.send(SinkEpoch {
-                    epoch,
-                    records: Arc::new(records),
-                });
-            }
+        if !queued.is_empty() {
+            let epochs: Vec<u64> = queued.iter().map(|e| e.epoch).collect();
+            tracing::info!(sink = %s.name, epochs = ?epochs, "re-delivering committed output not yet acknowledged by the sink");
         }
-        if !pending.is_empty() {
-            tracing::info!(sink = %s.name, epochs = ?pending, "re-delivering committed output not yet acknowledged by the sink");
+        for epoch in queued {
+            let _ = tx.send(epoch);
         }
-        let progress = ack.as_ref().and_then(|a| a.progress.clone());
-        redeliver.push((pending, stored, ack));
-        sink_tasks.push(tokio::spawn(
+        let name: Arc<str> = Arc::from(s.name.as_str());
+        running.tasks.push(tokio::spawn(
             drive_sink(
                 i,
-                Arc::from(s.name.as_str()),
+                name.clone(),
                 pipeline.clone(),
                 s.sink,
                 progress,
                 rx,
-                sink_events_tx.clone(),
-                spec.retry.clone(),
+                events_tx.clone(),
+                retry.clone(),
             )
             .in_current_span(),
         ));
-        sink_names.push(s.name);
-        sink_txs.push(tx);
+        running.names.push(name);
+        running.txs.push(tx);
     }
-    drop(sink_events_tx);
+    running
+}
 
-    // Sources.
-    let (data_tx, data_rx) = mpsc::channel::<SourceEvent>(spec.channel_capacity.max(1));
-    let mut commit_txs = Vec::new();
-    let mut source_names = Vec::new();
-    let mut source_tasks = Vec::new();
-    let mut healths = Vec::new();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    for (i, s) in spec.sources.into_iter().enumerate() {
+/// The running sources.
+struct RunningSources {
+    names: Vec<String>,
+    data: mpsc::Receiver<SourceEvent>,
+    commit_txs: Vec<mpsc::UnboundedSender<Commit>>,
+    healths: Vec<(Arc<str>, Arc<SourceHealth>)>,
+    /// Turns true to ask every source to stop.
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts every source from its restored positions.
+fn start_sources(
+    sources: Vec<SourceSpec>,
+    needs: &[FieldSet],
+    restored: &mut Restored,
+    opts: &RunOptions,
+    pipeline: &Arc<str>,
+    source_dir: &Path,
+    channel_capacity: usize,
+) -> RunningSources {
+    let (data_tx, data) = mpsc::channel::<SourceEvent>(channel_capacity.max(1));
+    let (stop, stop_rx) = watch::channel(false);
+    let mut running = RunningSources {
+        names: Vec::new(),
+        data,
+        commit_txs: Vec::new(),
+        healths: Vec::new(),
+        stop,
+        tasks: Vec::new(),
+    };
+    for (i, s) in sources.into_iter().enumerate() {
         let name: Arc<str> = Arc::from(s.name.as_str());
         let decoder = Arc::new(Decoder::new(
             name.clone(),
@@ -479,13 +686,13 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
         ));
         let progress = opts.progress.get(i).cloned().unwrap_or_default();
         let health = Arc::new(SourceHealth::default());
-        healths.push((name.clone(), health.clone()));
+        running.healths.push((name.clone(), health.clone()));
         let output = SourceOutput::new(i, decoder, data_tx.clone(), progress).with_health(health);
         let (commit_tx, commit_rx) = mpsc::unbounded_channel();
         let ctx = SourceContext {
             name: name.clone(),
             pipeline: pipeline.clone(),
-            state_dir: spec.source_dir.clone(),
+            state_dir: source_dir.to_path_buf(),
             restored: restored.positions.remove(&s.name).unwrap_or_default(),
             bounded: opts.bounded,
             accept_empty_state: opts.accept_empty_state,
@@ -495,7 +702,7 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
         };
         let events = data_tx.clone();
         let source = s.source;
-        source_tasks.push(tokio::spawn(
+        running.tasks.push(tokio::spawn(
             async move {
                 let msg = match source.run(ctx).await {
                     Ok(()) => SourceEvent::Finished { source: i },
@@ -508,64 +715,38 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
             }
             .in_current_span(),
         ));
-        commit_txs.push(commit_tx);
-        source_names.push(s.name);
+        running.commit_txs.push(commit_tx);
+        running.names.push(s.name);
     }
-    drop(data_tx);
+    running
+}
 
-    let (ckpt_done_tx, ckpt_done_rx) = mpsc::unbounded_channel();
-    let (job_tx, job_rx) = std::sync::mpsc::channel();
-    let writer = store::spawn_writer(store.clone(), spec.state_dir.clone(), job_rx, ckpt_done_tx);
-
-    let parts = ProcessorParts {
-        pipeline,
-        graph,
-        n_sources,
-        operators,
-        stateful: spec
-            .transforms
-            .iter()
-            .map(|t| t.spec.is_stateful())
-            .collect(),
-        upstream,
-        source_names,
-        sink_names,
-        sink_txs,
-        commit_txs,
-        tracker,
-        epoch: restored.epoch,
-        redeliver,
-        key_groups: spec.key_groups,
-        signatures,
-        checkpoint_interval: spec.checkpoint_interval,
-        max_pending_epochs: spec.max_pending_epochs.max(1),
-        jobs: job_tx,
-        stop: stop_tx,
-        health: healths.iter().map(|(_, h)| h.clone()).collect(),
-    };
-    opts.ready.running(healths);
-    let (monitor_stop, monitor_stopped) = watch::channel(false);
-    let monitor = tokio::spawn(
-        progress::monitor(opts.ready.clone(), pipeline_name, started, monitor_stopped)
-            .in_current_span(),
-    );
+/// Runs the processor on a thread of its own until the run ends.
+async fn run_processor(
+    parts: ProcessorParts,
+    data: mpsc::Receiver<SourceEvent>,
+    sink_events: mpsc::UnboundedReceiver<SinkEvent>,
+    checkpoints: mpsc::UnboundedReceiver<store::CheckpointDone>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<RunReport, RunError> {
     let handle = tokio::runtime::Handle::current();
-    let shutdown = opts.shutdown;
     let span = tracing::Span::current();
-    let result = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let _span = span.enter();
         let mut processor = Processor::new(parts);
-        handle.block_on(processor.run(data_rx, sink_events_rx, ckpt_done_rx, shutdown))
+        handle.block_on(processor.run(data, sink_events, checkpoints, shutdown))
     })
     .await
-    .map_err(|e| RunError::Checkpoint(format!("processor thread panicked: {e}")))?;
-    opts.ready.stopped();
-    let _ = monitor_stop.send(true);
-    let _ = monitor.await;
+    .map_err(|e| RunError::Checkpoint(format!("processor thread panicked: {e}")))?
+}
+
+/// Waits for the sources and sinks to end and the checkpoint writer to
+/// finish its last write.
+async fn stop(tasks: Vec<tokio::task::JoinHandle<()>>, writer: std::thread::JoinHandle<()>) {
     // Sources and sinks normally end on their own once the processor is
     // gone; one stuck retrying an unreachable service is abandoned (its work
     // is in the checkpoint and is redone at the next start).
-    for t in source_tasks.into_iter().chain(sink_tasks) {
+    for t in tasks {
         let abort = t.abort_handle();
         if tokio::time::timeout(Duration::from_secs(10), t)
             .await
@@ -576,5 +757,4 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
         }
     }
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
-    result
 }

@@ -1,0 +1,89 @@
+//! Durable state: where checkpoints are stored and read back from.
+//!
+//! A [`StateBackend`] holds the entries of the last durable checkpoint in
+//! the byte layout of [`layout`], applies each new checkpoint's
+//! [`WriteSet`] atomically and durably, and gives every entry back at the
+//! next start ([`StateBackend::restore`]). [`SledBackend`] keeps them in a
+//! sled database in the state directory; [`MemoryBackend`] in memory, for
+//! tests.
+
+pub mod layout;
+mod memory;
+mod sled;
+
+pub use layout::{encode, key, Key, Restored, SinkAck, FORMAT_VERSION};
+pub use memory::MemoryBackend;
+pub use sled::SledBackend;
+
+/// The error of a storage engine, whatever the engine.
+pub type BackendError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the state directory {dir}: {source}. If it is damaged, restore it from a backup, or rebuild it elsewhere with `sluice replay` (docs/operations.md, \"Damaged or lost state\")")]
+    Open {
+        dir: String,
+        #[source]
+        source: BackendError,
+    },
+    #[error("state store I/O failed: {0}")]
+    Io(#[source] BackendError),
+    #[error("the state directory holds format version {found}; this build reads version {FORMAT_VERSION}")]
+    Format { found: u32 },
+    #[error("corrupt state entry {key}: {reason}. The state directory is damaged: restore it from a backup, or rebuild it elsewhere with `sluice replay`")]
+    Corrupt { key: String, reason: String },
+}
+
+/// Called with each stored entry: `(key, value)`.
+pub type EntryVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError> + 'a;
+
+/// One change of a checkpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    Put(Key, Vec<u8>),
+    Delete(Key),
+}
+
+/// The changes of one checkpoint, applied all together or not at all.
+/// Later writes to the same key win.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WriteSet {
+    pub writes: Vec<Write>,
+    /// Bytes put (keys and values), for the checkpoint size metric.
+    pub bytes: u64,
+}
+
+impl WriteSet {
+    pub fn put(&mut self, key: Key, value: Vec<u8>) {
+        self.bytes += (key.encoded_len() + value.len()) as u64;
+        self.writes.push(Write::Put(key, value));
+    }
+
+    pub fn delete(&mut self, key: Key) {
+        self.writes.push(Write::Delete(key));
+    }
+}
+
+/// A store of checkpoints. Implementations are opened by their own
+/// constructor (which refuses another format version) and shared between
+/// the run's start (restore) and the checkpoint writer thread (apply).
+pub trait StateBackend: Send + Sync {
+    /// Calls `f` with every stored entry, in key order.
+    fn for_each(&self, f: &mut EntryVisitor<'_>) -> Result<(), StoreError>;
+
+    /// Applies `writes` atomically; returns once they are durable.
+    fn apply(&self, writes: WriteSet) -> Result<(), StoreError>;
+
+    /// Bytes the store takes on disk (approximate; 0 in memory).
+    fn size_on_disk(&self) -> u64;
+
+    /// Reads back the last committed checkpoint.
+    fn restore(&self) -> Result<Restored, StoreError> {
+        let mut restored = Restored::default();
+        self.for_each(&mut |k, v| restored.add(k, v))?;
+        Ok(restored)
+    }
+}
+
+#[cfg(test)]
+mod tests;
