@@ -28,7 +28,7 @@ pub struct PipelineSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateSection {
-    /// Directory of the sled state store (default: `sluice-state/<pipeline name>`).
+    /// Directory of the state store (default: `sluice-state/<pipeline name>`).
     pub dir: Option<PathBuf>,
     /// Number of key groups state is partitioned into; fixed for the life of the state.
     #[serde(default = "default_key_groups")]

@@ -4,7 +4,7 @@
 //!
 //! Sinks are fed per checkpoint epoch, and only with committed data: the
 //! processor collects each epoch's records in an outbox that is written to
-//! sled with the checkpoint; once that checkpoint is durable the records go
+//! the state store with the checkpoint; once that checkpoint is durable the records go
 //! to the sink. Upserts carry absolute values keyed by (group key, window),
 //! so writing an epoch twice (after a crash before its ack was recorded)
 //! leaves the same result. A sink acknowledges an epoch with an optional

@@ -1,15 +1,16 @@
-//! The state-directory marker: a small file beside sled recording the last
-//! checkpoint epoch committed to the store, so that lost or damaged state
-//! is never mistaken for a fresh start.
+//! The state-directory marker: a small file beside the state store
+//! recording the last checkpoint epoch committed to the store, so that lost
+//! or damaged state is never mistaken for a fresh start.
 //!
-//! sled recovers from damage by keeping what it can still read: a deleted,
-//! truncated or corrupted database opens as an empty or older one, without
-//! an error. The marker lives outside sled and is rewritten (atomically:
-//! temporary file, fsync, rename, fsync of the directory) after every
-//! durable checkpoint, and created at the first start. At the next start
-//! [`check`] compares it, and the traces sinks report, with what sled gave
-//! back; any sign of an earlier incarnation that the store does not reflect
-//! stops the start unless the operator accepted it (`--accept-empty-state`).
+//! The store's database recovers from damage by keeping what it can still
+//! read: a deleted, truncated or corrupted database opens as an empty or
+//! older one, without an error. The marker lives outside the store and is
+//! rewritten (atomically: temporary file, fsync, rename, fsync of the
+//! directory) after every durable checkpoint, and created at the first
+//! start. At the next start [`check`] compares it, and the traces sinks
+//! report, with what the store gave back; any sign of an earlier
+//! incarnation that the store does not reflect stops the start unless the
+//! operator accepted it (`--accept-empty-state`).
 
 use std::fs::File;
 use std::io::Write;

@@ -3,9 +3,9 @@
 //! A [`StateBackend`] holds the entries of the last durable checkpoint in
 //! the byte layout of [`layout`], applies each new checkpoint's
 //! [`WriteSet`] atomically and durably, and gives every entry back at the
-//! next start ([`StateBackend::restore`]). [`SledBackend`] keeps them in a
-//! sled database in the state directory; [`MemoryBackend`] in memory, for
-//! tests.
+//! next start ([`StateBackend::restore`]). [`SledBackend`] keeps them in an
+//! embedded database in the state directory; [`MemoryBackend`] in memory,
+//! for tests.
 
 pub mod layout;
 mod memory;

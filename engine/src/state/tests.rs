@@ -1,14 +1,13 @@
-//! Both backends against the same checks: a checkpoint round trip, and a
-//! model test against a plain `BTreeMap`.
+//! The checks every backend must pass: a checkpoint round trip, and a
+//! model test against a plain `BTreeMap`. Run here against the in-memory
+//! backend; each other backend runs them in its own module.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use proptest::prelude::*;
 
-use super::{encode, Key, MemoryBackend, SinkAck, SledBackend, StateBackend, StoreError, WriteSet};
+use super::{encode, Key, MemoryBackend, SinkAck, StateBackend, StoreError, WriteSet};
 use crate::batch::RowKind;
 use crate::sink::SinkRecord;
 use crate::value::Value;
@@ -19,7 +18,10 @@ fn name(s: &str) -> Arc<str> {
 
 /// Writes one entry of each kind, closes `backend`, and reads them back
 /// from a reopened one.
-fn round_trip(backend: Box<dyn StateBackend>, reopen: &dyn Fn() -> Box<dyn StateBackend>) {
+pub(super) fn round_trip(
+    backend: Box<dyn StateBackend>,
+    reopen: &dyn Fn() -> Box<dyn StateBackend>,
+) {
     let mut w = WriteSet::default();
     w.put(Key::Epoch, 7u64.to_be_bytes().to_vec());
     w.put(
@@ -78,16 +80,6 @@ fn round_trip(backend: Box<dyn StateBackend>, reopen: &dyn Fn() -> Box<dyn State
 }
 
 #[test]
-fn sled_checkpoint_round_trip() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SledBackend::open(dir.path()).unwrap();
-    let path = dir.path().to_path_buf();
-    round_trip(Box::new(store), &|| {
-        Box::new(reopen_sled(&path)) as Box<dyn StateBackend>
-    });
-}
-
-#[test]
 fn memory_checkpoint_round_trip() {
     let store = MemoryBackend::new();
     let kept = store.clone();
@@ -108,22 +100,9 @@ fn another_format_version_is_refused() {
     ));
 }
 
-/// sled releases its directory lock shortly after the last handle is
-/// dropped (its background threads hold one); a process restart never
-/// sees this, an in-process reopen can.
-fn reopen_sled(dir: &Path) -> SledBackend {
-    for _ in 0..200 {
-        match SledBackend::open(dir) {
-            Ok(s) => return s,
-            Err(_) => std::thread::sleep(Duration::from_millis(10)),
-        }
-    }
-    SledBackend::open(dir).unwrap()
-}
+pub(super) type Checkpoints = Vec<(Vec<(u8, u16, Vec<u8>, Option<Vec<u8>>)>, bool)>;
 
-type Checkpoints = Vec<(Vec<(u8, u16, Vec<u8>, Option<Vec<u8>>)>, bool)>;
-
-fn checkpoints() -> impl Strategy<Value = Checkpoints> {
+pub(super) fn checkpoints() -> impl Strategy<Value = Checkpoints> {
     proptest::collection::vec(
         (
             proptest::collection::vec(
@@ -143,7 +122,7 @@ fn checkpoints() -> impl Strategy<Value = Checkpoints> {
 
 /// Applies random checkpoints to `store` (reopened through `reopen` where
 /// asked) and checks that what it restores is what a BTreeMap holds.
-fn agrees_with_a_btreemap<B: StateBackend>(
+pub(super) fn agrees_with_a_btreemap<B: StateBackend>(
     mut store: B,
     reopen: impl Fn(B) -> B,
     checkpoints: Checkpoints,
@@ -192,14 +171,6 @@ proptest! {
     /// Model-based: checkpoints of random puts and deletes over
     /// operators, key groups and keys, with the store reopened at
     /// random points, always restore exactly what a BTreeMap holds.
-    #[test]
-    fn sled_agrees_with_a_btreemap(checkpoints in checkpoints()) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().to_path_buf();
-        let store = SledBackend::open(&path).unwrap();
-        agrees_with_a_btreemap(store, |old| { drop(old); reopen_sled(&path) }, checkpoints)?;
-    }
-
     #[test]
     fn memory_agrees_with_a_btreemap(checkpoints in checkpoints()) {
         agrees_with_a_btreemap(MemoryBackend::new(), |old| old.reopen().unwrap(), checkpoints)?;
