@@ -364,3 +364,6 @@ impl Processor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
