@@ -164,7 +164,7 @@ async fn an_unacknowledged_epoch_is_redelivered_after_a_restart() {
     assert!(matches!(result, Err(RunError::Sink { .. })), "{result:?}");
 
     // Run 2, from the store: the epoch comes again, with the same records.
-    let (mut run, redeliveries) = start(&store, dir.path());
+    let (run, redeliveries) = start(&store, dir.path());
     let again: Vec<(u64, Vec<String>)> = redeliveries
         .iter()
         .map(|a| match a {
