@@ -17,6 +17,7 @@ pub mod operator;
 pub mod runtime;
 pub mod sink;
 pub mod source;
+pub mod table;
 pub mod time;
 pub mod tls;
 pub mod value;
