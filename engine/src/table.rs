@@ -70,14 +70,18 @@ impl TableKey for GroupKey {
 /// the version byte: what a [`Migration`] rewrites.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredEntry {
+    /// The key after the table tag.
     pub key: Vec<u8>,
+    /// The value after the version byte.
     pub value: Vec<u8>,
 }
 
 /// Upgrades an entry stored at version `from` to version `from + 1`.
 #[derive(Debug, Clone, Copy)]
 pub struct Migration {
+    /// The version it reads.
     pub from: u8,
+    /// Rewrites the key and/or the value; an error refuses the restore.
     pub upgrade: fn(StoredEntry) -> Result<StoredEntry, StateError>,
 }
 
@@ -262,22 +266,22 @@ impl<K: TableKey, V> KeyedTable<K, V> {
         }
     }
 
-    pub fn spec(&self) -> &TableSpec<V> {
-        &self.spec
-    }
-
+    /// The number of entries.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// Whether the table has no entries.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
+    /// Whether `key` has an entry.
     pub fn contains_key(&self, key: &K) -> bool {
         self.entries.contains_key(key)
     }
 
+    /// The value of `key`, for reading.
     pub fn get(&self, key: &K) -> Option<&V> {
         self.entries.get(key).map(|s| &s.value)
     }
@@ -424,20 +428,20 @@ impl<K: TableKey, V> StateTable for KeyedTable<K, V> {
         value: Vec<u8>,
     ) -> Result<(), StateError> {
         let stored_bytes = u32::try_from(key.len() + value.len()).unwrap_or(u32::MAX);
-        let Some((&version, body)) = value.split_first() else {
-            return Err(self.corrupt("empty value under key", &key));
+        let (Some(table_key), Some((&version, body))) = (key.get(1..), value.split_first()) else {
+            return Err(self.corrupt("empty key or value under key", &key));
         };
         let (k, v, migrated) = if version == self.spec.version {
-            let k = K::decode(&key[1..]).ok_or_else(|| self.corrupt("malformed key", &key))?;
+            let k = K::decode(table_key).ok_or_else(|| self.corrupt("malformed key", &key))?;
             (k, (self.spec.decode)(body)?, false)
         } else {
             let old = StoredEntry {
-                key: key[1..].to_vec(),
+                key: table_key.to_vec(),
                 value: body.to_vec(),
             };
             let new = self.spec.upgrade(version, old)?;
             let k = K::decode(&new.key).ok_or_else(|| self.corrupt("malformed key", &new.key))?;
-            if new.key != key[1..] || self.key_group(&k) != key_group {
+            if new.key != table_key || self.key_group(&k) != key_group {
                 self.stale.push((key_group, key));
             }
             (k, (self.spec.decode)(&new.value)?, true)
@@ -470,7 +474,9 @@ pub struct MetaCell<T> {
 
 /// A value a [`MetaCell`] can hold.
 pub trait MetaValue: Copy + PartialEq {
+    /// The stored form.
     fn to_bytes(self) -> [u8; 8];
+    /// Reads the stored form.
     fn from_bytes(bytes: [u8; 8]) -> Self;
 }
 
@@ -514,10 +520,13 @@ impl<T: MetaValue> MetaCell<T> {
         }
     }
 
+    /// The current value.
     pub fn get(&self) -> T {
         self.value
     }
 
+    /// Changes the value (written at the next snapshot if it differs from
+    /// the stored one).
     pub fn set(&mut self, value: T) {
         self.value = value;
     }
