@@ -304,34 +304,39 @@ impl<K: TableKey, V> KeyedTable<K, V> {
     }
 
     /// The value of `key`, inserted by `init` if absent; marks the entry.
-    pub fn get_or_insert_with(&mut self, key: K, init: impl FnOnce() -> V) -> &mut V {
-        match self.entries.entry(key) {
-            MapEntry::Occupied(o) => {
-                if !o.get().dirty {
-                    self.dirty.push(o.key().clone());
-                }
-                let slot = o.into_mut();
-                slot.dirty = true;
-                &mut slot.value
-            }
-            MapEntry::Vacant(v) => {
-                self.dirty.push(v.key().clone());
-                &mut v
-                    .insert(Slot {
-                        value: init(),
-                        dirty: true,
-                        stored_bytes: 0,
-                    })
-                    .value
-            }
+    /// `key` is cloned only to insert it or to mark it.
+    pub fn get_or_insert_with(&mut self, key: &K, init: impl FnOnce() -> V) -> &mut V {
+        if !self.entries.contains_key(key) {
+            let slot = Slot {
+                value: init(),
+                dirty: false,
+                stored_bytes: 0,
+            };
+            self.entries.insert(key.clone(), slot);
         }
+        self.get_mut(key).expect("inserted above")
     }
 
     /// Sets the value of `key`; marks the entry. Returns the old value.
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
-        let mut new = Some(value);
-        let slot = self.get_or_insert_with(key, || new.take().expect("called at most once"));
-        new.map(|value| std::mem::replace(slot, value))
+        match self.entries.entry(key) {
+            MapEntry::Occupied(mut o) => {
+                if !o.get().dirty {
+                    self.dirty.push(o.key().clone());
+                    o.get_mut().dirty = true;
+                }
+                Some(std::mem::replace(&mut o.get_mut().value, value))
+            }
+            MapEntry::Vacant(v) => {
+                self.dirty.push(v.key().clone());
+                v.insert(Slot {
+                    value,
+                    dirty: true,
+                    stored_bytes: 0,
+                });
+                None
+            }
+        }
     }
 
     /// Removes `key`; its stored entry is deleted at the next snapshot.

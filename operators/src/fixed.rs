@@ -61,6 +61,16 @@ struct SlotKey {
     group: GroupKey,
 }
 
+impl SlotKey {
+    /// Makes this the key of `group` in the window at `start`, reusing its
+    /// buffer (no allocation per row for long group keys).
+    fn set(&mut self, start: i64, group: &[u8]) {
+        self.start = start;
+        self.group.clear();
+        self.group.extend_from_slice(group);
+    }
+}
+
 /// Stored as the window start (sign bit flipped, so that byte order is
 /// numeric order) then the group key; in the group key's key group.
 impl TableKey for SlotKey {
@@ -167,6 +177,8 @@ pub struct FixedAggregate {
     /// (size, slide) in ms; None for all-time.
     window: Option<(i64, i64)>,
     slots: KeyedTable<SlotKey, Slot>,
+    /// A reused key for looking slots up.
+    lookup: SlotKey,
     /// The slots by window start.
     windows: BTreeMap<i64, Window>,
     /// Slots to emit at the next flush (first change first).
@@ -189,6 +201,10 @@ impl FixedAggregate {
         };
         FixedAggregate {
             slots: KeyedTable::new(slots, c.key_groups),
+            lookup: SlotKey {
+                start: GLOBAL,
+                group: GroupKey::new(),
+            },
             prev: KeyedTable::new(PREV, c.key_groups),
             c,
             window,
@@ -209,7 +225,6 @@ impl FixedAggregate {
     /// was added to, unless they closed for good (`wm`): those results are
     /// final, as the new row could not reach them either.
     fn retract(&mut self, prev: Prev, wm: i64) {
-        let group = GroupKey::from_slice(&prev.group);
         for start in prev.starts {
             if self.window.is_some() && self.end_of(start).saturating_add(self.c.lateness) <= wm {
                 continue;
@@ -219,11 +234,8 @@ impl FixedAggregate {
                 continue;
             };
             let fired = window.fired;
-            let key = SlotKey {
-                start,
-                group: group.clone(),
-            };
-            let Some(slot) = self.slots.get_mut(&key) else {
+            self.lookup.set(start, &prev.group);
+            let Some(slot) = self.slots.get_mut(&self.lookup) else {
                 continue;
             };
             for (acc, input) in slot.accs.iter_mut().zip(&prev.inputs) {
@@ -231,16 +243,16 @@ impl FixedAggregate {
             }
             slot.rows = slot.rows.saturating_sub(1);
             if slot.rows == 0 {
-                self.slots.remove(&key);
-                window.groups.remove(&group);
+                self.slots.remove(&self.lookup);
+                window.groups.remove(&self.lookup.group);
                 if updates || fired {
-                    self.emptied.push(key);
+                    self.emptied.push(self.lookup.clone());
                 }
                 continue;
             }
             if (updates || fired) && !slot.emit_dirty {
                 slot.emit_dirty = true;
-                self.emit_dirty.push(key);
+                self.emit_dirty.push(self.lookup.clone());
             }
         }
     }
@@ -363,11 +375,8 @@ impl Operator for FixedAggregate {
                 let fired = window.fired;
                 let aggregates = &self.c.aggregates;
                 let retractable = self.c.input.is_changelog();
-                let slot_key = SlotKey {
-                    start,
-                    group: key.clone(),
-                };
-                let slot = self.slots.get_or_insert_with(slot_key, || {
+                self.lookup.set(start, key);
+                let slot = self.slots.get_or_insert_with(&self.lookup, || {
                     window.groups.insert(key.clone());
                     let accs = if retractable {
                         aggregates.iter().map(|a| a.init_retractable()).collect()
@@ -383,10 +392,7 @@ impl Operator for FixedAggregate {
                 let emit = self.c.emit == EmitMode::Updates || fired;
                 if emit && !slot.emit_dirty {
                     slot.emit_dirty = true;
-                    self.emit_dirty.push(SlotKey {
-                        start,
-                        group: key.clone(),
-                    });
+                    self.emit_dirty.push(self.lookup.clone());
                 }
             }
             if changelog {

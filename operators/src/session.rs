@@ -162,7 +162,7 @@ impl Operator for SessionAggregate {
                 ));
                 continue;
             }
-            let list = self.sessions.get_or_insert_with(key.clone(), Vec::new);
+            let list = self.sessions.get_or_insert_with(key, Vec::new);
             // Sessions of this key that closed for good before this row
             // arrived are gone for it, as if the watermark had been applied
             // row by row: emit what they still owe, then drop them, so the

@@ -42,8 +42,8 @@ fn value(version: u8, v: u64) -> Vec<u8> {
 fn a_snapshot_writes_only_what_changed_since_the_last_one() {
     let mut t = KeyedTable::new(COUNTS, KEY_GROUPS);
     t.insert(key("a"), 1);
-    *t.get_or_insert_with(key("b"), || 0) += 5;
-    *t.get_or_insert_with(key("b"), || 0) += 1; // marked once, written once
+    *t.get_or_insert_with(&key("b"), || 0) += 5;
+    *t.get_or_insert_with(&key("b"), || 0) += 1; // marked once, written once
     let first = written(&mut t);
     assert_eq!(
         first,
@@ -445,7 +445,7 @@ proptest! {
                 }
                 Op::Add(k, v) => {
                     let k = GroupKey::from_slice(&[k]);
-                    let t = table.get_or_insert_with(k.clone(), || 0);
+                    let t = table.get_or_insert_with(&k, || 0);
                     *t = t.wrapping_add(v);
                     let m = model.entry(k).or_insert(0);
                     *m = m.wrapping_add(v);
