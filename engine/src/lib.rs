@@ -19,6 +19,7 @@ pub mod runtime;
 pub mod sink;
 pub mod source;
 pub mod state;
+pub mod table;
 pub mod time;
 pub mod tls;
 pub mod value;

@@ -36,23 +36,24 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use sluice_engine::batch::Batch;
-use sluice_engine::keys::{key_group, GroupKey};
+use sluice_engine::keys::GroupKey;
 use sluice_engine::metrics::DEDUPE_DROPPED;
 use sluice_engine::operator::{
-    decode_versioned, encode_versioned, BuildContext, BuildError, Emitter, FieldPath, FieldSet,
-    Operator, OperatorSpec, StateEntry, StateError, StateStats, StateWriter, Stream,
+    BuildContext, BuildError, Emitter, FieldPath, FieldSet, Operator, OperatorSpec, StateEntry,
+    StateError, StateStats, StateWriter, Stream,
 };
+use sluice_engine::table::{restore_tables, KeyedTable, MetaCell, TableSpec};
 use sluice_engine::time::{now_ms, HumanDuration};
 use sluice_engine::value::parse_path;
 
 use crate::key_by::{compute_keys, missing_key};
 
-const STATE_VERSION: u8 = 1;
 /// State key tag of a remembered identity.
 const TAG_SEEN: u8 = 1;
+/// The remembered identities.
+const SEEN: TableSpec<Seen> = TableSpec::bincode("seen", TAG_SEEN, 1);
 /// State key of the next sighting number (so a restart numbers new
 /// sightings exactly as an uninterrupted run).
 const META_NEXT_SEQ: &[u8] = b"\0seq";
@@ -155,14 +156,10 @@ impl OperatorSpec for DedupeSpec {
             within: self.within,
             max_keys: self.max_keys,
             processing_time: !ctx.event_time,
-            key_groups: ctx.key_groups,
-            seen: FxHashMap::default(),
+            seen: KeyedTable::new(SEEN, ctx.key_groups),
             by_seq: BTreeMap::new(),
             by_expiry: BTreeSet::new(),
-            next_seq: 0,
-            stored_next_seq: 0,
-            dirty: Vec::new(),
-            removed: Vec::new(),
+            next_seq: MetaCell::new("dedupe sequence", META_NEXT_SEQ, 0),
             keys: Vec::new(),
             dropped,
         }))
@@ -182,19 +179,12 @@ struct Dedupe {
     within: Option<i64>,
     max_keys: Option<u64>,
     processing_time: bool,
-    key_groups: u16,
-    seen: FxHashMap<GroupKey, Seen>,
+    seen: KeyedTable<GroupKey, Seen>,
     /// Identities in order of first sighting (for `max_keys`).
     by_seq: BTreeMap<u64, GroupKey>,
     /// `(end of the period, seq)` of every identity (for `within`).
     by_expiry: BTreeSet<(i64, u64)>,
-    next_seq: u64,
-    /// `next_seq` as of the last snapshot.
-    stored_next_seq: u64,
-    /// Identities inserted or replaced since the last snapshot.
-    dirty: Vec<GroupKey>,
-    /// Identities forgotten since the last snapshot.
-    removed: Vec<GroupKey>,
+    next_seq: MetaCell<u64>,
     keys: Vec<Result<GroupKey, usize>>,
     dropped: metrics::Counter,
 }
@@ -225,19 +215,17 @@ impl Dedupe {
         if let Some(s) = self.seen.remove(key) {
             self.by_seq.remove(&s.seq);
             self.by_expiry.remove(&(self.expiry(s.time), s.seq));
-            self.removed.push(key.clone());
         }
     }
 
     /// Remembers `key` as first seen at `time` (replacing an expired entry).
     fn remember(&mut self, key: GroupKey, time: i64) {
         self.forget(&key);
-        let seq = self.next_seq;
-        self.next_seq += 1;
+        let seq = self.next_seq.get();
+        self.next_seq.set(seq + 1);
         self.by_seq.insert(seq, key.clone());
         self.by_expiry.insert((self.expiry(time), seq));
-        self.seen.insert(key.clone(), Seen { time, seq });
-        self.dirty.push(key);
+        self.seen.insert(key, Seen { time, seq });
         self.evict_over_max();
     }
 
@@ -253,13 +241,6 @@ impl Dedupe {
             let oldest = oldest.clone();
             self.forget(&oldest);
         }
-    }
-
-    fn state_key(key: &[u8]) -> Vec<u8> {
-        let mut k = Vec::with_capacity(1 + key.len());
-        k.push(TAG_SEEN);
-        k.extend_from_slice(key);
-        k
     }
 }
 
@@ -316,62 +297,26 @@ impl Operator for Dedupe {
     }
 
     fn snapshot(&mut self, w: &mut StateWriter) {
-        for key in std::mem::take(&mut self.removed) {
-            w.delete(key_group(&key, self.key_groups), Self::state_key(&key));
-        }
-        for key in std::mem::take(&mut self.dirty) {
-            let Some(s) = self.seen.get(&key) else {
-                continue;
-            };
-            w.put(
-                key_group(&key, self.key_groups),
-                Self::state_key(&key),
-                encode_versioned(STATE_VERSION, s),
-            );
-        }
-        if self.next_seq != self.stored_next_seq {
-            self.stored_next_seq = self.next_seq;
-            w.put(
-                0,
-                META_NEXT_SEQ.to_vec(),
-                self.next_seq.to_be_bytes().to_vec(),
-            );
-        }
+        self.seen.snapshot(w);
+        self.next_seq.snapshot(w);
     }
 
     fn restore(&mut self, entries: Vec<StateEntry>) -> Result<(), StateError> {
-        for (_, key, value) in entries {
-            if key == META_NEXT_SEQ {
-                let bytes: [u8; 8] = value
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| StateError::Corrupt("dedupe sequence".into()))?;
-                self.next_seq = self.next_seq.max(u64::from_be_bytes(bytes));
-                continue;
-            }
-            let Some((&TAG_SEEN, id)) = key.split_first() else {
-                return Err(StateError::Corrupt(format!(
-                    "unexpected dedupe state key {key:02x?}"
-                )));
-            };
-            let s: Seen = decode_versioned(STATE_VERSION, &value)?;
-            let id = GroupKey::from_slice(id);
-            self.next_seq = self.next_seq.max(s.seq + 1);
+        restore_tables(entries, &mut [&mut self.seen, &mut self.next_seq])?;
+        let mut next_seq = self.next_seq.get();
+        for (id, s) in self.seen.iter() {
+            next_seq = next_seq.max(s.seq + 1);
             self.by_seq.insert(s.seq, id.clone());
             self.by_expiry.insert((self.expiry(s.time), s.seq));
-            self.seen.insert(id, s);
         }
-        self.stored_next_seq = self.next_seq;
+        self.next_seq.set(next_seq);
         // A smaller `max_keys` than the stored run's applies at once.
         self.evict_over_max();
         Ok(())
     }
 
     fn state_stats(&self) -> StateStats {
-        StateStats {
-            keys: self.seen.len() as u64,
-            bytes: self.seen.keys().map(|k| (k.len() + 16) as u64).sum(),
-        }
+        self.seen.stats()
     }
 }
 

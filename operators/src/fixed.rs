@@ -1,17 +1,21 @@
 //! The aggregate operator for all-time and fixed windows (tumbling,
-//! hopping). State: window start -> group key -> accumulators, in memory,
-//! with dirty tracking so a checkpoint writes only what changed.
+//! hopping). State: a table of result slots (window start, group key) ->
+//! accumulators, indexed by window, and for changelog input a table of the
+//! last applied row of every upstream key.
 
 use std::collections::BTreeMap;
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
 use sluice_engine::batch::{Batch, RowKind};
 use sluice_engine::dead_letter::{DeadLetter, ErrorType};
-use sluice_engine::keys::{decode_key, encode_component, key_group, GroupKey};
+use sluice_engine::keys::{decode_key, encode_component, GroupKey};
 use sluice_engine::operator::{
-    decode_versioned, encode_versioned, Emitter, Operator, StateEntry, StateError, StateStats,
-    StateWriter, Stream,
+    Emitter, Operator, StateEntry, StateError, StateStats, StateWriter, Stream,
+};
+use sluice_engine::table::{
+    decode_bincode, encode_bincode, restore_tables, KeyedTable, MetaCell, StateTable, TableKey,
+    TableSpec,
 };
 use sluice_engine::time::now_ms;
 use sluice_engine::value::{Map, Value};
@@ -22,29 +26,79 @@ use crate::window::assign;
 
 /// The start used for the single all-time "window".
 const GLOBAL: i64 = i64::MIN;
-const STATE_VERSION: u8 = 1;
-/// Slots of an aggregate reading a changelog (retractable accumulators
-/// plus the number of rows they hold).
-const CHANGELOG_STATE_VERSION: u8 = 2;
 /// State key tag of a slot; of the last applied row of an upstream key.
 const TAG_SLOT: u8 = 1;
 const TAG_PREV: u8 = 2;
-/// State key tag of the operator's own metadata (its watermark).
+/// The result slots of an aggregate reading events.
+const SLOTS: TableSpec<Slot> = TableSpec {
+    name: "slots",
+    tag: TAG_SLOT,
+    version: 1,
+    migrations: &[],
+    encode: Slot::encode_events,
+    decode: Slot::decode_events,
+};
+/// The result slots of an aggregate reading a changelog (retractable
+/// accumulators plus the number of rows they hold). The version tells them
+/// from [`SLOTS`]: a rewiring between the two is refused, not misread.
+const CHANGELOG_SLOTS: TableSpec<Slot> = TableSpec {
+    name: "slots",
+    tag: TAG_SLOT,
+    version: 2,
+    migrations: &[],
+    encode: Slot::encode_changelog,
+    decode: Slot::decode_changelog,
+};
+/// The last applied row of every upstream key (changelog input).
+const PREV: TableSpec<Prev> = TableSpec::bincode("previous rows", TAG_PREV, 2);
+/// State key of the operator's watermark.
 const META_WATERMARK: &[u8] = b"\0wm";
+
+/// A result: one group key in one window.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct SlotKey {
+    start: i64,
+    group: GroupKey,
+}
+
+impl SlotKey {
+    /// Makes this the key of `group` in the window at `start`, reusing its
+    /// buffer (no allocation per row for long group keys).
+    fn set(&mut self, start: i64, group: &[u8]) {
+        self.start = start;
+        self.group.clear();
+        self.group.extend_from_slice(group);
+    }
+}
+
+/// Stored as the window start (sign bit flipped, so that byte order is
+/// numeric order) then the group key; in the group key's key group.
+impl TableKey for SlotKey {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&((self.start as u64) ^ (1 << 63)).to_be_bytes());
+        out.extend_from_slice(&self.group);
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let (start, group) = bytes.split_first_chunk::<8>()?;
+        Some(SlotKey {
+            start: (u64::from_be_bytes(*start) ^ (1 << 63)) as i64,
+            group: GroupKey::from_slice(group),
+        })
+    }
+
+    fn routing_bytes(&self) -> &[u8] {
+        &self.group
+    }
+}
 
 struct Slot {
     accs: Vec<Acc>,
-    state_dirty: bool,
+    /// Changed since last emitted (not stored).
     emit_dirty: bool,
     /// Rows applied and not taken back (changelog input only): at zero the
     /// group has no result any more.
     rows: u64,
-}
-
-#[derive(Default)]
-struct Window {
-    fired: bool,
-    slots: FxHashMap<GroupKey, Slot>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -56,6 +110,43 @@ struct StoredSlot {
 struct StoredChangelogSlot {
     accs: Vec<Acc>,
     rows: u64,
+}
+
+impl Slot {
+    fn new(accs: Vec<Acc>, rows: u64) -> Slot {
+        Slot {
+            accs,
+            emit_dirty: false,
+            rows,
+        }
+    }
+
+    fn encode_events(&self, out: &mut Vec<u8>) {
+        let accs = self.accs.clone();
+        encode_bincode(&StoredSlot { accs }, out);
+    }
+
+    fn decode_events(bytes: &[u8]) -> Result<Slot, StateError> {
+        let s: StoredSlot = decode_bincode(bytes)?;
+        Ok(Slot::new(s.accs, 0))
+    }
+
+    fn encode_changelog(&self, out: &mut Vec<u8>) {
+        let (accs, rows) = (self.accs.clone(), self.rows);
+        encode_bincode(&StoredChangelogSlot { accs, rows }, out);
+    }
+
+    fn decode_changelog(bytes: &[u8]) -> Result<Slot, StateError> {
+        let s: StoredChangelogSlot = decode_bincode(bytes)?;
+        Ok(Slot::new(s.accs, s.rows))
+    }
+}
+
+/// An open window: the group keys with a slot in it.
+#[derive(Default)]
+struct Window {
+    fired: bool,
+    groups: FxHashSet<GroupKey>,
 }
 
 /// The row of an upstream key as last applied (changelog input), so that
@@ -72,41 +163,56 @@ struct Prev {
     inputs: Vec<Option<Value>>,
 }
 
+/// The end of the window starting at `start` (`window`: size and slide;
+/// None for all-time, which never ends).
+fn window_end(window: Option<(i64, i64)>, start: i64) -> i64 {
+    match window {
+        Some((size, _)) => start.saturating_add(size),
+        None => i64::MAX,
+    }
+}
+
 pub struct FixedAggregate {
     c: Common,
     /// (size, slide) in ms; None for all-time.
     window: Option<(i64, i64)>,
+    slots: KeyedTable<SlotKey, Slot>,
+    /// A reused key for looking slots up.
+    lookup: SlotKey,
+    /// The slots by window start.
     windows: BTreeMap<i64, Window>,
-    state_dirty: Vec<(i64, GroupKey)>,
-    emit_dirty: Vec<(i64, GroupKey)>,
-    purged: Vec<(i64, GroupKey)>,
-    watermark: i64,
-    watermark_dirty: bool,
+    /// Slots to emit at the next flush (first change first).
+    emit_dirty: Vec<SlotKey>,
+    watermark: MetaCell<i64>,
     keys: Vec<Result<GroupKey, usize>>,
     starts: Vec<i64>,
     /// Changelog input: the last applied row of every upstream key.
-    prev: FxHashMap<GroupKey, Prev>,
-    /// Upstream keys whose `prev` entry changed since the last snapshot.
-    prev_dirty: FxHashSet<GroupKey>,
+    prev: KeyedTable<GroupKey, Prev>,
     /// Results whose every row was taken back: deleted at the next flush.
-    emptied: Vec<(i64, GroupKey)>,
+    emptied: Vec<SlotKey>,
 }
 
 impl FixedAggregate {
     pub fn new(c: Common, window: Option<(i64, i64)>) -> Self {
+        let slots = if c.input.is_changelog() {
+            CHANGELOG_SLOTS
+        } else {
+            SLOTS
+        };
         FixedAggregate {
+            slots: KeyedTable::new(slots, c.key_groups),
+            lookup: SlotKey {
+                start: GLOBAL,
+                group: GroupKey::new(),
+            },
+            prev: KeyedTable::new(PREV, c.key_groups),
             c,
             window,
             windows: BTreeMap::new(),
-            state_dirty: Vec::new(),
             emit_dirty: Vec::new(),
-            purged: Vec::new(),
-            watermark: i64::MIN,
-            watermark_dirty: false,
+            watermark: MetaCell::new("watermark", META_WATERMARK, i64::MIN),
             keys: Vec::new(),
             starts: Vec::new(),
-            prev: FxHashMap::default(),
-            prev_dirty: FxHashSet::default(),
             emptied: Vec::new(),
         }
     }
@@ -119,7 +225,6 @@ impl FixedAggregate {
     /// was added to, unless they closed for good (`wm`): those results are
     /// final, as the new row could not reach them either.
     fn retract(&mut self, prev: Prev, wm: i64) {
-        let group = GroupKey::from_slice(&prev.group);
         for start in prev.starts {
             if self.window.is_some() && self.end_of(start).saturating_add(self.c.lateness) <= wm {
                 continue;
@@ -129,7 +234,8 @@ impl FixedAggregate {
                 continue;
             };
             let fired = window.fired;
-            let Some(slot) = window.slots.get_mut(&group) else {
+            self.lookup.set(start, &prev.group);
+            let Some(slot) = self.slots.get_mut(&self.lookup) else {
                 continue;
             };
             for (acc, input) in slot.accs.iter_mut().zip(&prev.inputs) {
@@ -137,29 +243,22 @@ impl FixedAggregate {
             }
             slot.rows = slot.rows.saturating_sub(1);
             if slot.rows == 0 {
-                window.slots.remove(&group);
-                self.purged.push((start, group.clone()));
+                self.slots.remove(&self.lookup);
+                window.groups.remove(&self.lookup.group);
                 if updates || fired {
-                    self.emptied.push((start, group.clone()));
+                    self.emptied.push(self.lookup.clone());
                 }
                 continue;
             }
-            if !slot.state_dirty {
-                slot.state_dirty = true;
-                self.state_dirty.push((start, group.clone()));
-            }
             if (updates || fired) && !slot.emit_dirty {
                 slot.emit_dirty = true;
-                self.emit_dirty.push((start, group.clone()));
+                self.emit_dirty.push(self.lookup.clone());
             }
         }
     }
 
     fn end_of(&self, start: i64) -> i64 {
-        match self.window {
-            Some((size, _)) => start.saturating_add(size),
-            None => i64::MAX,
-        }
+        window_end(self.window, start)
     }
 
     /// The result row of one slot.
@@ -195,41 +294,24 @@ impl FixedAggregate {
     /// Emits every result whose emit flag is set.
     fn flush_dirty(&mut self, out: &mut Emitter<'_>) {
         let mut batch = Batch::default();
-        for (start, key) in std::mem::take(&mut self.emptied) {
-            let exists = self
-                .windows
-                .get(&start)
-                .is_some_and(|w| w.slots.contains_key(&key));
-            if !exists {
-                let (id, row, time) = self.result(start, &key, &[]);
+        for key in std::mem::take(&mut self.emptied) {
+            if !self.slots.contains_key(&key) {
+                let (id, row, time) = self.result(key.start, &key.group, &[]);
                 batch.push_change(RowKind::Delete, id, row, time);
             }
         }
-        for (start, key) in std::mem::take(&mut self.emit_dirty) {
-            let Some(slot) = self.windows.get(&start).and_then(|w| w.slots.get(&key)) else {
+        for key in std::mem::take(&mut self.emit_dirty) {
+            let Some(slot) = self.slots.get(&key) else {
                 continue;
             };
             if slot.emit_dirty {
-                self.emit_slot(start, &key, &slot.accs, &mut batch);
+                self.emit_slot(key.start, &key.group, &slot.accs, &mut batch);
             }
-            if let Some(slot) = self
-                .windows
-                .get_mut(&start)
-                .and_then(|w| w.slots.get_mut(&key))
-            {
+            if let Some(slot) = self.slots.get_mut_unmarked(&key) {
                 slot.emit_dirty = false;
             }
         }
         out.emit(batch);
-    }
-
-    fn state_key(start: i64, key: &[u8]) -> Vec<u8> {
-        let mut k = Vec::with_capacity(9 + key.len());
-        k.push(TAG_SLOT);
-        // flip the sign bit so that byte order is numeric order
-        k.extend_from_slice(&((start as u64) ^ (1 << 63)).to_be_bytes());
-        k.extend_from_slice(key);
-        k
     }
 }
 
@@ -242,13 +324,12 @@ impl Operator for FixedAggregate {
         for (i, key) in keys.iter().enumerate() {
             // The watermark this row is judged by: the one in force when it
             // arrived in its partition's log (independent of batching).
-            let wm = self.watermark.max(batch.meta[i].watermark);
+            let wm = self.watermark.get().max(batch.meta[i].watermark);
             if changelog {
                 // A changelog row replaces the previous row of its key:
                 // take that one back first.
                 let id = &batch.keys[i];
                 if let Some(prev) = self.prev.remove(id) {
-                    self.prev_dirty.insert(id.clone());
                     self.retract(prev, wm);
                 }
                 if batch.kind(i) == RowKind::Delete {
@@ -292,39 +373,26 @@ impl Operator for FixedAggregate {
                 let start = self.starts[si];
                 let window = self.windows.entry(start).or_default();
                 let fired = window.fired;
-                if !window.slots.contains_key(key) {
-                    let accs = if self.c.input.is_changelog() {
-                        self.c
-                            .aggregates
-                            .iter()
-                            .map(|a| a.init_retractable())
-                            .collect()
+                let aggregates = &self.c.aggregates;
+                let retractable = self.c.input.is_changelog();
+                self.lookup.set(start, key);
+                let slot = self.slots.get_or_insert_with(&self.lookup, || {
+                    window.groups.insert(key.clone());
+                    let accs = if retractable {
+                        aggregates.iter().map(|a| a.init_retractable()).collect()
                     } else {
-                        self.c.aggregates.iter().map(|a| a.init()).collect()
+                        aggregates.iter().map(|a| a.init()).collect()
                     };
-                    window.slots.insert(
-                        key.clone(),
-                        Slot {
-                            accs,
-                            state_dirty: false,
-                            emit_dirty: false,
-                            rows: 0,
-                        },
-                    );
-                }
-                let slot = window.slots.get_mut(key).expect("inserted above");
+                    Slot::new(accs, 0)
+                });
                 slot.rows += 1;
-                for (agg, acc) in self.c.aggregates.iter().zip(slot.accs.iter_mut()) {
+                for (agg, acc) in aggregates.iter().zip(slot.accs.iter_mut()) {
                     acc.update(agg.input(row), t);
-                }
-                if !slot.state_dirty {
-                    slot.state_dirty = true;
-                    self.state_dirty.push((start, key.clone()));
                 }
                 let emit = self.c.emit == EmitMode::Updates || fired;
                 if emit && !slot.emit_dirty {
                     slot.emit_dirty = true;
-                    self.emit_dirty.push((start, key.clone()));
+                    self.emit_dirty.push(self.lookup.clone());
                 }
             }
             if changelog {
@@ -341,7 +409,7 @@ impl Operator for FixedAggregate {
                     })
                     .collect();
                 self.prev.insert(
-                    id.clone(),
+                    id,
                     Prev {
                         group: key.to_vec(),
                         time: t,
@@ -349,18 +417,16 @@ impl Operator for FixedAggregate {
                         inputs,
                     },
                 );
-                self.prev_dirty.insert(id);
             }
         }
         self.keys = keys;
     }
 
     fn on_watermark(&mut self, watermark: i64, out: &mut Emitter<'_>) {
-        if watermark <= self.watermark {
+        if watermark <= self.watermark.get() {
             return;
         }
-        self.watermark = watermark;
-        self.watermark_dirty = true;
+        self.watermark.set(watermark);
         let mut batch = Batch::default();
         // Fire windows whose end passed.
         let due: Vec<i64> = self
@@ -369,19 +435,23 @@ impl Operator for FixedAggregate {
             .filter(|(&s, w)| !w.fired && self.end_of(s) <= watermark)
             .map(|(&s, _)| s)
             .collect();
-        for start in &due {
-            if self.c.emit == EmitMode::OnClose {
-                let w = &self.windows[start];
-                let mut keys: Vec<&GroupKey> = w.slots.keys().collect();
-                keys.sort_unstable();
-                for key in keys {
-                    self.emit_slot(*start, key, &w.slots[key].accs, &mut batch);
-                }
+        for start in due {
+            let Some(w) = self.windows.get_mut(&start) else {
+                continue;
+            };
+            w.fired = true;
+            if self.c.emit == EmitMode::Updates {
+                continue; // its changes were emitted as they came
             }
-            if let Some(w) = self.windows.get_mut(start) {
-                w.fired = true;
-                for slot in w.slots.values_mut() {
-                    slot.emit_dirty = self.c.emit == EmitMode::Updates && slot.emit_dirty;
+            let mut groups: Vec<GroupKey> = w.groups.iter().cloned().collect();
+            groups.sort_unstable();
+            for group in groups {
+                let key = SlotKey { start, group };
+                if let Some(slot) = self.slots.get(&key) {
+                    self.emit_slot(start, &key.group, &slot.accs, &mut batch);
+                }
+                if let Some(slot) = self.slots.get_mut_unmarked(&key) {
+                    slot.emit_dirty = false;
                 }
             }
         }
@@ -391,14 +461,8 @@ impl Operator for FixedAggregate {
         } = self.c.input
         {
             // Upstream rows that can no longer change need no taking back.
-            let dirty = &mut self.prev_dirty;
-            self.prev.retain(|id, p| {
-                let keep = p.time.saturating_add(1).saturating_add(d) > watermark;
-                if !keep {
-                    dirty.insert(id.clone());
-                }
-                keep
-            });
+            self.prev
+                .retain(|_, p| p.time.saturating_add(1).saturating_add(d) > watermark);
         }
         if self.window.is_none() {
             // All-time results are never purged.
@@ -418,7 +482,9 @@ impl Operator for FixedAggregate {
         self.flush_dirty(out);
         for start in expired {
             if let Some(w) = self.windows.remove(&start) {
-                self.purged.extend(w.slots.into_keys().map(|k| (start, k)));
+                for group in w.groups {
+                    self.slots.remove(&SlotKey { start, group });
+                }
             }
         }
     }
@@ -428,133 +494,34 @@ impl Operator for FixedAggregate {
     }
 
     fn snapshot(&mut self, w: &mut StateWriter) {
-        for (start, key) in std::mem::take(&mut self.purged) {
-            w.delete(
-                key_group(&key, self.c.key_groups),
-                Self::state_key(start, &key),
-            );
-        }
-        for (start, key) in std::mem::take(&mut self.state_dirty) {
-            let Some(slot) = self
-                .windows
-                .get_mut(&start)
-                .and_then(|w| w.slots.get_mut(&key))
-            else {
-                continue;
-            };
-            slot.state_dirty = false;
-            let value = if self.c.input.is_changelog() {
-                encode_versioned(
-                    CHANGELOG_STATE_VERSION,
-                    &StoredChangelogSlot {
-                        accs: slot.accs.clone(),
-                        rows: slot.rows,
-                    },
-                )
-            } else {
-                encode_versioned(
-                    STATE_VERSION,
-                    &StoredSlot {
-                        accs: slot.accs.clone(),
-                    },
-                )
-            };
-            w.put(
-                key_group(&key, self.c.key_groups),
-                Self::state_key(start, &key),
-                value,
-            );
-        }
-        for id in std::mem::take(&mut self.prev_dirty) {
-            let kg = key_group(&id, self.c.key_groups);
-            let mut k = Vec::with_capacity(id.len() + 1);
-            k.push(TAG_PREV);
-            k.extend_from_slice(&id);
-            match self.prev.get(&id) {
-                Some(p) => w.put(kg, k, encode_versioned(CHANGELOG_STATE_VERSION, p)),
-                None => w.delete(kg, k),
-            }
-        }
-        if self.watermark_dirty {
-            self.watermark_dirty = false;
-            w.put(
-                0,
-                META_WATERMARK.to_vec(),
-                self.watermark.to_be_bytes().to_vec(),
-            );
-        }
+        self.slots.snapshot(w);
+        self.prev.snapshot(w);
+        self.watermark.snapshot(w);
     }
 
     fn restore(&mut self, entries: Vec<StateEntry>) -> Result<(), StateError> {
-        for (_, key, value) in entries {
-            if key == META_WATERMARK {
-                let bytes: [u8; 8] = value
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| StateError::Corrupt("watermark".into()))?;
-                self.watermark = i64::from_be_bytes(bytes);
-                continue;
-            }
-            if key.first() == Some(&TAG_PREV) && self.c.input.is_changelog() {
-                let prev: Prev = decode_versioned(CHANGELOG_STATE_VERSION, &value)?;
-                self.prev.insert(GroupKey::from_slice(&key[1..]), prev);
-                continue;
-            }
-            if key.len() < 9 || key[0] != TAG_SLOT {
-                return Err(StateError::Corrupt(format!(
-                    "unexpected state key {key:02x?}"
-                )));
-            }
-            let start =
-                (u64::from_be_bytes(key[1..9].try_into().expect("8 bytes")) ^ (1 << 63)) as i64;
-            // The version tells events from changelog state: a rewiring
-            // between the two is refused, not misread.
-            let (accs, rows) = if self.c.input.is_changelog() {
-                let s: StoredChangelogSlot = decode_versioned(CHANGELOG_STATE_VERSION, &value)?;
-                (s.accs, s.rows)
-            } else {
-                let s: StoredSlot = decode_versioned(STATE_VERSION, &value)?;
-                (s.accs, 0)
-            };
-            let group = GroupKey::from_slice(&key[9..]);
-            self.windows.entry(start).or_default().slots.insert(
-                group,
-                Slot {
-                    accs,
-                    state_dirty: false,
-                    emit_dirty: false,
-                    rows,
-                },
-            );
+        let mut tables: Vec<&mut dyn StateTable> = vec![&mut self.slots, &mut self.watermark];
+        if self.c.input.is_changelog() {
+            tables.push(&mut self.prev);
         }
-        let watermark = self.watermark;
-        let ends: Vec<(i64, i64)> = self.windows.keys().map(|&s| (s, self.end_of(s))).collect();
-        for (start, end) in ends {
-            if end <= watermark {
-                if let Some(w) = self.windows.get_mut(&start) {
-                    w.fired = true;
-                }
-            }
+        restore_tables(entries, &mut tables)?;
+        let watermark = self.watermark.get();
+        for (key, _) in self.slots.iter() {
+            let window = self.windows.entry(key.start).or_default();
+            window.groups.insert(key.group.clone());
+        }
+        for (&start, window) in self.windows.iter_mut() {
+            window.fired = window_end(self.window, start) <= watermark;
         }
         Ok(())
     }
 
     fn state_stats(&self) -> StateStats {
-        let mut stats = StateStats::default();
-        stats.keys += self.prev.len() as u64;
-        stats.bytes += self
-            .prev
-            .iter()
-            .map(|(k, p)| (k.len() + p.group.len() + 32 + p.inputs.len() * 24) as u64)
-            .sum::<u64>();
-        for w in self.windows.values() {
-            stats.keys += w.slots.len() as u64;
-            for (k, s) in &w.slots {
-                stats.bytes +=
-                    (k.len() + 16 + s.accs.iter().map(Acc::approx_bytes).sum::<usize>()) as u64;
-            }
+        let (slots, prev) = (self.slots.stats(), self.prev.stats());
+        StateStats {
+            keys: slots.keys + prev.keys,
+            bytes: slots.bytes + prev.bytes,
         }
-        stats
     }
 }
 

@@ -15,3 +15,6 @@ pub mod window;
 
 #[cfg(test)]
 pub(crate) mod testing;
+
+#[cfg(test)]
+mod state_layout;

@@ -3,24 +3,20 @@
 //! and merges every session it overlaps. Results are keyed by (group key,
 //! session start); when a merge moves a start, the old result is deleted.
 
-use std::collections::BTreeSet;
-
-use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use sluice_engine::batch::{Batch, RowKind};
 use sluice_engine::dead_letter::{DeadLetter, ErrorType};
-use sluice_engine::keys::{decode_key, encode_component, key_group, GroupKey};
-use sluice_engine::operator::{
-    decode_versioned, encode_versioned, Emitter, Operator, StateEntry, StateError, StateStats,
-    StateWriter,
-};
+use sluice_engine::keys::{decode_key, encode_component, GroupKey};
+use sluice_engine::operator::{Emitter, Operator, StateEntry, StateError, StateStats, StateWriter};
+use sluice_engine::table::{restore_tables, KeyedTable, MetaCell, TableSpec};
 use sluice_engine::time::now_ms;
 use sluice_engine::value::{Map, Value};
 
 use crate::accumulator::Acc;
 use crate::aggregate::{Common, EmitMode};
 
-const STATE_VERSION: u8 = 1;
+/// The open sessions of every group key, oldest first.
+const SESSIONS: TableSpec<Vec<Session>> = TableSpec::bincode("sessions", 1, 1);
 const META_WATERMARK: &[u8] = b"\0wm";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -38,25 +34,21 @@ struct Session {
 pub struct SessionAggregate {
     c: Common,
     gap: i64,
-    sessions: FxHashMap<GroupKey, Vec<Session>>,
-    dirty: BTreeSet<GroupKey>,
+    sessions: KeyedTable<GroupKey, Vec<Session>>,
     /// Results to delete: (key, old session start).
     retract: Vec<(GroupKey, i64)>,
-    watermark: i64,
-    watermark_dirty: bool,
+    watermark: MetaCell<i64>,
     keys: Vec<Result<GroupKey, usize>>,
 }
 
 impl SessionAggregate {
     pub fn new(c: Common, gap: i64) -> Self {
         SessionAggregate {
+            sessions: KeyedTable::new(SESSIONS, c.key_groups),
             c,
             gap,
-            sessions: FxHashMap::default(),
-            dirty: BTreeSet::new(),
             retract: Vec::new(),
-            watermark: i64::MIN,
-            watermark_dirty: false,
+            watermark: MetaCell::new("watermark", META_WATERMARK, i64::MIN),
             keys: Vec::new(),
         }
     }
@@ -85,32 +77,31 @@ impl SessionAggregate {
             batch.push_change(RowKind::Delete, Self::id(&key, start), row, start);
         }
         let updates = self.c.emit == EmitMode::Updates;
-        let wm = self.watermark;
-        let mut keys: Vec<&GroupKey> = self.sessions.keys().collect();
-        keys.sort_unstable();
+        let wm = self.watermark.get();
+        let mut sessions: Vec<(&GroupKey, &Vec<Session>)> = self.sessions.iter().collect();
+        sessions.sort_unstable_by_key(|(key, _)| *key);
         let mut emitted = Vec::new();
-        for key in keys {
-            for (i, s) in self.sessions[key].iter().enumerate() {
+        for (key, list) in sessions {
+            for (i, s) in list.iter().enumerate() {
                 if s.changed && (updates || s.end <= wm) {
                     self.emit(key, s, &mut batch);
                     emitted.push((key.clone(), i));
                 }
             }
         }
+        // Not marked: these flags reach the store with the key's next
+        // change (a restore may emit such a session once more).
         for (key, i) in emitted {
-            if let Some(s) = self.sessions.get_mut(&key).and_then(|v| v.get_mut(i)) {
+            if let Some(s) = self
+                .sessions
+                .get_mut_unmarked(&key)
+                .and_then(|v| v.get_mut(i))
+            {
                 s.emitted = true;
                 s.changed = false;
             }
         }
         out.emit(batch);
-    }
-
-    fn state_key(key: &[u8]) -> Vec<u8> {
-        let mut k = Vec::with_capacity(key.len() + 1);
-        k.push(1);
-        k.extend_from_slice(key);
-        k
     }
 }
 
@@ -154,7 +145,7 @@ impl Operator for SessionAggregate {
             let row = &batch.rows[i];
             // The watermark in force when this row arrived in its
             // partition's log (independent of batching).
-            let wm = self.watermark.max(batch.meta[i].watermark);
+            let wm = self.watermark.get().max(batch.meta[i].watermark);
             let (start, end) = (t, t.saturating_add(self.gap));
             if end.saturating_add(self.c.lateness) <= wm {
                 let reason = format!(
@@ -171,7 +162,7 @@ impl Operator for SessionAggregate {
                 ));
                 continue;
             }
-            let list = self.sessions.entry(key.clone()).or_default();
+            let list = self.sessions.get_or_insert_with(key, Vec::new);
             // Sessions of this key that closed for good before this row
             // arrived are gone for it, as if the watermark had been applied
             // row by row: emit what they still owe, then drop them, so the
@@ -228,32 +219,32 @@ impl Operator for SessionAggregate {
             kept.push(merged);
             kept.sort_by_key(|s| s.start);
             *list = kept;
-            self.dirty.insert(key.clone());
         }
         self.keys = keys;
     }
 
     fn on_watermark(&mut self, watermark: i64, out: &mut Emitter<'_>) {
-        if watermark <= self.watermark {
+        if watermark <= self.watermark.get() {
             return;
         }
-        self.watermark = watermark;
-        self.watermark_dirty = true;
+        self.watermark.set(watermark);
         self.flush(out);
         let lateness = self.c.lateness;
-        let mut emptied = Vec::new();
-        for (key, list) in self.sessions.iter_mut() {
-            let before = list.len();
-            list.retain(|s| s.end.saturating_add(lateness) > watermark);
-            if list.len() != before {
-                self.dirty.insert(key.clone());
-            }
+        let closed = |s: &Session| s.end.saturating_add(lateness) <= watermark;
+        let expiring: Vec<GroupKey> = self
+            .sessions
+            .iter()
+            .filter(|(_, list)| list.iter().any(closed))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in expiring {
+            let Some(list) = self.sessions.get_mut(&key) else {
+                continue;
+            };
+            list.retain(|s| !closed(s));
             if list.is_empty() {
-                emptied.push(key.clone());
+                self.sessions.remove(&key);
             }
-        }
-        for key in emptied {
-            self.sessions.remove(&key);
         }
     }
 
@@ -262,60 +253,24 @@ impl Operator for SessionAggregate {
     }
 
     fn snapshot(&mut self, w: &mut StateWriter) {
-        for key in std::mem::take(&mut self.dirty) {
-            let kg = key_group(&key, self.c.key_groups);
-            match self.sessions.get(&key) {
-                Some(list) => w.put(
-                    kg,
-                    Self::state_key(&key),
-                    encode_versioned(STATE_VERSION, list),
-                ),
-                None => w.delete(kg, Self::state_key(&key)),
-            }
-        }
-        if self.watermark_dirty {
-            self.watermark_dirty = false;
-            w.put(
-                0,
-                META_WATERMARK.to_vec(),
-                self.watermark.to_be_bytes().to_vec(),
-            );
-        }
+        self.sessions.snapshot(w);
+        self.watermark.snapshot(w);
     }
 
     fn restore(&mut self, entries: Vec<StateEntry>) -> Result<(), StateError> {
-        for (_, key, value) in entries {
-            if key == META_WATERMARK {
-                let bytes: [u8; 8] = value
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| StateError::Corrupt("watermark".into()))?;
-                self.watermark = i64::from_be_bytes(bytes);
-            } else if key.first() == Some(&1) {
-                let list: Vec<Session> = decode_versioned(STATE_VERSION, &value)?;
-                self.sessions.insert(GroupKey::from_slice(&key[1..]), list);
-            } else {
-                return Err(StateError::Corrupt(format!(
-                    "unexpected state key {key:02x?}"
-                )));
-            }
-        }
-        Ok(())
+        restore_tables(entries, &mut [&mut self.sessions, &mut self.watermark])
     }
 
+    /// Keys are sessions, not group keys.
     fn state_stats(&self) -> StateStats {
-        let mut stats = StateStats::default();
-        for (k, list) in &self.sessions {
-            stats.keys += list.len() as u64;
-            stats.bytes += (k.len()
-                + list.len() * 32
-                + list
-                    .iter()
-                    .flat_map(|s| &s.accs)
-                    .map(Acc::approx_bytes)
-                    .sum::<usize>()) as u64;
+        StateStats {
+            keys: self
+                .sessions
+                .iter()
+                .map(|(_, list)| list.len() as u64)
+                .sum(),
+            bytes: self.sessions.stats().bytes,
         }
-        stats
     }
 }
 

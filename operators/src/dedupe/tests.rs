@@ -2,6 +2,7 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use sluice_engine::dead_letter::ErrorType;
+use sluice_engine::keys::key_group;
 
 use super::*;
 use crate::testing::{batch_of, build_ctx, rows, run_op, watermark};
