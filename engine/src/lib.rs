@@ -5,6 +5,7 @@
 pub mod batch;
 pub mod bearer;
 pub mod config;
+pub mod connector;
 pub mod dead_letter;
 pub mod decode;
 pub mod graph;
@@ -14,6 +15,7 @@ pub mod json;
 pub mod keys;
 pub mod metrics;
 pub mod operator;
+pub mod plan;
 pub mod runtime;
 pub mod sink;
 pub mod source;

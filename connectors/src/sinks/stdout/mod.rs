@@ -9,6 +9,7 @@
 //! inputs = ["by_country"]
 //! ```
 
+use sluice_engine::connector::ConnectorContext;
 use std::io::Write;
 
 use serde::{Deserialize, Serialize};
@@ -48,5 +49,11 @@ impl Sink for StdoutSink {
                 .map_err(|e| SinkError::Fatal(format!("cannot write to stdout: {e}")))?;
             Ok(WriteOutcome::default())
         })
+    }
+}
+
+impl sluice_engine::connector::SinkConnector for StdoutSinkConfig {
+    fn build(&self, _ctx: &ConnectorContext<'_>) -> Box<dyn sluice_engine::sink::Sink> {
+        Box::new(StdoutSink)
     }
 }
