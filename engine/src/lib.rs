@@ -19,6 +19,8 @@ pub mod plan;
 pub mod runtime;
 pub mod sink;
 pub mod source;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod time;
 pub mod tls;
 pub mod value;
