@@ -3,11 +3,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use sluice_connectors::sinks::file::{FileSink, FileSinkConfig};
+use sluice_engine::connector::ConnectorContext;
 use sluice_engine::decode::EventTimeSpec;
 use sluice_engine::runtime::{PipelineSpec, SinkSpec, SourceSpec, TransformSpec};
 use sluice_engine::sink::RetryPolicy;
-use sluice_connectors::sinks::file::{FileSink, FileSinkConfig};
-use sluice_engine::connector::ConnectorContext;
 use sluice_engine::value::parse_path;
 
 use crate::config::Pipeline;

@@ -7,8 +7,8 @@ pub mod amqp;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod lines;
-mod registry;
 #[cfg(feature = "mongodb")]
 pub mod mongo;
+mod registry;
 pub mod sinks;
 pub mod sources;

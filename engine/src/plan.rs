@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::graph::{build_graph, Graph, GraphError, GraphNode, NodeKind};
-use crate::runtime::PipelineSpec;
 use crate::operator::{BuildContext, FieldPath, FieldSet, OperatorSpec, Stream, TimeUse};
+use crate::runtime::PipelineSpec;
 
 /// What the planner is told about one node, in graph order.
 #[derive(Clone, Copy)]

@@ -28,8 +28,7 @@ use sluice_engine::batch::Batch;
 use sluice_engine::dead_letter::{DeadLetter, ErrorType};
 use sluice_engine::keys::GroupKey;
 use sluice_engine::operator::{
-    BuildContext, BuildError, Emitter, FieldPath, FieldSet, Operator, OperatorSpec, Stream,
-    TimeUse,
+    BuildContext, BuildError, Emitter, FieldPath, FieldSet, Operator, OperatorSpec, Stream, TimeUse,
 };
 use sluice_engine::time::HumanDuration;
 use sluice_engine::value::parse_path;

@@ -43,8 +43,7 @@ use sluice_engine::keys::{key_group, GroupKey};
 use sluice_engine::metrics::DEDUPE_DROPPED;
 use sluice_engine::operator::{
     decode_versioned, encode_versioned, BuildContext, BuildError, Emitter, FieldPath, FieldSet,
-    Operator, OperatorSpec, StateEntry, StateError, StateStats, StateWriter, Stream,
-    TimeUse,
+    Operator, OperatorSpec, StateEntry, StateError, StateStats, StateWriter, Stream, TimeUse,
 };
 use sluice_engine::time::{now_ms, HumanDuration};
 use sluice_engine::value::parse_path;

@@ -64,7 +64,14 @@ pub(super) fn check_graph(
             })
             .collect();
     }
-    structure_errors(src, entries, &nodes, &graph_errors, failed_components, graph_incomplete)
+    structure_errors(
+        src,
+        entries,
+        &nodes,
+        &graph_errors,
+        failed_components,
+        graph_incomplete,
+    )
 }
 
 /// The graph's structural mistakes, located in the file.
@@ -127,11 +134,7 @@ fn structure_errors(
                 None => ConfigError::general(&src.path, e.describe(nodes)),
             };
             if let Some(n) = node {
-                err = err.with_field(format!(
-                    "{}.{}",
-                    nodes[n].kind.section(),
-                    nodes[n].name
-                ));
+                err = err.with_field(format!("{}.{}", nodes[n].kind.section(), nodes[n].name));
             }
             if let GraphError::UnknownInput {
                 suggestion: Some(s),

@@ -73,11 +73,7 @@ impl OperatorSpec for Stub {
 fn two_sources(t: &Stub, a: Option<bool>, b: Option<bool>) -> Result<Plan, Vec<PlanError>> {
     let inputs = ["a".to_string(), "b".to_string()];
     let out = ["t".to_string()];
-    let nodes = graph_nodes(
-        ["a", "b"],
-        [("t", &inputs[..])],
-        [("out", &out[..])],
-    );
+    let nodes = graph_nodes(["a", "b"], [("t", &inputs[..])], [("out", &out[..])]);
     let info = [
         NodeInfo::Source { event_time: a },
         NodeInfo::Source { event_time: b },
@@ -158,7 +154,11 @@ fn event_time_messages_name_the_transform_and_the_sources() {
 
 /// `src -> agg -> reader -> out`.
 fn chain(agg: &Stub, reader: &Stub) -> (Vec<GraphNode>, Result<Plan, Vec<PlanError>>) {
-    let (i_agg, i_reader, i_out) = (["src".to_string()], ["agg".to_string()], ["reader".to_string()]);
+    let (i_agg, i_reader, i_out) = (
+        ["src".to_string()],
+        ["agg".to_string()],
+        ["reader".to_string()],
+    );
     let nodes = graph_nodes(
         ["src"],
         [("agg", &i_agg[..]), ("reader", &i_reader[..])],
@@ -229,8 +229,9 @@ fn graph_mistakes_are_reported_alone() {
         NodeInfo::Sink,
     ];
     let errors = Plan::new(nodes, &info).unwrap_err();
-    assert!(errors
-        .iter()
-        .all(|e| matches!(e, PlanError::Graph(GraphError::UnknownInput { .. } | GraphError::Unused { .. }))));
+    assert!(errors.iter().all(|e| matches!(
+        e,
+        PlanError::Graph(GraphError::UnknownInput { .. } | GraphError::Unused { .. })
+    )));
     assert!(!errors.is_empty());
 }

@@ -26,9 +26,9 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use crate::decode::{Decoder, EventTimeSpec};
-use crate::plan::Plan;
 use crate::health::{Readiness, SourceHealth};
 use crate::operator::{Operator, OperatorSpec};
+use crate::plan::Plan;
 use crate::sink::{drive_sink, RetryPolicy, Sink, SinkEpoch, SinkError};
 use crate::source::{Progress, Source, SourceContext, SourceEvent, SourceOutput};
 use processor::{Processor, ProcessorParts};
