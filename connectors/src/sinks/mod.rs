@@ -10,6 +10,7 @@ crate::registry::connectors! {
     #[cfg(feature = "postgres")] postgres::PostgresSinkConfig,
     #[cfg(feature = "kafka")] kafka::KafkaSinkConfig,
     #[cfg(feature = "mongodb")] mongodb::MongoSinkConfig,
+    #[cfg(feature = "null")] null::NullSinkConfig,
 }
 
 #[cfg(any(feature = "redis", feature = "postgres", feature = "mongodb"))]

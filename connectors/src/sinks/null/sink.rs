@@ -1,0 +1,24 @@
+//! Acknowledging and discarding.
+
+use sluice_engine::sink::{Sink, SinkError, SinkRecord, WriteOutcome};
+use sluice_engine::source::BoxFuture;
+
+/// Discards records; every write succeeds at once.
+pub struct NullSink;
+
+impl Sink for NullSink {
+    fn restore<'a>(
+        &'a mut self,
+        _progress: Option<&'a [u8]>,
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn write<'a>(
+        &'a mut self,
+        _epoch: u64,
+        _records: &'a [SinkRecord],
+    ) -> BoxFuture<'a, Result<WriteOutcome, SinkError>> {
+        Box::pin(async { Ok(WriteOutcome::default()) })
+    }
+}
