@@ -141,13 +141,14 @@ impl Plan {
             .iter()
             .map(|sources| sources.iter().all(|&s| source_time(s) == Some(true)))
             .collect();
-        let mut errors = Vec::new();
-        for node in 0..graph.nodes.len() {
-            let Some(s) = spec(node) else { continue };
-            if let Some(e) = check_event_time(node, s.time_use(), &upstream[node], source_time) {
-                errors.push(e);
-            }
-        }
+        let mut errors: Vec<PlanError> = upstream
+            .iter()
+            .enumerate()
+            .filter_map(|(node, sources)| {
+                let time_use = spec(node)?.time_use();
+                check_event_time(node, time_use, sources, source_time)
+            })
+            .collect();
         errors.extend(
             stream_errors
                 .into_iter()
