@@ -153,13 +153,6 @@ impl MemorySink {
 }
 
 impl Sink for MemorySink {
-    fn restore<'a>(
-        &'a mut self,
-        _progress: Option<&'a [u8]>,
-    ) -> BoxFuture<'a, Result<(), SinkError>> {
-        Box::pin(async { Ok(()) })
-    }
-
     fn write<'a>(
         &'a mut self,
         epoch: u64,

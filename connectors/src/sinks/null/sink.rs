@@ -7,13 +7,6 @@ use sluice_engine::source::BoxFuture;
 pub struct NullSink;
 
 impl Sink for NullSink {
-    fn restore<'a>(
-        &'a mut self,
-        _progress: Option<&'a [u8]>,
-    ) -> BoxFuture<'a, Result<(), SinkError>> {
-        Box::pin(async { Ok(()) })
-    }
-
     fn write<'a>(
         &'a mut self,
         _epoch: u64,

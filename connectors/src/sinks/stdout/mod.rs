@@ -26,13 +26,6 @@ pub struct StdoutSinkConfig {}
 pub struct StdoutSink;
 
 impl Sink for StdoutSink {
-    fn restore<'a>(
-        &'a mut self,
-        _progress: Option<&'a [u8]>,
-    ) -> BoxFuture<'a, Result<(), SinkError>> {
-        Box::pin(async { Ok(()) })
-    }
-
     fn write<'a>(
         &'a mut self,
         _epoch: u64,
