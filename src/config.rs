@@ -3,6 +3,7 @@
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sluice_engine::config::{
@@ -10,11 +11,15 @@ use sluice_engine::config::{
 };
 use sluice_engine::graph::NodeKind;
 use sluice_engine::keys::DEFAULT_KEY_GROUPS;
+use sluice_engine::operator::OperatorSpec;
 use sluice_engine::time::{HumanDuration, TimeFormat};
 use toml::de::DeValue;
 use toml::Spanned;
 
-use crate::components::{self, SinkConfig, SourceConfig, TransformConfig};
+use sluice_connectors::{sinks, sources};
+use sluice_engine::connector::{Registered, SinkConfig, SourceConfig};
+
+use crate::components::{self, TransformConfig};
 
 /// `[pipeline]`
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -160,11 +165,23 @@ pub struct SourceDecl {
     pub max_event_bytes: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TransformDecl {
     pub name: String,
     pub inputs: Vec<String>,
     pub config: TransformConfig,
+    /// The operator built from `config`, once, when the file is loaded.
+    pub spec: Arc<dyn OperatorSpec>,
+}
+
+impl std::fmt::Debug for TransformDecl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransformDecl")
+            .field("name", &self.name)
+            .field("inputs", &self.inputs)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -211,18 +228,6 @@ const SECTIONS: &[&str] = &[
     "sinks",
     "dead_letter",
 ];
-/// Component types planned or provided by optional features, so that a
-/// build without them can say so instead of "unknown type".
-/// `(type, feature, compiled into this build)`.
-const FEATURE_TYPES: &[(&str, &str, bool)] = &[
-    ("http", "http", cfg!(feature = "http")),
-    ("kafka", "kafka", cfg!(feature = "kafka")),
-    ("amqp", "amqp", cfg!(feature = "amqp")),
-    ("mongodb", "mongodb", cfg!(feature = "mongodb")),
-    ("redis", "redis", cfg!(feature = "redis")),
-    ("postgres", "postgres", cfg!(feature = "postgres")),
-];
-
 /// What the graph check needs of one component, whether or not its own
 /// options were valid: its place in the file and its `inputs`.
 struct Entry {
@@ -369,16 +374,10 @@ pub fn parse(src: &SourceText) -> Result<Pipeline, Vec<ConfigError>> {
             }
             "dead_letter" => match component_type(src, "dead_letter", value) {
                 Ok((kind, kind_span, rest)) => {
-                    match components::parse_sink(src, "dead_letter", &kind, rest) {
+                    match Registered::parse(sinks::TYPES, &kind, src, "dead_letter", rest) {
                         Some(Ok(c)) => pipeline.dead_letter = Some(c),
                         Some(Err(mut e)) => errors.append(&mut e),
-                        None => errors.push(unknown_type(
-                            src,
-                            "sink",
-                            &kind,
-                            kind_span,
-                            components::SINK_TYPES,
-                        )),
+                        None => errors.push(unknown_type(src, "sink", &kind, kind_span)),
                     }
                 }
                 Err(e) => errors.push(e),
@@ -492,27 +491,30 @@ fn component_type<'a>(
     Ok((kind_str.to_string(), kind.span(), rest))
 }
 
-fn unknown_type(
-    src: &SourceText,
-    what: &str,
-    kind: &str,
-    span: Range<usize>,
-    known: &[&str],
-) -> ConfigError {
-    let missing_feature = FEATURE_TYPES
-        .iter()
-        .find(|(t, _, compiled)| *t == kind && !compiled);
-    let elsewhere = [
-        ("source", components::SOURCE_TYPES),
-        ("transform", components::TRANSFORM_TYPES),
-        ("sink", components::SINK_TYPES),
+/// `(section, types compiled into this build)` of every kind of component.
+fn known_types() -> [(&'static str, Vec<&'static str>); 3] {
+    [
+        ("source", Registered::compiled(sources::TYPES)),
+        ("transform", components::TRANSFORM_TYPES.to_vec()),
+        ("sink", Registered::compiled(sinks::TYPES)),
     ]
-    .into_iter()
-    .find(|(section, types)| *section != what && types.contains(&kind))
-    .map(|(section, _)| section);
+}
+
+fn unknown_type(src: &SourceText, what: &str, kind: &str, span: Range<usize>) -> ConfigError {
+    let missing_feature = Registered::missing_feature(sources::TYPES, kind)
+        .or_else(|| Registered::missing_feature(sinks::TYPES, kind));
+    let known_types = known_types();
+    let known = known_types
+        .iter()
+        .find(|(section, _)| *section == what)
+        .map_or(&[][..], |(_, types)| types.as_slice());
+    let elsewhere = known_types
+        .iter()
+        .find(|(section, types)| *section != what && types.contains(&kind))
+        .map(|(section, _)| section);
     let err = ConfigError::at(src, span.start, format!("unknown {what} type `{kind}`"));
     match (missing_feature, elsewhere) {
-        (Some((_, f, _)), _) => err.with_hint(Some(format!(
+        (Some(f), _) => err.with_hint(Some(format!(
             "this build of sluice has no `{kind}` {what}; it needs the cargo feature `{f}`"
         ))),
         (None, Some(section)) => err.with_hint(Some(format!(
@@ -651,20 +653,14 @@ fn parse_options(
                 Ok(m) => common.max_event_bytes = m.map(|(m, _)| m),
                 Err(mut e) => errors.append(&mut e),
             }
-            let config = match components::parse_source(src, path, &kind, rest) {
+            let config = match Registered::parse(sources::TYPES, &kind, src, path, rest) {
                 Some(Ok(c)) => Some(c),
                 Some(Err(e)) => {
                     errors.extend(hint_all(e, &["event_time", "max_event_bytes", "type"]));
                     None
                 }
                 None => {
-                    errors.push(unknown_type(
-                        src,
-                        "source",
-                        &kind,
-                        kind_span,
-                        components::SOURCE_TYPES,
-                    ));
+                    errors.push(unknown_type(src, "source", &kind, kind_span));
                     None
                 }
             };
@@ -683,44 +679,29 @@ fn parse_options(
             let config = match components::parse_transform(src, path, &kind, rest) {
                 Some(Ok(c)) => c,
                 Some(Err(e)) => return Err(hint_all(e, &["inputs", "type"])),
-                None => {
-                    return Err(vec![unknown_type(
-                        src,
-                        "transform",
-                        &kind,
-                        kind_span,
-                        components::TRANSFORM_TYPES,
-                    )])
-                }
+                None => return Err(vec![unknown_type(src, "transform", &kind, kind_span)]),
             };
-            if let Err(message) = components::transform_spec(&config) {
-                return Err(vec![error_at_named_field(
+            let spec = components::transform_spec(&config).map_err(|message| {
+                vec![error_at_named_field(
                     src,
                     path,
                     &tree,
                     name.span().start,
                     message,
-                )]);
-            }
+                )]
+            })?;
             Ok(Component::Transform(TransformDecl {
                 name: name_str.to_string(),
                 inputs: inputs.to_vec(),
                 config,
+                spec: Arc::from(spec),
             }))
         }
         _ => {
-            let config = match components::parse_sink(src, path, &kind, rest) {
+            let config = match Registered::parse(sinks::TYPES, &kind, src, path, rest) {
                 Some(Ok(c)) => c,
                 Some(Err(e)) => return Err(hint_all(e, &["inputs", "type"])),
-                None => {
-                    return Err(vec![unknown_type(
-                        src,
-                        "sink",
-                        &kind,
-                        kind_span,
-                        components::SINK_TYPES,
-                    )])
-                }
+                None => return Err(vec![unknown_type(src, "sink", &kind, kind_span)]),
             };
             Ok(Component::Sink(SinkDecl {
                 name: name_str.to_string(),

@@ -5,11 +5,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use sluice::{config, plan};
+
 mod admin;
 mod cli;
-mod components;
-mod config;
-mod plan;
 mod status;
 
 /// Sluice: an event-sourced stream processor. A pipeline file (TOML) declares

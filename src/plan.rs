@@ -3,12 +3,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use sluice_connectors::sinks::file::{FileSink, FileSinkConfig};
+use sluice_engine::connector::ConnectorContext;
 use sluice_engine::decode::EventTimeSpec;
 use sluice_engine::runtime::{PipelineSpec, SinkSpec, SourceSpec, TransformSpec};
 use sluice_engine::sink::RetryPolicy;
 use sluice_engine::value::parse_path;
 
-use crate::components::{self, BuildEnv, SinkConfig};
 use crate::config::Pipeline;
 
 /// Builds the engine spec. `state_dir` overrides `[state] dir`; with
@@ -42,50 +43,44 @@ pub fn to_spec(
                 .as_ref()
                 .and_then(|e| e.idle_timeout.map(|d| d.0)),
             max_event_bytes: s.max_event_bytes,
-            source: components::build_source(&s.config),
+            source: s.config.build(&ConnectorContext {
+                name: &s.name,
+                state_dir: &source_dir,
+            }),
         })
         .collect();
     let transforms = p
         .transforms
         .iter()
-        .map(|t| {
-            Ok(TransformSpec {
-                name: t.name.clone(),
-                inputs: t.inputs.clone(),
-                spec: components::transform_spec(&t.config)
-                    .map_err(|e| anyhow::anyhow!("transform `{}`: {e}", t.name))?,
-            })
+        .map(|t| TransformSpec {
+            name: t.name.clone(),
+            inputs: t.inputs.clone(),
+            spec: Box::new(t.spec.clone()),
         })
-        .collect::<anyhow::Result<_>>()?;
+        .collect();
     let sinks: Vec<SinkSpec> = p
         .sinks
         .iter()
         .map(|s| SinkSpec {
             name: s.name.clone(),
             inputs: s.inputs.clone(),
-            sink: components::build_sink(
-                &s.config,
-                &BuildEnv {
-                    name: &s.name,
-                    state_dir: &state_dir,
-                },
-            ),
+            sink: s.config.build(&ConnectorContext {
+                name: &s.name,
+                state_dir: &state_dir,
+            }),
         })
         .collect();
-    let dlq_config = p
-        .dead_letter
-        .clone()
-        .unwrap_or_else(|| default_dead_letter(&state_dir));
+    let dead_letter_ctx = ConnectorContext {
+        name: "dead_letter",
+        state_dir: &state_dir,
+    };
     let dead_letter = SinkSpec {
         name: "dead_letter".into(),
         inputs: Vec::new(),
-        sink: components::build_sink(
-            &dlq_config,
-            &BuildEnv {
-                name: "dead_letter",
-                state_dir: &state_dir,
-            },
-        ),
+        sink: match &p.dead_letter {
+            Some(config) => config.build(&dead_letter_ctx),
+            None => Box::new(FileSink::new(default_dead_letter(&state_dir))),
+        },
     };
     Ok(PipelineSpec {
         name: p.name.clone(),
@@ -105,10 +100,10 @@ pub fn to_spec(
 
 /// Without a `[dead_letter]` section, dead letters go to
 /// `<state dir>/dead_letters.ndjson`.
-pub fn default_dead_letter(state_dir: &std::path::Path) -> SinkConfig {
-    SinkConfig::File(sluice_connectors::sinks::file::FileSinkConfig {
+fn default_dead_letter(state_dir: &std::path::Path) -> FileSinkConfig {
+    FileSinkConfig {
         path: state_dir.join("dead_letters.ndjson"),
         fsync: true,
         format: Default::default(),
-    })
+    }
 }

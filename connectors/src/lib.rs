@@ -1,6 +1,6 @@
 //! Sluice connectors: sources and sinks, one folder each, each behind a
-//! cargo feature named after it. Adding a connector = one folder here, one
-//! variant in the pipeline's component enums, one feature.
+//! cargo feature. Adding a connector = one folder, one line in
+//! `sources/mod.rs` or `sinks/mod.rs`, one feature (see `README.md`).
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
@@ -9,5 +9,6 @@ pub mod kafka;
 pub mod lines;
 #[cfg(feature = "mongodb")]
 pub mod mongo;
+mod registry;
 pub mod sinks;
 pub mod sources;

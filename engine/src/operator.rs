@@ -72,6 +72,21 @@ impl Stream {
     }
 }
 
+/// How an operator places events in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TimeUse {
+    /// It does not (filter, map...).
+    #[default]
+    Untimed,
+    /// A window in event time when its sources provide it, in processing
+    /// time when none does; a mix of both is refused.
+    Window,
+    /// A window the user set to event time: every source must provide it.
+    EventWindow,
+    /// A period (`within`) counted like [`TimeUse::Window`].
+    Period,
+}
+
 /// What the planner tells an operator when building it.
 #[derive(Debug, Clone)]
 pub struct BuildContext {
@@ -109,9 +124,10 @@ pub trait OperatorSpec: Send + Sync {
         false
     }
 
-    /// True if the operator needs event time from its sources.
-    fn needs_event_time(&self) -> bool {
-        false
+    /// How the operator places events in time; the planner checks it
+    /// against the event time of the sources feeding the operator.
+    fn time_use(&self) -> TimeUse {
+        TimeUse::Untimed
     }
 
     /// The group key of the output, given the input's.
@@ -150,6 +166,35 @@ pub trait OperatorSpec: Send + Sync {
     }
 
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Operator>, BuildError>;
+}
+
+/// A spec shared between the loaded pipeline file and the runs built from
+/// it (a reload builds a new run from the same file).
+impl<T: OperatorSpec + ?Sized> OperatorSpec for Arc<T> {
+    fn input_reads(&self, downstream: &FieldSet) -> FieldSet {
+        (**self).input_reads(downstream)
+    }
+    fn is_stateful(&self) -> bool {
+        (**self).is_stateful()
+    }
+    fn time_use(&self) -> TimeUse {
+        (**self).time_use()
+    }
+    fn output_key(&self, input: Option<&[FieldPath]>) -> Option<Vec<FieldPath>> {
+        (**self).output_key(input)
+    }
+    fn output_stream(&self, input: Stream) -> Stream {
+        (**self).output_stream(input)
+    }
+    fn check_input(&self, input: Stream) -> Result<(), String> {
+        (**self).check_input(input)
+    }
+    fn state_signature(&self) -> String {
+        (**self).state_signature()
+    }
+    fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Operator>, BuildError> {
+        (**self).build(ctx)
+    }
 }
 
 /// Where an operator puts its results.

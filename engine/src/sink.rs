@@ -68,11 +68,15 @@ pub enum SinkError {
 /// A configured sink, ready to run.
 pub trait Sink: Send + 'static {
     /// Called once before any write, with the progress of the last
-    /// acknowledged epoch (None on a fresh start).
+    /// acknowledged epoch (None on a fresh start). The default has nothing
+    /// to restore.
     fn restore<'a>(
         &'a mut self,
         progress: Option<&'a [u8]>,
-    ) -> BoxFuture<'a, Result<(), SinkError>>;
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        let _ = progress;
+        Box::pin(async { Ok(()) })
+    }
 
     /// What the destination shows that the restored state does not
     /// explain, if anything (e.g. "/out/counts.ndjson holds 2048 bytes").

@@ -28,7 +28,7 @@ use sluice_engine::batch::Batch;
 use sluice_engine::dead_letter::{DeadLetter, ErrorType};
 use sluice_engine::keys::GroupKey;
 use sluice_engine::operator::{
-    BuildContext, BuildError, Emitter, FieldPath, FieldSet, Operator, OperatorSpec, Stream,
+    BuildContext, BuildError, Emitter, FieldPath, FieldSet, Operator, OperatorSpec, Stream, TimeUse,
 };
 use sluice_engine::time::HumanDuration;
 use sluice_engine::value::parse_path;
@@ -213,8 +213,12 @@ impl OperatorSpec for AggregateSpec {
         Ok(())
     }
 
-    fn needs_event_time(&self) -> bool {
-        self.config.window.is_some() && self.config.time == Some(TimeMode::Event)
+    fn time_use(&self) -> TimeUse {
+        match (&self.config.window, self.config.time) {
+            (None, _) => TimeUse::Untimed,
+            (Some(_), Some(TimeMode::Event)) => TimeUse::EventWindow,
+            (Some(_), _) => TimeUse::Window,
+        }
     }
 
     fn state_signature(&self) -> String {

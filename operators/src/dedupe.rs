@@ -42,7 +42,7 @@ use sluice_engine::keys::GroupKey;
 use sluice_engine::metrics::DEDUPE_DROPPED;
 use sluice_engine::operator::{
     BuildContext, BuildError, Emitter, FieldPath, FieldSet, Operator, OperatorSpec, StateEntry,
-    StateError, StateStats, StateWriter, Stream,
+    StateError, StateStats, StateWriter, Stream, TimeUse,
 };
 use sluice_engine::table::{restore_tables, KeyedTable, MetaCell, TableSpec};
 use sluice_engine::time::{now_ms, HumanDuration};
@@ -115,6 +115,14 @@ impl OperatorSpec for DedupeSpec {
 
     fn is_stateful(&self) -> bool {
         true
+    }
+
+    fn time_use(&self) -> TimeUse {
+        if self.within.is_some() {
+            TimeUse::Period
+        } else {
+            TimeUse::Untimed
+        }
     }
 
     fn check_input(&self, input: Stream) -> Result<(), String> {

@@ -56,7 +56,7 @@ pub fn check(old: &Pipeline, new: &Pipeline) -> Result<(), String> {
     if old.admin.address != new.admin.address {
         return Err("`[admin] address` changed; the admin server moves only at a restart".into());
     }
-    let (old_state, new_state) = (stateful(old)?, stateful(new)?);
+    let (old_state, new_state) = (stateful(old), stateful(new));
     for (name, fingerprint) in &old_state {
         match new_state.get(name) {
             None => {
@@ -85,11 +85,10 @@ pub fn check(old: &Pipeline, new: &Pipeline) -> Result<(), String> {
 /// Every stateful transform with a fingerprint of what gives its state its
 /// meaning: its state signature, and the options and inputs of everything
 /// upstream of it (transforms, and the sources' names and event time).
-fn stateful(p: &Pipeline) -> Result<BTreeMap<String, Vec<String>>, String> {
+fn stateful(p: &Pipeline) -> BTreeMap<String, Vec<String>> {
     let mut out = BTreeMap::new();
     for t in &p.transforms {
-        let spec = crate::components::transform_spec(&t.config)
-            .map_err(|e| format!("transform `{}`: {e}", t.name))?;
+        let spec = &t.spec;
         if !spec.is_stateful() {
             continue;
         }
@@ -114,7 +113,7 @@ fn stateful(p: &Pipeline) -> Result<BTreeMap<String, Vec<String>>, String> {
         parts.sort();
         out.insert(t.name.clone(), parts);
     }
-    Ok(out)
+    out
 }
 
 fn first_difference(old: &[String], new: &[String]) -> String {

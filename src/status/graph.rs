@@ -39,7 +39,7 @@ pub struct Topology {
     pub nodes: Vec<Node>,
 }
 
-/// The `type` tag a component's options serialize with.
+/// The `type` tag a transform's options serialize with.
 fn type_tag<T: Serialize>(config: &T) -> String {
     serde_json::to_value(config)
         .ok()
@@ -51,7 +51,8 @@ impl Topology {
     pub fn of(p: &Pipeline) -> Topology {
         let mut nodes = Vec::new();
         for s in &p.sources {
-            nodes.push((s.name.clone(), Kind::Source, type_tag(&s.config), vec![]));
+            let kind = s.config.type_name().to_string();
+            nodes.push((s.name.clone(), Kind::Source, kind, vec![]));
         }
         for t in &p.transforms {
             nodes.push((
@@ -65,7 +66,7 @@ impl Topology {
             nodes.push((
                 s.name.clone(),
                 Kind::Sink,
-                type_tag(&s.config),
+                s.config.type_name().to_string(),
                 s.inputs.clone(),
             ));
         }

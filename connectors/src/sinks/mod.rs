@@ -1,23 +1,20 @@
-//! Sinks.
+//! Sinks: one folder per type, registered below (see `connectors/README.md`).
 
-#[cfg(feature = "amqp")]
-pub mod amqp;
+crate::registry::connectors! {
+    parse_sink => SinkConfig;
+    #[cfg(feature = "files")] file::FileSinkConfig,
+    #[cfg(feature = "files")] stdout::StdoutSinkConfig,
+    #[cfg(feature = "amqp")] amqp::AmqpSinkConfig,
+    #[cfg(feature = "table")] table::TableSinkConfig,
+    #[cfg(feature = "redis")] redis::RedisSinkConfig,
+    #[cfg(feature = "postgres")] postgres::PostgresSinkConfig,
+    #[cfg(feature = "kafka")] kafka::KafkaSinkConfig,
+    #[cfg(feature = "mongodb")] mongodb::MongoSinkConfig,
+    #[cfg(feature = "null")] null::NullSinkConfig,
+}
+
 #[cfg(any(feature = "redis", feature = "postgres", feature = "mongodb"))]
 pub mod fence;
-#[cfg(feature = "files")]
-pub mod file;
-#[cfg(feature = "kafka")]
-pub mod kafka;
-#[cfg(feature = "mongodb")]
-pub mod mongodb;
-#[cfg(feature = "postgres")]
-pub mod postgres;
-#[cfg(feature = "redis")]
-pub mod redis;
-#[cfg(feature = "files")]
-pub mod stdout;
-#[cfg(feature = "table")]
-pub mod table;
 
 use sluice_engine::batch::RowKind;
 use sluice_engine::json::write_value;

@@ -1,14 +1,11 @@
-//! Sources.
+//! Sources: one folder per type, registered below (see `connectors/README.md`).
 
-#[cfg(feature = "amqp")]
-pub mod amqp;
-#[cfg(feature = "files")]
-pub mod file;
-#[cfg(feature = "http")]
-pub mod http;
-#[cfg(feature = "kafka")]
-pub mod kafka;
-#[cfg(feature = "mongodb")]
-pub mod mongodb;
-#[cfg(feature = "files")]
-pub mod stdin;
+crate::registry::connectors! {
+    parse_source => SourceConfig;
+    #[cfg(feature = "files")] file::FileSourceConfig,
+    #[cfg(feature = "files")] stdin::StdinSourceConfig,
+    #[cfg(feature = "amqp")] amqp::AmqpSourceConfig,
+    #[cfg(feature = "http")] http::HttpSourceConfig,
+    #[cfg(feature = "kafka")] kafka::KafkaSourceConfig,
+    #[cfg(feature = "mongodb")] mongodb::MongoSourceConfig,
+}

@@ -27,9 +27,10 @@ use tracing::Instrument;
 
 use crate::checkpoint::{self, Action, Protocol};
 use crate::decode::{Decoder, EventTimeSpec};
-use crate::graph::{build_graph, Graph, GraphNode, NodeKind};
+use crate::graph::Graph;
 use crate::health::{Readiness, SourceHealth};
-use crate::operator::{BuildContext, FieldPath, FieldSet, Operator, OperatorSpec};
+use crate::operator::{FieldSet, Operator, OperatorSpec};
+use crate::plan::Plan;
 use crate::sink::{drive_sink, RetryPolicy, Sink, SinkEpoch, SinkError, SinkEvent};
 use crate::source::{Commit, Progress, Source, SourceContext, SourceEvent, SourceOutput};
 use crate::state::{Restored, SledBackend, StateBackend};
@@ -164,34 +165,6 @@ fn describe_lost_state(dir: &str, r: &marker::Refusal) -> String {
     text
 }
 
-/// Validates the graph and plans what each source decodes. Returns the
-/// graph nodes in spec order: sources, then transforms, then sinks.
-fn graph_nodes(spec: &PipelineSpec) -> Vec<GraphNode> {
-    let mut nodes = Vec::new();
-    for s in &spec.sources {
-        nodes.push(GraphNode {
-            name: s.name.clone(),
-            kind: NodeKind::Source,
-            inputs: Vec::new(),
-        });
-    }
-    for t in &spec.transforms {
-        nodes.push(GraphNode {
-            name: t.name.clone(),
-            kind: NodeKind::Transform,
-            inputs: t.inputs.clone(),
-        });
-    }
-    for s in &spec.sinks {
-        nodes.push(GraphNode {
-            name: s.name.clone(),
-            kind: NodeKind::Sink,
-            inputs: s.inputs.clone(),
-        });
-    }
-    nodes
-}
-
 /// Runs `spec` to completion (bounded input exhausted, or shutdown). Every
 /// log line of the run (sources, processor, sinks) carries the pipeline's
 /// name in a `pipeline` span.
@@ -218,86 +191,15 @@ struct Planned {
     signatures: Vec<(String, String)>,
 }
 
-/// Builds and checks the graph, plans reads, keys and changelogs, and
-/// builds the operators.
+/// Plans the dataflow (the same planner `sluice validate` uses) and builds
+/// the operators.
 fn plan(spec: &PipelineSpec) -> Result<Planned, RunError> {
-    let graph = build_graph(graph_nodes(spec)).map_err(|errors| {
-        let nodes = graph_nodes(spec);
-        RunError::Plan(
-            errors
-                .iter()
-                .map(|e| e.describe(&nodes))
-                .collect::<Vec<_>>()
-                .join("; "),
-        )
-    })?;
+    let plan = Plan::of_spec(spec).map_err(RunError::Plan)?;
     let n_sources = spec.sources.len();
-    let n_transforms = spec.transforms.len();
-    let transform_of = |node: usize| {
-        (node >= n_sources && node < n_sources + n_transforms).then(|| node - n_sources)
-    };
-
-    // Planning: fields each source must decode, sources feeding each node,
-    // group keys flowing through key_by.
-    let needs = graph.plan_reads(|node, need| match transform_of(node) {
-        Some(t) => spec.transforms[t].spec.input_reads(need),
-        None => need.clone(),
-    });
-    let upstream = graph.upstream_sources();
-    let mut keys: Vec<Option<Vec<FieldPath>>> = vec![None; graph.nodes.len()];
-    for &node in &graph.order {
-        if let Some(t) = transform_of(node) {
-            let input_key = graph.inputs[node].first().and_then(|&i| keys[i].clone());
-            keys[node] = spec.transforms[t].spec.output_key(input_key.as_deref());
-        }
-    }
-
-    // Changelogs: what each node reads, and wirings that cannot work.
-    let (streams, stream_errors) = graph.plan_streams(
-        |node, input| transform_of(node).map(|t| spec.transforms[t].spec.output_stream(input)),
-        |node, input| match transform_of(node) {
-            Some(t) => spec.transforms[t].spec.check_input(input),
-            None => Ok(()),
-        },
-    );
-    if let Some((node, e)) = stream_errors.first() {
-        return Err(RunError::Plan(format!(
-            "transform `{}` {e}",
-            graph.nodes[*node].name
-        )));
-    }
-
     let mut operators: Vec<Option<Box<dyn Operator>>> = Vec::new();
     let mut signatures = Vec::new();
     for (t, tspec) in spec.transforms.iter().enumerate() {
-        let node = n_sources + t;
-        let sources: Vec<usize> = upstream[node].iter().copied().collect();
-        let event_time = sources
-            .iter()
-            .all(|&s| spec.sources[s].event_time.is_some());
-        if tspec.spec.needs_event_time() && !event_time {
-            let missing: Vec<_> = sources
-                .iter()
-                .filter(|&&s| spec.sources[s].event_time.is_none())
-                .map(|&s| spec.sources[s].name.as_str())
-                .collect();
-            return Err(RunError::Plan(format!(
-                "transform `{}` uses event time, but source(s) {} have no `event_time` field configured",
-                tspec.name,
-                missing.join(", ")
-            )));
-        }
-        let input_key = graph.inputs[node].first().and_then(|&i| keys[i].clone());
-        let ctx = BuildContext {
-            name: Arc::from(tspec.name.as_str()),
-            key_groups: spec.key_groups,
-            upstream_key: input_key,
-            event_time,
-            input: graph.inputs[node]
-                .first()
-                .map(|&i| streams[i])
-                .unwrap_or_default(),
-        };
+        let ctx = plan.build_context(n_sources + t, spec.key_groups);
         let op = tspec
             .spec
             .build(&ctx)
@@ -307,6 +209,12 @@ fn plan(spec: &PipelineSpec) -> Result<Planned, RunError> {
             signatures.push((tspec.name.clone(), tspec.spec.state_signature()));
         }
     }
+    let Plan {
+        graph,
+        reads: needs,
+        upstream,
+        ..
+    } = plan;
 
     Ok(Planned {
         graph,

@@ -14,6 +14,8 @@
 //! The sink also serves as the pipeline's dead-letter output:
 //! `[dead_letter] type = "amqp"`.
 
+use sluice_engine::connector::ConnectorContext;
+
 mod config;
 mod sink;
 #[cfg(test)]
@@ -21,3 +23,9 @@ mod tests;
 
 pub use config::{AmqpSinkConfig, BodyFormat, ExchangeType, RoutingKeyTemplate};
 pub use sink::{encode_body, message_id, AmqpSink, EPOCH_HEADER, OP_HEADER};
+
+impl sluice_engine::connector::SinkConnector for AmqpSinkConfig {
+    fn build(&self, ctx: &ConnectorContext<'_>) -> Box<dyn sluice_engine::sink::Sink> {
+        Box::new(AmqpSink::new(ctx.name, self.clone()))
+    }
+}

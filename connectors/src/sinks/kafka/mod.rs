@@ -10,6 +10,8 @@
 //! exactly once. Kafka transactions are not used (see
 //! `docs/connectors/kafka.md`).
 
+use sluice_engine::connector::{ConnectorContext, ConnectorError};
+
 mod config;
 mod sink;
 #[cfg(test)]
@@ -17,3 +19,13 @@ mod tests;
 
 pub use config::{Compression, KafkaSinkConfig};
 pub use sink::KafkaSink;
+
+impl sluice_engine::connector::SinkConnector for KafkaSinkConfig {
+    fn validate(&self) -> Result<(), ConnectorError> {
+        KafkaSinkConfig::validate(self)
+    }
+
+    fn build(&self, _ctx: &ConnectorContext<'_>) -> Box<dyn sluice_engine::sink::Sink> {
+        Box::new(KafkaSink::new(self.clone()))
+    }
+}

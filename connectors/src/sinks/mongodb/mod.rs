@@ -29,6 +29,8 @@
 //! mode = "upsert"
 //! ```
 
+use sluice_engine::connector::{ConnectorContext, ConnectorError};
+
 mod config;
 mod sink;
 #[cfg(test)]
@@ -36,3 +38,13 @@ mod tests;
 
 pub use config::{MongoSinkConfig, MongoSinkMode};
 pub use sink::{plan_writes, MongoSink, Plan};
+
+impl sluice_engine::connector::SinkConnector for MongoSinkConfig {
+    fn validate(&self) -> Result<(), ConnectorError> {
+        MongoSinkConfig::validate(self)
+    }
+
+    fn build(&self, ctx: &ConnectorContext<'_>) -> Box<dyn sluice_engine::sink::Sink> {
+        Box::new(MongoSink::new(ctx.name, self.clone()))
+    }
+}

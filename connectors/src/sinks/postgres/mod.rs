@@ -42,6 +42,8 @@
 //! column_types = { attributes = "jsonb" }
 //! ```
 
+use sluice_engine::connector::{ConnectorContext, ConnectorError};
+
 mod config;
 mod rows;
 mod sink;
@@ -53,3 +55,13 @@ pub use sink::PostgresSink;
 
 #[cfg(test)]
 mod tests;
+
+impl sluice_engine::connector::SinkConnector for PostgresSinkConfig {
+    fn validate(&self) -> Result<(), ConnectorError> {
+        PostgresSinkConfig::validate(self)
+    }
+
+    fn build(&self, ctx: &ConnectorContext<'_>) -> Box<dyn sluice_engine::sink::Sink> {
+        Box::new(PostgresSink::new(ctx.name, self.clone()))
+    }
+}

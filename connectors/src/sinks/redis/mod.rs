@@ -38,6 +38,8 @@
 //! ttl = "2h"
 //! ```
 
+use sluice_engine::connector::{ConnectorContext, ConnectorError};
+
 mod config;
 mod fence;
 mod sink;
@@ -50,3 +52,13 @@ pub use template::{RenderError, Template, TemplateError};
 
 #[cfg(test)]
 mod tests;
+
+impl sluice_engine::connector::SinkConnector for RedisSinkConfig {
+    fn validate(&self) -> Result<(), ConnectorError> {
+        RedisSinkConfig::validate(self)
+    }
+
+    fn build(&self, ctx: &ConnectorContext<'_>) -> Box<dyn sluice_engine::sink::Sink> {
+        Box::new(RedisSink::new(ctx.name, self.clone()))
+    }
+}

@@ -9,6 +9,7 @@
 //! inputs = ["by_country"]
 //! ```
 
+use sluice_engine::connector::ConnectorContext;
 use std::io::Write;
 
 use serde::{Deserialize, Serialize};
@@ -25,13 +26,6 @@ pub struct StdoutSinkConfig {}
 pub struct StdoutSink;
 
 impl Sink for StdoutSink {
-    fn restore<'a>(
-        &'a mut self,
-        _progress: Option<&'a [u8]>,
-    ) -> BoxFuture<'a, Result<(), SinkError>> {
-        Box::pin(async { Ok(()) })
-    }
-
     fn write<'a>(
         &'a mut self,
         _epoch: u64,
@@ -48,5 +42,11 @@ impl Sink for StdoutSink {
                 .map_err(|e| SinkError::Fatal(format!("cannot write to stdout: {e}")))?;
             Ok(WriteOutcome::default())
         })
+    }
+}
+
+impl sluice_engine::connector::SinkConnector for StdoutSinkConfig {
+    fn build(&self, _ctx: &ConnectorContext<'_>) -> Box<dyn sluice_engine::sink::Sink> {
+        Box::new(StdoutSink)
     }
 }

@@ -14,6 +14,14 @@
 //! inputs = ["by_country"]
 //! ```
 
+use sluice_engine::connector::ConnectorContext;
+
 mod sink;
 
 pub use sink::{registry, Table, TableSink, TableSinkConfig};
+
+impl sluice_engine::connector::SinkConnector for TableSinkConfig {
+    fn build(&self, ctx: &ConnectorContext<'_>) -> Box<dyn sluice_engine::sink::Sink> {
+        Box::new(TableSink::new(ctx.name, self, ctx.state_dir))
+    }
+}

@@ -17,6 +17,8 @@
 //! - Losing the broker means reconnecting with exponential backoff and
 //!   jitter, resolving the host name again each time.
 
+use sluice_engine::connector::ConnectorContext;
+
 mod config;
 mod source;
 #[cfg(test)]
@@ -26,3 +28,9 @@ mod tracker;
 pub use config::AmqpSourceConfig;
 pub use source::{dedup_id, legacy_dedup_id, AmqpSource, MessageParts};
 pub use tracker::{AckPlan, MessageId, PositionError, Tracker, Verdict};
+
+impl sluice_engine::connector::SourceConnector for AmqpSourceConfig {
+    fn build(&self, _ctx: &ConnectorContext<'_>) -> Box<dyn sluice_engine::source::Source> {
+        Box::new(AmqpSource::new(self.clone()))
+    }
+}

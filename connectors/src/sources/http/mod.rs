@@ -15,6 +15,8 @@
 //! `header_read_timeout`, `max_buffered_bytes`. See
 //! `docs/connectors/http.md`.
 
+use sluice_engine::connector::ConnectorContext;
+
 mod body;
 mod budget;
 mod config;
@@ -25,3 +27,9 @@ mod tests;
 
 pub use config::HttpSourceConfig;
 pub use source::{decode_position, encode_position, HttpSource};
+
+impl sluice_engine::connector::SourceConnector for HttpSourceConfig {
+    fn build(&self, _ctx: &ConnectorContext<'_>) -> Box<dyn sluice_engine::source::Source> {
+        Box::new(HttpSource::new(self.clone()))
+    }
+}

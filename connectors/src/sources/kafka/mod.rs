@@ -9,6 +9,8 @@
 //! `start`; on revocation its unemitted events are dropped (see
 //! `docs/connectors/kafka.md` for the limits of rebalancing).
 
+use sluice_engine::connector::{ConnectorContext, ConnectorError};
+
 mod config;
 mod context;
 mod positions;
@@ -19,3 +21,13 @@ mod tests;
 pub use config::{KafkaSourceConfig, StartFrom};
 pub use positions::{decode as decode_position, encode as encode_position, Position};
 pub use source::KafkaSource;
+
+impl sluice_engine::connector::SourceConnector for KafkaSourceConfig {
+    fn validate(&self) -> Result<(), ConnectorError> {
+        KafkaSourceConfig::validate(self)
+    }
+
+    fn build(&self, _ctx: &ConnectorContext<'_>) -> Box<dyn sluice_engine::source::Source> {
+        Box::new(KafkaSource::new(self.clone()))
+    }
+}

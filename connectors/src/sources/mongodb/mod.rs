@@ -29,6 +29,8 @@
 //! full_document = "update_lookup"
 //! ```
 
+use sluice_engine::connector::{ConnectorContext, ConnectorError};
+
 mod change;
 mod config;
 mod source;
@@ -38,3 +40,13 @@ mod tests;
 pub use change::{decode_change, decode_position, encode_position, history_lost_message, Change};
 pub use config::MongoSourceConfig;
 pub use source::MongoSource;
+
+impl sluice_engine::connector::SourceConnector for MongoSourceConfig {
+    fn validate(&self) -> Result<(), ConnectorError> {
+        MongoSourceConfig::validate(self)
+    }
+
+    fn build(&self, _ctx: &ConnectorContext<'_>) -> Box<dyn sluice_engine::source::Source> {
+        Box::new(MongoSource::new(self.clone()))
+    }
+}

@@ -8,6 +8,7 @@
 //! type = "stdin"
 //! ```
 
+use sluice_engine::connector::ConnectorContext;
 use serde::{Deserialize, Serialize};
 use sluice_engine::source::{BoxFuture, Source, SourceContext, SourceError};
 use tokio::io::AsyncReadExt;
@@ -56,5 +57,11 @@ impl Source for StdinSource {
             let _ = ctx.output.partition_done(0).await;
             Ok(())
         })
+    }
+}
+
+impl sluice_engine::connector::SourceConnector for StdinSourceConfig {
+    fn build(&self, _ctx: &ConnectorContext<'_>) -> Box<dyn sluice_engine::source::Source> {
+        Box::new(StdinSource)
     }
 }
