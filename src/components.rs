@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 use sluice_engine::config::{deserialize_all, error_at_named_field, ConfigError, SourceText};
+use sluice_engine::error::Invalid;
 use sluice_engine::operator::OperatorSpec;
 use sluice_engine::sink::Sink;
 use sluice_engine::source::Source;
@@ -213,7 +214,7 @@ fn validated<T: serde::de::DeserializeOwned>(
     src: &SourceText,
     path: &str,
     value: Spanned<DeValue<'_>>,
-    check: impl FnOnce(&T) -> Result<(), String>,
+    check: impl FnOnce(&T) -> Result<(), Invalid>,
 ) -> Result<T, Vec<ConfigError>> {
     let tree = value.clone();
     let config = deserialize_all(src, path, value)?;
@@ -230,15 +231,15 @@ fn validated<T: serde::de::DeserializeOwned>(
 }
 
 /// Validates a transform's options beyond their shape, returning the
-/// operator spec (a message for the user on error).
-pub fn transform_spec(config: &TransformConfig) -> Result<Box<dyn OperatorSpec>, String> {
+/// operator spec.
+pub fn transform_spec(config: &TransformConfig) -> Result<Box<dyn OperatorSpec>, Invalid> {
     use sluice_operators::{
         aggregate::AggregateSpec, dedupe::DedupeSpec, filter::FilterSpec, key_by::KeyBySpec,
         map::MapSpec,
     };
     Ok(match config {
         TransformConfig::Filter(c) => {
-            Box::new(FilterSpec::new(c).map_err(|e| format!("in `condition`: {e}"))?)
+            Box::new(FilterSpec::new(c).map_err(|e| Invalid::new(format!("in `condition`: {e}")))?)
         }
         TransformConfig::Map(c) => Box::new(MapSpec::new(c)?),
         TransformConfig::KeyBy(c) => Box::new(KeyBySpec::new(c)?),

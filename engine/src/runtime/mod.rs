@@ -11,6 +11,7 @@
 //!   while the processor carries on;
 //! - each sink runs as a tokio task fed with committed epochs.
 
+mod error;
 pub mod marker;
 mod processor;
 mod progress;
@@ -29,11 +30,14 @@ use crate::decode::{Decoder, EventTimeSpec};
 use crate::graph::{build_graph, GraphNode, NodeKind};
 use crate::health::{Readiness, SourceHealth};
 use crate::operator::{BuildContext, FieldPath, Operator, OperatorSpec};
-use crate::sink::{drive_sink, RetryPolicy, Sink, SinkEpoch, SinkError};
+use crate::error::Report;
+use crate::sink::{drive_sink, RetryPolicy, Sink, SinkEpoch};
 use crate::source::{Progress, Source, SourceContext, SourceEvent, SourceOutput};
 use processor::{Processor, ProcessorParts};
 use store::Store;
 use watermark::{WatermarkSettings, WatermarkTracker};
+
+pub use error::{CheckpointError, RunError};
 
 /// A source as configured.
 pub struct SourceSpec {
@@ -107,51 +111,6 @@ pub struct RunReport {
     pub dead_letters: u64,
     /// True when every source reached the end of its input.
     pub input_exhausted: bool,
-}
-
-/// Errors that stop a pipeline.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error("invalid pipeline: {0}")]
-    Plan(String),
-    #[error(transparent)]
-    Store(#[from] store::StoreError),
-    #[error("state in {dir} does not match this pipeline: {reason}. Rebuild it with `sluice replay`, or use another [state] dir")]
-    StateMismatch { dir: String, reason: String },
-    #[error("{}", describe_lost_state(.dir, .refusal))]
-    StateLost {
-        dir: String,
-        refusal: marker::Refusal,
-    },
-    #[error("state marker: {0}")]
-    Marker(#[from] marker::MarkerError),
-    #[error("source `{name}` failed: {error}")]
-    Source { name: String, error: String },
-    #[error("sink `{name}` failed: {error}")]
-    Sink { name: String, error: String },
-    #[error("checkpoint failed: {0}")]
-    Checkpoint(String),
-    #[error("operator `{name}` cannot restore its state: {error}")]
-    Restore { name: String, error: String },
-}
-
-fn describe_lost_state(dir: &str, r: &marker::Refusal) -> String {
-    let mut text = format!(
-        "refusing to start: the state in {dir} is missing or damaged. The state store holds {}, but an earlier run left traces:\n",
-        r.restored
-    );
-    for e in &r.evidence {
-        text.push_str("  - ");
-        text.push_str(e);
-        text.push('\n');
-    }
-    text.push_str(
-        "Starting from this state would lose or repeat results (sinks could be overwritten with smaller values). Options:\n  \
-         - restore the state directory from a backup, or\n  \
-         - rebuild the state from the sources' logs with `sluice replay <pipeline>` and point [state] dir at the result, or\n  \
-         - start from the state as it is with `sluice run --accept-empty-state <pipeline>` (results before it are lost or recomputed).",
-    );
-    text
 }
 
 /// Validates the graph and plans what each source decodes. Returns the
@@ -278,7 +237,7 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
         let op = tspec
             .spec
             .build(&ctx)
-            .map_err(|e| RunError::Plan(e.to_string()))?;
+            .map_err(RunError::Build)?;
         operators.push(Some(op));
         if tspec.spec.is_stateful() {
             signatures.push((tspec.name.clone(), tspec.spec.state_signature()));
@@ -306,11 +265,9 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
     );
 
     // Restore.
-    std::fs::create_dir_all(&spec.state_dir).map_err(|e| {
-        RunError::Plan(format!(
-            "cannot create the state directory {}: {e}",
-            spec.state_dir.display()
-        ))
+    std::fs::create_dir_all(&spec.state_dir).map_err(|source| RunError::StateDir {
+        dir: spec.state_dir.display().to_string(),
+        source,
     })?;
     let store = Arc::new(Store::open(&spec.state_dir)?);
     let mut restored = store.restore()?;
@@ -339,9 +296,9 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
     for (t, tspec) in spec.transforms.iter().enumerate() {
         if let Some(entries) = restored.state.remove(&tspec.name) {
             let op = operators[t].as_mut().expect("built above");
-            op.restore(entries).map_err(|e| RunError::Restore {
+            op.restore(entries).map_err(|error| RunError::Restore {
                 name: tspec.name.clone(),
-                error: e.to_string(),
+                error,
             })?;
         }
     }
@@ -367,14 +324,14 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
                 // A destination that is down at start cannot be checked;
                 // the sink retries once running, and the start goes on
                 // (ingest stays available), with the state marker's check.
-                Err(SinkError::Retryable(e)) => {
-                    tracing::warn!(sink = %s.name, error = %e,
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(sink = %s.name, error = %Report(&e),
                         "cannot check the sink's destination for values the restored state does not explain (it is unreachable); starting with the state marker's check only");
                 }
-                Err(e) => {
+                Err(error) => {
                     return Err(RunError::Sink {
                         name: s.name.clone(),
-                        error: e.to_string(),
+                        error,
                     })
                 }
             }
@@ -499,10 +456,7 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
             async move {
                 let msg = match source.run(ctx).await {
                     Ok(()) => SourceEvent::Finished { source: i },
-                    Err(e) => SourceEvent::Failed {
-                        source: i,
-                        error: e.to_string(),
-                    },
+                    Err(error) => SourceEvent::Failed { source: i, error },
                 };
                 let _ = events.send(msg).await;
             }
@@ -558,7 +512,7 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
         handle.block_on(processor.run(data_rx, sink_events_rx, ckpt_done_rx, shutdown))
     })
     .await
-    .map_err(|e| RunError::Checkpoint(format!("processor thread panicked: {e}")))?;
+    .map_err(|e| RunError::Checkpoint(CheckpointError::ProcessorPanicked(e)))?;
     opts.ready.stopped();
     let _ = monitor_stop.send(true);
     let _ = monitor.await;

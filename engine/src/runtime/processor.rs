@@ -27,9 +27,10 @@ use tokio::sync::{mpsc, watch};
 
 use super::store::{encode, key, CheckpointDone, CheckpointJob, SinkAck, FORMAT_VERSION};
 use super::watermark::WatermarkTracker;
-use super::{RunError, RunReport};
+use super::{CheckpointError, RunError, RunReport};
 use crate::batch::{Batch, RowKind};
 use crate::dead_letter::{DeadLetter, ErrorType};
+use crate::error::Report;
 use crate::graph::{Graph, NodeKind};
 use crate::keys::{decode_key, GroupKey};
 use crate::metrics as m;
@@ -430,7 +431,7 @@ impl Processor {
                 self.advance_watermarks();
             }
             SourceEvent::Failed { source, error } => {
-                tracing::error!(source = %self.sources[source], %error, "source failed");
+                tracing::error!(source = %self.sources[source], error = %Report(&error), "source failed");
                 self.failure = Some(RunError::Source {
                     name: self.sources[source].clone(),
                     error,
@@ -635,7 +636,7 @@ impl Processor {
                 self.dead_letters(dead);
             }
             SinkEvent::Failed { sink, error } => {
-                tracing::error!(sink = %self.sinks[sink].name, %error, "sink failed");
+                tracing::error!(sink = %self.sinks[sink].name, error = %Report(&error), "sink failed");
                 self.failure = Some(RunError::Sink {
                     name: self.sinks[sink].name.clone(),
                     error,

@@ -257,7 +257,7 @@ pub struct CheckpointDone {
     pub epoch: u64,
     pub bytes: u64,
     pub duration: Duration,
-    pub result: Result<(), String>,
+    pub result: Result<(), super::CheckpointError>,
 }
 
 /// Runs the checkpoint writer on its own thread: jobs in, results out.
@@ -274,10 +274,10 @@ pub fn spawn_writer(
         .name("sluice-checkpoint".into())
         .spawn(move || {
             while let Ok(job) = jobs.recv() {
-                let result = store.commit(job.batch).map_err(|e| e.to_string());
+                let result = store.commit(job.batch).map_err(super::CheckpointError::from);
                 let result = result.and_then(|()| {
                     super::marker::write(&marker_dir, super::marker::Marker { epoch: job.epoch })
-                        .map_err(|e| e.to_string())
+                        .map_err(super::CheckpointError::from)
                 });
                 let msg = CheckpointDone {
                     epoch: job.epoch,

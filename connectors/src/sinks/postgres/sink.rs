@@ -319,7 +319,7 @@ impl PostgresSink {
             PostgresMode::Upsert => {
                 let generation = self
                     .generation
-                    .ok_or_else(|| SinkError::Fatal("postgres sink used before restore".into()))?;
+                    .ok_or_else(|| SinkError::Internal("postgres sink used before restore".into()))?;
                 fence::fence(generation, epoch).ok_or_else(|| {
                     SinkError::Fatal(format!(
                         "postgres sink `{}`: epoch {epoch} out of range",

@@ -1,6 +1,7 @@
 //! Options of the MongoDB change-stream source.
 
 use serde::{Deserialize, Serialize};
+use sluice_engine::error::Invalid;
 use sluice_engine::time::{parse_rfc3339_ms, HumanDuration};
 
 pub use crate::mongo::FullDocument;
@@ -44,7 +45,7 @@ fn default_max_await() -> HumanDuration {
 
 impl MongoSourceConfig {
     /// Checks the options; the message names the field.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         crate::mongo::validate_uri(&self.uri)?;
         if self.database.is_empty() {
             return Err("`database` must name the database to watch".into());

@@ -123,7 +123,7 @@ impl Processor {
             started,
         };
         if self.jobs.send(job).is_err() {
-            self.failure = Some(RunError::Checkpoint("the checkpoint writer stopped".into()));
+            self.failure = Some(RunError::Checkpoint(CheckpointError::WriterStopped));
         }
     }
 
@@ -131,7 +131,7 @@ impl Processor {
         let labels = m::pipeline_labels(&self.pipeline);
         if let Err(error) = done.result {
             metrics::counter!(m::CHECKPOINT_FAILURES, labels.clone()).increment(1);
-            tracing::error!(epoch = done.epoch, %error, "checkpoint failed; stopping (the previous checkpoint is intact)");
+            tracing::error!(epoch = done.epoch, error = %Report(&error), "checkpoint failed; stopping (the previous checkpoint is intact)");
             self.failure = Some(RunError::Checkpoint(error));
             return;
         }
