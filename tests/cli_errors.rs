@@ -1,0 +1,94 @@
+//! How `sluice run` reports an error that stops a pipeline: which
+//! component failed, then each cause once, down to the operating system's
+//! words (`error: sink `out` failed: cannot stat ...: Not a directory`).
+
+mod support;
+
+use std::path::Path;
+
+use support::sluice;
+
+/// A pipeline copying `in.ndjson` to `out_path` with its state in `state`.
+fn pipeline(dir: &Path, state: &Path, out_path: &Path) -> std::path::PathBuf {
+    std::fs::write(dir.join("in.ndjson"), "{\"id\":1}\n").unwrap();
+    let text = format!(
+        r#"
+[pipeline]
+name = "errors"
+[state]
+dir = "{state}"
+[sources.input]
+type = "file"
+path = "{input}"
+[sinks.out]
+type = "file"
+inputs = ["input"]
+path = "{out}"
+"#,
+        state = state.display(),
+        input = dir.join("in.ndjson").display(),
+        out = out_path.display(),
+    );
+    let path = dir.join("pipeline.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn run_once(pipeline: &Path) -> (Option<i32>, String) {
+    let out = sluice()
+        .args(["run", "--once"])
+        .arg(pipeline)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The last line that starts with `error: `.
+fn error_line(stderr: &str) -> &str {
+    stderr
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line in:\n{stderr}"))
+}
+
+#[test]
+fn a_sink_failing_on_io_names_the_sink_and_the_io_error_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // The sink's directory is a regular file: the sink's first look at
+    // its output (before restoring) fails.
+    let blocker = dir.path().join("blocker");
+    std::fs::write(&blocker, "not a directory").unwrap();
+    let out = blocker.join("out.ndjson");
+    let p = pipeline(dir.path(), &dir.path().join("state"), &out);
+    let (code, stderr) = run_once(&p);
+    assert_eq!(code, Some(1), "{stderr}");
+    let line = error_line(&stderr);
+    let expected = format!(
+        "error: sink `out` failed: cannot stat {}: ",
+        out.display()
+    );
+    assert!(line.starts_with(&expected), "{line}");
+    assert_eq!(line.matches("Not a directory").count(), 1, "{line}");
+}
+
+#[test]
+fn a_state_directory_that_cannot_be_created_shows_the_io_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("blocker");
+    std::fs::write(&blocker, "not a directory").unwrap();
+    let state = blocker.join("state");
+    let p = pipeline(dir.path(), &state, &dir.path().join("out.ndjson"));
+    let (code, stderr) = run_once(&p);
+    assert_eq!(code, Some(1), "{stderr}");
+    let line = error_line(&stderr);
+    let expected = format!(
+        "error: cannot create the state directory {}: ",
+        state.display()
+    );
+    assert!(line.starts_with(&expected), "{line}");
+    assert_eq!(line.matches("Not a directory").count(), 1, "{line}");
+}
