@@ -67,10 +67,7 @@ fn a_sink_failing_on_io_names_the_sink_and_the_io_error_once() {
     let (code, stderr) = run_once(&p);
     assert_eq!(code, Some(1), "{stderr}");
     let line = error_line(&stderr);
-    let expected = format!(
-        "error: sink `out` failed: cannot stat {}: ",
-        out.display()
-    );
+    let expected = format!("error: sink `out` failed: cannot stat {}: ", out.display());
     assert!(line.starts_with(&expected), "{line}");
     assert_eq!(line.matches("Not a directory").count(), 1, "{line}");
 }

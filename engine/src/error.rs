@@ -150,7 +150,10 @@ mod tests {
         let e = EmbedsItsCause {
             source: std::io::Error::other("no such file"),
         };
-        assert_eq!(Report(&e).to_string(), "cannot read in.ndjson: no such file");
+        assert_eq!(
+            Report(&e).to_string(),
+            "cannot read in.ndjson: no such file"
+        );
     }
 
     #[test]

@@ -96,9 +96,9 @@ impl crate::error::Classify for SourceError {
         use crate::error::ErrorClass;
         match self {
             SourceError::Config(_) => ErrorClass::User,
-            SourceError::Io { .. } | SourceError::External(_) | SourceError::ExternalCause { .. } => {
-                ErrorClass::External
-            }
+            SourceError::Io { .. }
+            | SourceError::External(_)
+            | SourceError::ExternalCause { .. } => ErrorClass::External,
             SourceError::Internal(_) => ErrorClass::Internal,
         }
     }

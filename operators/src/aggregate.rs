@@ -25,8 +25,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use sluice_engine::batch::Batch;
-use sluice_engine::error::Invalid;
 use sluice_engine::dead_letter::{DeadLetter, ErrorType};
+use sluice_engine::error::Invalid;
 use sluice_engine::keys::GroupKey;
 use sluice_engine::operator::{
     BuildContext, BuildError, Emitter, FieldPath, FieldSet, Operator, OperatorSpec, Stream,
@@ -132,7 +132,10 @@ impl AggregateSpec {
         let mut sorted = names.clone();
         sorted.sort_unstable();
         if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
-            return Err(Invalid::new(format!("the output field `{}` is defined twice", w[0])));
+            return Err(Invalid::new(format!(
+                "the output field `{}` is defined twice",
+                w[0]
+            )));
         }
         Ok(AggregateSpec {
             config: config.clone(),
@@ -373,7 +376,7 @@ impl Common {
                 i,
                 &self.name,
                 ErrorType::WrongType,
-                reason,
+                String::from(reason),
             ));
             return None;
         }

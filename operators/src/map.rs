@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sluice_engine::batch::Batch;
-use sluice_engine::error::Invalid;
 use sluice_engine::dead_letter::{DeadLetter, ErrorType};
+use sluice_engine::error::Invalid;
 use sluice_engine::operator::{
     BuildContext, BuildError, Emitter, FieldPath, FieldSet, Operator, OperatorSpec,
 };

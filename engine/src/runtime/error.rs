@@ -209,7 +209,10 @@ mod tests {
         assert_eq!(e.class(), ErrorClass::User);
         assert_eq!(e.component(), Some("w"));
         assert_eq!(Report(&e).to_string(), "invalid pipeline: w: bad window");
-        assert_eq!(Invalid::new("`size` must be positive").class(), ErrorClass::User);
+        assert_eq!(
+            Invalid::new("`size` must be positive").class(),
+            ErrorClass::User
+        );
     }
 
     #[test]

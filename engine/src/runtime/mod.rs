@@ -27,10 +27,10 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use crate::decode::{Decoder, EventTimeSpec};
+use crate::error::Report;
 use crate::graph::{build_graph, GraphNode, NodeKind};
 use crate::health::{Readiness, SourceHealth};
 use crate::operator::{BuildContext, FieldPath, Operator, OperatorSpec};
-use crate::error::Report;
 use crate::sink::{drive_sink, RetryPolicy, Sink, SinkEpoch};
 use crate::source::{Progress, Source, SourceContext, SourceEvent, SourceOutput};
 use processor::{Processor, ProcessorParts};
@@ -234,10 +234,7 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
                 .map(|&i| streams[i])
                 .unwrap_or_default(),
         };
-        let op = tspec
-            .spec
-            .build(&ctx)
-            .map_err(RunError::Build)?;
+        let op = tspec.spec.build(&ctx).map_err(RunError::Build)?;
         operators.push(Some(op));
         if tspec.spec.is_stateful() {
             signatures.push((tspec.name.clone(), tspec.spec.state_signature()));

@@ -274,7 +274,9 @@ pub fn spawn_writer(
         .name("sluice-checkpoint".into())
         .spawn(move || {
             while let Ok(job) = jobs.recv() {
-                let result = store.commit(job.batch).map_err(super::CheckpointError::from);
+                let result = store
+                    .commit(job.batch)
+                    .map_err(super::CheckpointError::from);
                 let result = result.and_then(|()| {
                     super::marker::write(&marker_dir, super::marker::Marker { epoch: job.epoch })
                         .map_err(super::CheckpointError::from)

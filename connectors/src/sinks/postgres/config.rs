@@ -124,7 +124,9 @@ impl PostgresSinkConfig {
                 return Err("`columns` is empty: map at least one column, or leave it out to use every record field".into());
             }
             if let Some((c, _)) = cols.iter().find(|(_, f)| f.is_empty()) {
-                return Err(Invalid::new(format!("`columns.{c}` must name a record field")));
+                return Err(Invalid::new(format!(
+                    "`columns.{c}` must name a record field"
+                )));
             }
         }
         match self.mode {
