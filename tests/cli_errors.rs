@@ -34,58 +34,55 @@ path = "{out}"
     path
 }
 
-fn run_once(pipeline: &Path) -> (Option<i32>, String) {
+/// `sluice run --once pipeline` exits with 1, and its last error line
+/// starts with `expected` and ends with the I/O error "Not a directory",
+/// shown once.
+fn assert_fails_with(pipeline: &Path, expected: &str) {
     let out = sluice()
         .args(["run", "--once"])
         .arg(pipeline)
         .output()
         .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// The last line that starts with `error: `.
-fn error_line(stderr: &str) -> &str {
-    stderr
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let line = stderr
         .lines()
         .rev()
         .find(|l| l.starts_with("error: "))
-        .unwrap_or_else(|| panic!("no error line in:\n{stderr}"))
+        .unwrap_or_else(|| panic!("no error line in:\n{stderr}"));
+    assert!(line.starts_with(expected), "{line}");
+    assert_eq!(line.matches("Not a directory").count(), 1, "{line}");
+}
+
+/// A regular file where a directory is expected below `dir`.
+fn blocker(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("blocker");
+    std::fs::write(&path, "not a directory").unwrap();
+    path
 }
 
 #[test]
 fn a_sink_failing_on_io_names_the_sink_and_the_io_error_once() {
     let dir = tempfile::tempdir().unwrap();
-    // The sink's directory is a regular file: the sink's first look at
-    // its output (before restoring) fails.
-    let blocker = dir.path().join("blocker");
-    std::fs::write(&blocker, "not a directory").unwrap();
-    let out = blocker.join("out.ndjson");
+    // The sink's first look at its output (before restoring) fails.
+    let out = blocker(dir.path()).join("out.ndjson");
     let p = pipeline(dir.path(), &dir.path().join("state"), &out);
-    let (code, stderr) = run_once(&p);
-    assert_eq!(code, Some(1), "{stderr}");
-    let line = error_line(&stderr);
-    let expected = format!("error: sink `out` failed: cannot stat {}: ", out.display());
-    assert!(line.starts_with(&expected), "{line}");
-    assert_eq!(line.matches("Not a directory").count(), 1, "{line}");
+    assert_fails_with(
+        &p,
+        &format!("error: sink `out` failed: cannot stat {}: ", out.display()),
+    );
 }
 
 #[test]
 fn a_state_directory_that_cannot_be_created_shows_the_io_error() {
     let dir = tempfile::tempdir().unwrap();
-    let blocker = dir.path().join("blocker");
-    std::fs::write(&blocker, "not a directory").unwrap();
-    let state = blocker.join("state");
+    let state = blocker(dir.path()).join("state");
     let p = pipeline(dir.path(), &state, &dir.path().join("out.ndjson"));
-    let (code, stderr) = run_once(&p);
-    assert_eq!(code, Some(1), "{stderr}");
-    let line = error_line(&stderr);
-    let expected = format!(
-        "error: cannot create the state directory {}: ",
-        state.display()
+    assert_fails_with(
+        &p,
+        &format!(
+            "error: cannot create the state directory {}: ",
+            state.display()
+        ),
     );
-    assert!(line.starts_with(&expected), "{line}");
-    assert_eq!(line.matches("Not a directory").count(), 1, "{line}");
 }

@@ -157,6 +157,13 @@ mod tests {
     use crate::sink::SinkError;
     use crate::source::SourceError;
 
+    /// `e` shows as `text`, is of `class` and concerns `component`.
+    fn assert_error(e: &RunError, text: &str, class: ErrorClass, component: Option<&str>) {
+        assert_eq!(Report(e).to_string(), text);
+        assert_eq!(e.class(), class);
+        assert_eq!(e.component(), component);
+    }
+
     #[test]
     fn a_sink_failing_on_io_shows_the_chain_and_is_external() {
         let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "permission denied");
@@ -164,12 +171,12 @@ mod tests {
             name: "totals".into(),
             error: SinkError::fatal(ErrorClass::External, "cannot open /out/totals.ndjson", io),
         };
-        assert_eq!(
-            Report(&e).to_string(),
-            "sink `totals` failed: cannot open /out/totals.ndjson: permission denied"
+        assert_error(
+            &e,
+            "sink `totals` failed: cannot open /out/totals.ndjson: permission denied",
+            ErrorClass::External,
+            Some("totals"),
         );
-        assert_eq!(e.class(), ErrorClass::External);
-        assert_eq!(e.component(), Some("totals"));
     }
 
     #[test]
@@ -181,53 +188,49 @@ mod tests {
                 source: std::io::Error::other("broken pipe"),
             },
         };
-        assert_eq!(
-            Report(&e).to_string(),
-            "source `orders` failed: cannot read stdin: broken pipe"
+        assert_error(
+            &e,
+            "source `orders` failed: cannot read stdin: broken pipe",
+            ErrorClass::External,
+            Some("orders"),
         );
         assert!(std::error::Error::source(&e).is_some());
-        assert_eq!(e.class(), ErrorClass::External);
-        assert_eq!(e.component(), Some("orders"));
     }
 
     #[test]
     fn bad_config_is_a_user_error() {
-        let e = RunError::Source {
-            name: "in".into(),
-            error: SourceError::Config("`path` is empty".into()),
-        };
-        assert_eq!(e.class(), ErrorClass::User);
-        let e = RunError::Sink {
-            name: "out".into(),
-            error: SinkError::Fatal("relation \"totals\" does not exist".into()),
-        };
-        assert_eq!(e.class(), ErrorClass::User);
+        let source = SourceError::Config("`path` is empty".into());
+        let sink = SinkError::Fatal("relation \"totals\" does not exist".into());
+        assert_eq!(source.class(), ErrorClass::User);
+        assert_eq!(sink.class(), ErrorClass::User);
         let e = RunError::Build(BuildError {
             component: "w".into(),
             message: "bad window".into(),
         });
-        assert_eq!(e.class(), ErrorClass::User);
-        assert_eq!(e.component(), Some("w"));
-        assert_eq!(Report(&e).to_string(), "invalid pipeline: w: bad window");
-        assert_eq!(
-            Invalid::new("`size` must be positive").class(),
-            ErrorClass::User
+        assert_error(
+            &e,
+            "invalid pipeline: w: bad window",
+            ErrorClass::User,
+            Some("w"),
         );
+        let e = Invalid::new("`size` must be positive");
+        assert_eq!(e.class(), ErrorClass::User);
     }
 
     #[test]
     fn broken_invariants_are_internal() {
-        let e = RunError::Checkpoint(CheckpointError::WriterStopped);
-        assert_eq!(e.class(), ErrorClass::Internal);
-        assert_eq!(
-            Report(&e).to_string(),
-            "checkpoint failed: the checkpoint writer stopped"
+        assert_error(
+            &RunError::Checkpoint(CheckpointError::WriterStopped),
+            "checkpoint failed: the checkpoint writer stopped",
+            ErrorClass::Internal,
+            None,
         );
-        let e = RunError::Sink {
-            name: "out".into(),
-            error: SinkError::Internal("sink used before restore".into()),
-        };
+        let e = SinkError::Internal("sink used before restore".into());
         assert_eq!(e.class(), ErrorClass::Internal);
+    }
+
+    #[test]
+    fn state_from_another_build_is_a_user_error() {
         let e = RunError::Restore {
             name: "agg".into(),
             error: StateError::Version {
@@ -235,10 +238,11 @@ mod tests {
                 expected: 2,
             },
         };
-        assert_eq!(e.class(), ErrorClass::User);
-        assert_eq!(
-            Report(&e).to_string(),
-            "operator `agg` cannot restore its state: state entry has version 3, this build reads version 2"
+        assert_error(
+            &e,
+            "operator `agg` cannot restore its state: state entry has version 3, this build reads version 2",
+            ErrorClass::User,
+            Some("agg"),
         );
     }
 
