@@ -5,6 +5,8 @@
 //!
 //! The convention: an error that wraps another keeps it as its
 //! `source()` and does not repeat its text; [`Report`] prints the chain.
+//! (A few older errors, e.g. `SourceError::Io`, also put their cause's text
+//! in their message; [`Report`] then shows it once.)
 
 use std::error::Error;
 use std::fmt;

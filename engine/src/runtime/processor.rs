@@ -30,7 +30,7 @@ use super::watermark::WatermarkTracker;
 use super::{CheckpointError, RunError, RunReport};
 use crate::batch::{Batch, RowKind};
 use crate::dead_letter::{DeadLetter, ErrorType};
-use crate::error::Report;
+use crate::error::{Classify, Report};
 use crate::graph::{Graph, NodeKind};
 use crate::keys::{decode_key, GroupKey};
 use crate::metrics as m;
@@ -431,7 +431,7 @@ impl Processor {
                 self.advance_watermarks();
             }
             SourceEvent::Failed { source, error } => {
-                tracing::error!(source = %self.sources[source], error = %Report(&error), "source failed");
+                tracing::error!(source = %self.sources[source], error = %Report(&error), class = %error.class(), "source failed");
                 self.failure = Some(RunError::Source {
                     name: self.sources[source].clone(),
                     error,
@@ -636,7 +636,7 @@ impl Processor {
                 self.dead_letters(dead);
             }
             SinkEvent::Failed { sink, error } => {
-                tracing::error!(sink = %self.sinks[sink].name, error = %Report(&error), "sink failed");
+                tracing::error!(sink = %self.sinks[sink].name, error = %Report(&error), class = %error.class(), "sink failed");
                 self.failure = Some(RunError::Sink {
                     name: self.sinks[sink].name.clone(),
                     error,

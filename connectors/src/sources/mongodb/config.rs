@@ -64,7 +64,7 @@ impl MongoSourceConfig {
     }
 
     /// `start_at_operation_time` as cluster time `(seconds, increment)`.
-    pub fn start_at(&self) -> Result<Option<(u32, u32)>, String> {
+    pub fn start_at(&self) -> Result<Option<(u32, u32)>, Invalid> {
         let Some(text) = self.start_at_operation_time.as_deref() else {
             return Ok(None);
         };
