@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 use sluice_engine::config::{deserialize_all, ConfigError, SourceText};
+use sluice_engine::error::Invalid;
 use sluice_engine::operator::OperatorSpec;
 use sluice_operators::aggregate::AggregateConfig;
 use sluice_operators::dedupe::DedupeConfig;
@@ -46,15 +47,15 @@ pub fn parse_transform(
 }
 
 /// Validates a transform's options beyond their shape, returning the
-/// operator spec (a message for the user on error).
-pub fn transform_spec(config: &TransformConfig) -> Result<Box<dyn OperatorSpec>, String> {
+/// operator spec.
+pub fn transform_spec(config: &TransformConfig) -> Result<Box<dyn OperatorSpec>, Invalid> {
     use sluice_operators::{
         aggregate::AggregateSpec, dedupe::DedupeSpec, filter::FilterSpec, key_by::KeyBySpec,
         map::MapSpec,
     };
     Ok(match config {
         TransformConfig::Filter(c) => {
-            Box::new(FilterSpec::new(c).map_err(|e| format!("in `condition`: {e}"))?)
+            Box::new(FilterSpec::new(c).map_err(|e| Invalid::new(format!("in `condition`: {e}")))?)
         }
         TransformConfig::Map(c) => Box::new(MapSpec::new(c)?),
         TransformConfig::KeyBy(c) => Box::new(KeyBySpec::new(c)?),

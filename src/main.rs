@@ -76,10 +76,12 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
+            // The error and its causes, each shown once.
+            let shown = sluice_engine::error::Report(e.as_ref());
             if log_format == cli::LogFormat::Json {
-                tracing::error!("{e:#}");
+                tracing::error!("{shown}");
             } else {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {shown}");
             }
             ExitCode::from(1)
         }

@@ -15,6 +15,7 @@ use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::uri::AMQPUri;
 use lapin::{Connection, ConnectionProperties, ErrorKind};
 use serde::{Deserialize, Deserializer};
+use sluice_engine::error::Invalid;
 use sluice_engine::sink::backoff_delay;
 
 /// What went wrong talking to the broker, sorted by what to do about it.
@@ -68,12 +69,12 @@ pub fn classify(context: impl Into<String>, error: &lapin::Error) -> AmqpError {
 }
 
 /// Parses a broker URL (`amqp://` or `amqps://`), with a readable error.
-pub fn parse_url(url: &str) -> Result<AMQPUri, String> {
+pub fn parse_url(url: &str) -> Result<AMQPUri, Invalid> {
     AMQPUri::from_str(url).map_err(|e| {
-        format!(
+        Invalid::new(format!(
             "invalid AMQP URL ({e}); expected e.g. \"amqp://guest:guest@127.0.0.1:5672/%2f\" \
              (the vhost is URL-encoded: %2f is the default vhost `/`)"
-        )
+        ))
     })
 }
 
@@ -217,7 +218,7 @@ mod tests {
         assert!(parse_url("amqp://guest:guest@127.0.0.1:5672/%2f").is_ok());
         assert!(parse_url("amqps://u:p@rabbit.example:5671/prod").is_ok());
         let e = parse_url("http://x").unwrap_err();
-        assert!(e.contains("invalid AMQP URL"), "{e}");
+        assert!(e.message().contains("invalid AMQP URL"), "{e}");
         assert_eq!(
             redact("amqp://guest:secret@127.0.0.1:5672/%2f"),
             "amqp://guest@127.0.0.1:5672/%2f"

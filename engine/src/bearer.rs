@@ -1,6 +1,8 @@
 //! Bearer-token checks shared by sluice's listeners (the HTTP source's
 //! `auth_token_env`, the admin server's `auth_token_env`).
 
+use crate::error::Invalid;
+
 /// Whether an `Authorization` header value (`None`: no header) carries
 /// `Bearer <token>`. The scheme name is case-insensitive (RFC 9110,
 /// section 11.1) and followed by one or more spaces; the token is compared
@@ -31,12 +33,12 @@ fn credentials(value: &[u8]) -> Option<&[u8]> {
 /// The token held by environment variable `var`: an error message when it
 /// is unset or empty (a listener configured for a token must not start
 /// open).
-pub fn token_from_env(var: &str) -> Result<String, String> {
+pub fn token_from_env(var: &str) -> Result<String, Invalid> {
     match std::env::var(var) {
         Ok(t) if !t.is_empty() => Ok(t),
-        _ => Err(format!(
+        _ => Err(Invalid::new(format!(
             "auth_token_env names `{var}`, but that environment variable is not set (or empty)"
-        )),
+        ))),
     }
 }
 

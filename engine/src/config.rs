@@ -341,8 +341,9 @@ pub fn error_at_named_field(
     path: &str,
     tree: &Spanned<DeValue<'_>>,
     fallback: usize,
-    message: String,
+    message: impl Into<String>,
 ) -> ConfigError {
+    let message: String = message.into();
     let named = message
         .split('`')
         .skip(1)
@@ -600,10 +601,10 @@ mod tests {
         );
         let doc = src.parse().unwrap();
         let tree = doc.get_ref().get("t").unwrap();
-        let e = error_at_named_field(&src, "t", tree, 0, "window `size` must be positive".into());
+        let e = error_at_named_field(&src, "t", tree, 0, "window `size` must be positive");
         assert_eq!((e.line, e.column), (2, 31));
         assert_eq!(e.field.as_deref(), Some("t.window.size"));
-        let e = error_at_named_field(&src, "t", tree, 0, "no field named here".into());
+        let e = error_at_named_field(&src, "t", tree, 0, "no field named here");
         assert_eq!((e.line, e.column), (1, 1));
         assert_eq!(e.field.as_deref(), Some("t"));
     }

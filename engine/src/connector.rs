@@ -19,7 +19,7 @@ use crate::source::Source;
 
 /// What a connector's validation reports: a message for the user that
 /// names the field concerned in backticks (the error is placed there).
-pub type ConnectorError = String;
+pub type ConnectorError = crate::error::Invalid;
 
 /// What building a connector may need besides its own options. Running
 /// sources get the rest (shutdown, output, restored positions) in their

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 
 use crate::config::did_you_mean;
+use crate::error::Invalid;
 use crate::operator::{FieldSet, Stream};
 
 /// The section a node is declared in.
@@ -248,8 +249,8 @@ impl Graph {
     pub fn plan_streams(
         &self,
         output: impl Fn(usize, Stream) -> Option<Stream>,
-        check: impl Fn(usize, Stream) -> Result<(), String>,
-    ) -> (Vec<Stream>, Vec<(usize, String)>) {
+        check: impl Fn(usize, Stream) -> Result<(), Invalid>,
+    ) -> (Vec<Stream>, Vec<(usize, Invalid)>) {
         let mut streams = vec![Stream::Events; self.nodes.len()];
         let mut errors = Vec::new();
         for &node in &self.order {
@@ -270,12 +271,12 @@ impl Graph {
                     .collect();
                 errors.push((
                     node,
-                    format!(
+                    Invalid::new(format!(
                         "reads the changelog of an aggregate together with other inputs ({}); \
                          the keys of their rows would be mixed up. Give each aggregate's output its \
                          own transform",
                         names.join(", ")
-                    ),
+                    )),
                 ));
                 continue;
             }

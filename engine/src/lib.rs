@@ -9,6 +9,7 @@ pub mod config;
 pub mod connector;
 pub mod dead_letter;
 pub mod decode;
+pub mod error;
 pub mod graph;
 pub mod health;
 pub mod journal;

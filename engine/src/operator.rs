@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::batch::Batch;
 use crate::dead_letter::DeadLetter;
+use crate::error::{Classify, ErrorClass, Invalid};
 use crate::value::Str;
 
 /// A field path (`["a", "b"]` for `a.b`).
@@ -111,6 +112,12 @@ pub struct BuildError {
     pub message: String,
 }
 
+impl Classify for BuildError {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::User
+    }
+}
+
 /// The static description of a configured operator.
 pub trait OperatorSpec: Send + Sync {
     /// The paths this operator reads from its input, given the paths read
@@ -153,7 +160,7 @@ pub trait OperatorSpec: Send + Sync {
 
     /// Whether this operator can read `input`; the error says why not and
     /// what to do instead. Checked by `sluice validate` and at start.
-    fn check_input(&self, input: Stream) -> Result<(), String> {
+    fn check_input(&self, input: Stream) -> Result<(), Invalid> {
         let _ = input;
         Ok(())
     }
@@ -186,7 +193,7 @@ impl<T: OperatorSpec + ?Sized> OperatorSpec for Arc<T> {
     fn output_stream(&self, input: Stream) -> Stream {
         (**self).output_stream(input)
     }
-    fn check_input(&self, input: Stream) -> Result<(), String> {
+    fn check_input(&self, input: Stream) -> Result<(), Invalid> {
         (**self).check_input(input)
     }
     fn state_signature(&self) -> String {
@@ -242,6 +249,17 @@ pub enum StateError {
     Version { found: u8, expected: u8 },
     #[error("state entry is corrupt: {0}")]
     Corrupt(String),
+}
+
+impl Classify for StateError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            // State written by another build: rebuild it with `sluice replay`.
+            StateError::Version { .. } => ErrorClass::User,
+            // Bytes that do not decode: a damaged state directory.
+            StateError::Corrupt(_) => ErrorClass::External,
+        }
+    }
 }
 
 /// Encodes a state value as `[version] ++ bincode(value)`.

@@ -152,7 +152,7 @@ impl Plan {
         errors.extend(
             stream_errors
                 .into_iter()
-                .map(|(node, reason)| PlanError::Input { node, reason }),
+                .map(|(node, reason)| PlanError::Input { node, reason: reason.to_string() }),
         );
         if !errors.is_empty() {
             return Err(errors);

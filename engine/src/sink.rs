@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::batch::RowKind;
+use crate::error::{BoxError, Classify, ErrorClass, Report};
 use crate::metrics as m;
 use crate::source::BoxFuture;
 use crate::value::{Str, Value};
@@ -53,16 +54,79 @@ pub struct WriteOutcome {
     pub rejected: Vec<(usize, String)>,
 }
 
-/// Errors from a sink.
+/// Errors from a sink. Retryable ones are retried with backoff (forever);
+/// any other stops the pipeline.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    /// Worth retrying (connection refused, timeout, broker unavailable).
+    /// Worth retrying (connection refused, timeout, broker unavailable):
+    /// [`ErrorClass::External`].
     #[error("{0}")]
     Retryable(String),
     /// Retrying cannot help (bad credentials, missing table, bad config):
-    /// the pipeline stops with this error.
+    /// [`ErrorClass::User`].
     #[error("{0}")]
     Fatal(String),
+    /// A bug (used before restore, a panic in the sink's task):
+    /// [`ErrorClass::Internal`].
+    #[error("{0}")]
+    Internal(String),
+    /// A failure with its cause; see [`SinkError::retryable`] and
+    /// [`SinkError::fatal`].
+    #[error("{context}")]
+    Caused {
+        context: String,
+        class: ErrorClass,
+        retryable: bool,
+        #[source]
+        cause: BoxError,
+    },
+}
+
+impl SinkError {
+    /// A failure outside sluice worth retrying, keeping its cause
+    /// (shown as `"{context}: {cause}"`).
+    pub fn retryable(context: impl Into<String>, cause: impl Into<BoxError>) -> Self {
+        SinkError::Caused {
+            context: context.into(),
+            class: ErrorClass::External,
+            retryable: true,
+            cause: cause.into(),
+        }
+    }
+
+    /// A failure retrying cannot help, of `class`, keeping its cause.
+    pub fn fatal(
+        class: ErrorClass,
+        context: impl Into<String>,
+        cause: impl Into<BoxError>,
+    ) -> Self {
+        SinkError::Caused {
+            context: context.into(),
+            class,
+            retryable: false,
+            cause: cause.into(),
+        }
+    }
+
+    /// Whether the sink driver retries the operation.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SinkError::Retryable(_) => true,
+            SinkError::Caused { retryable, .. } => *retryable,
+            SinkError::Fatal(_) | SinkError::Internal(_) => false,
+        }
+    }
+}
+
+impl Classify for SinkError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            SinkError::Retryable(_) => ErrorClass::External,
+            SinkError::Fatal(_) => ErrorClass::User,
+            SinkError::Internal(_) => ErrorClass::Internal,
+            SinkError::Caused { class, .. } => *class,
+        }
+    }
 }
 
 /// A configured sink, ready to run.
@@ -122,7 +186,7 @@ pub enum SinkEvent {
     },
     Failed {
         sink: usize,
-        error: String,
+        error: SinkError,
     },
 }
 
@@ -177,11 +241,12 @@ pub async fn drive_sink(
     loop {
         match sink.restore(restored.as_deref()).await {
             Ok(()) => break,
-            Err(SinkError::Fatal(error)) => {
+            Err(error) if !error.is_retryable() => {
                 let _ = events.send(SinkEvent::Failed { sink: index, error });
                 return;
             }
-            Err(SinkError::Retryable(error)) => {
+            Err(error) => {
+                let error = Report(&error).to_string();
                 let delay = backoff_delay(attempt, policy.base, policy.max, jitter(&mut seed));
                 tracing::warn!(component = %name, %error, ?delay, "sink not reachable at start; retrying");
                 metrics::counter!(m::SINK_RETRIES, labels.clone()).increment(1);
@@ -218,11 +283,12 @@ pub async fn drive_sink(
                     }
                     break;
                 }
-                Err(SinkError::Fatal(error)) => {
+                Err(error) if !error.is_retryable() => {
                     let _ = events.send(SinkEvent::Failed { sink: index, error });
                     return;
                 }
-                Err(SinkError::Retryable(error)) => {
+                Err(error) => {
+                    let error = Report(&error).to_string();
                     let delay = backoff_delay(attempt, policy.base, policy.max, jitter(&mut seed));
                     tracing::warn!(component = %name, epoch = epoch.epoch, %error, ?delay, "sink write failed; retrying");
                     metrics::counter!(m::SINK_RETRIES, labels.clone()).increment(1);
@@ -234,7 +300,7 @@ pub async fn drive_sink(
         }
     }
     if let Err(error) = sink.close().await {
-        tracing::warn!(component = %name, %error, "sink close failed");
+        tracing::warn!(component = %name, error = %Report(&error), "sink close failed");
     }
 }
 

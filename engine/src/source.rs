@@ -79,6 +79,29 @@ pub enum SourceError {
     /// Anything else that failed outside sluice (broker gone for good...).
     #[error("{0}")]
     External(String),
+    /// Something else outside sluice failed, with its cause.
+    #[error("{context}")]
+    ExternalCause {
+        context: String,
+        #[source]
+        source: crate::error::BoxError,
+    },
+    /// A bug: a broken invariant, a panic in the source's task.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl crate::error::Classify for SourceError {
+    fn class(&self) -> crate::error::ErrorClass {
+        use crate::error::ErrorClass;
+        match self {
+            SourceError::Config(_) => ErrorClass::User,
+            SourceError::Io { .. }
+            | SourceError::External(_)
+            | SourceError::ExternalCause { .. } => ErrorClass::External,
+            SourceError::Internal(_) => ErrorClass::Internal,
+        }
+    }
 }
 
 /// Messages from sources to the processor.
@@ -106,7 +129,7 @@ pub enum SourceEvent {
     /// The source finished (bounded input fully read, or shutdown).
     Finished { source: usize },
     /// The source failed.
-    Failed { source: usize, error: String },
+    Failed { source: usize, error: SourceError },
 }
 
 /// Bytes done / bytes total, for progress bars (`sluice replay`).

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::error::Invalid;
 use crate::value::Value;
 
 /// A duration written in a pipeline file as `"500ms"`, `"2s"`, `"1m"`,
@@ -35,9 +36,9 @@ impl HumanDuration {
 
     /// A duration of `ms` milliseconds read from a pipeline file: refused
     /// above [`MAX_DURATION_MS`].
-    pub fn checked_from_millis(ms: u64) -> Result<Self, String> {
+    pub fn checked_from_millis(ms: u64) -> Result<Self, Invalid> {
         if ms > MAX_DURATION_MS {
-            return Err(too_long(&format!("{ms}")));
+            return Err(too_long(&format!("{ms}")).into());
         }
         Ok(HumanDuration::from_millis(ms))
     }
@@ -51,7 +52,11 @@ impl HumanDuration {
 ///
 /// Never panics: a number too large for its unit, or a total above
 /// [`MAX_DURATION_MS`], is an error naming the maximum.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, Invalid> {
+    duration(text).map_err(Invalid::from)
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
     let s = text.trim();
     if s.is_empty() {
         return Err("empty duration".into());
@@ -189,12 +194,12 @@ pub const MAX_EVENT_TIME_MS: i64 = 253_402_300_799_999;
 
 /// Reads an event timestamp (epoch ms) from a field value. Times outside
 /// the years 0000 to 9999 are refused.
-pub fn event_time_ms(value: &Value, format: TimeFormat) -> Result<i64, String> {
+pub fn event_time_ms(value: &Value, format: TimeFormat) -> Result<i64, Invalid> {
     let ms = read_event_time_ms(value, format)?;
     if !(MIN_EVENT_TIME_MS..=MAX_EVENT_TIME_MS).contains(&ms) {
-        return Err(format!(
+        return Err(Invalid::new(format!(
             "the event time `{value}` is out of range (years 0000 to 9999 are accepted)"
-        ));
+        )));
     }
     Ok(ms)
 }
@@ -209,7 +214,7 @@ fn read_event_time_ms(value: &Value, format: TimeFormat) -> Result<i64, String> 
             .checked_mul(1000)
             .ok_or_else(|| format!("timestamp {s} s is out of range")),
         (TimeFormat::EpochS, Value::Float(s)) if s.is_finite() => Ok((s * 1000.0) as i64),
-        (TimeFormat::Auto | TimeFormat::Rfc3339, Value::Str(s)) => parse_rfc3339_ms(s),
+        (TimeFormat::Auto | TimeFormat::Rfc3339, Value::Str(s)) => rfc3339_ms(s),
         (_, Value::Missing) => Err("the event-time field is missing".into()),
         (f, v) => Err(format!(
             "the event-time field is {} `{v}`, expected {}",
@@ -226,7 +231,11 @@ fn read_event_time_ms(value: &Value, format: TimeFormat) -> Result<i64, String> 
 
 /// Parses an RFC 3339 timestamp (`2024-11-21T10:00:00Z`,
 /// `2024-11-21 10:00:00.5+02:00`) to epoch milliseconds.
-pub fn parse_rfc3339_ms(s: &str) -> Result<i64, String> {
+pub fn parse_rfc3339_ms(s: &str) -> Result<i64, Invalid> {
+    rfc3339_ms(s).map_err(Invalid::from)
+}
+
+fn rfc3339_ms(s: &str) -> Result<i64, String> {
     let err = || format!("`{s}` is not an RFC 3339 timestamp (e.g. 2024-11-21T10:00:00Z)");
     let b = s.as_bytes();
     if b.len() < 19 {
@@ -342,7 +351,7 @@ mod tests {
             &format!("{}s", "9".repeat(400)),
             &"1000000h".repeat(50),
         ] {
-            let e = parse_duration(text).unwrap_err();
+            let e = parse_duration(text).unwrap_err().to_string();
             assert!(e.contains("maximum is 36500d"), "{text}: {e}");
         }
     }
@@ -416,7 +425,9 @@ mod tests {
             event_time_ms(&Value::from("1970-01-01T00:00:01Z"), TimeFormat::Auto).unwrap(),
             1000
         );
-        let e = event_time_ms(&Value::Bool(true), TimeFormat::EpochMs).unwrap_err();
+        let e = event_time_ms(&Value::Bool(true), TimeFormat::EpochMs)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("bool"), "{e}");
         assert!(event_time_ms(&Value::Missing, TimeFormat::Auto).is_err());
     }
@@ -432,7 +443,7 @@ mod tests {
             Value::Float(1e300),
             Value::Float(-1e19),
         ] {
-            let e = event_time_ms(&v, TimeFormat::Auto).unwrap_err();
+            let e = event_time_ms(&v, TimeFormat::Auto).unwrap_err().to_string();
             assert!(e.contains("out of range"), "{v}: {e}");
         }
         assert!(event_time_ms(&Value::Int(i64::MAX / 1000), TimeFormat::EpochS).is_err());

@@ -7,6 +7,7 @@ use std::fmt;
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
+use sluice_engine::error::Invalid;
 use sluice_engine::keys::{encode_component, stable_hash, GroupKey};
 use sluice_engine::operator::FieldPath;
 use sluice_engine::value::{parse_path, Value};
@@ -184,18 +185,20 @@ impl Aggregate {
 
     /// Checks an input before any accumulator is touched, so a bad event
     /// is rejected whole. Missing and null inputs are skipped (SQL semantics).
-    pub fn check(&self, v: Option<&Value>) -> Result<(), String> {
+    pub fn check(&self, v: Option<&Value>) -> Result<(), Invalid> {
         match (self.func, v) {
             (
                 AggFn::Sum | AggFn::Avg,
                 Some(v @ (Value::Str(_) | Value::Bool(_) | Value::Array(_) | Value::Object(_))),
-            ) => Err(format!(
-                "field `{}` is {} `{v}`, {:?} needs a number",
-                self.field.as_ref().map(|f| f.join(".")).unwrap_or_default(),
-                v.type_name(),
-                self.func
-            )
-            .to_lowercase()),
+            ) => Err(Invalid::new(
+                format!(
+                    "field `{}` is {} `{v}`, {:?} needs a number",
+                    self.field.as_ref().map(|f| f.join(".")).unwrap_or_default(),
+                    v.type_name(),
+                    self.func
+                )
+                .to_lowercase(),
+            )),
             (AggFn::Sum | AggFn::Avg, Some(Value::Float(f))) if !f.is_finite() => {
                 Err("a non-finite number cannot be summed".into())
             }
@@ -540,6 +543,7 @@ mod tests {
         assert!(sum
             .check(Some(&Value::from("12")))
             .unwrap_err()
+            .message()
             .contains("needs a number"));
         assert!(sum.check(Some(&Value::Missing)).is_ok());
         let mut acc = sum.init();

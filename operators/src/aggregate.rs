@@ -26,6 +26,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sluice_engine::batch::Batch;
 use sluice_engine::dead_letter::{DeadLetter, ErrorType};
+use sluice_engine::error::Invalid;
 use sluice_engine::keys::GroupKey;
 use sluice_engine::operator::{
     BuildContext, BuildError, Emitter, FieldPath, FieldSet, Operator, OperatorSpec, Stream, TimeUse,
@@ -107,7 +108,7 @@ pub struct AggregateSpec {
 }
 
 impl AggregateSpec {
-    pub fn new(config: &AggregateConfig) -> Result<Self, String> {
+    pub fn new(config: &AggregateConfig) -> Result<Self, Invalid> {
         if config.aggregates.is_empty() {
             return Err(
                 "`aggregates` must define at least one output, e.g. { count = \"count\" }".into(),
@@ -131,7 +132,10 @@ impl AggregateSpec {
         let mut sorted = names.clone();
         sorted.sort_unstable();
         if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
-            return Err(format!("the output field `{}` is defined twice", w[0]));
+            return Err(Invalid::new(format!(
+                "the output field `{}` is defined twice",
+                w[0]
+            )));
         }
         Ok(AggregateSpec {
             config: config.clone(),
@@ -181,7 +185,7 @@ impl OperatorSpec for AggregateSpec {
         }
     }
 
-    fn check_input(&self, input: Stream) -> Result<(), String> {
+    fn check_input(&self, input: Stream) -> Result<(), Invalid> {
         let Stream::Changelog { settles_after } = input else {
             return Ok(());
         };
@@ -195,12 +199,12 @@ impl OperatorSpec for AggregateSpec {
         }
         if let Some(a) = self.aggregates.iter().find(|a| !a.retractable()) {
             let func = format!("{:?}", a.func).to_lowercase();
-            return Err(format!(
+            return Err(Invalid::new(format!(
                 "reads the changelog of an aggregate, so every function must be able to take \
                  back a replaced row, and `{}` uses `{func}`, which cannot. Use min/max, or \
                  aggregate the events themselves",
                 a.name
-            ));
+            )));
         }
         if self.config.window.is_some() && settles_after.is_none() {
             return Err(
@@ -275,7 +279,7 @@ impl OperatorSpec for AggregateSpec {
             end_field: parse_path(&self.config.window_end_field),
             input: ctx.input,
         };
-        self.check_input(ctx.input).map_err(err)?;
+        self.check_input(ctx.input).map_err(|e| err(e.into()))?;
         Ok(match self.config.window {
             None => Box::new(FixedAggregate::new(common, None)),
             Some(WindowConfig::Tumbling { size }) => Box::new(FixedAggregate::new(
@@ -376,7 +380,7 @@ impl Common {
                 i,
                 &self.name,
                 ErrorType::WrongType,
-                reason,
+                String::from(reason),
             ));
             return None;
         }
@@ -416,7 +420,7 @@ aggregates = { count = "count", avg_temp = { fn = "avg", field = "temp_c" } }
     fn rejects_mistakes() {
         let bad = |t: &str| {
             let c: AggregateConfig = toml::from_str(t).unwrap();
-            AggregateSpec::new(&c).unwrap_err()
+            AggregateSpec::new(&c).unwrap_err().to_string()
         };
         assert!(bad("aggregates = {}").contains("at least one"));
         assert!(

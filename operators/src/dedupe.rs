@@ -38,6 +38,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sluice_engine::batch::Batch;
+use sluice_engine::error::Invalid;
 use sluice_engine::keys::GroupKey;
 use sluice_engine::metrics::DEDUPE_DROPPED;
 use sluice_engine::operator::{
@@ -83,7 +84,7 @@ pub struct DedupeSpec {
 }
 
 impl DedupeSpec {
-    pub fn new(config: &DedupeConfig) -> Result<Self, String> {
+    pub fn new(config: &DedupeConfig) -> Result<Self, Invalid> {
         if config.fields.is_empty() {
             return Err("`fields` must name at least one field, e.g. [\"id\"]".into());
         }
@@ -125,7 +126,7 @@ impl OperatorSpec for DedupeSpec {
         }
     }
 
-    fn check_input(&self, input: Stream) -> Result<(), String> {
+    fn check_input(&self, input: Stream) -> Result<(), Invalid> {
         if input.is_changelog() {
             return Err(
                 "reads the changelog of an aggregate, whose rows are updates of \

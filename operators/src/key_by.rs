@@ -14,6 +14,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use sluice_engine::batch::Batch;
 use sluice_engine::dead_letter::{DeadLetter, ErrorType};
+use sluice_engine::error::Invalid;
 use sluice_engine::keys::{encode_component, GroupKey};
 use sluice_engine::operator::{
     BuildContext, BuildError, Emitter, FieldPath, FieldSet, Operator, OperatorSpec, Stream,
@@ -34,7 +35,7 @@ pub struct KeyBySpec {
 }
 
 impl KeyBySpec {
-    pub fn new(config: &KeyByConfig) -> Result<Self, String> {
+    pub fn new(config: &KeyByConfig) -> Result<Self, Invalid> {
         if config.fields.is_empty() {
             return Err("`fields` must name at least one field".into());
         }
@@ -57,7 +58,7 @@ impl OperatorSpec for KeyBySpec {
         Some(self.fields.clone())
     }
 
-    fn check_input(&self, input: Stream) -> Result<(), String> {
+    fn check_input(&self, input: Stream) -> Result<(), Invalid> {
         if input.is_changelog() {
             return Err(
                 "reads the changelog of an aggregate, which `key_by` cannot re-key: \

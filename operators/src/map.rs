@@ -18,6 +18,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use sluice_engine::batch::Batch;
 use sluice_engine::dead_letter::{DeadLetter, ErrorType};
+use sluice_engine::error::Invalid;
 use sluice_engine::operator::{
     BuildContext, BuildError, Emitter, FieldPath, FieldSet, Operator, OperatorSpec,
 };
@@ -69,10 +70,10 @@ pub struct MapSpec {
 }
 
 impl MapSpec {
-    pub fn new(c: &MapConfig) -> Result<Self, String> {
+    pub fn new(c: &MapConfig) -> Result<Self, Invalid> {
         let path = |s: &String| {
             if s.is_empty() || s.split('.').any(str::is_empty) {
-                Err(format!("`{s}` is not a valid field path"))
+                Err(Invalid::new(format!("`{s}` is not a valid field path")))
             } else {
                 Ok(parse_path(s))
             }

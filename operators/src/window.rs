@@ -2,6 +2,7 @@
 //! and session windows over epoch milliseconds, epoch-aligned.
 
 use serde::{Deserialize, Serialize};
+use sluice_engine::error::Invalid;
 use sluice_engine::time::HumanDuration;
 
 /// `window = { type = "tumbling", size = "1m" }`, `{ type = "hopping",
@@ -30,7 +31,7 @@ pub enum WindowConfig {
 
 impl WindowConfig {
     /// Checks sizes; returns a message for the user on error.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         match *self {
             WindowConfig::Tumbling { size } if size.as_millis() <= 0 => {
                 Err("window `size` must be positive".into())
@@ -42,9 +43,9 @@ impl WindowConfig {
                 } else if slide > size {
                     Err("`slide` larger than `size` would leave gaps between windows".into())
                 } else if size % slide != 0 {
-                    Err(format!(
+                    Err(Invalid::new(format!(
                         "`slide` ({slide} ms) must divide `size` ({size} ms)"
-                    ))
+                    )))
                 } else if size / slide > 1000 {
                     Err("more than 1000 overlapping windows per event; use a larger `slide`".into())
                 } else {

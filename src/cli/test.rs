@@ -193,7 +193,11 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
             }
             Err(e) => {
                 failed += 1;
-                println!("FAIL {}: {e:#}", dir.display());
+                println!(
+                    "FAIL {}: {}",
+                    dir.display(),
+                    sluice_engine::error::Report(e.as_ref())
+                );
             }
         }
     }

@@ -23,16 +23,18 @@ pub use client::{
 pub use convert::{bson_to_json, value_to_bson};
 pub use driver::DriverClient;
 
+use sluice_engine::error::Invalid;
+
 /// Checks a connection string the way the pipeline loader reports it.
-pub fn validate_uri(uri: &str) -> Result<(), String> {
+pub fn validate_uri(uri: &str) -> Result<(), Invalid> {
     if uri.starts_with("mongodb+srv://") {
         return Err("`uri`: mongodb+srv:// (DNS seed lists) is not supported by this build (the driver is built without its DNS resolver); list the hosts instead: mongodb://host1:27017,host2:27017/?replicaSet=rs0".into());
     }
     if !uri.starts_with("mongodb://") {
-        return Err(format!(
+        return Err(Invalid::new(format!(
             "`uri`: expected a connection string like mongodb://user:password@host:27017/?replicaSet=rs0 (usually \"${{MONGODB_URI}}\"), got `{}`",
             redact(uri)
-        ));
+        )));
     }
     Ok(())
 }

@@ -57,7 +57,7 @@ impl OperatorSpec for Stub {
         }
     }
 
-    fn check_input(&self, input: Stream) -> Result<(), String> {
+    fn check_input(&self, input: Stream) -> Result<(), crate::error::Invalid> {
         if self.refuses_changelog && input.is_changelog() {
             return Err("cannot read a changelog".into());
         }

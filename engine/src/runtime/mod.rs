@@ -11,6 +11,7 @@
 //!   backend ([`crate::state`]) durably, while the processor carries on;
 //! - each sink runs as a tokio task fed with committed epochs.
 
+mod error;
 pub mod marker;
 mod processor;
 mod progress;
@@ -34,6 +35,7 @@ use crate::plan::Plan;
 use crate::sink::{drive_sink, RetryPolicy, Sink, SinkEpoch, SinkError, SinkEvent};
 use crate::source::{Commit, Progress, Source, SourceContext, SourceEvent, SourceOutput};
 use crate::state::{Restored, SledBackend, StateBackend};
+use crate::error::Report;
 use processor::{Processor, ProcessorParts};
 use watermark::{WatermarkSettings, WatermarkTracker};
 
@@ -45,6 +47,8 @@ const EARLY_CHECKPOINT_RECORDS: usize = 20_000;
 /// last committed epochs. What they have not acknowledged by then is safe in
 /// the checkpoint's outbox and is re-delivered at the next start.
 const SINK_DRAIN_GRACE: Duration = Duration::from_secs(10);
+
+pub use error::{CheckpointError, RunError};
 
 /// A source as configured.
 pub struct SourceSpec {
@@ -120,51 +124,6 @@ pub struct RunReport {
     pub input_exhausted: bool,
 }
 
-/// Errors that stop a pipeline.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error("invalid pipeline: {0}")]
-    Plan(String),
-    #[error(transparent)]
-    Store(#[from] crate::state::StoreError),
-    #[error("state in {dir} does not match this pipeline: {reason}. Rebuild it with `sluice replay`, or use another [state] dir")]
-    StateMismatch { dir: String, reason: String },
-    #[error("{}", describe_lost_state(.dir, .refusal))]
-    StateLost {
-        dir: String,
-        refusal: marker::Refusal,
-    },
-    #[error("state marker: {0}")]
-    Marker(#[from] marker::MarkerError),
-    #[error("source `{name}` failed: {error}")]
-    Source { name: String, error: String },
-    #[error("sink `{name}` failed: {error}")]
-    Sink { name: String, error: String },
-    #[error("checkpoint failed: {0}")]
-    Checkpoint(String),
-    #[error("operator `{name}` cannot restore its state: {error}")]
-    Restore { name: String, error: String },
-}
-
-fn describe_lost_state(dir: &str, r: &marker::Refusal) -> String {
-    let mut text = format!(
-        "refusing to start: the state in {dir} is missing or damaged. The state store holds {}, but an earlier run left traces:\n",
-        r.restored
-    );
-    for e in &r.evidence {
-        text.push_str("  - ");
-        text.push_str(e);
-        text.push('\n');
-    }
-    text.push_str(
-        "Starting from this state would lose or repeat results (sinks could be overwritten with smaller values). Options:\n  \
-         - restore the state directory from a backup, or\n  \
-         - rebuild the state from the sources' logs with `sluice replay <pipeline>` and point [state] dir at the result, or\n  \
-         - start from the state as it is with `sluice run --accept-empty-state <pipeline>` (results before it are lost or recomputed).",
-    );
-    text
-}
-
 /// Runs `spec` to completion (bounded input exhausted, or shutdown). Every
 /// log line of the run (sources, processor, sinks) carries the pipeline's
 /// name in a `pipeline` span.
@@ -203,7 +162,7 @@ fn plan(spec: &PipelineSpec) -> Result<Planned, RunError> {
         let op = tspec
             .spec
             .build(&ctx)
-            .map_err(|e| RunError::Plan(e.to_string()))?;
+            .map_err(RunError::Build)?;
         operators.push(Some(op));
         if tspec.spec.is_stateful() {
             signatures.push((tspec.name.clone(), tspec.spec.state_signature()));
@@ -367,11 +326,9 @@ fn restore(
     signatures: &[(String, String)],
     operators: &mut [Option<Box<dyn Operator>>],
 ) -> Result<(Arc<dyn StateBackend>, Restored), RunError> {
-    std::fs::create_dir_all(&spec.state_dir).map_err(|e| {
-        RunError::Plan(format!(
-            "cannot create the state directory {}: {e}",
-            spec.state_dir.display()
-        ))
+    std::fs::create_dir_all(&spec.state_dir).map_err(|source| RunError::StateDir {
+        dir: spec.state_dir.display().to_string(),
+        source,
     })?;
     let store = Arc::new(SledBackend::open(&spec.state_dir)?);
     let mut restored = store.restore()?;
@@ -400,9 +357,9 @@ fn restore(
     for (t, tspec) in spec.transforms.iter().enumerate() {
         if let Some(entries) = restored.state.remove(&tspec.name) {
             let op = operators[t].as_mut().expect("built above");
-            op.restore(entries).map_err(|e| RunError::Restore {
+            op.restore(entries).map_err(|error| RunError::Restore {
                 name: tspec.name.clone(),
-                error: e.to_string(),
+                error,
             })?;
         }
     }
@@ -435,14 +392,14 @@ async fn check_lost_state(
             // A destination that is down at start cannot be checked;
             // the sink retries once running, and the start goes on
             // (ingest stays available), with the state marker's check.
-            Err(SinkError::Retryable(e)) => {
-                tracing::warn!(sink = %s.name, error = %e,
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(sink = %s.name, error = %Report(&e),
                     "cannot check the sink's destination for values the restored state does not explain (it is unreachable); starting with the state marker's check only");
             }
             Err(e) => {
                 return Err(RunError::Sink {
                     name: s.name.clone(),
-                    error: e.to_string(),
+                    error: e,
                 })
             }
         }
@@ -614,10 +571,7 @@ fn start_sources(
             async move {
                 let msg = match source.run(ctx).await {
                     Ok(()) => SourceEvent::Finished { source: i },
-                    Err(e) => SourceEvent::Failed {
-                        source: i,
-                        error: e.to_string(),
-                    },
+                    Err(error) => SourceEvent::Failed { source: i, error },
                 };
                 let _ = events.send(msg).await;
             }
@@ -645,7 +599,7 @@ async fn run_processor(
         handle.block_on(processor.run(data, sink_events, checkpoints, shutdown))
     })
     .await
-    .map_err(|e| RunError::Checkpoint(format!("processor thread panicked: {e}")))?
+    .map_err(|e| RunError::Checkpoint(CheckpointError::ProcessorPanicked(e)))?
 }
 
 /// Waits for the sources and sinks to end and the checkpoint writer to

@@ -14,9 +14,10 @@ use tokio::sync::{mpsc, watch};
 
 use super::store::{CheckpointDone, CheckpointJob};
 use super::watermark::WatermarkTracker;
-use super::{RunError, RunReport};
+use super::{CheckpointError, RunError, RunReport};
 use crate::checkpoint::{Event, Protocol};
 use crate::dead_letter::ErrorType;
+use crate::error::{Classify, Report};
 use crate::graph::{Graph, NodeKind};
 use crate::metrics as m;
 use crate::operator::Operator;
@@ -85,6 +86,8 @@ pub(super) struct Processor {
     events_in: u64,
     dead_letters: u64,
     failure: Option<RunError>,
+    /// The cause of a failed checkpoint write, until the protocol says stop.
+    write_error: Option<CheckpointError>,
 }
 
 impl Processor {
@@ -171,6 +174,7 @@ impl Processor {
             events_in: 0,
             dead_letters: 0,
             failure: None,
+            write_error: None,
         }
     }
 
@@ -319,7 +323,7 @@ impl Processor {
                 self.advance_watermarks();
             }
             SourceEvent::Failed { source, error } => {
-                tracing::error!(source = %self.sources[source], %error, "source failed");
+                tracing::error!(source = %self.sources[source], error = %Report(&error), class = %error.class(), "source failed");
                 self.failure = Some(RunError::Source {
                     name: self.sources[source].clone(),
                     error,
@@ -347,7 +351,7 @@ impl Processor {
                 }
             }
             SinkEvent::Failed { sink, error } => {
-                tracing::error!(sink = %self.sink_names[sink], %error, "sink failed");
+                tracing::error!(sink = %self.sink_names[sink], error = %Report(&error), class = %error.class(), "sink failed");
                 self.failure = Some(RunError::Sink {
                     name: self.sink_names[sink].to_string(),
                     error,

@@ -22,7 +22,7 @@ pub struct CheckpointDone {
     pub epoch: u64,
     pub bytes: u64,
     pub duration: Duration,
-    pub result: Result<(), String>,
+    pub result: Result<(), super::CheckpointError>,
 }
 
 /// Runs the checkpoint writer on its own thread: jobs in, results out.
@@ -40,10 +40,12 @@ pub fn spawn_writer(
         .spawn(move || {
             while let Ok(job) = jobs.recv() {
                 let bytes = job.writes.bytes;
-                let result = store.apply(job.writes).map_err(|e| e.to_string());
+                let result = store
+                    .apply(job.writes)
+                    .map_err(super::CheckpointError::from);
                 let result = result.and_then(|()| {
                     super::marker::write(&marker_dir, super::marker::Marker { epoch: job.epoch })
-                        .map_err(|e| e.to_string())
+                        .map_err(super::CheckpointError::from)
                 });
                 let msg = CheckpointDone {
                     epoch: job.epoch,

@@ -9,7 +9,7 @@ use crate::testing::{batch_of, build_ctx, rows, run_op, watermark};
 
 fn spec(toml_text: &str) -> Result<DedupeSpec, String> {
     let c: DedupeConfig = toml::from_str(toml_text).map_err(|e| e.to_string())?;
-    DedupeSpec::new(&c)
+    DedupeSpec::new(&c).map_err(String::from)
 }
 
 fn op(toml_text: &str) -> Box<dyn Operator> {

@@ -1,6 +1,7 @@
 //! Options of the AMQP sink, and the routing key template.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sluice_engine::error::Invalid;
 use sluice_engine::time::HumanDuration;
 use sluice_engine::value::Value;
 
@@ -106,7 +107,7 @@ pub struct RoutingKeyTemplate {
 
 impl RoutingKeyTemplate {
     /// Parses `{field}` placeholders; `{{` and `}}` are literal braces.
-    pub fn parse(source: &str) -> Result<Self, String> {
+    pub fn parse(source: &str) -> Result<Self, Invalid> {
         let mut parts = Vec::new();
         let mut text = String::new();
         let mut chars = source.chars().peekable();
@@ -126,9 +127,9 @@ impl RoutingKeyTemplate {
                         match chars.next() {
                             Some('}') => break,
                             Some('{') | None => {
-                                return Err(format!(
+                                return Err(Invalid::new(format!(
                                     "unclosed `{{` in routing key template `{source}` (write `{{{{` for a literal brace)"
-                                ))
+                                )))
                             }
                             Some(c) => field.push(c),
                         }
@@ -136,9 +137,9 @@ impl RoutingKeyTemplate {
                     let path: Vec<String> =
                         field.trim().split('.').map(|s| s.to_string()).collect();
                     if path.iter().any(|p| p.is_empty()) {
-                        return Err(format!(
+                        return Err(Invalid::new(format!(
                             "empty field name `{{{field}}}` in routing key template `{source}`"
-                        ));
+                        )));
                     }
                     if !text.is_empty() {
                         parts.push(Part::Text(std::mem::take(&mut text)));
@@ -146,9 +147,9 @@ impl RoutingKeyTemplate {
                     parts.push(Part::Field(path));
                 }
                 '}' => {
-                    return Err(format!(
+                    return Err(Invalid::new(format!(
                         "unmatched `}}` in routing key template `{source}` (write `}}}}` for a literal brace)"
-                    ))
+                    )))
                 }
                 c => text.push(c),
             }
@@ -164,7 +165,7 @@ impl RoutingKeyTemplate {
 
     /// The routing key of `record`, or why it has none. Strings are used as
     /// they are, other values as JSON.
-    pub fn render(&self, record: &Value) -> Result<String, String> {
+    pub fn render(&self, record: &Value) -> Result<String, Invalid> {
         let mut out = String::new();
         for part in &self.parts {
             match part {
@@ -192,10 +193,10 @@ impl RoutingKeyTemplate {
             }
         }
         if out.len() > 255 {
-            return Err(format!(
+            return Err(Invalid::new(format!(
                 "routing key `{}...` is longer than AMQP's 255 bytes",
                 out.chars().take(40).collect::<String>()
-            ));
+            )));
         }
         Ok(out)
     }

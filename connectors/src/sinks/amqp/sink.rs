@@ -120,7 +120,7 @@ impl AmqpSink {
             let key = match c.routing_key.render(&record.value) {
                 Ok(k) => k,
                 Err(reason) => {
-                    rejected.push((i, reason));
+                    rejected.push((i, reason.into()));
                     continue;
                 }
             };

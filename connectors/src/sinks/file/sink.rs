@@ -4,6 +4,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+use sluice_engine::error::ErrorClass;
 use sluice_engine::sink::{Sink, SinkError, SinkRecord, WriteOutcome};
 use sluice_engine::source::BoxFuture;
 
@@ -28,7 +29,11 @@ impl FileSink {
 }
 
 fn fatal(context: &str, path: &std::path::Path, e: std::io::Error) -> SinkError {
-    SinkError::Fatal(format!("{context} {}: {e}", path.display()))
+    SinkError::fatal(
+        ErrorClass::External,
+        format!("{context} {}", path.display()),
+        e,
+    )
 }
 
 impl Sink for FileSink {
@@ -120,27 +125,27 @@ impl Sink for FileSink {
             let file = self
                 .file
                 .clone()
-                .ok_or_else(|| SinkError::Fatal("file sink used before restore".into()))?;
+                .ok_or_else(|| SinkError::Internal("file sink used before restore".into()))?;
             let (offset, fsync, path) = (self.len, self.config.fsync, self.config.path.clone());
             let n = buf.len() as u64;
             tokio::task::spawn_blocking(move || -> Result<(), SinkError> {
                 use std::os::unix::fs::FileExt;
                 let f = file
                     .lock()
-                    .map_err(|_| SinkError::Fatal("file lock poisoned".into()))?;
+                    .map_err(|_| SinkError::Internal("file lock poisoned".into()))?;
                 // Positional write: a retry after a partial write rewrites the same bytes.
                 f.write_all_at(&buf, offset).map_err(|e| {
-                    SinkError::Retryable(format!("cannot write {}: {e}", path.display()))
+                    SinkError::retryable(format!("cannot write {}", path.display()), e)
                 })?;
                 if fsync {
                     f.sync_data().map_err(|e| {
-                        SinkError::Retryable(format!("cannot fsync {}: {e}", path.display()))
+                        SinkError::retryable(format!("cannot fsync {}", path.display()), e)
                     })?;
                 }
                 Ok(())
             })
             .await
-            .map_err(|e| SinkError::Fatal(format!("file writer panicked: {e}")))??;
+            .map_err(|e| SinkError::Internal(format!("file writer panicked: {e}")))??;
             self.len += n;
             Ok(WriteOutcome {
                 progress: Some(self.len.to_be_bytes().to_vec()),

@@ -1,6 +1,7 @@
 //! Options of the MongoDB sink.
 
 use serde::{Deserialize, Serialize};
+use sluice_engine::error::Invalid;
 
 /// `type = "mongodb"`: writes records as documents (see the module docs).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,7 +41,7 @@ fn default_batch_size() -> usize {
 
 impl MongoSinkConfig {
     /// Checks the options; the message names the field.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         crate::mongo::validate_uri(&self.uri)?;
         if self.database.is_empty() || self.database.contains(['.', '/', ' ', '$']) {
             return Err("`database` must be a database name (no `.`, `/`, `$` or spaces)".into());

@@ -126,7 +126,7 @@ impl<C: MongoClient> MongoSink<C> {
     ) -> Result<WriteOutcome, SinkError> {
         let generation = self
             .generation
-            .ok_or_else(|| SinkError::Fatal("mongodb sink used before restore".into()))?;
+            .ok_or_else(|| SinkError::Internal("mongodb sink used before restore".into()))?;
         let progress = Some(encode_progress(generation));
         let fence = fence::fence(generation, epoch).ok_or_else(|| {
             SinkError::Fatal(format!(

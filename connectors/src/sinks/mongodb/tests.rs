@@ -57,12 +57,12 @@ fn example_config_parses_and_validates() {
     assert!(e.to_string().contains("append"), "{e}");
     let mut bad = c.clone();
     bad.uri = "http://db:27017".into();
-    assert!(bad.validate().unwrap_err().contains("mongodb://"));
-    assert!(!bad.validate().unwrap_err().contains("secret"));
+    assert!(bad.validate().unwrap_err().message().contains("mongodb://"));
+    assert!(!bad.validate().unwrap_err().message().contains("secret"));
     bad = c.clone();
     bad.uri = "mongodb://app:secret@x/".into();
     bad.collection = "system.users".into();
-    assert!(bad.validate().unwrap_err().contains("collection"));
+    assert!(bad.validate().unwrap_err().message().contains("collection"));
 }
 
 #[test]

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use sluice_engine::error::Invalid;
 use sluice_engine::time::HumanDuration;
 
 /// `type = "postgres"`: upserts results or appends events into a table,
@@ -110,7 +111,7 @@ fn default_request_timeout() -> HumanDuration {
 impl PostgresSinkConfig {
     /// Checks the options that depend on each other; the message names the
     /// field and says what would be valid.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         self.url.parse::<tokio_postgres::Config>().map_err(|e| {
             format!("`url`: {e} (expected e.g. postgres://user:password@127.0.0.1:5432/db)")
         })?;
@@ -123,7 +124,9 @@ impl PostgresSinkConfig {
                 return Err("`columns` is empty: map at least one column, or leave it out to use every record field".into());
             }
             if let Some((c, _)) = cols.iter().find(|(_, f)| f.is_empty()) {
-                return Err(format!("`columns.{c}` must name a record field"));
+                return Err(Invalid::new(format!(
+                    "`columns.{c}` must name a record field"
+                )));
             }
         }
         match self.mode {
@@ -136,15 +139,15 @@ impl PostgresSinkConfig {
                 }
                 if let Some(cols) = &self.columns {
                     if let Some(k) = self.key.iter().find(|k| !cols.contains_key(*k)) {
-                        return Err(format!(
+                        return Err(Invalid::new(format!(
                             "key column `{k}` is not in `columns`; add `{k} = \"<record field>\"`"
-                        ));
+                        )));
                     }
                 }
                 if self.key.iter().any(|k| k == EPOCH_COLUMN) {
-                    return Err(format!(
+                    return Err(Invalid::new(format!(
                         "`{EPOCH_COLUMN}` is sluice's own column and cannot be a key"
-                    ));
+                    )));
                 }
             }
             PostgresMode::Append => {

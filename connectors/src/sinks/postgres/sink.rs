@@ -317,9 +317,9 @@ impl PostgresSink {
         let fence = match self.config.mode {
             PostgresMode::Append => 0,
             PostgresMode::Upsert => {
-                let generation = self
-                    .generation
-                    .ok_or_else(|| SinkError::Fatal("postgres sink used before restore".into()))?;
+                let generation = self.generation.ok_or_else(|| {
+                    SinkError::Internal("postgres sink used before restore".into())
+                })?;
                 fence::fence(generation, epoch).ok_or_else(|| {
                     SinkError::Fatal(format!(
                         "postgres sink `{}`: epoch {epoch} out of range",

@@ -69,7 +69,7 @@ fn config_mistakes_are_explained() {
             "url = \"postgres://u@h/db\"\ntable = \"t\"\n{body}"
         ))
         .unwrap();
-        c.validate().unwrap_err()
+        c.validate().unwrap_err().into()
     };
     assert!(check("").contains("needs `key`"));
     assert!(check("mode = \"append\"\nkey = [\"a\"]").contains("only applies"));
@@ -78,7 +78,7 @@ fn config_mistakes_are_explained() {
     assert!(check("key = [\"a\"]\ncolumn_types = { a = \"text\" }").contains("create_table"));
     let c: PostgresSinkConfig =
         toml::from_str("url = \"postgres://u@h/db\"\ntable = \"a.b.c\"\nkey = [\"k\"]").unwrap();
-    assert!(c.validate().unwrap_err().contains("`table`"));
+    assert!(c.validate().unwrap_err().message().contains("`table`"));
     let e =
         toml::from_str::<PostgresSinkConfig>("url = \"x\"\ntable = \"t\"\nbatch = 3").unwrap_err();
     assert!(e.to_string().contains("unknown field `batch`"), "{e}");

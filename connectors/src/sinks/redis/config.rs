@@ -1,6 +1,7 @@
 //! Options of the Redis/Valkey sink.
 
 use serde::{Deserialize, Serialize};
+use sluice_engine::error::Invalid;
 use sluice_engine::time::HumanDuration;
 use sluice_engine::value::{parse_path, Str};
 
@@ -77,7 +78,7 @@ fn default_request_timeout() -> HumanDuration {
 impl RedisSinkConfig {
     /// Checks the options that depend on each other; the message names the
     /// field and says what would be valid.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         redis::Client::open(self.url.as_str()).map_err(|e| {
             format!(
                 "`url`: {e} (expected e.g. redis://127.0.0.1:6379 or redis://:password@host:6379/0)"

@@ -154,7 +154,7 @@ impl RedisSink {
     ) -> Result<WriteOutcome, SinkError> {
         let generation = self
             .generation
-            .ok_or_else(|| SinkError::Fatal("redis sink used before restore".into()))?;
+            .ok_or_else(|| SinkError::Internal("redis sink used before restore".into()))?;
         let progress = Some(encode_progress(generation));
         let fence = fence::fence(generation, epoch).ok_or_else(|| {
             SinkError::Fatal(format!(

@@ -88,7 +88,7 @@ fn config_mistakes_are_explained() {
     let base = "url = \"redis://127.0.0.1\"\nkey = \"k\"\n";
     let check = |extra: &str| -> String {
         let c: RedisSinkConfig = toml::from_str(&format!("{base}{extra}")).expect("shape");
-        c.validate().expect_err("invalid")
+        c.validate().expect_err("invalid").into()
     };
     assert!(check("value_field = \"n\"").contains("needs `field`"));
     assert!(check("field = \"{a}\"").contains("needs `value_field`"));
@@ -100,7 +100,7 @@ fn config_mistakes_are_explained() {
     assert!(bad.to_string().contains("never closed"), "{bad}");
     let c: RedisSinkConfig =
         toml::from_str("url = \"nope://x\"\nkey = \"k\"\nmode = \"string\"").unwrap();
-    assert!(c.validate().unwrap_err().contains("`url`"));
+    assert!(c.validate().unwrap_err().message().contains("`url`"));
 }
 
 #[test]

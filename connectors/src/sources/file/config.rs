@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use sluice_engine::error::Invalid;
 use sluice_engine::time::HumanDuration;
 
 /// `type = "file"`: reads newline-delimited JSON.
@@ -44,12 +45,12 @@ pub const MAX_READ_BYTES: usize = 64 << 20;
 
 impl FileSourceConfig {
     /// Checks values beyond their type.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         if self.read_bytes > MAX_READ_BYTES {
-            return Err(format!(
+            return Err(Invalid::new(format!(
                 "`read_bytes` is {}; the maximum is {MAX_READ_BYTES} (64 MiB)",
                 self.read_bytes
-            ));
+            )));
         }
         Ok(())
     }

@@ -249,7 +249,7 @@ impl Source for FileSource {
             let name = ctx.name.clone();
             tokio::task::spawn_blocking(move || run_blocking(config, ctx))
                 .await
-                .map_err(|e| SourceError::External(format!("file source `{name}` panicked: {e}")))?
+                .map_err(|e| SourceError::Internal(format!("file source `{name}` panicked: {e}")))?
         })
     }
 }

@@ -65,7 +65,10 @@ fn journal_error(name: &str, e: JournalError) -> SourceError {
             source,
         },
         JournalError::Locked(_) => SourceError::Config(format!("source `{name}`: {e}")),
-        other => SourceError::External(format!("source `{name}`: {other}")),
+        other => SourceError::ExternalCause {
+            context: format!("source `{name}`"),
+            source: Box::new(other),
+        },
     }
 }
 
@@ -92,7 +95,7 @@ async fn run(config: HttpSourceConfig, mut ctx: SourceContext) -> Result<(), Sou
     let journal = tokio::task::spawn_blocking(move || Journal::open(&open_dir, opts))
         .await
         .map_err(|e| {
-            SourceError::External(format!("source `{name}`: journal recovery panicked: {e}"))
+            SourceError::Internal(format!("source `{name}`: journal recovery panicked: {e}"))
         })?
         .map_err(|e| journal_error(&name, e))?;
     let start = start_position(&ctx, &journal)?;

@@ -1,6 +1,7 @@
 //! Options of the Kafka source.
 
 use serde::{Deserialize, Deserializer, Serialize};
+use sluice_engine::error::Invalid;
 use sluice_engine::time::HumanDuration;
 
 use crate::kafka::{deserialize_options, Options};
@@ -77,7 +78,7 @@ pub enum StartFrom {
 
 impl KafkaSourceConfig {
     /// Checks beyond the shape of the options.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         if self.brokers.iter().all(|b| b.trim().is_empty()) {
             return Err("`brokers` is empty: give at least one `host:port`".into());
         }

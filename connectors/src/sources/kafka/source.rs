@@ -46,7 +46,7 @@ impl Source for KafkaSource {
             tokio::task::spawn_blocking(move || run_blocking(config, ctx))
                 .await
                 .map_err(|e| {
-                    SourceError::External(format!("kafka source `{name}` panicked: {e}"))
+                    SourceError::Internal(format!("kafka source `{name}` panicked: {e}"))
                 })?
         })
     }

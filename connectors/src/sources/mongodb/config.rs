@@ -1,6 +1,7 @@
 //! Options of the MongoDB change-stream source.
 
 use serde::{Deserialize, Serialize};
+use sluice_engine::error::Invalid;
 use sluice_engine::time::{parse_rfc3339_ms, HumanDuration};
 
 pub use crate::mongo::FullDocument;
@@ -44,7 +45,7 @@ fn default_max_await() -> HumanDuration {
 
 impl MongoSourceConfig {
     /// Checks the options; the message names the field.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         crate::mongo::validate_uri(&self.uri)?;
         if self.database.is_empty() {
             return Err("`database` must name the database to watch".into());
@@ -63,7 +64,7 @@ impl MongoSourceConfig {
     }
 
     /// `start_at_operation_time` as cluster time `(seconds, increment)`.
-    pub fn start_at(&self) -> Result<Option<(u32, u32)>, String> {
+    pub fn start_at(&self) -> Result<Option<(u32, u32)>, Invalid> {
         let Some(text) = self.start_at_operation_time.as_deref() else {
             return Ok(None);
         };

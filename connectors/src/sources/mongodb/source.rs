@@ -69,7 +69,9 @@ async fn run<C: MongoClient>(
     mut ctx: SourceContext,
 ) -> Result<(), SourceError> {
     let name = ctx.name.clone();
-    let start_at = config.start_at().map_err(SourceError::Config)?;
+    let start_at = config
+        .start_at()
+        .map_err(|e| SourceError::Config(e.into()))?;
     let (seq, token) = match ctx.restored.get(&0) {
         Some(bytes) => {
             let (seq, token) = decode_position(bytes).ok_or_else(|| {

@@ -150,10 +150,11 @@ fn config_parses_and_validates() {
     assert!(c2
         .validate()
         .unwrap_err()
+        .message()
         .contains("start_at_operation_time"));
     c2.start_at_operation_time = None;
     c2.uri = "mongodb+srv://cluster0.example.net".into();
-    assert!(c2.validate().unwrap_err().contains("mongodb+srv"));
+    assert!(c2.validate().unwrap_err().message().contains("mongodb+srv"));
     let e = toml::from_str::<MongoSourceConfig>(
         "uri = \"mongodb://h\"\ndatabase = \"d\"\nfull_document = \"lookup\"",
     )

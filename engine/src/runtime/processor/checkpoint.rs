@@ -9,7 +9,8 @@ use crate::checkpoint::{Action, Event, Snapshot};
 use crate::metrics as m;
 use crate::operator::{Emitter, StateWriter};
 use crate::runtime::store::{CheckpointDone, CheckpointJob};
-use crate::runtime::RunError;
+use crate::error::Report;
+use crate::runtime::{CheckpointError, RunError};
 use crate::sink::SinkEpoch;
 use crate::source::Commit;
 use crate::time::now_ms;
@@ -32,8 +33,7 @@ impl Processor {
                         started: self.checkpoint_started.take().unwrap_or_else(Instant::now),
                     };
                     if self.jobs.send(job).is_err() {
-                        self.failure =
-                            Some(RunError::Checkpoint("the checkpoint writer stopped".into()));
+                        self.failure = Some(RunError::Checkpoint(CheckpointError::WriterStopped));
                     }
                 }
                 Action::Deliver {
@@ -74,7 +74,12 @@ impl Processor {
                     let labels = m::pipeline_labels(&self.pipeline);
                     metrics::counter!(m::CHECKPOINT_FAILURES, labels).increment(1);
                     tracing::error!(epoch, %error, "checkpoint failed; stopping (the previous checkpoint is intact)");
-                    self.failure = Some(RunError::Checkpoint(error));
+                    let cause = self
+                        .write_error
+                        .take()
+                        // (a failed write always comes with its cause)
+                        .unwrap_or(CheckpointError::WriterStopped);
+                    self.failure = Some(RunError::Checkpoint(cause));
                 }
             }
         }
@@ -125,10 +130,16 @@ impl Processor {
     /// The checkpoint writer's report.
     pub(super) fn on_checkpoint_done(&mut self, done: CheckpointDone) {
         let event = match done.result {
-            Err(error) => Event::WriteFailed {
-                epoch: done.epoch,
-                error,
-            },
+            Err(error) => {
+                // The protocol only needs the text; the typed cause is
+                // kept for the run's error.
+                let text = Report(&error).to_string();
+                self.write_error = Some(error);
+                Event::WriteFailed {
+                    epoch: done.epoch,
+                    error: text,
+                }
+            }
             Ok(()) => {
                 let labels = m::pipeline_labels(&self.pipeline);
                 let secs = done.duration.as_secs_f64();

@@ -13,6 +13,7 @@ use crate::batch::{Batch, Origin, RowMeta};
 use crate::checkpoint::{self, Action, Protocol};
 use crate::graph::{build_graph, GraphNode, NodeKind};
 use crate::runtime::store::spawn_writer;
+use crate::sink::SinkError;
 use crate::runtime::watermark::{WatermarkSettings, WatermarkTracker};
 use crate::runtime::{RunError, RunReport};
 use crate::sink::{SinkEpoch, SinkEvent};
@@ -157,7 +158,7 @@ async fn an_unacknowledged_epoch_is_redelivered_after_a_restart() {
     run.sink_events
         .send(SinkEvent::Failed {
             sink: 0,
-            error: "destination gone".into(),
+            error: SinkError::Fatal("destination gone".into()),
         })
         .unwrap();
     let result = run.result.await.unwrap();
