@@ -32,7 +32,7 @@ use crate::graph::Graph;
 use crate::health::{Readiness, SourceHealth};
 use crate::operator::{FieldSet, Operator, OperatorSpec};
 use crate::plan::Plan;
-use crate::sink::{drive_sink, RetryPolicy, Sink, SinkEpoch, SinkError, SinkEvent};
+use crate::sink::{drive_sink, RetryPolicy, Sink, SinkEpoch, SinkEvent};
 use crate::source::{Commit, Progress, Source, SourceContext, SourceEvent, SourceOutput};
 use crate::state::{Restored, SledBackend, StateBackend};
 use crate::error::Report;
