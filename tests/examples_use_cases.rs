@@ -1,4 +1,4 @@
-//! The use-case pipelines of `examples/` (docs: ../shared/USE-CASES.md), run
+//! The use-case pipelines of `examples/` (described in the README), run
 //! as they are shipped, end to end against the real services of this
 //! machine: Redis, PostgreSQL, RabbitMQ and a Kafka-protocol broker
 //! (tansu). Only the environment variables the files document are set (the
