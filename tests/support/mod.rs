@@ -243,6 +243,24 @@ pub fn wait_for_port(port: u16, child: &mut Child, log: &Path) {
     }
 }
 
+/// The sum of every series of metric `name` on the admin `/metrics`, or
+/// None when the endpoint does not answer or has no such series.
+pub fn metric_total(port: u16, name: &str) -> Option<f64> {
+    let (status, body) = http_request(port, "GET", "/metrics", &[], b"").ok()?;
+    if status != 200 {
+        return None;
+    }
+    let values: Vec<f64> = body
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse().ok()))
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
 /// A minimal HTTP/1.1 request over a plain socket: (status, body). Errors
 /// when the connection fails or breaks before a complete status line.
 pub fn http_request(
