@@ -199,7 +199,19 @@ fn admin_endpoints_and_graceful_shutdown() {
         .unwrap()
         .write_all(lines(300, 300).as_bytes())
         .unwrap();
-    std::thread::sleep(Duration::from_millis(150));
+    // SIGTERM once the new lines are being counted.
+    wait_for(
+        || {
+            http_get(&addr, "/tables/counts/GT").is_some_and(|(_, b)| {
+                b.split("\"n\":")
+                    .nth(1)
+                    .and_then(|n| n.split(|c: char| !c.is_ascii_digit()).next())
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .is_some_and(|n| n > 100)
+            })
+        },
+        "GT above 100 after more input",
+    );
     let pid = child.id().to_string();
     assert!(std::process::Command::new("kill")
         .args(["-TERM", &pid])

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure Redis (127.0.0.1:6379) and PostgreSQL (127.0.0.1:5432, user
 # `postgres`, trust auth from loopback, database `test`) run, for the sink
-# tests (connectors' unit tests, tests/sink_redis.rs, tests/sink_postgres.rs).
+# tests (connectors' unit tests, tests/recovery_fenced_sinks.rs).
 # Idempotent: installs the Debian packages only if missing, starts only what
 # does not answer, and prints the environment the tests read.
 #

@@ -5,7 +5,7 @@ read sizes and with SIGKILLs, and through the HTTP source with single-event
 and NDJSON requests and with SIGKILLs between requests. Every run's window
 results and late dead letters must equal a per-event reference computed
 here. Not part of the CI suite (it generates the data with bench/w1/gen_weather.py);
-the same checks run hermetically in tests/late_events.rs.
+the same checks run hermetically in tests/pipeline_late_events.rs.
 
 usage: tests/heldout/lateness.py [N] [SLUICE_BINARY]
 """

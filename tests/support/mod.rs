@@ -16,6 +16,7 @@ pub mod kafka;
 pub mod markdown;
 pub mod services;
 pub mod w1;
+pub mod worker;
 
 pub fn sluice() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -70,37 +71,22 @@ pub fn run_with_kills(
     kills: usize,
     max_delay: Duration,
 ) -> usize {
+    let mut sluice = worker::Worker::new(pipeline, log).once().envs(env);
     let mut hit = 0;
     for _ in 0..kills {
-        let mut child = spawn_run(pipeline, env, log);
+        sluice.start();
+        // The random kill point is the subject of the crash tests.
         let delay =
             Duration::from_micros(rng.random_range(1_000..max_delay.as_micros().max(2_000) as u64));
         let deadline = Instant::now() + delay;
-        while Instant::now() < deadline {
-            if let Some(status) = child.try_wait().unwrap() {
-                assert!(
-                    status.success(),
-                    "sluice failed during the crash test; see {}; its last lines:\n{}",
-                    log.display(),
-                    log_tail(log)
-                );
-                break;
-            }
+        while Instant::now() < deadline && sluice.is_running() {
             std::thread::sleep(Duration::from_millis(1));
         }
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap(); // SIGKILL
+        if sluice.kill() {
             hit += 1;
         }
-        child.wait().unwrap();
     }
-    let status = spawn_run(pipeline, env, log).wait().unwrap();
-    assert!(
-        status.success(),
-        "the final run failed; see {}; its last lines:\n{}",
-        log.display(),
-        log_tail(log)
-    );
+    sluice.run_to_end(Duration::from_secs(600));
     hit
 }
 
@@ -255,6 +241,24 @@ pub fn wait_for_port(port: u16, child: &mut Child, log: &Path) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The sum of every series of metric `name` on the admin `/metrics`, or
+/// None when the endpoint does not answer or has no such series.
+pub fn metric_total(port: u16, name: &str) -> Option<f64> {
+    let (status, body) = http_request(port, "GET", "/metrics", &[], b"").ok()?;
+    if status != 200 {
+        return None;
+    }
+    let values: Vec<f64> = body
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse().ok()))
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 /// A minimal HTTP/1.1 request over a plain socket: (status, body). Errors

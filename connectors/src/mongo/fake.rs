@@ -24,11 +24,30 @@ pub struct FakeState {
     pub write_failures: VecDeque<MongoError>,
     pub watch_failures: VecDeque<MongoError>,
     pub read_failures: VecDeque<MongoError>,
+    /// While true the server is unreachable: every write request fails
+    /// with a retryable error, counted in `refused_while_unavailable`.
+    pub unavailable: bool,
+    pub refused_while_unavailable: usize,
     /// `_id` -> (code, message): the server refuses writes of that document.
     pub refuse: BTreeMap<String, (i32, String)>,
     /// Every watch opened, for assertions.
     pub watches: Vec<WatchSpec>,
     pub bulk_calls: usize,
+}
+
+impl FakeState {
+    /// The failure the next write request gets, if any.
+    fn write_failure(&mut self) -> Option<MongoError> {
+        if self.unavailable {
+            self.refused_while_unavailable += 1;
+            return Some(MongoError::new(
+                ErrorClass::Retryable,
+                None,
+                "connection refused (the fake server is unavailable)",
+            ));
+        }
+        self.write_failures.pop_front()
+    }
 }
 
 /// A shared fake server.
@@ -85,7 +104,7 @@ impl MongoClient for FakeMongo {
     ) -> Result<BulkOutcome, MongoError> {
         let mut st = self.state();
         st.bulk_calls += 1;
-        if let Some(e) = st.write_failures.pop_front() {
+        if let Some(e) = st.write_failure() {
             return Err(e);
         }
         let refuse = st.refuse.clone();
@@ -145,7 +164,7 @@ impl MongoClient for FakeMongo {
 
     async fn next_generation(&self, database: &str, collection: &str) -> Result<u64, MongoError> {
         let mut st = self.state();
-        if let Some(e) = st.write_failures.pop_front() {
+        if let Some(e) = st.write_failure() {
             return Err(e);
         }
         let g = st

@@ -2,7 +2,7 @@
 //!
 //! Everything that talks to a server goes through the small [`MongoClient`]
 //! trait: [`DriverClient`] implements it with the official driver, and an
-//! in-memory fake (tests only) implements the same semantics, so the
+//! in-memory fake (tests and the `testing` feature) implements the same semantics, so the
 //! decisions (fencing, dedup, error classes, change-event decoding, resume
 //! positions) are tested without a `mongod`. The pure builders and parsers
 //! in [`commands`] are what the driver implementation sends and reads.
@@ -11,8 +11,10 @@ mod client;
 pub mod commands;
 mod convert;
 mod driver;
-#[cfg(test)]
-pub(crate) mod fake;
+/// The in-memory fake server, for this crate's tests and (with the
+/// `testing` feature) for the workspace's scenario tests.
+#[cfg(any(test, feature = "testing"))]
+pub mod fake;
 #[cfg(test)]
 mod tests;
 

@@ -297,6 +297,7 @@ fn concurrent_clients_lose_nothing_accepted_across_random_sigkills() {
                     }
                 });
             }
+            // The random kill point (while clients post) is the subject.
             std::thread::sleep(std::time::Duration::from_millis(rng.random_range(50..300)));
             child.kill().unwrap();
             stop.store(true, Ordering::Relaxed);

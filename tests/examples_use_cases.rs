@@ -1,4 +1,4 @@
-//! The use-case pipelines of `examples/` (docs: ../shared/USE-CASES.md), run
+//! The use-case pipelines of `examples/` (described in the README), run
 //! as they are shipped, end to end against the real services of this
 //! machine: Redis, PostgreSQL, RabbitMQ and a Kafka-protocol broker
 //! (tansu). Only the environment variables the files document are set (the
@@ -574,9 +574,11 @@ fn use_case_3_orders_from_rabbitmq() {
             b"{\"order_id\": \"o-1\", ".to_vec(),
         )],
     ));
-    // Killed at some point while the orders are counted; the broker
-    // redelivers what was not acknowledged.
-    std::thread::sleep(Duration::from_millis(300));
+    // Killed while the orders are counted (once some have come in); the
+    // broker redelivers what was not acknowledged.
+    wait_for("orders coming in", 60, &mut child, &log, || {
+        metric_total(admin, "sluice_events_in_total").filter(|n| *n > 0.0)
+    });
     child.kill().unwrap();
     child.wait().unwrap();
 
@@ -720,9 +722,12 @@ fn use_case_4_kafka_in_kafka_out() {
             })
         },
     );
-    // One more checkpoint interval, so that the last results are in the
-    // output topic, then a graceful stop (final checkpoint and commit).
-    std::thread::sleep(Duration::from_secs(2));
+    // One more checkpoint, so that the last results are in the output
+    // topic, then a graceful stop (final checkpoint and commit).
+    let checkpoints = metric_total(admin, "sluice_checkpoints_total").unwrap_or(0.0);
+    wait_for("one more checkpoint", 30, &mut child, &log, || {
+        metric_total(admin, "sluice_checkpoints_total").filter(|n| *n >= checkpoints + 1.0)
+    });
     assert!(terminate(&mut child).success(), "see {}", log.display());
 
     let table_counts: BTreeMap<String, i64> = counts

@@ -93,7 +93,15 @@ path = "{out}"
     assert_eq!(status, 202);
     // a late event -> a dead letter (so dead-letter series have data)
     let late = format!("{{\"ts\":{},\"country\":\"GT\"}}", now - 3_600_000);
-    std::thread::sleep(Duration::from_millis(500));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while metric_total(admin, "sluice_events_in_total").unwrap_or(0.0) < 200.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first 200 events were never read; see {}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(
         http_request(ingest, "POST", "/ingest", &[], late.as_bytes())
             .unwrap()

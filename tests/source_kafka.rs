@@ -167,6 +167,7 @@ fn run_with_kills_mid_stream(s: &Setup, rng: &mut impl rand::Rng, kills: usize) 
                 break;
             }
             if k > 0 && s.counts_so_far().values().sum::<i64>() > done {
+                // After progress, the random kill point is the subject.
                 std::thread::sleep(Duration::from_millis(rng.random_range(0..300)));
                 break;
             }
