@@ -7,6 +7,7 @@ pub mod bearer;
 pub mod config;
 pub mod dead_letter;
 pub mod decode;
+pub mod exchange;
 pub mod graph;
 pub mod health;
 pub mod journal;
