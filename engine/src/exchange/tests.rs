@@ -55,6 +55,19 @@ async fn receiver(
     (server, reader)
 }
 
+/// A receiver on a new journal and a free port; keep the directory alive.
+async fn fresh_receiver() -> (tempfile::TempDir, ExchangeServer, InboundReader) {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, reader) = receiver(
+        dir.path(),
+        "127.0.0.1:0",
+        InboundCheckpoint::default(),
+        journal_options(),
+    )
+    .await;
+    (dir, server, reader)
+}
+
 fn sender_options(worker: u32, session: u64) -> SenderOptions {
     let mut o = SenderOptions::new(SIGNATURE, worker);
     o.session = session;
@@ -233,14 +246,7 @@ async fn three_workers_exchange_thousands_of_records_by_key_group() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replays_after_a_sender_crash_and_a_rebalance_are_applied_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let (server, mut reader) = receiver(
-        dir.path(),
-        "127.0.0.1:0",
-        InboundCheckpoint::default(),
-        journal_options(),
-    )
-    .await;
+    let (_dir, server, mut reader) = fresh_receiver().await;
     let addr = server.local_addr().to_string();
     within("sending", async {
         // Worker 0 reads partition 5 and crashes with batches in flight:
@@ -266,14 +272,7 @@ async fn replays_after_a_sender_crash_and_a_rebalance_are_applied_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_receiver_loses_nothing_and_applies_nothing_twice() {
-    let dir = tempfile::tempdir().unwrap();
-    let (server, mut reader) = receiver(
-        dir.path(),
-        "127.0.0.1:0",
-        InboundCheckpoint::default(),
-        journal_options(),
-    )
-    .await;
+    let (dir, server, mut reader) = fresh_receiver().await;
     let addr = server.local_addr();
     let sender = PeerSender::new(addr.to_string(), sender_options(0, 1));
     within("sending", async {
@@ -372,14 +371,7 @@ async fn a_sender_backs_off_while_the_receiver_is_down_and_bounds_in_flight() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_topology_is_refused_and_reported() {
-    let dir = tempfile::tempdir().unwrap();
-    let (server, mut reader) = receiver(
-        dir.path(),
-        "127.0.0.1:0",
-        InboundCheckpoint::default(),
-        journal_options(),
-    )
-    .await;
+    let (_dir, server, mut reader) = fresh_receiver().await;
     let mut options = sender_options(1, 1);
     options.signature = "topology-2".into();
     let sender = PeerSender::new(server.local_addr().to_string(), options);
@@ -408,14 +400,7 @@ async fn another_topology_is_refused_and_reported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_watermark_is_the_minimum_over_the_senders_partitions() {
-    let dir = tempfile::tempdir().unwrap();
-    let (server, mut reader) = receiver(
-        dir.path(),
-        "127.0.0.1:0",
-        InboundCheckpoint::default(),
-        journal_options(),
-    )
-    .await;
+    let (_dir, server, mut reader) = fresh_receiver().await;
     let addr = server.local_addr().to_string();
     let zero = PeerSender::new(addr.clone(), sender_options(0, 1));
     let one = PeerSender::new(addr.clone(), sender_options(1, 1));
@@ -507,14 +492,7 @@ async fn post(addr: std::net::SocketAddr, body: Vec<u8>) -> hyper::StatusCode {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sender_s_batches_are_journaled_in_the_order_sent() {
     use super::wire::{encode, BatchHeader};
-    let dir = tempfile::tempdir().unwrap();
-    let (server, mut reader) = receiver(
-        dir.path(),
-        "127.0.0.1:0",
-        InboundCheckpoint::default(),
-        journal_options(),
-    )
-    .await;
+    let (_dir, server, mut reader) = fresh_receiver().await;
     let addr = server.local_addr();
     let batch = |seq: u64, offsets: std::ops::Range<u64>| {
         let header = BatchHeader {
