@@ -10,6 +10,7 @@ pub mod connector;
 pub mod dead_letter;
 pub mod decode;
 pub mod error;
+pub mod exchange;
 pub mod graph;
 pub mod health;
 pub mod journal;

@@ -1,0 +1,257 @@
+//! The receive side's durable part: the inbound journal, the order in
+//! which batches may enter it, and the reader that hands their new records
+//! to the caller.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::marks::{Admission, AppliedMarks, InboundCheckpoint, PartitionId, SenderCursors};
+use super::watermarks::InboundWatermarks;
+use super::wire::{self, BatchHeader, PartitionBatch};
+use super::ExchangeError;
+use crate::journal::{lock, Journal, JournalError, JournalOptions, JournalReader};
+
+/// Opens the inbound journal in `dir` and resumes from `restored` (the
+/// checkpoint stored with the caller's state; the default one for a fresh
+/// start). Blocking: it reads the journal after the checkpoint.
+///
+/// Returns the log the server appends to and the reader of new records.
+///
+/// # Errors
+/// Journal errors; [`ExchangeError::CheckpointTruncated`] when the journal
+/// no longer holds the checkpoint's position; a malformed journal record.
+pub fn open_inbound(
+    dir: &Path,
+    options: JournalOptions,
+    restored: &InboundCheckpoint,
+) -> Result<(InboundLog, InboundReader), ExchangeError> {
+    let journal = Journal::open(dir, options)?;
+    let first = journal.first_seq();
+    if restored.position < first {
+        return Err(ExchangeError::CheckpointTruncated {
+            position: restored.position,
+            first,
+        });
+    }
+    // The server's view of the senders is as of the journal's end: replay
+    // the headers journaled after the checkpoint.
+    let mut appended = restored.sender_cursors();
+    let mut scan = journal.reader(restored.position);
+    loop {
+        let batch = scan.try_next_batch(1024, 16 << 20)?;
+        if batch.events.is_empty() {
+            break;
+        }
+        for e in &batch.events {
+            let bytes = &batch.buf[e.start as usize..(e.start + e.len) as usize];
+            let (header, _) =
+                wire::decode_header(bytes).map_err(|error| ExchangeError::CorruptInbound {
+                    seq: e.offset,
+                    error,
+                })?;
+            appended.taken(&header);
+        }
+    }
+    let (changed, _) = watch::channel(0);
+    let log = InboundLog {
+        journal: journal.clone(),
+        gate: Arc::new(Gate {
+            state: Mutex::new(GateState {
+                cursors: appended,
+                busy: Vec::new(),
+            }),
+            changed,
+        }),
+    };
+    let reader = InboundReader {
+        journal: journal.clone(),
+        reader: journal.reader(restored.position),
+        marks: restored.applied_marks(),
+        senders: restored.sender_cursors(),
+        watermarks: InboundWatermarks::restore(&restored.watermarks, crate::time::now_ms()),
+    };
+    Ok((log, reader))
+}
+
+/// How an append request ended.
+#[derive(Debug)]
+pub(crate) enum Appended {
+    /// Durable in the journal (now or before).
+    Durable,
+    /// From a stale session of its sender.
+    Stale,
+    /// An earlier batch of the sender did not arrive in time.
+    OutOfOrder,
+    /// The journal refused it.
+    Failed(JournalError),
+}
+
+struct GateState {
+    /// The senders' positions as of the journal's end.
+    cursors: SenderCursors,
+    /// Senders with an append under way.
+    busy: Vec<u32>,
+}
+
+/// Lets each sender's batches into the journal one at a time, in order.
+struct Gate {
+    state: Mutex<GateState>,
+    /// Bumped whenever a sender's position or busy flag changes.
+    changed: watch::Sender<u64>,
+}
+
+/// The inbound journal as the exchange server writes it. Clones share it.
+#[derive(Clone)]
+pub struct InboundLog {
+    journal: Journal,
+    gate: Arc<Gate>,
+}
+
+impl InboundLog {
+    /// Appends a batch (its wire bytes, already validated) once every
+    /// earlier batch of its sender is in, waiting up to `order_wait` for
+    /// them. Not cancellable half way: the append runs on its own task.
+    pub(crate) async fn append(
+        &self,
+        header: BatchHeader,
+        bytes: Vec<u8>,
+        order_wait: Duration,
+    ) -> Appended {
+        let deadline = tokio::time::Instant::now() + order_wait;
+        let mut changed = self.gate.changed.subscribe();
+        loop {
+            {
+                let mut st = lock(&self.gate.state);
+                if !st.busy.contains(&header.sender) {
+                    match st.cursors.admission(&header) {
+                        Admission::Take => {
+                            st.busy.push(header.sender);
+                            break;
+                        }
+                        Admission::Duplicate => return Appended::Durable,
+                        Admission::Stale => return Appended::Stale,
+                        Admission::NotYet => {}
+                    }
+                }
+            }
+            match tokio::time::timeout_at(deadline, changed.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return Appended::OutOfOrder,
+            }
+        }
+        let log = self.clone();
+        let task = tokio::spawn(async move {
+            let result = log.journal.append(vec![bytes]).await;
+            {
+                let mut st = lock(&log.gate.state);
+                st.busy.retain(|s| *s != header.sender);
+                if result.is_ok() {
+                    st.cursors.taken(&header);
+                }
+            }
+            log.gate.changed.send_modify(|n| *n += 1);
+            result
+        });
+        match task.await {
+            Ok(Ok(_)) => Appended::Durable,
+            Ok(Err(e)) => Appended::Failed(e),
+            Err(e) => Appended::Failed(JournalError::WriteFailed(e.to_string())),
+        }
+    }
+
+    /// Batches journaled and not yet covered by a committed checkpoint.
+    pub fn backlog(&self) -> u64 {
+        self.journal.backlog()
+    }
+}
+
+/// New records of one source partition, in offset order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivered {
+    pub sender: u32,
+    /// The partition's records not applied before (possibly none: a
+    /// heartbeat, or a replay).
+    pub records: PartitionBatch,
+    /// Records of this batch dropped as already applied.
+    pub replayed: usize,
+}
+
+/// Reads the inbound journal in order and hands out each record once.
+pub struct InboundReader {
+    journal: Journal,
+    reader: JournalReader,
+    marks: AppliedMarks,
+    senders: SenderCursors,
+    watermarks: InboundWatermarks,
+}
+
+impl InboundReader {
+    /// Waits for journaled batches and returns their partitions with the
+    /// records not applied before; those records count as applied from now
+    /// on (checkpoint them with the state they go into).
+    ///
+    /// Cancel safety: cancelling while it waits loses nothing.
+    ///
+    /// # Errors
+    /// Journal errors; a journal record that is not a batch.
+    pub async fn next(&mut self, max_batches: usize) -> Result<Vec<Delivered>, ExchangeError> {
+        let read = self.reader.next_batch(max_batches, 16 << 20).await?;
+        let now = crate::time::now_ms();
+        let mut out = Vec::new();
+        for e in &read.events {
+            let bytes = &read.buf[e.start as usize..(e.start + e.len) as usize];
+            let batch = wire::decode(bytes).map_err(|error| ExchangeError::CorruptInbound {
+                seq: e.offset,
+                error,
+            })?;
+            self.senders.taken(&batch.header);
+            for mut part in batch.partitions {
+                let id: PartitionId = (part.source.clone(), part.partition);
+                let before = part.records.len();
+                part.records.retain(|r| self.marks.admit(&id, r.offset));
+                self.watermarks.observe(&id, part.watermark, now);
+                out.push(Delivered {
+                    sender: batch.header.sender,
+                    replayed: before - part.records.len(),
+                    records: part,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The receive side's checkpoint as of the records handed out so far.
+    pub fn checkpoint(&self) -> InboundCheckpoint {
+        InboundCheckpoint::new(
+            self.reader.position(),
+            &self.marks,
+            &self.senders,
+            self.watermarks.snapshot(),
+        )
+    }
+
+    /// Deletes the journal up to a checkpoint once it is durable (never
+    /// further: a crash restores from it and reads on from its position).
+    ///
+    /// # Errors
+    /// An I/O error deleting a segment.
+    pub fn commit(&self, checkpoint: &InboundCheckpoint) -> Result<(), ExchangeError> {
+        self.journal.truncate_before(checkpoint.position)?;
+        Ok(())
+    }
+
+    /// Batches journaled and not handed out yet.
+    pub fn pending(&self) -> u64 {
+        self.journal
+            .next_seq()
+            .saturating_sub(self.reader.position())
+    }
+
+    /// The receiver's watermark at `now_ms` (see [`InboundWatermarks::current`]).
+    pub fn watermark(&mut self, now_ms: i64, idle_timeout_ms: Option<i64>) -> i64 {
+        self.watermarks.current(now_ms, idle_timeout_ms)
+    }
+}

@@ -1,0 +1,273 @@
+//! What a receiver has already taken in, as plain data: per source
+//! partition the high-water mark of applied offsets, per sender the next
+//! batch expected. Pure logic; the receiver's checkpoint holds it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::wire::BatchHeader;
+use crate::value::Str;
+
+/// A source partition: `(source name, partition)`.
+pub type PartitionId = (Str, u32);
+
+/// Per source partition, the offset after the last applied record.
+///
+/// A partition's records reach a receiver with increasing offsets from any
+/// one sender, and every sender of a partition reads the same log (a
+/// sender that takes a Kafka partition over resumes at an offset the
+/// receiver already holds), so "offset below the mark" means "applied".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppliedMarks {
+    next: BTreeMap<PartitionId, u64>,
+}
+
+impl AppliedMarks {
+    /// Whether the record at `offset` of `partition` is new; if so it is
+    /// marked applied.
+    pub fn admit(&mut self, partition: &PartitionId, offset: u64) -> bool {
+        match self.next.get_mut(partition) {
+            Some(next) if offset < *next => false,
+            Some(next) => {
+                *next = offset.saturating_add(1);
+                true
+            }
+            None => {
+                self.next
+                    .insert(partition.clone(), offset.saturating_add(1));
+                true
+            }
+        }
+    }
+
+    /// The offset after the last applied record of `partition`, if any.
+    pub fn next_offset(&self, partition: &PartitionId) -> Option<u64> {
+        self.next.get(partition).copied()
+    }
+
+    fn marks(&self) -> Vec<PartitionMark> {
+        self.next
+            .iter()
+            .map(|((source, partition), &next_offset)| PartitionMark {
+                source: source.clone(),
+                partition: *partition,
+                next_offset,
+            })
+            .collect()
+    }
+
+    fn from_marks(marks: &[PartitionMark]) -> Self {
+        AppliedMarks {
+            next: marks
+                .iter()
+                .map(|m| ((m.source.clone(), m.partition), m.next_offset))
+                .collect(),
+        }
+    }
+}
+
+/// What to do with a batch, given the batches already taken from its sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// The next batch of its sender: take it.
+    Take,
+    /// Taken before (a retry whose answer was lost): answer it as done.
+    Duplicate,
+    /// From an earlier session of its sender (a stale process).
+    Stale,
+    /// An earlier batch of its sender has not been taken yet.
+    NotYet,
+}
+
+/// Per sender, its current session and the next batch number expected.
+///
+/// Batches of one sender must be journaled in the order they were sent:
+/// with several batches in flight, a later one may arrive first, and if it
+/// were journaled first the partition marks would take the earlier one,
+/// arriving next, for a replay and drop it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SenderCursors {
+    next: BTreeMap<u32, (u64, u64)>,
+}
+
+impl SenderCursors {
+    /// Decides about a batch (no change).
+    pub fn admission(&self, header: &BatchHeader) -> Admission {
+        match self.next.get(&header.sender) {
+            Some(&(session, _)) if header.session < session => Admission::Stale,
+            Some(&(session, next)) if header.session == session => {
+                if header.seq < next {
+                    Admission::Duplicate
+                } else if header.seq == next {
+                    Admission::Take
+                } else {
+                    Admission::NotYet
+                }
+            }
+            // A new session (or a sender not seen before) starts at 0.
+            _ if header.seq == 0 => Admission::Take,
+            _ => Admission::NotYet,
+        }
+    }
+
+    /// Records that the batch was taken.
+    pub fn taken(&mut self, header: &BatchHeader) {
+        let next = header.seq.saturating_add(1);
+        let entry = self
+            .next
+            .entry(header.sender)
+            .or_insert((header.session, next));
+        if header.session > entry.0 || (header.session == entry.0 && next > entry.1) {
+            *entry = (header.session, next);
+        }
+    }
+
+    fn marks(&self) -> Vec<SenderMark> {
+        self.next
+            .iter()
+            .map(|(&sender, &(session, next_seq))| SenderMark {
+                sender,
+                session,
+                next_seq,
+            })
+            .collect()
+    }
+
+    fn from_marks(marks: &[SenderMark]) -> Self {
+        SenderCursors {
+            next: marks
+                .iter()
+                .map(|m| (m.sender, (m.session, m.next_seq)))
+                .collect(),
+        }
+    }
+}
+
+/// The receive side's part of a checkpoint: store it with the operator
+/// state it goes with, and restore both together.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboundCheckpoint {
+    /// The inbound journal position to resume reading from; the journal may
+    /// be truncated before it once this checkpoint is durable.
+    pub position: u64,
+    pub partitions: Vec<PartitionMark>,
+    pub senders: Vec<SenderMark>,
+    pub watermarks: Vec<PartitionWatermark>,
+}
+
+/// A partition's applied high-water mark.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionMark {
+    pub source: Str,
+    pub partition: u32,
+    /// The offset after the last applied record.
+    pub next_offset: u64,
+}
+
+/// A sender's position in its stream to this receiver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SenderMark {
+    pub sender: u32,
+    pub session: u64,
+    pub next_seq: u64,
+}
+
+/// A partition's watermark as last reported by its sender.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionWatermark {
+    pub source: Str,
+    pub partition: u32,
+    pub watermark: i64,
+}
+
+impl InboundCheckpoint {
+    pub(crate) fn new(
+        position: u64,
+        marks: &AppliedMarks,
+        senders: &SenderCursors,
+        watermarks: Vec<PartitionWatermark>,
+    ) -> Self {
+        InboundCheckpoint {
+            position,
+            partitions: marks.marks(),
+            senders: senders.marks(),
+            watermarks,
+        }
+    }
+
+    pub(crate) fn applied_marks(&self) -> AppliedMarks {
+        AppliedMarks::from_marks(&self.partitions)
+    }
+
+    pub(crate) fn sender_cursors(&self) -> SenderCursors {
+        SenderCursors::from_marks(&self.senders)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(sender: u32, session: u64, seq: u64) -> BatchHeader {
+        BatchHeader {
+            signature: "s".into(),
+            sender,
+            session,
+            seq,
+        }
+    }
+
+    #[test]
+    fn marks_drop_replays_from_any_sender() {
+        let p: PartitionId = ("orders".into(), 2);
+        let mut marks = AppliedMarks::default();
+        // worker 0 reads offsets 0..5 (a gap: 3 was filtered out)
+        for o in [0, 1, 2, 4] {
+            assert!(marks.admit(&p, o));
+        }
+        // worker 1 takes the partition over from the committed offset 2
+        assert!(!marks.admit(&p, 2));
+        assert!(!marks.admit(&p, 4));
+        assert!(marks.admit(&p, 5));
+        // another partition is independent
+        assert!(marks.admit(&("orders".into(), 3), 0));
+        assert_eq!(marks.next_offset(&p), Some(6));
+    }
+
+    #[test]
+    fn senders_are_taken_in_order() {
+        let mut c = SenderCursors::default();
+        assert_eq!(c.admission(&header(1, 10, 1)), Admission::NotYet);
+        assert_eq!(c.admission(&header(1, 10, 0)), Admission::Take);
+        c.taken(&header(1, 10, 0));
+        assert_eq!(c.admission(&header(1, 10, 0)), Admission::Duplicate);
+        assert_eq!(c.admission(&header(1, 10, 2)), Admission::NotYet);
+        assert_eq!(c.admission(&header(1, 10, 1)), Admission::Take);
+        c.taken(&header(1, 10, 1));
+        // the sender restarted: a new session starts at 0
+        assert_eq!(c.admission(&header(1, 20, 1)), Admission::NotYet);
+        assert_eq!(c.admission(&header(1, 20, 0)), Admission::Take);
+        c.taken(&header(1, 20, 0));
+        // the old process, resumed, is stale
+        assert_eq!(c.admission(&header(1, 10, 2)), Admission::Stale);
+        // other senders are independent
+        assert_eq!(c.admission(&header(2, 5, 0)), Admission::Take);
+    }
+
+    #[test]
+    fn checkpoints_round_trip() {
+        let mut marks = AppliedMarks::default();
+        marks.admit(&("a".into(), 0), 7);
+        marks.admit(&("b".into(), 3), 1);
+        let mut senders = SenderCursors::default();
+        senders.taken(&header(2, 9, 4));
+        let cp = InboundCheckpoint::new(42, &marks, &senders, Vec::new());
+        let bytes = bincode::serde::encode_to_vec(&cp, bincode::config::standard()).unwrap();
+        let (back, _): (InboundCheckpoint, usize) =
+            bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
+        assert_eq!(back, cp);
+        assert_eq!(back.applied_marks(), marks);
+        assert_eq!(back.sender_cursors(), senders);
+    }
+}
