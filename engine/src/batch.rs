@@ -31,7 +31,9 @@ pub enum RowKind {
 /// Where a batch came from: one partition of one source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
+    /// The source's name.
     pub source: Arc<str>,
+    /// The partition within the source (0 for unpartitioned sources).
     pub partition: u32,
 }
 
@@ -70,18 +72,22 @@ impl Default for RowMeta {
 /// A batch of rows plus their metadata; all vectors are parallel.
 #[derive(Debug, Clone, Default)]
 pub struct Batch {
+    /// The rows' values.
     pub rows: Vec<Value>,
+    /// One [`RowMeta`] per row.
     pub meta: Vec<RowMeta>,
     /// Group keys, for keyed data; empty otherwise.
     pub keys: Vec<GroupKey>,
     /// Change kinds; empty means every row is an [`RowKind::Insert`].
     pub kinds: Vec<RowKind>,
+    /// The source partition the rows were read from; `None` for rows made by operators.
     pub origin: Option<Origin>,
     /// The original input bytes the rows were decoded from.
     pub raw: Option<RawBuf>,
 }
 
 impl Batch {
+    /// An empty batch with room for `n` rows.
     pub fn with_capacity(n: usize) -> Self {
         Batch {
             rows: Vec::with_capacity(n),
@@ -90,14 +96,17 @@ impl Batch {
         }
     }
 
+    /// The number of rows.
     pub fn len(&self) -> usize {
         self.rows.len()
     }
 
+    /// True when the batch has no rows.
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
     }
 
+    /// True when every row carries a group key.
     pub fn is_keyed(&self) -> bool {
         !self.keys.is_empty()
     }

@@ -30,6 +30,7 @@ pub enum ErrorType {
 }
 
 impl ErrorType {
+    /// The name used in metrics labels and dead-letter records.
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorType::MalformedJson => "malformed_json",
@@ -46,14 +47,19 @@ impl ErrorType {
 /// One rejected event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeadLetter {
+    /// The kind of error, for metrics and routing.
     pub error_type: ErrorType,
+    /// What was wrong, for a person.
     pub reason: String,
     /// The component that rejected it.
     pub component: Arc<str>,
     /// The source it came from and its position there, when known.
     pub source: Option<Arc<str>>,
+    /// The partition in `source`.
     pub partition: u32,
+    /// The event's offset in that partition.
     pub offset: u64,
+    /// The event's time, when it was read.
     pub event_time: Option<i64>,
     /// The original bytes (the serialized row when the bytes are gone).
     pub raw: Vec<u8>,

@@ -15,7 +15,9 @@ use crate::value::{Map, Value};
 /// Where event time comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventTimeSpec {
+    /// The field holding the time.
     pub field: FieldPath,
+    /// How the time is written.
     pub format: TimeFormat,
 }
 
@@ -72,6 +74,7 @@ impl Decoder {
         }
     }
 
+    /// Events longer than this are dead letters.
     pub fn max_event_bytes(&self) -> usize {
         self.max_event_bytes
     }

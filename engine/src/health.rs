@@ -158,6 +158,7 @@ enum Phase {
 /// `/ready`'s answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ReadyReport {
+    /// True when `/ready` answers 200.
     pub ready: bool,
     /// Why not ready (empty when ready).
     pub reasons: Vec<String>,
@@ -168,8 +169,11 @@ pub struct ReadyReport {
 /// One source in a [`ReadyReport`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SourceReport {
+    /// The source's name.
     pub name: String,
+    /// `up`, `starting` or `down`.
     pub state: &'static str,
+    /// Events received but not yet processed, when the source knows.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backlog_events: Option<u64>,
 }
@@ -193,6 +197,8 @@ impl Default for Readiness {
 }
 
 impl Readiness {
+    /// Not ready (restoring) until a run reports; an HTTP source more than
+    /// `max_backlog` events behind makes the pipeline not ready.
     pub fn new(max_backlog: u64) -> Self {
         Readiness {
             max_backlog: AtomicU64::new(max_backlog),
@@ -203,10 +209,12 @@ impl Readiness {
         }
     }
 
+    /// Changes the backlog limit (a reload).
     pub fn set_max_backlog(&self, events: u64) {
         self.max_backlog.store(events, Ordering::Relaxed);
     }
 
+    /// The backlog limit in events.
     pub fn max_backlog(&self) -> u64 {
         self.max_backlog.load(Ordering::Relaxed)
     }
@@ -230,6 +238,7 @@ impl Readiness {
         lock(&self.run).phase = Phase::Stopped;
     }
 
+    /// What `/ready` answers now, as a boolean.
     pub fn is_ready(&self) -> bool {
         self.report().ready
     }

@@ -5,34 +5,60 @@
 
 use metrics::Label;
 
+/// Events a source decoded and handed to the pipeline (counter).
 pub const EVENTS_IN: &str = "sluice_events_in_total";
+/// Records a sink wrote (counter).
 pub const EVENTS_OUT: &str = "sluice_events_out_total";
+/// Bytes a source read (counter).
 pub const BYTES_IN: &str = "sluice_bytes_in_total";
+/// Bytes a sink wrote (counter).
 pub const BYTES_OUT: &str = "sluice_bytes_out_total";
+/// Errors by `error_type` (counter).
 pub const ERRORS: &str = "sluice_errors_total";
+/// Events sent to the dead-letter output, by `error_type` (counter).
 pub const DEAD_LETTERS: &str = "sluice_dead_letters_total";
+/// Events per source batch (histogram).
 pub const BATCH_SIZE: &str = "sluice_batch_size_events";
+/// Time a batch spends in the operators (histogram).
 pub const PROCESSING_LATENCY: &str = "sluice_processing_latency_seconds";
+/// Events a source is behind its input, where the input tells (gauge).
 pub const SOURCE_LAG: &str = "sluice_source_lag_events";
+/// Time to write and fsync a checkpoint (histogram).
 pub const CHECKPOINT_DURATION: &str = "sluice_checkpoint_duration_seconds";
+/// Bytes written by the last checkpoint (gauge).
 pub const CHECKPOINT_SIZE: &str = "sluice_checkpoint_size_bytes";
+/// Durable checkpoints (counter).
 pub const CHECKPOINTS: &str = "sluice_checkpoints_total";
+/// Checkpoints that could not be written (counter).
 pub const CHECKPOINT_FAILURES: &str = "sluice_checkpoint_failures_total";
+/// Unix time of the last durable checkpoint, refreshed while idle (gauge).
 pub const CHECKPOINT_LAST_SUCCESS: &str = "sluice_checkpoint_last_success_timestamp_seconds";
 /// How long the last durable checkpoint took to write and fsync (the
 /// histogram `sluice_checkpoint_duration_seconds` has the distribution).
 pub const CHECKPOINT_LAST_DURATION: &str = "sluice_checkpoint_last_duration_seconds";
+/// The last durable epoch (gauge).
 pub const CHECKPOINT_EPOCH: &str = "sluice_checkpoint_epoch";
+/// The configured checkpoint interval (gauge).
 pub const CHECKPOINT_INTERVAL: &str = "sluice_checkpoint_interval_seconds";
+/// Keys held in an operator's state (gauge).
 pub const STATE_KEYS: &str = "sluice_state_keys";
+/// Bytes held in an operator's state (gauge).
 pub const STATE_BYTES: &str = "sluice_state_bytes";
+/// Wall clock minus a stateful operator's watermark (gauge).
 pub const WATERMARK_DELAY: &str = "sluice_watermark_delay_seconds";
+/// Time a sink takes to write and acknowledge an epoch (histogram).
 pub const SINK_LATENCY: &str = "sluice_sink_latency_seconds";
+/// Retried sink writes (counter).
 pub const SINK_RETRIES: &str = "sluice_sink_retries_total";
+/// Committed epochs a sink has not acknowledged yet (gauge).
 pub const SINK_PENDING_EPOCHS: &str = "sluice_sink_pending_epochs";
+/// 1 when `/ready` answers 200, else 0 (gauge).
 pub const READY: &str = "sluice_ready";
+/// Always 1, labelled with the version (gauge).
 pub const BUILD_INFO: &str = "sluice_build_info";
+/// Bytes in the HTTP source's journal (gauge).
 pub const JOURNAL_BYTES: &str = "sluice_journal_bytes";
+/// Journal events not yet covered by a checkpoint (gauge).
 pub const JOURNAL_BACKLOG: &str = "sluice_journal_backlog_events";
 /// Messages a broker source received (AMQP deliveries), redelivered ones included.
 pub const SOURCE_DELIVERIES: &str = "sluice_source_deliveries_total";

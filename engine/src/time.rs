@@ -43,6 +43,7 @@ impl HumanDuration {
         Ok(HumanDuration::from_millis(ms))
     }
 
+    /// The duration in milliseconds.
     pub fn as_millis(&self) -> i64 {
         self.0.as_millis().min(i64::MAX as u128) as i64
     }

@@ -42,20 +42,40 @@ pub struct TlsConfig {
 /// Why a certificate and key cannot be served.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// A file could not be read.
     #[error("cannot read the TLS {what} file {}: {source}", path.display())]
     Read {
+        /// `certificate` or `key`.
         what: &'static str,
+        /// The file.
         path: PathBuf,
+        /// The operating system's error.
         source: io::Error,
     },
     #[error("{}: no PEM certificate in it ({detail})", path.display())]
-    Certificate { path: PathBuf, detail: String },
+    /// The certificate file holds no PEM certificate.
+    Certificate {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        detail: String,
+    },
     #[error("{}: no usable PEM private key in it, PKCS#8, PKCS#1 or SEC1 expected ({detail})", path.display())]
-    Key { path: PathBuf, detail: String },
+    /// The key file holds no usable private key.
+    Key {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        detail: String,
+    },
     #[error("the TLS certificate {} and key {} do not go together: {detail}", cert.display(), key.display())]
+    /// The key does not belong to the certificate.
     Pair {
+        /// The certificate file.
         cert: PathBuf,
+        /// The key file.
         key: PathBuf,
+        /// What rustls said.
         detail: String,
     },
 }

@@ -27,17 +27,22 @@ pub enum Value {
     Missing,
     /// JSON `null`.
     Null,
+    /// `true` or `false`.
     Bool(bool),
     /// An integral number that fits in `i64`.
     Int(i64),
     /// Any other number.
     Float(f64),
+    /// A string.
     Str(Str),
+    /// A JSON array.
     Array(Vec<Value>),
+    /// A JSON object, fields in insertion order.
     Object(Map),
 }
 
 impl Map {
+    /// An empty object.
     pub fn new() -> Self {
         Map(Vec::new())
     }
@@ -47,6 +52,7 @@ impl Map {
         self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
 
+    /// The value of field `key`, to change it.
     pub fn get_mut(&mut self, key: &str) -> Option<&mut Value> {
         self.0.iter_mut().find(|(k, _)| k == key).map(|(_, v)| v)
     }
@@ -68,14 +74,17 @@ impl Map {
         }
     }
 
+    /// The number of fields.
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
+    /// True when the object has no fields.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
+    /// The fields in insertion order.
     pub fn iter(&self) -> impl Iterator<Item = &(Str, Value)> {
         self.0.iter()
     }
@@ -177,6 +186,7 @@ impl Value {
         }
     }
 
+    /// The value as an integer: an integer, or a float without a fraction.
     pub fn as_i64(&self) -> Option<i64> {
         match *self {
             Value::Int(i) => Some(i),
@@ -185,6 +195,7 @@ impl Value {
         }
     }
 
+    /// The value as a string, when it is one.
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Value::Str(s) => Some(s),

@@ -96,17 +96,23 @@ impl Default for JournalOptions {
 /// What can go wrong with a journal.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
+    /// A file operation failed.
     #[error("{context}: {source}")]
     Io {
+        /// What was being done, with the path.
         context: String,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
     /// A record failed validation where it cannot be a torn tail.
     #[error("the journal is damaged: {path} at byte {offset}: {reason}")]
     Corrupt {
+        /// The damaged segment file.
         path: PathBuf,
+        /// Where in it the bad record starts.
         offset: u64,
+        /// What is wrong with the record.
         reason: String,
     },
     /// Another process (or another `Journal` in this one) has the directory open.
@@ -114,7 +120,12 @@ pub enum JournalError {
     Locked(PathBuf),
     /// Too many events wait for a checkpoint; retry later.
     #[error("the journal backlog is full: {backlog} events wait for a checkpoint (limit {limit})")]
-    Backlog { backlog: u64, limit: u64 },
+    Backlog {
+        /// Events waiting for a checkpoint.
+        backlog: u64,
+        /// The configured limit.
+        limit: u64,
+    },
     /// This append could not be written (e.g. the disk is full). None of
     /// its records were kept: retrying it cannot duplicate anything.
     #[error("cannot write to the journal (nothing of this append was kept): {0}")]
@@ -128,7 +139,12 @@ pub enum JournalError {
     TooLarge(usize),
     /// Reading from a sequence number whose segment was deleted.
     #[error("journal records before {first} were deleted; cannot read from {seq}")]
-    Truncated { seq: u64, first: u64 },
+    Truncated {
+        /// The sequence number asked for.
+        seq: u64,
+        /// The oldest sequence number still stored.
+        first: u64,
+    },
     /// The writer thread is gone (the journal is closing).
     #[error("the journal is closed")]
     Closed,
@@ -175,10 +191,12 @@ impl AppendBatch {
         self.spans.push(start..self.buf.len());
     }
 
+    /// The number of events.
     pub fn len(&self) -> usize {
         self.spans.len()
     }
 
+    /// True when there are no events.
     pub fn is_empty(&self) -> bool {
         self.spans.is_empty()
     }
@@ -193,6 +211,7 @@ impl AppendBatch {
 pub struct JournalStats {
     /// Bytes of durable records on disk.
     pub bytes: u64,
+    /// Segment files on disk.
     pub segments: usize,
     /// The oldest sequence number still stored.
     pub first_seq: u64,
@@ -506,10 +525,12 @@ impl Journal {
         self.inner.shared.failure()
     }
 
+    /// The journal's directory.
     pub fn dir(&self) -> &Path {
         &self.inner.shared.dir
     }
 
+    /// Sizes and sequence numbers, for metrics and tests.
     pub fn stats(&self) -> JournalStats {
         let shared = &self.inner.shared;
         let (bytes, segments, first_seq) = {

@@ -14,7 +14,9 @@ use crate::source::RawEvent;
 /// [`RawEvent`] each whose `offset` is the record's sequence number.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReadBatch {
+    /// The payloads, back to back.
     pub buf: Vec<u8>,
+    /// One event per record, pointing into `buf`.
     pub events: Vec<RawEvent>,
     /// The sequence number after the last event (the position to resume from).
     pub next_seq: u64,

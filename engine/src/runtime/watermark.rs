@@ -44,6 +44,7 @@ pub struct WatermarkTracker {
 }
 
 impl WatermarkTracker {
+    /// A tracker for the sources with these settings, in source order.
     pub fn new(settings: Vec<WatermarkSettings>) -> Self {
         WatermarkTracker {
             sources: settings
@@ -159,6 +160,8 @@ impl WatermarkTracker {
             .unwrap_or(i64::MAX)
     }
 
+    /// The partition reached the end of its input: it no longer holds the
+    /// watermark back.
     pub fn partition_done(&mut self, source: usize, partition: u32, now_ms: i64) {
         self.partition(source, partition, now_ms).done = true;
     }
@@ -174,6 +177,7 @@ impl WatermarkTracker {
         }
     }
 
+    /// Every partition of the source reached the end of its input.
     pub fn source_finished(&mut self, source: usize) {
         self.sources[source].finished = true;
     }
