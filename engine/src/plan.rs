@@ -152,7 +152,10 @@ impl Plan {
         errors.extend(
             stream_errors
                 .into_iter()
-                .map(|(node, reason)| PlanError::Input { node, reason: reason.to_string() }),
+                .map(|(node, reason)| PlanError::Input {
+                    node,
+                    reason: reason.to_string(),
+                }),
         );
         if !errors.is_empty() {
             return Err(errors);

@@ -28,6 +28,7 @@ use tracing::Instrument;
 
 use crate::checkpoint::{self, Action, Protocol};
 use crate::decode::{Decoder, EventTimeSpec};
+use crate::error::Report;
 use crate::graph::Graph;
 use crate::health::{Readiness, SourceHealth};
 use crate::operator::{FieldSet, Operator, OperatorSpec};
@@ -35,7 +36,6 @@ use crate::plan::Plan;
 use crate::sink::{drive_sink, RetryPolicy, Sink, SinkEpoch, SinkEvent};
 use crate::source::{Commit, Progress, Source, SourceContext, SourceEvent, SourceOutput};
 use crate::state::{Restored, SledBackend, StateBackend};
-use crate::error::Report;
 use processor::{Processor, ProcessorParts};
 use watermark::{WatermarkSettings, WatermarkTracker};
 
@@ -159,10 +159,7 @@ fn plan(spec: &PipelineSpec) -> Result<Planned, RunError> {
     let mut signatures = Vec::new();
     for (t, tspec) in spec.transforms.iter().enumerate() {
         let ctx = plan.build_context(n_sources + t, spec.key_groups);
-        let op = tspec
-            .spec
-            .build(&ctx)
-            .map_err(RunError::Build)?;
+        let op = tspec.spec.build(&ctx).map_err(RunError::Build)?;
         operators.push(Some(op));
         if tspec.spec.is_stateful() {
             signatures.push((tspec.name.clone(), tspec.spec.state_signature()));

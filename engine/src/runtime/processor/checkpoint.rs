@@ -6,10 +6,10 @@ use std::time::Instant;
 
 use super::Processor;
 use crate::checkpoint::{Action, Event, Snapshot};
+use crate::error::Report;
 use crate::metrics as m;
 use crate::operator::{Emitter, StateWriter};
 use crate::runtime::store::{CheckpointDone, CheckpointJob};
-use crate::error::Report;
 use crate::runtime::{CheckpointError, RunError};
 use crate::sink::SinkEpoch;
 use crate::source::Commit;
