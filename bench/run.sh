@@ -3,6 +3,8 @@
 #
 # usage: bench/run.sh [N]        N events, default 5000000, at most 20000000
 #   env: BENCH_RUNS              runs per workload and engine (default 3)
+#        BENCH_BIN_DIR           measure the sluice and baseline binaries in this
+#                                directory instead of building (before/after runs)
 #
 # Generates bench/data/w1-N.jsonl once (bench/w1/gen_weather.py, seed 42),
 # computes the oracle with bench/w1/ref_counts.py, builds sluice and the
@@ -96,11 +98,18 @@ fi
 echo "== oracle (ref_counts.py)"
 python3 "$SHARED/ref_counts.py" "$DATA" "$ORACLE"
 
+SLUICE_OK=1
+SLUICE_VALID=0
+if [[ -n ${BENCH_BIN_DIR:-} ]]; then
+    # Measures binaries built elsewhere (e.g. an earlier revision, for a
+    # before/after comparison in one session): sluice and baseline from there.
+    BIN=$(cd "$BENCH_BIN_DIR" && pwd)
+    [[ -x $BIN/sluice && -x $BIN/baseline ]] || die "BENCH_BIN_DIR=$BENCH_BIN_DIR has no sluice and baseline binaries"
+    echo "== using the binaries in $BIN (BENCH_BIN_DIR; nothing is built)"
+else
 echo "== build (cargo build --release -p sluice -p sluice-bench; may wait for the cargo lock)"
 TARGET_DIR=$(cargo metadata --no-deps --format-version 1 | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 BIN="$TARGET_DIR/release"
-SLUICE_OK=1
-SLUICE_VALID=0
 if ! cargo build --release -p sluice -p sluice-bench >"$OUT/build.log" 2>&1; then
     SLUICE_OK=0
     echo "sluice did not build (log: $OUT/build.log); building the baseline alone"
@@ -109,6 +118,7 @@ if ! cargo build --release -p sluice -p sluice-bench >"$OUT/build.log" 2>&1; the
 $(grep -v '^ *\(Compiling\|Blocking\|Checking\)' "$OUT/build.log" | tail -n 15)"
     cargo build --release -p sluice-bench >>"$OUT/build.log" 2>&1 ||
         { tail -n 30 "$OUT/build.log" >&2; die "the baseline does not build either"; }
+fi
 fi
 
 echo "== warming the page cache"
