@@ -38,7 +38,7 @@ pub struct GraphNode {
     pub name: String,
     /// The section it is declared in.
     pub kind: NodeKind,
-    /// The names listed in its `inputs`, in file order (empty for a source).
+    /// The names listed in its `inputs`, in file order.
     pub inputs: Vec<String>,
 }
 
@@ -73,7 +73,7 @@ pub enum GraphError {
     },
     /// The same name is used twice (names are shared by all sections).
     DuplicateName {
-        /// Index of the later declaration, the one reported.
+        /// Index of the later node using the name.
         node: usize,
         /// Index of the first node declared with that name.
         first: usize,

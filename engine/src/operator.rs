@@ -214,7 +214,7 @@ impl<T: OperatorSpec + ?Sized> OperatorSpec for Arc<T> {
 
 /// Where an operator puts its results.
 pub struct Emitter<'a> {
-    /// The batches emitted so far, passed downstream in this order.
+    /// The batches emitted so far, for the nodes downstream.
     pub out: &'a mut Vec<Batch>,
     /// The rows the operator refused, with their reasons.
     pub dead: &'a mut Vec<DeadLetter>,

@@ -44,8 +44,7 @@ pub struct SinkRecord {
 pub struct SinkEpoch {
     /// The checkpoint epoch the records were committed in; acks name it.
     pub epoch: u64,
-    /// The records, in the order the processor produced them (shared so
-    /// a retry does not copy them).
+    /// The records to write, in order.
     pub records: Arc<Vec<SinkRecord>>,
 }
 
