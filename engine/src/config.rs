@@ -20,6 +20,7 @@ use toml::Spanned;
 /// A mistake in a pipeline file, located as precisely as possible.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
+    /// The pipeline file the mistake is in.
     pub file: PathBuf,
     /// 1-based line, 0 when unknown.
     pub line: usize,
@@ -27,6 +28,7 @@ pub struct ConfigError {
     pub column: usize,
     /// Dotted path of the field concerned, e.g. `sources.orders.topic`.
     pub field: Option<String>,
+    /// What is wrong, for the user (without location or hint).
     pub message: String,
     /// A suggestion such as "did you mean `topic`?".
     pub hint: Option<String>,
@@ -58,11 +60,13 @@ impl ConfigError {
         }
     }
 
+    /// The same error, naming the dotted path of the field concerned.
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
         self.field = Some(field.into());
         self
     }
 
+    /// The same error with `hint` as its suggestion (None removes it).
     pub fn with_hint(mut self, hint: Option<String>) -> Self {
         self.hint = hint;
         self
@@ -93,8 +97,11 @@ impl std::error::Error for ConfigError {}
 /// back to offsets in the original text.
 #[derive(Debug, Clone)]
 pub struct SourceText {
+    /// The pipeline file the text was read from.
     pub path: PathBuf,
+    /// The file as the user wrote it; error locations refer to it.
     pub original: String,
+    /// The text after interpolation, which is what gets parsed.
     pub text: String,
     /// `(offset in text, offset in original)` at the start of each segment.
     segments: Vec<(usize, usize)>,

@@ -86,6 +86,7 @@ impl<C: ?Sized> Configured<C> {
 
 /// The object-safe side of [`SourceConnector`].
 pub trait BuildSource: fmt::Debug + Send + Sync {
+    /// Creates the source from its loaded options (see [`SourceConnector::build`]).
     fn build(&self, ctx: &ConnectorContext<'_>) -> Box<dyn Source>;
 }
 
@@ -97,6 +98,7 @@ impl<T: SourceConnector> BuildSource for T {
 
 /// The object-safe side of [`SinkConnector`].
 pub trait BuildSink: fmt::Debug + Send + Sync {
+    /// Creates the sink from its loaded options (see [`SinkConnector::build`]).
     fn build(&self, ctx: &ConnectorContext<'_>) -> Box<dyn Sink>;
 }
 

@@ -47,6 +47,7 @@ impl fmt::Display for ErrorClass {
 
 /// Errors that know their [`ErrorClass`].
 pub trait Classify {
+    /// The class of this error, which decides how the engine reacts to it.
     fn class(&self) -> ErrorClass;
 }
 
@@ -59,10 +60,12 @@ pub trait Classify {
 pub struct Invalid(String);
 
 impl Invalid {
+    /// An error with `message` as the whole text shown to the user.
     pub fn new(message: impl Into<String>) -> Self {
         Invalid(message.into())
     }
 
+    /// The text shown to the user.
     pub fn message(&self) -> &str {
         &self.0
     }

@@ -11,12 +11,17 @@ use crate::operator::{FieldSet, Stream};
 /// The section a node is declared in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeKind {
+    /// Declared under `[sources]`: produces events, has no inputs.
     Source,
+    /// Declared under `[transforms]`: reads inputs and produces events.
     Transform,
+    /// Declared under `[sinks]`: reads inputs, has no output.
     Sink,
 }
 
 impl NodeKind {
+    /// The pipeline-file section the kind is declared in (`sources`,
+    /// `transforms` or `sinks`), as used in error messages.
     pub fn section(self) -> &'static str {
         match self {
             NodeKind::Source => "sources",
@@ -29,8 +34,11 @@ impl NodeKind {
 /// A node as declared: its name, section and named inputs.
 #[derive(Debug, Clone)]
 pub struct GraphNode {
+    /// The component's name, unique across all sections.
     pub name: String,
+    /// The section it is declared in.
     pub kind: NodeKind,
+    /// The names listed in its `inputs`, in file order.
     pub inputs: Vec<String>,
 }
 
@@ -39,29 +47,59 @@ pub struct GraphNode {
 pub enum GraphError {
     /// `inputs` names something that does not exist.
     UnknownInput {
+        /// Index of the reading node in the declared nodes.
         node: usize,
+        /// Index of the unknown name in that node's `inputs`.
         input: usize,
+        /// A close existing name ("did you mean"), if any.
         suggestion: Option<String>,
     },
     /// `inputs` names a sink (sinks have no output).
-    InputIsSink { node: usize, input: usize },
+    InputIsSink {
+        /// Index of the reading node in the declared nodes.
+        node: usize,
+        /// Index of the sink's name in that node's `inputs`.
+        input: usize,
+    },
     /// A source declares inputs.
-    SourceWithInputs { node: usize },
+    SourceWithInputs {
+        /// Index of the source in the declared nodes.
+        node: usize,
+    },
     /// A transform or sink has no inputs.
-    NoInputs { node: usize },
+    NoInputs {
+        /// Index of the transform or sink in the declared nodes.
+        node: usize,
+    },
     /// The same name is used twice (names are shared by all sections).
-    DuplicateName { node: usize, first: usize },
+    DuplicateName {
+        /// Index of the later node using the name.
+        node: usize,
+        /// Index of the first node declared with that name.
+        first: usize,
+    },
     /// The nodes form a cycle (listed in order).
-    Cycle { nodes: Vec<usize> },
+    Cycle {
+        /// Indices of the nodes on the cycle, in order; it closes from the
+        /// last back to the first.
+        nodes: Vec<usize>,
+    },
     /// A source or transform whose output nobody reads.
-    Unused { node: usize },
+    Unused {
+        /// Index of the unread node in the declared nodes.
+        node: usize,
+    },
     /// The pipeline has no source or no sink.
-    Empty { missing: &'static str },
+    Empty {
+        /// What is missing: `"source"` or `"sink"`.
+        missing: &'static str,
+    },
 }
 
 /// A validated graph.
 #[derive(Debug, Clone)]
 pub struct Graph {
+    /// The nodes as declared; every index in the graph refers to this list.
     pub nodes: Vec<GraphNode>,
     /// Resolved inputs of each node.
     pub inputs: Vec<Vec<usize>>,
@@ -288,6 +326,10 @@ impl Graph {
         (streams, errors)
     }
 
+    /// The fields each node's output must carry, walking back from the
+    /// sinks (which read every field). `input_reads(node, needed)` says which
+    /// input fields transform `node` reads when its output must carry
+    /// `needed`. For a source the result is what it must decode.
     pub fn plan_reads(&self, input_reads: impl Fn(usize, &FieldSet) -> FieldSet) -> Vec<FieldSet> {
         let mut needs = vec![FieldSet::empty(); self.nodes.len()];
         for &i in self.order.iter().rev() {

@@ -30,16 +30,19 @@ pub enum FieldSet {
 }
 
 impl FieldSet {
+    /// No fields at all (the start of a union).
     pub fn empty() -> Self {
         FieldSet::Paths(BTreeSet::new())
     }
 
+    /// Adds `path`; no-op on [`FieldSet::All`], which already holds it.
     pub fn insert(&mut self, path: FieldPath) {
         if let FieldSet::Paths(set) = self {
             set.insert(path);
         }
     }
 
+    /// Adds every field of `other`; either side being `All` makes `All`.
     pub fn union(&mut self, other: &FieldSet) {
         match (&mut *self, other) {
             (FieldSet::All, _) => {}
@@ -68,6 +71,7 @@ pub enum Stream {
 }
 
 impl Stream {
+    /// True for [`Stream::Changelog`], whatever its `settles_after`.
     pub fn is_changelog(self) -> bool {
         matches!(self, Stream::Changelog { .. })
     }
@@ -108,7 +112,9 @@ pub struct BuildContext {
 #[derive(Debug, thiserror::Error)]
 #[error("{component}: {message}")]
 pub struct BuildError {
+    /// The name of the transform that failed to build.
     pub component: String,
+    /// What is wrong with its config, for the user.
     pub message: String,
 }
 
@@ -172,6 +178,8 @@ pub trait OperatorSpec: Send + Sync {
         String::new()
     }
 
+    /// A fresh running instance for one run of the pipeline; its state
+    /// comes later through [`Operator::restore`].
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Operator>, BuildError>;
 }
 
@@ -206,17 +214,21 @@ impl<T: OperatorSpec + ?Sized> OperatorSpec for Arc<T> {
 
 /// Where an operator puts its results.
 pub struct Emitter<'a> {
+    /// The batches emitted so far, for the nodes downstream.
     pub out: &'a mut Vec<Batch>,
+    /// The rows the operator refused, with their reasons.
     pub dead: &'a mut Vec<DeadLetter>,
 }
 
 impl Emitter<'_> {
+    /// Sends `batch` downstream; empty batches are dropped.
     pub fn emit(&mut self, batch: Batch) {
         if !batch.is_empty() {
             self.out.push(batch);
         }
     }
 
+    /// Sends a refused row to the dead-letter output.
     pub fn dead_letter(&mut self, d: DeadLetter) {
         self.dead.push(d);
     }
@@ -230,10 +242,12 @@ pub struct StateWriter {
 }
 
 impl StateWriter {
+    /// Records that `key` in `key_group` now holds `value`.
     pub fn put(&mut self, key_group: u16, key: Vec<u8>, value: Vec<u8>) {
         self.entries.push((key_group, key, Some(value)));
     }
 
+    /// Records that `key` in `key_group` no longer exists.
     pub fn delete(&mut self, key_group: u16, key: Vec<u8>) {
         self.entries.push((key_group, key, None));
     }
@@ -245,8 +259,17 @@ pub type StateEntry = (u16, Vec<u8>, Vec<u8>);
 /// Errors restoring state.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
+    /// The entry was written in another format version (by another
+    /// build): [`ErrorClass::User`], the state must be rebuilt.
     #[error("state entry has version {found}, this build reads version {expected}")]
-    Version { found: u8, expected: u8 },
+    Version {
+        /// The version byte the entry starts with.
+        found: u8,
+        /// The version this build writes and reads.
+        expected: u8,
+    },
+    /// The bytes do not decode (a damaged state directory):
+    /// [`ErrorClass::External`].
     #[error("state entry is corrupt: {0}")]
     Corrupt(String),
 }
@@ -289,7 +312,9 @@ pub fn decode_versioned<T: DeserializeOwned>(expected: u8, bytes: &[u8]) -> Resu
 /// Key and byte counts of an operator's state (for metrics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StateStats {
+    /// Number of keys held.
     pub keys: u64,
+    /// Bytes of the stored keys and values.
     pub bytes: u64,
 }
 
@@ -315,6 +340,8 @@ pub trait Operator: Send {
         Ok(())
     }
 
+    /// Size of the state now held, reported as gauges at each checkpoint;
+    /// zero for stateless operators.
     fn state_stats(&self) -> StateStats {
         StateStats::default()
     }

@@ -17,9 +17,15 @@ use crate::runtime::PipelineSpec;
 pub enum NodeInfo<'a> {
     /// A source; `event_time` is None when its options are invalid (then
     /// it is not known whether it provides event time).
-    Source { event_time: Option<bool> },
+    Source {
+        /// Whether the source stamps events with event time.
+        event_time: Option<bool>,
+    },
     /// A transform; `spec` is None when its options are invalid.
-    Transform { spec: Option<&'a dyn OperatorSpec> },
+    Transform {
+        /// The transform's operator, as loaded from its options.
+        spec: Option<&'a dyn OperatorSpec>,
+    },
     /// A sink.
     Sink,
 }
@@ -30,11 +36,18 @@ pub enum PlanError {
     /// The graph's structure (reported alone: nothing else is planned).
     Graph(GraphError),
     /// A transform cannot read what flows into it.
-    Input { node: usize, reason: String },
+    Input {
+        /// Index of the transform in the graph's nodes.
+        node: usize,
+        /// Why it cannot, completing "transform `name` ...".
+        reason: String,
+    },
     /// A transform places events in time, but some of the sources feeding
     /// it provide no event time.
     EventTime {
+        /// Index of the transform in the graph's nodes.
         node: usize,
+        /// How the transform uses time (decides the message and hint).
         time_use: TimeUse,
         /// The sources without event time.
         missing: Vec<usize>,
@@ -92,6 +105,7 @@ impl PlanError {
 /// A validated, planned pipeline graph.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// The validated graph the rest of the plan is indexed by.
     pub graph: Graph,
     /// The fields each node's output must carry; for a source, what it decodes.
     pub reads: Vec<FieldSet>,

@@ -26,6 +26,8 @@ use crate::value::{Str, Value};
 /// One record for a sink.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SinkRecord {
+    /// Whether the record appends an event, replaces the value for its
+    /// key, or deletes the key.
     pub kind: RowKind,
     /// A readable, deterministic id: the upsert key (`GT|1732147200000`) or,
     /// for events, `source:partition:offset`. Usable as a document `_id` or
@@ -40,7 +42,9 @@ pub struct SinkRecord {
 /// The records of one checkpoint epoch for one sink.
 #[derive(Debug, Clone)]
 pub struct SinkEpoch {
+    /// The checkpoint epoch the records were committed in; acks name it.
     pub epoch: u64,
+    /// The records to write, in order.
     pub records: Arc<Vec<SinkRecord>>,
 }
 
@@ -74,9 +78,13 @@ pub enum SinkError {
     /// [`SinkError::fatal`].
     #[error("{context}")]
     Caused {
+        /// What was being done when it failed.
         context: String,
+        /// Who has to act on it.
         class: ErrorClass,
+        /// Whether the driver retries the write.
         retryable: bool,
+        /// The underlying error.
         #[source]
         cause: BoxError,
     },
@@ -178,14 +186,23 @@ pub trait Sink: Send + 'static {
 /// Messages from sink drivers to the processor.
 #[derive(Debug)]
 pub enum SinkEvent {
+    /// The sink wrote an epoch.
     Acked {
+        /// Index of the sink among the pipeline's sinks.
         sink: usize,
+        /// The epoch written.
         epoch: u64,
+        /// The sink's progress token, stored with the next checkpoint.
         progress: Option<Vec<u8>>,
+        /// Records the destination refused, with the reason; they go to
+        /// the dead-letter output.
         rejected: Vec<(SinkRecord, String)>,
     },
+    /// The sink stopped on an error that is not retried (in restore or a write).
     Failed {
+        /// Index of the sink among the pipeline's sinks.
         sink: usize,
+        /// Why it stopped.
         error: SinkError,
     },
 }
@@ -208,7 +225,10 @@ fn jitter(seed: &mut u64) -> f64 {
 /// Settings of the sink driver.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
+    /// The delay before the first retry (before jitter); it doubles on each
+    /// further one.
     pub base: Duration,
+    /// The longest delay between retries (before jitter).
     pub max: Duration,
 }
 

@@ -34,7 +34,10 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// One raw event inside a [`RawBatch`] buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RawEvent {
+    /// Byte offset of the payload in the batch's buffer.
     pub start: u32,
+    /// Length of the payload in the buffer, in bytes (of the kept prefix
+    /// when `oversized`).
     pub len: u32,
     /// Offset of the event in its partition (deterministic across replays).
     pub offset: u64,
@@ -46,8 +49,11 @@ pub struct RawEvent {
 /// Raw payloads read from one partition, plus the position after them.
 #[derive(Debug, Clone)]
 pub struct RawBatch {
+    /// The partition the payloads were read from.
     pub partition: u32,
+    /// The shared buffer holding every payload of the batch.
     pub buf: RawBuf,
+    /// Where each event lies in `buf`, in read order.
     pub events: Vec<RawEvent>,
     /// The position to resume from once this batch is processed.
     pub position: Vec<u8>,
@@ -58,6 +64,7 @@ pub struct RawBatch {
 /// Sent to a source when a checkpoint covering `positions` is durable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Commit {
+    /// The epoch of the checkpoint that became durable.
     pub epoch: u64,
     /// Partition -> position, as the source emitted them.
     pub positions: BTreeMap<u32, Vec<u8>>,
@@ -72,7 +79,9 @@ pub enum SourceError {
     /// Reading from outside failed.
     #[error("{context}: {source}")]
     Io {
+        /// What was being done, e.g. the file being read.
         context: String,
+        /// The underlying I/O error.
         #[source]
         source: std::io::Error,
     },
@@ -82,7 +91,9 @@ pub enum SourceError {
     /// Something else outside sluice failed, with its cause.
     #[error("{context}")]
     ExternalCause {
+        /// What was being done when it failed.
         context: String,
+        /// The underlying error.
         #[source]
         source: crate::error::BoxError,
     },
@@ -109,41 +120,77 @@ impl crate::error::Classify for SourceError {
 pub enum SourceEvent {
     /// Decoded rows, their dead letters, and the position after them.
     Data {
+        /// Index of the source among the pipeline's sources.
         source: usize,
+        /// The partition the events were read from.
         partition: u32,
+        /// The events that decoded, as rows.
         batch: Batch,
+        /// The events that did not decode (or were oversized).
         dead: Vec<DeadLetter>,
+        /// The position to resume from once this batch is processed.
         position: Vec<u8>,
+        /// Bytes consumed from the source by this batch.
         bytes: u64,
+        /// Raw events in the batch, decoded or dead.
         events: u64,
     },
     /// The source now reads these partitions (watermarks wait for all of them).
-    Partitions { source: usize, partitions: Vec<u32> },
+    Partitions {
+        /// Index of the source among the pipeline's sources.
+        source: usize,
+        /// Every partition it reads from now on.
+        partitions: Vec<u32>,
+    },
     /// A partition reached its end (bounded input): it no longer holds the watermark back.
-    PartitionDone { source: usize, partition: u32 },
+    PartitionDone {
+        /// Index of the source among the pipeline's sources.
+        source: usize,
+        /// The partition fully read.
+        partition: u32,
+    },
     /// The source no longer reads these partitions (a consumer-group
     /// rebalance gave them to another worker). Unlike `PartitionDone` this
     /// is not the end of the input: they stop holding the watermark back,
     /// but if no partition is left the watermark stays where it is.
-    PartitionsReleased { source: usize, partitions: Vec<u32> },
+    PartitionsReleased {
+        /// Index of the source among the pipeline's sources.
+        source: usize,
+        /// The partitions it stopped reading.
+        partitions: Vec<u32>,
+    },
     /// The source finished (bounded input fully read, or shutdown).
-    Finished { source: usize },
+    Finished {
+        /// Index of the source among the pipeline's sources.
+        source: usize,
+    },
     /// The source failed.
-    Failed { source: usize, error: SourceError },
+    Failed {
+        /// Index of the source among the pipeline's sources.
+        source: usize,
+        /// Why it stopped.
+        error: SourceError,
+    },
 }
 
 /// Bytes done / bytes total, for progress bars (`sluice replay`).
 #[derive(Debug, Default)]
 pub struct Progress {
+    /// Bytes the source has emitted so far.
     pub done: AtomicU64,
+    /// Bytes the source expects to read in all, as far as it has said
+    /// (stays 0 for a source that does not report a size).
     pub total: AtomicU64,
 }
 
 impl Progress {
+    /// Counts `n` more bytes as read (the output does this on every batch).
     pub fn add_done(&self, n: u64) {
         self.done.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Adds `n` bytes to the expected total (a source that knows its input's
+    /// size calls this, e.g. per file).
     pub fn add_total(&self, n: u64) {
         self.total.fetch_add(n, Ordering::Relaxed);
     }
@@ -232,6 +279,7 @@ impl SourceOutput {
         self.tx.send(msg).await.map_err(|_| Closed)
     }
 
+    /// [`partitions`](Self::partitions) for sources running on their own thread.
     pub fn partitions_blocking(&self, partitions: Vec<u32>) -> Result<(), Closed> {
         self.health.started();
         let msg = SourceEvent::Partitions {
@@ -250,6 +298,8 @@ impl SourceOutput {
         self.tx.send(msg).await.map_err(|_| Closed)
     }
 
+    /// [`partition_done`](Self::partition_done) for sources running on their
+    /// own thread.
     pub fn partition_done_blocking(&self, partition: u32) -> Result<(), Closed> {
         let msg = SourceEvent::PartitionDone {
             source: self.index,
@@ -268,6 +318,7 @@ impl SourceOutput {
         self.tx.blocking_send(msg).map_err(|_| Closed)
     }
 
+    /// The byte counters of this source (see [`Progress`]).
     pub fn progress(&self) -> &Arc<Progress> {
         &self.progress
     }
@@ -292,6 +343,7 @@ pub async fn wait_shutdown(shutdown: &mut Shutdown) {
 
 /// Everything a running source gets from the engine.
 pub struct SourceContext {
+    /// The source's name in the pipeline file (for logs and metric labels).
     pub name: Arc<str>,
     /// The pipeline's name (for metric labels).
     pub pipeline: Arc<str>,
@@ -308,9 +360,11 @@ pub struct SourceContext {
     /// checkpoint) without a restored position may go on. Otherwise it must
     /// refuse to start rather than lose or repeat input silently.
     pub accept_empty_state: bool,
+    /// Turns true when the source must stop (see [`wait_shutdown`]).
     pub shutdown: Shutdown,
     /// Checkpoint completions, to release upstream.
     pub commits: mpsc::UnboundedReceiver<Commit>,
+    /// Where the source emits its data and partition changes.
     pub output: SourceOutput,
 }
 

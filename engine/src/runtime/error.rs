@@ -20,37 +20,69 @@ pub enum RunError {
     /// A transform's options cannot be built into an operator (user).
     #[error("invalid pipeline: {0}")]
     Build(#[from] BuildError),
+    /// The state directory could not be created (external).
     #[error("cannot create the state directory {dir}")]
     StateDir {
+        /// The state directory, as displayed to the user.
         dir: String,
+        /// The I/O error creating it.
         #[source]
         source: std::io::Error,
     },
+    /// The state store failed to open or restore (class from the store error).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The restored state was written for another pipeline: a different
+    /// number of key groups or a transform whose state signature changed (user).
     #[error("state in {dir} does not match this pipeline: {reason}. Rebuild it with `sluice replay`, or use another [state] dir")]
-    StateMismatch { dir: String, reason: String },
+    StateMismatch {
+        /// The state directory, as displayed to the user.
+        dir: String,
+        /// What differs, e.g. the old and new key-group counts.
+        reason: String,
+    },
+    /// The store holds less than an earlier run left traces of, and empty
+    /// state was not accepted: starting would lose or repeat results (user).
     #[error("{}", describe_lost_state(.dir, .refusal))]
-    StateLost { dir: String, refusal: Refusal },
+    StateLost {
+        /// The state directory, as displayed to the user.
+        dir: String,
+        /// What the store restored and the traces that contradict it.
+        refusal: Refusal,
+    },
+    /// The state-directory marker could not be read or written, or is
+    /// damaged (external).
     #[error("state marker")]
     Marker(#[from] MarkerError),
+    /// A source stopped with an error (class from the source error).
     #[error("source `{name}` failed")]
     Source {
+        /// The source's name in the pipeline file.
         name: String,
+        /// Why it stopped.
         #[source]
         error: SourceError,
     },
+    /// A sink stopped with an error that is not retried (class from the
+    /// sink error).
     #[error("sink `{name}` failed")]
     Sink {
+        /// The sink's name in the pipeline file.
         name: String,
+        /// Why it stopped.
         #[source]
         error: SinkError,
     },
+    /// A checkpoint could not be made durable (class from the cause).
     #[error("checkpoint failed")]
     Checkpoint(#[source] CheckpointError),
+    /// A transform refused the state restored for it (class from the
+    /// state error).
     #[error("operator `{name}` cannot restore its state")]
     Restore {
+        /// The transform's name in the pipeline file.
         name: String,
+        /// Why the state could not be loaded.
         #[source]
         error: StateError,
     },
@@ -90,12 +122,16 @@ impl Classify for RunError {
 /// Why a checkpoint could not be made durable.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
+    /// Writing the checkpoint to the state store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Rewriting the state-directory marker after the checkpoint failed.
     #[error(transparent)]
     Marker(#[from] MarkerError),
+    /// The task writing checkpoints is gone, so none can complete (internal).
     #[error("the checkpoint writer stopped")]
     WriterStopped,
+    /// The processor thread panicked; its join error is the cause (internal).
     #[error("processor thread panicked")]
     ProcessorPanicked(#[source] tokio::task::JoinError),
 }
