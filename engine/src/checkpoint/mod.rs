@@ -77,6 +77,8 @@ pub struct Config {
     pub sources: Vec<Arc<str>>,
     /// Sink names, by sink index (the dead-letter sink included).
     pub sinks: Vec<Arc<str>>,
+    /// The number of key groups, written with each checkpoint so a restart
+    /// with another count is refused.
     pub key_groups: u16,
     /// `(node, signature)` of every stateful node, written with each
     /// checkpoint.
@@ -104,8 +106,11 @@ pub enum Event {
     /// A source batch went through the graph (its records are in the
     /// outboxes); `position` is where the partition resumes after it.
     BatchProcessed {
+        /// The source's index in [`Config::sources`].
         source: usize,
+        /// The partition the batch was read from.
         partition: u32,
+        /// The source's opaque position bytes after the batch.
         position: Vec<u8>,
     },
     /// Operators changed state or produced output outside a batch (a
@@ -116,20 +121,36 @@ pub enum Event {
     /// The answer to [`Action::TakeSnapshot`].
     Snapshot(Snapshot),
     /// The write of `epoch` is durable.
-    WriteDone { epoch: u64 },
+    WriteDone {
+        /// The epoch of the [`Action::Write`] that completed.
+        epoch: u64,
+    },
     /// The write of `epoch` failed.
-    WriteFailed { epoch: u64, error: String },
+    WriteFailed {
+        /// The epoch of the [`Action::Write`] that failed.
+        epoch: u64,
+        /// The backend's error, as text.
+        error: String,
+    },
     /// A sink wrote `epoch`; `progress` is its own resume data.
     SinkAcked {
+        /// The sink's index in [`Config::sinks`].
         sink: usize,
+        /// The epoch whose records the sink has written.
         epoch: u64,
+        /// The sink's resume data, stored with the next checkpoint; `None`
+        /// if the sink keeps none.
         progress: Option<Vec<u8>>,
     },
     /// A graceful stop was requested.
     ShutdownRequested,
     /// Every source has ended (stopped or exhausted). Sent again on every
     /// turn until [`Action::Finish`], with the current time for the grace.
-    InputFinished { now: Instant },
+    InputFinished {
+        /// The current time, measured against the drain grace after a
+        /// shutdown.
+        now: Instant,
+    },
 }
 
 /// What the protocol asks for.
@@ -140,17 +161,28 @@ pub enum Action {
     TakeSnapshot,
     /// Apply `writes` atomically and durably, then report
     /// [`Event::WriteDone`] or [`Event::WriteFailed`].
-    Write { epoch: u64, writes: WriteSet },
+    Write {
+        /// The epoch this checkpoint closes.
+        epoch: u64,
+        /// Every change of the checkpoint, the epoch number included.
+        writes: WriteSet,
+    },
     /// Send `records`, the output of `epoch`, to `sink`.
     Deliver {
+        /// The sink's index in [`Config::sinks`].
         sink: usize,
+        /// The durable epoch the records belong to; the sink acknowledges it.
         epoch: u64,
+        /// The sink's outbox of `epoch`, as stored in the checkpoint.
         records: Arc<Vec<SinkRecord>>,
     },
     /// Tell `source` that `positions` are durable: it may release them.
     Commit {
+        /// The source's index in [`Config::sources`].
         source: usize,
+        /// The durable epoch the positions belong to.
         epoch: u64,
+        /// Per partition: the position the epoch covers up to.
         positions: BTreeMap<u32, Vec<u8>>,
     },
     /// Ask every source to stop reading.
@@ -161,9 +193,17 @@ pub enum Action {
     /// End the run. `unacked` lists, per sink, the epochs it had not
     /// acknowledged when the drain grace ran out (they are re-delivered at
     /// the next start).
-    Finish { unacked: Vec<(usize, Vec<u64>)> },
+    Finish {
+        /// `(sink index, epochs)` of every sink with unacknowledged epochs.
+        unacked: Vec<(usize, Vec<u64>)>,
+    },
     /// The write of `epoch` failed: stop without a further checkpoint.
-    Fail { epoch: u64, error: String },
+    Fail {
+        /// The epoch whose write failed.
+        epoch: u64,
+        /// The backend's error, as text.
+        error: String,
+    },
 }
 
 /// The protocol's view of one sink.

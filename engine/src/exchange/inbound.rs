@@ -171,6 +171,7 @@ impl InboundLog {
 /// New records of one source partition, in offset order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Delivered {
+    /// The worker id of the sender that journaled the batch.
     pub sender: u32,
     /// The partition's records not applied before (possibly none: a
     /// heartbeat, or a replay).

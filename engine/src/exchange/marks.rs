@@ -151,15 +151,21 @@ pub struct InboundCheckpoint {
     /// The inbound journal position to resume reading from; the journal may
     /// be truncated before it once this checkpoint is durable.
     pub position: u64,
+    /// Per source partition: the high-water mark of the offsets applied
+    /// (a replayed record below it is dropped).
     pub partitions: Vec<PartitionMark>,
+    /// Per sender: the batch it is expected to send next.
     pub senders: Vec<SenderMark>,
+    /// Per source partition: the watermark its sender last reported.
     pub watermarks: Vec<PartitionWatermark>,
 }
 
 /// A partition's applied high-water mark.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionMark {
+    /// The source's name in the pipeline.
     pub source: Str,
+    /// The partition within the source.
     pub partition: u32,
     /// The offset after the last applied record.
     pub next_offset: u64,
@@ -168,16 +174,23 @@ pub struct PartitionMark {
 /// A sender's position in its stream to this receiver.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SenderMark {
+    /// The sender's worker id.
     pub sender: u32,
+    /// The sender's latest session seen (see [`super::wire::BatchHeader::session`]);
+    /// batches of earlier sessions are stale.
     pub session: u64,
+    /// The `seq` of the next batch expected in that session.
     pub next_seq: u64,
 }
 
 /// A partition's watermark as last reported by its sender.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionWatermark {
+    /// The source's name in the pipeline.
     pub source: Str,
+    /// The partition within the source.
     pub partition: u32,
+    /// The watermark, epoch milliseconds.
     pub watermark: i64,
 }
 

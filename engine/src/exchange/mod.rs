@@ -66,22 +66,36 @@ use crate::journal::JournalError;
 /// What can go wrong on the receive side and in setting the exchange up.
 #[derive(Debug, thiserror::Error)]
 pub enum ExchangeError {
+    /// Opening, reading or appending to the inbound journal failed.
     #[error("exchange inbound journal: {0}")]
     Journal(#[from] JournalError),
+    /// The server could not bind its listening socket.
     #[error("cannot listen on {address} for the exchange: {source}")]
     Listen {
+        /// The address it tried to listen on.
         address: String,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
+    /// The peer addresses are misconfigured (e.g. a template without
+    /// `{worker}`); the text says how.
     #[error("invalid exchange peers: {0}")]
     Peers(String),
     /// The checkpoint is older than the journal (it was truncated past it).
     #[error("the inbound journal starts at {first}, after the checkpoint's position {position}")]
-    CheckpointTruncated { position: u64, first: u64 },
+    CheckpointTruncated {
+        /// The journal sequence number the checkpoint resumes from.
+        position: u64,
+        /// The first sequence number the journal still holds.
+        first: u64,
+    },
+    /// A journaled record does not decode as a batch.
     #[error("inbound journal record {seq} is not an exchange batch: {error}")]
     CorruptInbound {
+        /// The record's sequence number in the inbound journal.
         seq: u64,
+        /// Why it does not decode.
         #[source]
         error: wire::WireError,
     },
@@ -93,7 +107,12 @@ pub enum SendError {
     /// The peer refuses this worker (409): another topology signature or
     /// format version, or a stale session. Not retried.
     #[error("worker at {peer} refuses this worker's batches: {reason}")]
-    Refused { peer: String, reason: String },
+    Refused {
+        /// The peer's address as configured.
+        peer: String,
+        /// The peer's answer body, or why the request could not be made.
+        reason: String,
+    },
     /// The sender was dropped before the peer acknowledged the batch.
     #[error("the exchange sender was closed")]
     Closed,

@@ -81,13 +81,16 @@ impl SenderOptions {
 pub enum PeerStatus {
     /// Not connected yet.
     Connecting,
+    /// Connected; batches are being sent.
     Connected,
     /// The last attempt failed; retrying with backoff.
     Unreachable {
+        /// The last attempt's error, as text.
         error: String,
     },
     /// The peer refused this worker's batches (409); nothing more is sent.
     Refused {
+        /// The peer's answer body, or why the request could not be made.
         reason: String,
     },
 }
@@ -208,10 +211,12 @@ impl PeerSender {
         Ok(Delivery { task })
     }
 
+    /// The link's current state.
     pub fn status(&self) -> PeerStatus {
         lock(&self.peer.status).clone()
     }
 
+    /// The link's counters since the sender was created.
     pub fn stats(&self) -> &SenderStats {
         &self.peer.stats
     }

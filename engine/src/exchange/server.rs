@@ -45,6 +45,8 @@ pub struct ReceiverOptions {
 }
 
 impl ReceiverOptions {
+    /// Options for a worker with topology `signature`: batches up to
+    /// 64 MiB, 2 s order wait.
     pub fn new(signature: impl Into<Str>) -> Self {
         ReceiverOptions {
             signature: signature.into(),
@@ -123,6 +125,7 @@ impl ExchangeServer {
         self.addr
     }
 
+    /// The server's counters since it started.
     pub fn stats(&self) -> &ReceiverStats {
         &self.stats
     }

@@ -71,17 +71,25 @@ pub struct Record {
 /// A decoded batch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
+    /// Who sent it and its place in the sender's stream.
     pub header: BatchHeader,
+    /// The records and watermark of each source partition it carries.
     pub partitions: Vec<PartitionBatch>,
 }
 
 /// Why bytes are not a batch this build can read.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
+    /// The bytes do not start with [`MAGIC`].
     #[error("not an exchange batch (no `SLXB` magic)")]
     NoMagic,
     #[error("exchange format version {found}, this worker speaks version {WIRE_VERSION}")]
-    Version { found: u16 },
+    /// Another format version than [`WIRE_VERSION`].
+    Version {
+        /// The version the bytes carry.
+        found: u16,
+    },
+    /// The header or the records do not decode; the text says which.
     #[error("malformed exchange batch: {0}")]
     Malformed(String),
 }

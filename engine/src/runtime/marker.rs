@@ -27,17 +27,28 @@ pub struct Marker {
     pub epoch: u64,
 }
 
+/// Why the marker could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum MarkerError {
     #[error("cannot {what} {path}: {source}")]
+    /// A file system call on the marker or its directory failed.
     Io {
+        /// The operation that failed ("read", "create", "fsync", ...).
         what: &'static str,
+        /// The file or directory it was applied to.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
     #[error("the state marker {path} is damaged ({text:?}); remove it only if the state directory is known to be complete")]
-    Damaged { path: PathBuf, text: String },
+    /// The marker file exists but does not hold an epoch.
+    Damaged {
+        /// The marker file.
+        path: PathBuf,
+        /// Its contents, as read.
+        text: String,
+    },
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> MarkerError + 'a {

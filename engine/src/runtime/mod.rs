@@ -52,47 +52,75 @@ pub use error::{CheckpointError, RunError};
 
 /// A source as configured.
 pub struct SourceSpec {
+    /// The component's name in the pipeline; it keys the source's stored
+    /// positions, so renaming it loses them.
     pub name: String,
+    /// Where each event's time is read from; `None` for processing time
+    /// (the arrival clock).
     pub event_time: Option<EventTimeSpec>,
+    /// How far behind the largest event time seen the watermark is held,
+    /// so events this late still count.
     pub max_disorder: Duration,
+    /// A partition with no data for this long stops holding the watermark
+    /// back; `None`: never.
     pub idle_timeout: Option<Duration>,
+    /// Events longer than this many bytes become dead letters.
     pub max_event_bytes: usize,
+    /// The connector that reads the events.
     pub source: Box<dyn Source>,
 }
 
 /// A transform (operator) as configured.
 pub struct TransformSpec {
+    /// The component's name in the pipeline; it keys the operator's stored
+    /// state, so renaming it loses that state.
     pub name: String,
+    /// Names of the sources and transforms whose output it reads.
     pub inputs: Vec<String>,
+    /// Builds the operator and describes its state.
     pub spec: Box<dyn OperatorSpec>,
 }
 
 /// A sink as configured.
 pub struct SinkSpec {
+    /// The component's name in the pipeline; it keys the sink's stored
+    /// acknowledgements and outbox.
     pub name: String,
+    /// Names of the sources and transforms whose output it writes.
     pub inputs: Vec<String>,
+    /// The connector that writes the records.
     pub sink: Box<dyn Sink>,
 }
 
 /// A whole pipeline, ready to run.
 pub struct PipelineSpec {
+    /// The pipeline's name, carried by every log line and metric of the run.
     pub name: String,
+    /// The directory of the state store and its marker.
     pub state_dir: PathBuf,
     /// Where sources keep their own durable files (e.g. the HTTP journal).
     /// Usually the state directory; `sluice replay` builds state elsewhere
     /// but reads the sources' files from here.
     pub source_dir: PathBuf,
+    /// Time between checkpoints (one is also taken early when sinks buffer
+    /// many records).
     pub checkpoint_interval: Duration,
+    /// How many key groups keyed state is spread over; must match the
+    /// restored state, or the start is refused.
     pub key_groups: u16,
     /// Epochs a sink may fall behind before sources are slowed down.
     pub max_pending_epochs: usize,
     /// Batches buffered between sources and the processor.
     pub channel_capacity: usize,
+    /// The pipeline's sources, in configuration order.
     pub sources: Vec<SourceSpec>,
+    /// The pipeline's transforms, in configuration order.
     pub transforms: Vec<TransformSpec>,
+    /// The pipeline's sinks, in configuration order.
     pub sinks: Vec<SinkSpec>,
     /// Where dead letters go (has no inputs).
     pub dead_letter: SinkSpec,
+    /// How sinks back off between retries of a failed write.
     pub retry: RetryPolicy,
 }
 
@@ -118,7 +146,9 @@ pub struct RunOptions {
 pub struct RunReport {
     /// The last committed epoch.
     pub epoch: u64,
+    /// Events the processor received from sources during this run.
     pub events_in: u64,
+    /// Dead letters produced during this run.
     pub dead_letters: u64,
     /// True when every source reached the end of its input.
     pub input_exhausted: bool,

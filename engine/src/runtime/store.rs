@@ -11,17 +11,24 @@ use crate::state::{StateBackend, WriteSet};
 
 /// A checkpoint ready to be written.
 pub struct CheckpointJob {
+    /// The checkpoint's epoch; the marker is set to it once the writes are durable.
     pub epoch: u64,
+    /// Everything the checkpoint changes in the store.
     pub writes: WriteSet,
+    /// When the processor began taking the snapshot, for the duration metric.
     pub started: Instant,
 }
 
 /// The result of writing one.
 #[derive(Debug)]
 pub struct CheckpointDone {
+    /// The epoch of the job.
     pub epoch: u64,
+    /// Bytes put by the job (its [`WriteSet::bytes`]).
     pub bytes: u64,
+    /// From the start of the snapshot until the write and marker were durable.
     pub duration: Duration,
+    /// Ok once both the store and the marker hold the epoch durably.
     pub result: Result<(), super::CheckpointError>,
 }
 

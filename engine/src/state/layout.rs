@@ -30,19 +30,30 @@ pub const FORMAT_VERSION: u32 = 1;
 /// What a sink has acknowledged.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SinkAck {
+    /// The last epoch whose records the sink committed; 0 if none.
     pub epoch: u64,
+    /// The sink's own progress token (e.g. a file length) for resuming after
+    /// `epoch`; `None` if the sink keeps none.
     pub progress: Option<Vec<u8>>,
 }
 
 /// Everything read back from the last checkpoint.
 #[derive(Debug, Default)]
 pub struct Restored {
+    /// The last committed epoch; 0 when the store is empty.
     pub epoch: u64,
+    /// The number of key groups the state was written with; `None` when
+    /// the store is empty. A run with another count is refused.
     pub key_groups: Option<u16>,
+    /// Per stateful node: the state signature it was written with.
     pub signatures: HashMap<String, String>,
+    /// Per stateful node: its state entries, in key order.
     pub state: HashMap<String, Vec<StateEntry>>,
+    /// Per source, per partition: the source's opaque position bytes.
     pub positions: HashMap<String, BTreeMap<u32, Vec<u8>>>,
+    /// Per source, per partition: the largest event time seen (ms).
     pub watermarks: HashMap<String, BTreeMap<u32, i64>>,
+    /// Per sink: what it acknowledged last.
     pub acks: HashMap<String, SinkAck>,
     /// Per sink: the stored outbox epochs, in order.
     pub outbox: HashMap<String, Vec<(u64, Vec<SinkRecord>)>>,
@@ -61,18 +72,36 @@ pub enum Key {
     Signature(Arc<str>),
     /// One entry of a node's state.
     State {
+        /// The stateful node's id.
         node: Arc<str>,
+        /// The key group the key hashes to.
         group: u16,
+        /// The operator's key bytes.
         key: Vec<u8>,
     },
     /// A source partition's position.
-    Position { source: Arc<str>, partition: u32 },
+    Position {
+        /// The source's node id.
+        source: Arc<str>,
+        /// The partition number.
+        partition: u32,
+    },
     /// The largest event time seen on a source partition.
-    MaxEventTime { source: Arc<str>, partition: u32 },
+    MaxEventTime {
+        /// The source's node id.
+        source: Arc<str>,
+        /// The partition number.
+        partition: u32,
+    },
     /// What a sink acknowledged last.
     Ack(Arc<str>),
     /// A sink's records of one epoch.
-    Outbox { sink: Arc<str>, epoch: u64 },
+    Outbox {
+        /// The sink's node id.
+        sink: Arc<str>,
+        /// The checkpoint epoch the records belong to.
+        epoch: u64,
+    },
 }
 
 impl Key {
@@ -109,8 +138,11 @@ impl Key {
 
 /// Key builders: the byte layout of each key.
 pub mod key {
+    /// Holds the last committed epoch (u64 BE).
     pub const EPOCH: &[u8] = b"m\0epoch";
+    /// Holds the on-disk format version (u32 BE).
     pub const FORMAT: &[u8] = b"m\0format";
+    /// Holds the number of key groups (u16 BE).
     pub const KEY_GROUPS: &[u8] = b"m\0key_groups";
 
     fn named(tag: u8, name: &str, extra: usize) -> Vec<u8> {
@@ -122,16 +154,19 @@ pub mod key {
         k
     }
 
+    /// `g\0{node}`: a stateful node's state signature.
     pub fn signature(node: &str) -> Vec<u8> {
         let mut k = named(b'g', node, 0);
         k.pop();
         k
     }
 
+    /// `s\0{node}\0`: the prefix shared by all of a node's state entries.
     pub fn state_prefix(node: &str) -> Vec<u8> {
         named(b's', node, 0)
     }
 
+    /// `s\0{node}\0{kg:u16 BE}{key}`: one operator state entry.
     pub fn state(node: &str, kg: u16, key: &[u8]) -> Vec<u8> {
         let mut k = named(b's', node, 2 + key.len());
         k.extend_from_slice(&kg.to_be_bytes());
@@ -139,24 +174,28 @@ pub mod key {
         k
     }
 
+    /// `p\0{source}\0{partition:u32 BE}`: a source partition's position.
     pub fn position(source: &str, partition: u32) -> Vec<u8> {
         let mut k = named(b'p', source, 4);
         k.extend_from_slice(&partition.to_be_bytes());
         k
     }
 
+    /// `w\0{source}\0{partition:u32 BE}`: a source partition's max event time.
     pub fn watermark(source: &str, partition: u32) -> Vec<u8> {
         let mut k = named(b'w', source, 4);
         k.extend_from_slice(&partition.to_be_bytes());
         k
     }
 
+    /// `a\0{sink}`: a sink's last acknowledged epoch and progress.
     pub fn ack(sink: &str) -> Vec<u8> {
         let mut k = named(b'a', sink, 0);
         k.pop();
         k
     }
 
+    /// `o\0{sink}\0{epoch:u64 BE}`: a sink's records of one epoch.
     pub fn outbox(sink: &str, epoch: u64) -> Vec<u8> {
         let mut k = named(b'o', sink, 8);
         k.extend_from_slice(&epoch.to_be_bytes());

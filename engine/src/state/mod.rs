@@ -18,20 +18,35 @@ pub use sled::SledBackend;
 /// The error of a storage engine, whatever the engine.
 pub type BackendError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Why the state store could not be opened, read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot open the state directory {dir}: {source}. If it is damaged, restore it from a backup, or rebuild it elsewhere with `sluice replay` (docs/operations.md, \"Damaged or lost state\")")]
+    /// The storage engine refused to open the state directory.
     Open {
+        /// The state directory, as given.
         dir: String,
+        /// The storage engine's error.
         #[source]
         source: BackendError,
     },
     #[error("state store I/O failed: {0}")]
+    /// Reading or writing the opened store failed.
     Io(#[source] BackendError),
     #[error("the state directory holds format version {found}; this build reads version {FORMAT_VERSION}")]
-    Format { found: u32 },
+    /// The directory was written in another on-disk format version.
+    Format {
+        /// The version stored in the directory's `m\0format` key.
+        found: u32,
+    },
     #[error("corrupt state entry {key}: {reason}. The state directory is damaged: restore it from a backup, or rebuild it elsewhere with `sluice replay`")]
-    Corrupt { key: String, reason: String },
+    /// A stored value could not be decoded.
+    Corrupt {
+        /// The entry's key, lossily decoded as UTF-8.
+        key: String,
+        /// What was wrong with the value.
+        reason: String,
+    },
 }
 
 /// Called with each stored entry: `(key, value)`.
@@ -40,7 +55,9 @@ pub type EntryVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError> + 
 /// One change of a checkpoint.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Write {
+    /// Stores the value under the key, replacing any previous value.
     Put(Key, Vec<u8>),
+    /// Removes the key's entry, if any.
     Delete(Key),
 }
 
@@ -48,17 +65,20 @@ pub enum Write {
 /// Later writes to the same key win.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct WriteSet {
+    /// The changes, in the order they were made.
     pub writes: Vec<Write>,
     /// Bytes put (keys and values), for the checkpoint size metric.
     pub bytes: u64,
 }
 
 impl WriteSet {
+    /// Adds a put and counts its key and value into [`WriteSet::bytes`].
     pub fn put(&mut self, key: Key, value: Vec<u8>) {
         self.bytes += (key.encoded_len() + value.len()) as u64;
         self.writes.push(Write::Put(key, value));
     }
 
+    /// Adds a delete; deletes do not count into [`WriteSet::bytes`].
     pub fn delete(&mut self, key: Key) {
         self.writes.push(Write::Delete(key));
     }
