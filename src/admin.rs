@@ -40,7 +40,7 @@ use crate::status::rates::RateWindow;
 use crate::status::{self, Topology};
 
 /// Installs the Prometheus recorder (once per process).
-pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+pub(crate) fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     let seconds = [
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
     ];
@@ -84,7 +84,7 @@ struct AppState {
 
 /// Who may reach the admin server, and how.
 #[derive(Clone, Default)]
-pub struct Access {
+pub(crate) struct Access {
     /// Serve HTTPS with this certificate.
     pub tls: Option<TlsAcceptor>,
     /// Required as `Authorization: Bearer <token>` except on the probes.
@@ -94,7 +94,7 @@ pub struct Access {
 impl Access {
     /// From `[admin]`: loads the certificate and reads the token variable,
     /// failing if either is unusable. Must run inside the tokio runtime.
-    pub fn from_config(admin: &crate::config::AdminSection) -> anyhow::Result<Access> {
+    pub(crate) fn from_config(admin: &crate::config::AdminSection) -> anyhow::Result<Access> {
         let tls = match &admin.tls {
             Some(files) => Some(
                 TlsAcceptor::new(files, "admin")
@@ -114,7 +114,7 @@ impl Access {
 }
 
 /// Serves on `listener` until `stop` turns true.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     metrics: PrometheusHandle,
     ready: Arc<Readiness>,

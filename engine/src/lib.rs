@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! Sluice runtime core: the event model, the traits sources, operators and
 //! sinks plug into, the dataflow runtime, durable state, checkpoints and
 //! recovery. No vendor SDK is used here.

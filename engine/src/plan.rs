@@ -200,7 +200,7 @@ impl Plan {
 impl Plan {
     /// Plans a pipeline as the runtime receives it; the error lists every
     /// mistake, separated by `; `.
-    pub fn of_spec(spec: &PipelineSpec) -> Result<Plan, String> {
+    pub(crate) fn of_spec(spec: &PipelineSpec) -> Result<Plan, String> {
         let nodes = graph_nodes(
             spec.sources.iter().map(|s| s.name.as_str()),
             spec.transforms

@@ -7,7 +7,7 @@ use sluice_engine::dead_letter::DeadLetter;
 use sluice_engine::json::parse_value;
 use sluice_engine::operator::{BuildContext, Emitter, Operator};
 
-pub fn build_ctx() -> BuildContext {
+pub(crate) fn build_ctx() -> BuildContext {
     BuildContext {
         name: Arc::from("op"),
         key_groups: 8,
@@ -19,7 +19,7 @@ pub fn build_ctx() -> BuildContext {
 
 /// A batch of rows with event time = the row's `t` field (or its index) and
 /// offset = its index; the raw bytes are kept for dead letters.
-pub fn batch_of(lines: &[&str]) -> Batch {
+pub(crate) fn batch_of(lines: &[&str]) -> Batch {
     let mut raw = Vec::new();
     let mut b = Batch::default();
     for (i, l) in lines.iter().enumerate() {
@@ -43,7 +43,7 @@ pub fn batch_of(lines: &[&str]) -> Batch {
     b
 }
 
-pub fn run_op(op: &mut dyn Operator, batch: Batch) -> (Vec<Batch>, Vec<DeadLetter>) {
+pub(crate) fn run_op(op: &mut dyn Operator, batch: Batch) -> (Vec<Batch>, Vec<DeadLetter>) {
     let (mut out, mut dead) = (Vec::new(), Vec::new());
     op.process(
         batch,
@@ -55,7 +55,7 @@ pub fn run_op(op: &mut dyn Operator, batch: Batch) -> (Vec<Batch>, Vec<DeadLette
     (out, dead)
 }
 
-pub fn watermark(op: &mut dyn Operator, wm: i64) -> Vec<Batch> {
+pub(crate) fn watermark(op: &mut dyn Operator, wm: i64) -> Vec<Batch> {
     let (mut out, mut dead) = (Vec::new(), Vec::new());
     op.on_watermark(
         wm,
@@ -68,7 +68,7 @@ pub fn watermark(op: &mut dyn Operator, wm: i64) -> Vec<Batch> {
     out
 }
 
-pub fn checkpoint(op: &mut dyn Operator) -> Vec<Batch> {
+pub(crate) fn checkpoint(op: &mut dyn Operator) -> Vec<Batch> {
     let (mut out, mut dead) = (Vec::new(), Vec::new());
     op.on_checkpoint(&mut Emitter {
         out: &mut out,
@@ -78,7 +78,7 @@ pub fn checkpoint(op: &mut dyn Operator) -> Vec<Batch> {
 }
 
 /// Every row of `batches` rendered as JSON.
-pub fn rows(batches: &[Batch]) -> Vec<String> {
+pub(crate) fn rows(batches: &[Batch]) -> Vec<String> {
     batches
         .iter()
         .flat_map(|b| b.rows.iter().map(|r| r.to_string()))

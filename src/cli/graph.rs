@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use crate::status::Topology;
 
 #[derive(Clone, Copy, ValueEnum)]
-pub enum Format {
+pub(crate) enum Format {
     /// A Mermaid flowchart (renders in GitHub and GitLab Markdown).
     Mermaid,
     /// Graphviz DOT (`dot -Tsvg`).
@@ -17,7 +17,7 @@ pub enum Format {
 }
 
 #[derive(Args)]
-pub struct GraphArgs {
+pub(crate) struct GraphArgs {
     /// The pipeline file.
     pub pipeline: PathBuf,
     /// Output format.
@@ -25,7 +25,7 @@ pub struct GraphArgs {
     pub format: Format,
 }
 
-pub fn run(args: GraphArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(args: GraphArgs) -> anyhow::Result<ExitCode> {
     let pipeline = match super::load(&args.pipeline) {
         Ok(p) => p,
         Err(code) => return Ok(code),

@@ -1,11 +1,11 @@
 //! The subcommands, one file each, and what they share.
 
-pub mod graph;
-pub mod reload;
-pub mod replay;
-pub mod run;
-pub mod test;
-pub mod validate;
+pub(crate) mod graph;
+pub(crate) mod reload;
+pub(crate) mod replay;
+pub(crate) mod run;
+pub(crate) mod test;
+pub(crate) mod validate;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -20,7 +20,7 @@ use crate::config::{self, Pipeline};
 
 /// How log lines are written on stderr (`--log-format`, `SLUICE_LOG_FORMAT`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// Human-readable lines; coloured only when stderr is a terminal.
     #[default]
     Text,
@@ -37,7 +37,7 @@ static LOG_LEVEL: std::sync::OnceLock<LevelHandle> = std::sync::OnceLock::new();
 
 /// Structured logs on stderr, filtered by RUST_LOG (default: info, or the
 /// pipeline's `[log] level`, see [`set_log_level`]).
-pub fn init_logging(format: LogFormat) {
+pub(crate) fn init_logging(format: LogFormat) {
     use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -63,7 +63,7 @@ pub fn init_logging(format: LogFormat) {
 
 /// Applies a pipeline's `[log] level` (at start and at every reload),
 /// unless RUST_LOG is set, which wins.
-pub fn set_log_level(level: Option<&str>) {
+pub(crate) fn set_log_level(level: Option<&str>) {
     if std::env::var_os("RUST_LOG").is_some() {
         return;
     }
@@ -78,7 +78,7 @@ pub fn set_log_level(level: Option<&str>) {
 }
 
 /// Loads a pipeline, printing every error; `Err(exit code)` on failure.
-pub fn load(path: &Path) -> Result<Pipeline, ExitCode> {
+pub(crate) fn load(path: &Path) -> Result<Pipeline, ExitCode> {
     config::load(path, |name| std::env::var(name).ok()).map_err(|errors| {
         for e in &errors {
             eprintln!("error: {e}");
@@ -89,7 +89,7 @@ pub fn load(path: &Path) -> Result<Pipeline, ExitCode> {
 }
 
 /// A multi-threaded runtime sized for the machine.
-pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("sluice-worker")
@@ -97,7 +97,7 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Turns SIGTERM/SIGINT into a graceful-shutdown request.
-pub fn shutdown_on_signals() -> watch::Receiver<bool> {
+pub(crate) fn shutdown_on_signals() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
         let mut term =
@@ -119,7 +119,7 @@ pub fn shutdown_on_signals() -> watch::Receiver<bool> {
 
 /// How a pipeline is started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// `sluice run`: refuses to start on lost or damaged state.
     Run,
     /// `sluice run --accept-empty-state`: starts from the state as it is.
@@ -129,7 +129,7 @@ pub enum Mode {
 }
 
 /// Runs a pipeline on the current runtime.
-pub async fn execute(
+pub(crate) async fn execute(
     p: &Pipeline,
     state_dir: Option<std::path::PathBuf>,
     bounded: bool,

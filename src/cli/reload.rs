@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use crate::config::{self, Pipeline};
 
 /// Loads the pipeline file again and checks that it may replace `running`.
-pub fn prepare(path: &Path, running: &Pipeline) -> Result<Pipeline, String> {
+pub(crate) fn prepare(path: &Path, running: &Pipeline) -> Result<Pipeline, String> {
     let new = config::load(path, |name| std::env::var(name).ok()).map_err(|errors| {
         let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
         format!("the file has {} error(s): {}", list.len(), list.join("; "))
@@ -32,7 +32,7 @@ pub fn prepare(path: &Path, running: &Pipeline) -> Result<Pipeline, String> {
 /// the same sources with the same event time. Source and sink options,
 /// new or removed sinks, new sources, transforms feeding no stateful one,
 /// and the checkpoint settings may change.
-pub fn check(old: &Pipeline, new: &Pipeline) -> Result<(), String> {
+pub(crate) fn check(old: &Pipeline, new: &Pipeline) -> Result<(), String> {
     let replay = "; to apply it, stop sluice and rebuild the state with `sluice replay`";
     if old.name != new.name {
         return Err(format!(
@@ -129,7 +129,7 @@ fn first_difference(old: &[String], new: &[String]) -> String {
 
 /// Reload requests: every SIGHUP and, with `watch`, every change of the
 /// pipeline file's contents (polled every `poll`).
-pub fn requests(
+pub(crate) fn requests(
     path: PathBuf,
     watch: bool,
     poll: Duration,

@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sluice_engine::source::Progress;
 
 #[derive(Args)]
-pub struct ReplayArgs {
+pub(crate) struct ReplayArgs {
     /// The pipeline file.
     pub pipeline: PathBuf,
     /// Where to build the new state (default: `<state dir>.replay`). Must
@@ -19,7 +19,7 @@ pub struct ReplayArgs {
     pub into: Option<PathBuf>,
 }
 
-pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let pipeline = match super::load(&args.pipeline) {
         Ok(p) => p,
         Err(code) => return Ok(code),

@@ -10,7 +10,7 @@ use sluice_engine::health::Readiness;
 use tokio::sync::watch;
 
 #[derive(Args)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// The pipeline file.
     pub pipeline: PathBuf,
     /// Override `[state] dir`.
@@ -36,7 +36,7 @@ pub struct RunArgs {
     pub accept_empty_state: bool,
 }
 
-pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let pipeline = match super::load(&args.pipeline) {
         Ok(p) => p,
         Err(code) => return Ok(code),

@@ -19,7 +19,7 @@ use sluice_engine::value::{Map, Value};
 use tokio::sync::watch;
 
 #[derive(Args)]
-pub struct TestArgs {
+pub(crate) struct TestArgs {
     /// Golden pipeline directories.
     #[arg(required = true)]
     pub dirs: Vec<PathBuf>,
@@ -29,7 +29,7 @@ pub struct TestArgs {
 }
 
 /// Reads a `changes` file and returns the final records, keyed by id.
-pub fn materialize(path: &Path) -> anyhow::Result<BTreeMap<String, Value>> {
+pub(crate) fn materialize(path: &Path) -> anyhow::Result<BTreeMap<String, Value>> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let mut table = BTreeMap::new();
     for (i, line) in text.lines().enumerate() {
@@ -71,7 +71,7 @@ fn canonical_lines(path: &Path) -> anyhow::Result<Vec<String>> {
 }
 
 /// JSON with object keys sorted, for order-insensitive comparison.
-pub fn canonical(v: &Value) -> String {
+pub(crate) fn canonical(v: &Value) -> String {
     fn sort(v: &Value) -> Value {
         match v {
             Value::Object(m) => {
@@ -170,7 +170,7 @@ fn run_one(dir: &Path, keep: bool) -> anyhow::Result<Option<String>> {
     })
 }
 
-pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
     let (mut passed, mut failed) = (0, 0);
     for dir in &args.dirs {
         // A shell glob such as `tests/pipelines/*` also matches files

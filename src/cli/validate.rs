@@ -6,13 +6,13 @@ use std::process::ExitCode;
 use clap::Args;
 
 #[derive(Args)]
-pub struct ValidateArgs {
+pub(crate) struct ValidateArgs {
     /// Pipeline files to check.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
 }
 
-pub fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     let mut ok = true;
     for file in &args.files {
         match super::load(file) {

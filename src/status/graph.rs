@@ -11,7 +11,7 @@ use crate::config::Pipeline;
 /// Where a component is declared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Kind {
+pub(crate) enum Kind {
     Source,
     Transform,
     Sink,
@@ -21,7 +21,7 @@ pub enum Kind {
 /// every other component one more than its deepest input); `row` its
 /// position within the column.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Node {
+pub(crate) struct Node {
     pub name: String,
     pub kind: Kind,
     /// The component's `type` (`http`, `aggregate`, `table`...).
@@ -35,7 +35,7 @@ pub struct Node {
 /// The graph of a loaded (hence validated: acyclic, every input exists)
 /// pipeline.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Topology {
+pub(crate) struct Topology {
     pub nodes: Vec<Node>,
 }
 
@@ -48,7 +48,7 @@ fn type_tag<T: Serialize>(config: &T) -> String {
 }
 
 impl Topology {
-    pub fn of(p: &Pipeline) -> Topology {
+    pub(crate) fn of(p: &Pipeline) -> Topology {
         let mut nodes = Vec::new();
         for s in &p.sources {
             let kind = s.config.type_name().to_string();
@@ -75,7 +75,7 @@ impl Topology {
 
     /// Places `(name, kind, type, inputs)` in columns and rows. Inputs
     /// that name no node are ignored (a loaded pipeline has none).
-    pub fn layout(decl: Vec<(String, Kind, String, Vec<String>)>) -> Topology {
+    pub(crate) fn layout(decl: Vec<(String, Kind, String, Vec<String>)>) -> Topology {
         let index = |name: &str| decl.iter().position(|d| d.0 == name);
         let inputs: Vec<Vec<usize>> = decl
             .iter()
@@ -134,7 +134,7 @@ impl Topology {
 
     /// The graph as a Mermaid flowchart: sources as stadiums, transforms
     /// as boxes, sinks as cylinders, each labelled `name (type)`.
-    pub fn to_mermaid(&self) -> String {
+    pub(crate) fn to_mermaid(&self) -> String {
         let mut out = String::from("flowchart LR\n");
         for (i, n) in self.nodes.iter().enumerate() {
             let label = format!("{} ({})", n.name, n.type_name).replace('"', "#quot;");
@@ -151,7 +151,7 @@ impl Topology {
     }
 
     /// The graph in Graphviz DOT, left to right, same shapes and labels.
-    pub fn to_dot(&self) -> String {
+    pub(crate) fn to_dot(&self) -> String {
         let quote = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
         let mut out = String::from("digraph pipeline {\n    rankdir=LR;\n");
         for n in &self.nodes {

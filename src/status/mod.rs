@@ -6,27 +6,27 @@
 //!
 //! `sluice graph` prints the same graph as Mermaid or DOT.
 
-pub mod graph;
-pub mod prom;
-pub mod rates;
+pub(crate) mod graph;
+pub(crate) mod prom;
+pub(crate) mod rates;
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 use sluice_engine::metrics as m;
 
-pub use graph::Topology;
+pub(crate) use graph::Topology;
 use prom::Sample;
 
 /// The page and its assets, embedded in the binary.
-pub const PAGE_HTML: &str = include_str!("page/index.html");
-pub const PAGE_CSS: &str = include_str!("page/status.css");
-pub const PAGE_JS: &str = include_str!("page/status.js");
+pub(crate) const PAGE_HTML: &str = include_str!("page/index.html");
+pub(crate) const PAGE_CSS: &str = include_str!("page/status.css");
+pub(crate) const PAGE_JS: &str = include_str!("page/status.js");
 
 /// What `/metrics` says about one component. `None` (JSON `null`): the
 /// metric does not apply to this component or has no value yet.
 #[derive(Debug, Default, Serialize, PartialEq)]
-pub struct ComponentStatus {
+pub(crate) struct ComponentStatus {
     /// Events read (sources) or records written (sinks).
     pub events_total: Option<f64>,
     /// `events_total` per second over the last few seconds.
@@ -81,7 +81,7 @@ impl ComponentStatus {
 
 /// A component of the graph with its numbers.
 #[derive(Debug, Serialize)]
-pub struct NodeStatus {
+pub(crate) struct NodeStatus {
     #[serde(flatten)]
     pub node: graph::Node,
     pub metrics: ComponentStatus,
@@ -89,7 +89,7 @@ pub struct NodeStatus {
 
 /// The last durable checkpoint.
 #[derive(Debug, Default, Serialize)]
-pub struct CheckpointStatus {
+pub(crate) struct CheckpointStatus {
     pub epoch: Option<f64>,
     /// Checkpoints written since start.
     pub total: Option<f64>,
@@ -107,7 +107,7 @@ pub struct CheckpointStatus {
 
 /// The dead-letter output.
 #[derive(Debug, Serialize)]
-pub struct DeadLetterStatus {
+pub(crate) struct DeadLetterStatus {
     /// Dead letters counted by every component.
     pub total: f64,
     /// The dead-letter sink's own numbers (records written, retries...).
@@ -116,7 +116,7 @@ pub struct DeadLetterStatus {
 
 /// The body of `GET /status`.
 #[derive(Debug, Serialize)]
-pub struct Status {
+pub(crate) struct Status {
     pub pipeline: String,
     pub version: &'static str,
     /// Server time (Unix seconds) when the numbers were read.
@@ -131,7 +131,7 @@ pub struct Status {
 const DEAD_LETTER_SINK: &str = "dead_letter";
 
 /// Assembles the status of `pipeline` from the samples of `/metrics`.
-pub fn status(
+pub(crate) fn status(
     pipeline: &str,
     topology: &Topology,
     samples: &[Sample],

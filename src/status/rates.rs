@@ -10,7 +10,7 @@ use sluice_engine::metrics as m;
 use super::prom::Sample;
 
 /// Recordings older than this are dropped; rates span up to this long.
-pub const WINDOW_SECONDS: f64 = 5.0;
+pub(crate) const WINDOW_SECONDS: f64 = 5.0;
 /// A rate needs recordings at least this far apart.
 const MIN_SPAN_SECONDS: f64 = 0.5;
 
@@ -23,7 +23,7 @@ struct Recording {
 }
 
 #[derive(Debug, Default)]
-pub struct RateWindow {
+pub(crate) struct RateWindow {
     recordings: VecDeque<Recording>,
 }
 
@@ -38,7 +38,7 @@ fn event_counters(pipeline: &str, samples: &[Sample]) -> BTreeMap<String, f64> {
 
 impl RateWindow {
     /// Records the counters in `samples` at `time` (Unix seconds).
-    pub fn record(&mut self, pipeline: &str, time: f64, samples: &[Sample]) {
+    pub(crate) fn record(&mut self, pipeline: &str, time: f64, samples: &[Sample]) {
         while self
             .recordings
             .front()
@@ -55,7 +55,12 @@ impl RateWindow {
     /// Events per second of each component, from the oldest recording of
     /// the window to `samples` at `time`. A component without a recording
     /// far enough back has no rate.
-    pub fn rates(&self, pipeline: &str, time: f64, samples: &[Sample]) -> BTreeMap<String, f64> {
+    pub(crate) fn rates(
+        &self,
+        pipeline: &str,
+        time: f64,
+        samples: &[Sample],
+    ) -> BTreeMap<String, f64> {
         let Some(old) = self.recordings.iter().find(|r| {
             let span = time - r.time;
             (MIN_SPAN_SECONDS..=WINDOW_SECONDS + 1.0).contains(&span)

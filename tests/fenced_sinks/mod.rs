@@ -16,21 +16,21 @@ use rand::Rng;
 use crate::support::w1::W1;
 
 #[cfg(feature = "mongodb")]
-pub mod mongodb;
+pub(crate) mod mongodb;
 #[cfg(feature = "postgres")]
-pub mod postgres;
+pub(crate) mod postgres;
 #[cfg(any(feature = "redis", feature = "postgres"))]
-pub mod process;
+pub(crate) mod process;
 #[cfg(feature = "redis")]
-pub mod redis;
+pub(crate) mod redis;
 
 /// Events per scenario run and the pace they arrive at (events/s).
-pub const EVENTS: u64 = 200_000;
-pub const PACE: u64 = 25_000;
+pub(crate) const EVENTS: u64 = 200_000;
+pub(crate) const PACE: u64 = 25_000;
 
 /// What a destination holds at the end, in the oracle's shapes.
 #[derive(Debug, Default)]
-pub struct Stored {
+pub(crate) struct Stored {
     /// country -> count (an upsert table / hash / collection).
     pub by_country: BTreeMap<String, i64>,
     /// "window_start_ms,country,weather" -> count.
@@ -43,7 +43,7 @@ pub struct Stored {
 
 /// An append-mode output of the raw events.
 #[derive(Debug, Default)]
-pub struct Appended {
+pub(crate) struct Appended {
     pub rows: i64,
     pub distinct_ids: i64,
     /// country -> appended events.
@@ -52,7 +52,7 @@ pub struct Appended {
 
 /// One way of running the W1 pipeline into one fenced destination: the
 /// moves the scenario makes.
-pub trait FencedTarget {
+pub(crate) trait FencedTarget {
     /// For messages ("redis", "postgres", "mongodb (in process)").
     fn name(&self) -> String;
     /// Starts the pipeline; after a kill, restarts it on its saved state.
@@ -77,7 +77,7 @@ pub trait FencedTarget {
 }
 
 /// Polls `ok` until it holds, failing after `timeout`.
-pub fn wait_for<T: FencedTarget + ?Sized>(
+pub(crate) fn wait_for<T: FencedTarget + ?Sized>(
     target: &mut T,
     what: &str,
     timeout: Duration,
@@ -97,7 +97,7 @@ pub fn wait_for<T: FencedTarget + ?Sized>(
 
 /// Runs the pipeline straight through (no kills, no outage) and checks
 /// the result.
-pub fn straight_run(target: &mut impl FencedTarget, w1: &W1) {
+pub(crate) fn straight_run(target: &mut impl FencedTarget, w1: &W1) {
     target.start();
     wait_for(
         target,
@@ -111,7 +111,12 @@ pub fn straight_run(target: &mut impl FencedTarget, w1: &W1) {
 /// The scenario: `kills` SIGKILLs at random points after progress, one
 /// outage of the destination in between (the pipeline must keep running
 /// and retrying), then the run to its end and the oracle comparison.
-pub fn kills_and_outage(target: &mut impl FencedTarget, w1: &W1, rng: &mut impl Rng, kills: usize) {
+pub(crate) fn kills_and_outage(
+    target: &mut impl FencedTarget,
+    w1: &W1,
+    rng: &mut impl Rng,
+    kills: usize,
+) {
     let outage_round = rng.random_range(0..kills);
     let started = Instant::now();
     let mut hit = 0;
@@ -182,7 +187,7 @@ fn destination_outage(target: &mut impl FencedTarget, rng: &mut impl Rng) -> Dur
 }
 
 /// Compares what the destination holds with the oracle.
-pub fn assert_exact(target: &mut impl FencedTarget, w1: &W1, what: &str) {
+pub(crate) fn assert_exact(target: &mut impl FencedTarget, w1: &W1, what: &str) {
     let name = target.name();
     let context = target.context();
     let stored = target.stored();

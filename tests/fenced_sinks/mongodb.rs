@@ -67,7 +67,7 @@ struct Checkpoint {
 type Running = (oneshot::Sender<()>, JoinHandle<Result<(), String>>);
 
 /// The in-process pipeline and its fake server.
-pub struct Pipeline {
+pub(crate) struct Pipeline {
     server: FakeMongo,
     /// Events per second (0: a batch of 5,000 every tick).
     pace: u64,
@@ -81,7 +81,7 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// The pipeline over `w1`'s input at `pace` events/s (0: unpaced).
-    pub fn new(w1: &W1, pace: u64) -> Pipeline {
+    pub(crate) fn new(w1: &W1, pace: u64) -> Pipeline {
         let text = std::fs::read_to_string(&w1.input).unwrap();
         let events = text
             .lines()

@@ -35,7 +35,7 @@ columns = { country = "country", weather = "weather", ts = "ts" }
 create_table = true
 "#;
 
-pub struct Postgres {
+pub(crate) struct Postgres {
     server: Server<PrivatePostgres>,
     url: String,
     table: String,
@@ -43,7 +43,7 @@ pub struct Postgres {
 
 impl Postgres {
     /// Tables named after `test` on `server`.
-    pub fn new(test: &str, server: Server<PrivatePostgres>) -> Postgres {
+    pub(crate) fn new(test: &str, server: Server<PrivatePostgres>) -> Postgres {
         Postgres {
             url: server.url(),
             table: format!("sluice_it_{}", unique(test)),

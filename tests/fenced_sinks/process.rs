@@ -38,7 +38,7 @@ aggregates = { count = "count" }
 "#;
 
 /// A real destination the binary writes to.
-pub trait Destination {
+pub(crate) trait Destination {
     fn name(&self) -> String;
     /// The `[sinks...]` tables: `counts` from `by_country`, `windows` from
     /// `per_minute` (and any more the destination checks).
@@ -55,7 +55,7 @@ pub trait Destination {
 }
 
 /// A private server a test may stop and start again.
-pub trait PrivateServer {
+pub(crate) trait PrivateServer {
     fn url(&self) -> String;
     fn stop(&self);
     fn launch(&self);
@@ -88,20 +88,20 @@ impl PrivateServer for PrivatePostgres {
 /// The server a destination writes to: a shared one (never stopped, the
 /// test cleans up after itself) or a private one (the outage stops it; it
 /// goes away with the test).
-pub enum Server<P: PrivateServer> {
+pub(crate) enum Server<P: PrivateServer> {
     Shared(String),
     Private(P),
 }
 
 impl<P: PrivateServer> Server<P> {
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         match self {
             Server::Shared(url) => url.clone(),
             Server::Private(p) => p.url(),
         }
     }
 
-    pub fn is_shared(&self) -> bool {
+    pub(crate) fn is_shared(&self) -> bool {
         matches!(self, Server::Shared(_))
     }
 
@@ -112,17 +112,17 @@ impl<P: PrivateServer> Server<P> {
         }
     }
 
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.private().stop();
     }
 
-    pub fn launch(&self) {
+    pub(crate) fn launch(&self) {
         self.private().launch();
     }
 }
 
 /// The binary writing W1 to `D`.
-pub struct Process<D: Destination> {
+pub(crate) struct Process<D: Destination> {
     pub destination: D,
     worker: Worker,
     _work: tempfile::TempDir,
@@ -130,7 +130,7 @@ pub struct Process<D: Destination> {
 
 impl<D: Destination> Process<D> {
     /// `pace`: events per second of the file source (0: as fast as it can).
-    pub fn new(destination: D, w1: &W1, pace: u64) -> Process<D> {
+    pub(crate) fn new(destination: D, w1: &W1, pace: u64) -> Process<D> {
         let work = tempfile::tempdir().unwrap();
         let pipeline = work.path().join("pipeline.toml");
         std::fs::write(&pipeline, format!("{PIPELINE}{}", destination.sinks())).unwrap();

@@ -29,7 +29,7 @@ ttl = "1h"
 chunk_size = 200
 "#;
 
-pub struct Redis {
+pub(crate) struct Redis {
     server: Server<PrivateRedis>,
     url: String,
     prefix: String,
@@ -37,7 +37,7 @@ pub struct Redis {
 
 impl Redis {
     /// Keys under a prefix of `test` on `server`.
-    pub fn new(test: &str, server: Server<PrivateRedis>) -> Redis {
+    pub(crate) fn new(test: &str, server: Server<PrivateRedis>) -> Redis {
         Redis {
             url: server.url(),
             prefix: format!("sluice-it:{}:", unique(test)),

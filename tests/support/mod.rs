@@ -1,6 +1,9 @@
 //! Shared helpers of the integration tests: the sluice binary, running it,
 //! killing it, and materialising its outputs.
 #![allow(dead_code)]
+// Included by many test crates, each using a part of it: `pub` is the
+// visibility that fits, though no crate reaches all of it.
+#![allow(unreachable_pub)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -57,7 +57,7 @@ impl DriverClient {
 }
 
 /// Classifies a driver error.
-pub fn from_driver(e: Error) -> MongoError {
+pub(super) fn from_driver(e: Error) -> MongoError {
     let labels: Vec<&str> = e.labels().iter().map(String::as_str).collect();
     let (class, code) = match e.kind.as_ref() {
         ErrorKind::Io(_)

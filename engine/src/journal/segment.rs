@@ -74,7 +74,7 @@ pub(crate) struct SegmentMeta {
 }
 
 impl SegmentMeta {
-    pub fn empty(first_seq: u64) -> Self {
+    pub(super) fn empty(first_seq: u64) -> Self {
         SegmentMeta {
             first_seq,
             end_seq: first_seq,
@@ -84,7 +84,7 @@ impl SegmentMeta {
     }
 
     /// The closest indexed record at or before `seq`: (its seq, its offset).
-    pub fn seek_point(&self, seq: u64) -> (u64, u64) {
+    pub(super) fn seek_point(&self, seq: u64) -> (u64, u64) {
         let k = ((seq.saturating_sub(self.first_seq)) / INDEX_EVERY) as usize;
         match self.index.get(k).or(self.index.last()) {
             Some(&offset) => {

@@ -38,7 +38,7 @@ pub(super) enum Payload {
 }
 
 impl Payload {
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         match self {
             Payload::Owned(v) => v.len(),
             Payload::Batch(b) => b.len(),
@@ -78,7 +78,12 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub fn new(shared: Arc<Shared>, file: File, active: SegmentMeta, segment_bytes: u64) -> Self {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        file: File,
+        active: SegmentMeta,
+        segment_bytes: u64,
+    ) -> Self {
         Writer {
             shared,
             file,
@@ -89,7 +94,7 @@ impl Writer {
     }
 
     /// Serves requests until every sender is gone.
-    pub fn run(mut self, rx: mpsc::Receiver<Request>) {
+    pub(super) fn run(mut self, rx: mpsc::Receiver<Request>) {
         let mut group = Vec::new();
         while let Ok(first) = rx.recv() {
             let mut bytes = first.payload.bytes();

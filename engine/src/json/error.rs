@@ -25,28 +25,28 @@ impl JsonError {
 
 /// The messages the reader produces, in one place so tests can refer to them.
 pub(crate) mod msg {
-    pub const EOF: &str = "unexpected end of input";
-    pub const EXPECTED_VALUE: &str = "expected a JSON value";
-    pub const INVALID_LITERAL: &str = "invalid literal (expected true, false or null)";
-    pub const EXPECTED_KEY: &str = "expected '\"' to start an object key";
-    pub const EXPECTED_COLON: &str = "expected ':' after object key";
-    pub const EXPECTED_OBJ_SEP: &str = "expected ',' or '}' after object member";
-    pub const EXPECTED_ARR_SEP: &str = "expected ',' or ']' after array element";
-    pub const TRAILING_COMMA_OBJ: &str = "trailing comma in object";
-    pub const TRAILING_COMMA_ARR: &str = "trailing comma in array";
-    pub const INVALID_ESCAPE: &str = "invalid escape";
-    pub const INVALID_UNICODE_ESCAPE: &str = "invalid \\u escape (expected 4 hex digits)";
-    pub const LONE_SURROGATE: &str = "unpaired surrogate in \\u escape";
-    pub const CONTROL_CHAR: &str = "unescaped control character in string";
-    pub const INVALID_UTF8: &str = "invalid UTF-8 in string";
-    pub const INVALID_NUMBER: &str = "invalid number";
-    pub const LEADING_ZERO: &str = "invalid number (leading zero)";
-    pub const NUMBER_RANGE: &str = "number out of range";
-    pub const TRAILING: &str = "trailing characters after JSON value";
-    pub const TOO_DEEP: &str = "nesting deeper than 128 levels";
-    pub const FOUND_ARRAY: &str = "expected a JSON object, found an array";
-    pub const FOUND_STRING: &str = "expected a JSON object, found a string";
-    pub const FOUND_NUMBER: &str = "expected a JSON object, found a number";
-    pub const FOUND_BOOL: &str = "expected a JSON object, found a boolean";
-    pub const FOUND_NULL: &str = "expected a JSON object, found null";
+    pub(crate) const EOF: &str = "unexpected end of input";
+    pub(crate) const EXPECTED_VALUE: &str = "expected a JSON value";
+    pub(crate) const INVALID_LITERAL: &str = "invalid literal (expected true, false or null)";
+    pub(crate) const EXPECTED_KEY: &str = "expected '\"' to start an object key";
+    pub(crate) const EXPECTED_COLON: &str = "expected ':' after object key";
+    pub(crate) const EXPECTED_OBJ_SEP: &str = "expected ',' or '}' after object member";
+    pub(crate) const EXPECTED_ARR_SEP: &str = "expected ',' or ']' after array element";
+    pub(crate) const TRAILING_COMMA_OBJ: &str = "trailing comma in object";
+    pub(crate) const TRAILING_COMMA_ARR: &str = "trailing comma in array";
+    pub(crate) const INVALID_ESCAPE: &str = "invalid escape";
+    pub(crate) const INVALID_UNICODE_ESCAPE: &str = "invalid \\u escape (expected 4 hex digits)";
+    pub(crate) const LONE_SURROGATE: &str = "unpaired surrogate in \\u escape";
+    pub(crate) const CONTROL_CHAR: &str = "unescaped control character in string";
+    pub(crate) const INVALID_UTF8: &str = "invalid UTF-8 in string";
+    pub(crate) const INVALID_NUMBER: &str = "invalid number";
+    pub(crate) const LEADING_ZERO: &str = "invalid number (leading zero)";
+    pub(crate) const NUMBER_RANGE: &str = "number out of range";
+    pub(crate) const TRAILING: &str = "trailing characters after JSON value";
+    pub(crate) const TOO_DEEP: &str = "nesting deeper than 128 levels";
+    pub(crate) const FOUND_ARRAY: &str = "expected a JSON object, found an array";
+    pub(crate) const FOUND_STRING: &str = "expected a JSON object, found a string";
+    pub(crate) const FOUND_NUMBER: &str = "expected a JSON object, found a number";
+    pub(crate) const FOUND_BOOL: &str = "expected a JSON object, found a boolean";
+    pub(crate) const FOUND_NULL: &str = "expected a JSON object, found null";
 }

@@ -481,7 +481,7 @@ mod alloc_count {
     static GLOBAL: Counting = Counting;
 
     /// Number of allocations made by this thread while running `f`.
-    pub fn count(f: impl FnOnce()) -> usize {
+    pub(super) fn count(f: impl FnOnce()) -> usize {
         let before = ALLOCATIONS.with(Cell::get);
         f();
         ALLOCATIONS.with(Cell::get) - before

@@ -40,7 +40,7 @@ struct Deliveries {
 
 /// The producer's context: collects delivery reports.
 #[derive(Default)]
-pub struct SinkContext {
+pub(super) struct SinkContext {
     deliveries: Mutex<Deliveries>,
     done: Notify,
     errors: ErrorLog,

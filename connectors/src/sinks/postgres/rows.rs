@@ -14,7 +14,7 @@ use super::config::{PostgresMode, EPOCH_COLUMN};
 
 /// One row, ready to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Row {
+pub(super) struct Row {
     /// Index of the record in the epoch.
     pub index: usize,
     /// The row as a JSON object (column -> value).
@@ -23,7 +23,7 @@ pub struct Row {
 
 /// An epoch's records as rows.
 #[derive(Debug, Default)]
-pub struct Rows {
+pub(super) struct Rows {
     /// The columns written (besides the fence column).
     pub columns: Vec<String>,
     pub upserts: Vec<Row>,
@@ -37,7 +37,7 @@ pub struct Rows {
 
 /// How records map to columns.
 #[derive(Debug, Clone)]
-pub struct Layout {
+pub(super) struct Layout {
     pub mode: PostgresMode,
     pub key: Vec<String>,
     pub id_column: String,
@@ -46,7 +46,7 @@ pub struct Layout {
 }
 
 impl Layout {
-    pub fn new(
+    pub(super) fn new(
         mode: PostgresMode,
         key: &[String],
         id_column: &str,
@@ -62,7 +62,7 @@ impl Layout {
 
     /// The columns this epoch writes. `table` lists the existing table's
     /// columns (None: the table is still to be created from these records).
-    pub fn columns(
+    pub(super) fn columns(
         &self,
         records: &[SinkRecord],
         table: Option<&BTreeSet<String>>,
@@ -102,7 +102,7 @@ impl Layout {
     }
 
     /// The value of `column` in a record (the id for the append id column).
-    pub fn value<'a>(&self, column: &str, r: &'a SinkRecord, scratch: &'a mut Value) -> &'a Value {
+    pub(super) fn value<'a>(&self, column: &str, r: &'a SinkRecord, scratch: &'a mut Value) -> &'a Value {
         if self.mode == PostgresMode::Append && column == self.id_column {
             *scratch = Value::Str(r.id.clone());
             return scratch;
@@ -120,7 +120,7 @@ impl Layout {
     }
 
     /// Builds the rows of an epoch.
-    pub fn rows(&self, records: &[SinkRecord], table: Option<&BTreeSet<String>>) -> Rows {
+    pub(super) fn rows(&self, records: &[SinkRecord], table: Option<&BTreeSet<String>>) -> Rows {
         let mut out = Rows::default();
         out.columns = self.columns(records, table, &mut out.unknown_fields);
         let mut by_key: HashMap<Vec<u8>, (bool, usize)> = HashMap::new();
@@ -195,7 +195,7 @@ impl Layout {
 }
 
 /// A JSON array of rows.
-pub fn json_array<'a>(rows: impl IntoIterator<Item = &'a Row>) -> String {
+pub(super) fn json_array<'a>(rows: impl IntoIterator<Item = &'a Row>) -> String {
     let mut out = Vec::new();
     out.push(b'[');
     for (i, r) in rows.into_iter().enumerate() {
@@ -211,7 +211,7 @@ pub fn json_array<'a>(rows: impl IntoIterator<Item = &'a Row>) -> String {
 
 /// Column types for `create_table`, inferred from the records, with the
 /// configured overrides.
-pub fn column_types(
+pub(super) fn column_types(
     layout: &Layout,
     columns: &[String],
     records: &[SinkRecord],

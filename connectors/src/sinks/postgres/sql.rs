@@ -11,14 +11,14 @@ use super::config::EPOCH_COLUMN;
 
 /// A table name, optionally schema-qualified.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TableName {
+pub(super) struct TableName {
     pub schema: Option<String>,
     pub name: String,
 }
 
 impl TableName {
     /// `name` or `schema.name`; each part is used exactly as written.
-    pub fn parse(text: &str) -> Result<TableName, String> {
+    pub(super) fn parse(text: &str) -> Result<TableName, String> {
         let parts: Vec<&str> = text.split('.').collect();
         let bad = || format!("`{text}` is not a table name: write `name` or `schema.name`");
         match parts.as_slice() {
@@ -35,7 +35,7 @@ impl TableName {
     }
 
     /// The quoted name for SQL text (`"public"."counts"`).
-    pub fn quoted(&self) -> String {
+    pub(super) fn quoted(&self) -> String {
         match &self.schema {
             Some(s) => format!("{}.{}", ident(s), ident(&self.name)),
             None => ident(&self.name),
@@ -44,7 +44,7 @@ impl TableName {
 }
 
 /// A quoted identifier (`"a""b"` for `a"b`).
-pub fn ident(name: &str) -> String {
+pub(super) fn ident(name: &str) -> String {
     let mut s = String::with_capacity(name.len() + 2);
     s.push('"');
     for c in name.chars() {
@@ -74,7 +74,7 @@ fn source(table: &TableName) -> String {
 
 /// Upsert of a JSON array of rows (`$1`) with fence `$2`: a row replaces
 /// the stored one only if the stored fence is not newer.
-pub fn upsert(table: &TableName, columns: &[String], key: &[String]) -> String {
+pub(super) fn upsert(table: &TableName, columns: &[String], key: &[String]) -> String {
     let epoch = ident(EPOCH_COLUMN);
     let mut set: Vec<String> = columns
         .iter()
@@ -96,7 +96,7 @@ pub fn upsert(table: &TableName, columns: &[String], key: &[String]) -> String {
 
 /// Deletes the rows whose key is in the JSON array `$1`, unless they were
 /// written with a newer fence than `$2`.
-pub fn delete(table: &TableName, key: &[String]) -> String {
+pub(super) fn delete(table: &TableName, key: &[String]) -> String {
     let cond: Vec<String> = key
         .iter()
         .map(|k| format!("cur.{0} = r.{0}", ident(k)))
@@ -112,7 +112,7 @@ pub fn delete(table: &TableName, key: &[String]) -> String {
 
 /// Insert of a JSON array of events (`$1`); an id already present is
 /// skipped.
-pub fn append(table: &TableName, columns: &[String], id_column: &str) -> String {
+pub(super) fn append(table: &TableName, columns: &[String], id_column: &str) -> String {
     format!(
         "INSERT INTO {t} ({cols}) SELECT {rcols} FROM {src} ON CONFLICT ({id}) DO NOTHING",
         t = table.quoted(),
@@ -125,7 +125,7 @@ pub fn append(table: &TableName, columns: &[String], id_column: &str) -> String 
 
 /// `CREATE TABLE IF NOT EXISTS` with `columns` (name, SQL type), primary
 /// key `key`, and the fence column when `fenced`.
-pub fn create_table(
+pub(super) fn create_table(
     table: &TableName,
     columns: &[(String, String)],
     key: &[String],
@@ -151,12 +151,12 @@ pub fn create_table(
 
 /// The columns of a table in order, with their types; none if it does not
 /// exist. `$1` is the quoted table name.
-pub const COLUMNS_QUERY: &str = "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) \
+pub(super) const COLUMNS_QUERY: &str = "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) \
      FROM pg_attribute a WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 \
      AND NOT a.attisdropped ORDER BY a.attnum";
 
 /// The largest fence stored in an upsert table.
-pub fn max_fence(table: &TableName) -> String {
+pub(super) fn max_fence(table: &TableName) -> String {
     format!(
         "SELECT coalesce(max({}), 0)::bigint FROM {}",
         ident(EPOCH_COLUMN),
@@ -165,7 +165,7 @@ pub fn max_fence(table: &TableName) -> String {
 }
 
 /// The SQL type `create_table` gives a column holding `values`.
-pub fn infer_type<'a>(values: impl IntoIterator<Item = &'a Value>) -> &'static str {
+pub(super) fn infer_type<'a>(values: impl IntoIterator<Item = &'a Value>) -> &'static str {
     let (mut int, mut float, mut boolean, mut json, mut text) = (false, false, false, false, false);
     for v in values {
         match v {

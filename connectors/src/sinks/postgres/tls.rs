@@ -11,7 +11,7 @@ use rustls::pki_types::CertificateDer;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// The TLS connector, or a message saying what is wrong.
-pub fn connector(ca_file: Option<&Path>) -> Result<MakeRustlsConnect, String> {
+pub(super) fn connector(ca_file: Option<&Path>) -> Result<MakeRustlsConnect, String> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for cert in native.certs {

@@ -13,11 +13,11 @@ pub const GENERATION_KEY: &str = "sluice:generation";
 /// Suffix of the key holding the fences of a key's values.
 pub const FENCE_SUFFIX: &str = ":__epoch";
 
-pub use crate::sinks::fence::fence;
+pub(super) use crate::sinks::fence::fence;
 
 /// One record's write, rendered.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Write {
+pub(super) struct Write {
     /// Index of the record in the epoch (for rejections).
     pub index: usize,
     pub key: String,
@@ -30,7 +30,7 @@ pub struct Write {
 
 /// What the script did with one record.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Status {
+pub(super) enum Status {
     Written,
     /// A newer fence was already stored: left alone.
     Stale,
@@ -40,7 +40,7 @@ pub enum Status {
 
 /// Settings shared by all chunks of an epoch.
 #[derive(Debug, Clone, Copy)]
-pub struct ChunkArgs<'a> {
+pub(super) struct ChunkArgs<'a> {
     pub hash: bool,
     pub fence: u64,
     pub ttl_ms: u64,
@@ -48,7 +48,7 @@ pub struct ChunkArgs<'a> {
 }
 
 /// `EVALSHA sha numkeys KEYS... ARGV...` for one chunk of writes.
-pub fn chunk_command(sha: &str, args: ChunkArgs<'_>, writes: &[Write]) -> redis::Cmd {
+pub(super) fn chunk_command(sha: &str, args: ChunkArgs<'_>, writes: &[Write]) -> redis::Cmd {
     let mut cmd = redis::cmd("EVALSHA");
     let nkeys = writes.len() * 2 + usize::from(args.totals.is_some());
     cmd.arg(sha).arg(nkeys);
@@ -72,7 +72,7 @@ pub fn chunk_command(sha: &str, args: ChunkArgs<'_>, writes: &[Write]) -> redis:
 
 /// A `SCAN MATCH` pattern for the fence keys of a key template: each
 /// `{field}` becomes `*`, glob characters of the text are escaped.
-pub fn fence_glob(template: &str) -> String {
+pub(super) fn fence_glob(template: &str) -> String {
     let mut out = String::new();
     let mut in_field = false;
     for c in template.chars() {
@@ -95,7 +95,7 @@ pub fn fence_glob(template: &str) -> String {
 }
 
 /// The key holding the fences of `key`'s values.
-pub fn fence_key(key: &str) -> String {
+pub(super) fn fence_key(key: &str) -> String {
     let mut k = String::with_capacity(key.len() + FENCE_SUFFIX.len());
     k.push_str(key);
     k.push_str(FENCE_SUFFIX);
@@ -103,7 +103,7 @@ pub fn fence_key(key: &str) -> String {
 }
 
 /// Reads the script's reply for a chunk of `n` writes.
-pub fn parse_reply(reply: &redis::Value, n: usize) -> Result<Vec<Status>, String> {
+pub(super) fn parse_reply(reply: &redis::Value, n: usize) -> Result<Vec<Status>, String> {
     let redis::Value::Array(items) = reply else {
         return Err(format!(
             "unexpected reply from the fencing script: {reply:?}"
@@ -130,7 +130,7 @@ pub fn parse_reply(reply: &redis::Value, n: usize) -> Result<Vec<Status>, String
 }
 
 /// Whether a server error code is transient (the whole epoch is retried).
-pub fn transient_code(code: &str) -> bool {
+pub(super) fn transient_code(code: &str) -> bool {
     matches!(
         code,
         "LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "READONLY" | "CLUSTERDOWN" | "OOM"
@@ -138,6 +138,6 @@ pub fn transient_code(code: &str) -> bool {
 }
 
 /// The error code (first word) of a server error text.
-pub fn error_code(text: &str) -> &str {
+pub(super) fn error_code(text: &str) -> &str {
     text.split_whitespace().next().unwrap_or("")
 }

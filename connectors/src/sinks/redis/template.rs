@@ -132,7 +132,7 @@ impl Template {
 
 /// Appends a value as text: strings raw, everything else as JSON. Returns
 /// false for missing and null values (nothing is appended).
-pub fn push_scalar(v: &Value, out: &mut String) -> bool {
+pub(super) fn push_scalar(v: &Value, out: &mut String) -> bool {
     match v {
         Value::Missing | Value::Null => false,
         Value::Str(s) => {

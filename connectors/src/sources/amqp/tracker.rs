@@ -379,7 +379,7 @@ fn decode_header(bytes: &[u8]) -> Result<(u64, u64), PositionError> {
 }
 
 /// The ids stored in a position.
-pub fn decode_ids(bytes: &[u8]) -> Result<Vec<MessageId>, PositionError> {
+pub(super) fn decode_ids(bytes: &[u8]) -> Result<Vec<MessageId>, PositionError> {
     decode_header(bytes)?;
     let count = bytes
         .get(17..21)

@@ -41,7 +41,7 @@ pub struct FileSourceConfig {
 }
 
 /// The largest `read_bytes` (64 MiB): the read buffer is allocated up front.
-pub const MAX_READ_BYTES: usize = 64 << 20;
+pub(super) const MAX_READ_BYTES: usize = 64 << 20;
 
 impl FileSourceConfig {
     /// Checks values beyond their type.

@@ -22,13 +22,13 @@ impl FileSource {
 }
 
 /// Encodes a position: offset (u64 BE) followed by the file name.
-pub fn encode_position(name: &str, offset: u64) -> Vec<u8> {
+pub(super) fn encode_position(name: &str, offset: u64) -> Vec<u8> {
     let mut v = offset.to_be_bytes().to_vec();
     v.extend_from_slice(name.as_bytes());
     v
 }
 
-pub fn decode_position(bytes: &[u8]) -> Option<(String, u64)> {
+pub(super) fn decode_position(bytes: &[u8]) -> Option<(String, u64)> {
     let (off, name) = bytes.split_at_checked(8)?;
     Some((
         String::from_utf8(name.to_vec()).ok()?,

@@ -51,7 +51,7 @@ pub(crate) struct Validator {
 }
 
 impl Validator {
-    pub fn new(max_event_bytes: usize) -> Self {
+    pub(super) fn new(max_event_bytes: usize) -> Self {
         Validator {
             objects: Projection::new(&[]),
             max_event_bytes,
@@ -59,7 +59,7 @@ impl Validator {
     }
 
     /// The events of `body` as byte ranges, or why the body is refused.
-    pub fn split(&self, body: &[u8], framing: Framing) -> Result<Vec<Range<usize>>, Rejection> {
+    pub(super) fn split(&self, body: &[u8], framing: Framing) -> Result<Vec<Range<usize>>, Rejection> {
         let Some(first) = body.iter().position(|b| !b.is_ascii_whitespace()) else {
             return Err(Rejection::bad(
                 "the request body is empty: send a JSON object, an array of objects, or NDJSON",

@@ -16,7 +16,7 @@ pub(crate) struct Budget {
 }
 
 impl Budget {
-    pub fn new(cap: usize, gauge: Gauge) -> Arc<Budget> {
+    pub(super) fn new(cap: usize, gauge: Gauge) -> Arc<Budget> {
         gauge.set(0.0);
         Arc::new(Budget {
             used: AtomicUsize::new(0),
@@ -27,12 +27,12 @@ impl Budget {
 
     /// Bytes reserved right now.
     #[cfg(test)]
-    pub fn used(&self) -> usize {
+    pub(super) fn used(&self) -> usize {
         self.used.load(Ordering::Acquire)
     }
 
     /// An empty reservation, grown with [`Reservation::grow_to`].
-    pub fn reservation(self: &Arc<Self>) -> Reservation {
+    pub(super) fn reservation(self: &Arc<Self>) -> Reservation {
         Reservation {
             budget: Arc::clone(self),
             held: 0,
@@ -70,7 +70,7 @@ impl Reservation {
     /// Makes the reservation at least `n` bytes. False (and unchanged) when
     /// that would take the budget over its cap.
     #[must_use]
-    pub fn grow_to(&mut self, n: usize) -> bool {
+    pub(super) fn grow_to(&mut self, n: usize) -> bool {
         if n <= self.held {
             return true;
         }

@@ -57,7 +57,7 @@ pub(super) struct Server {
 
 impl Server {
     /// Binds `address` and serves `app` on it.
-    pub async fn start(
+    pub(super) async fn start(
         address: &str,
         name: &str,
         limits: Limits,
@@ -89,7 +89,7 @@ impl Server {
     /// Graceful stop: no new connections, in-flight requests finish (up
     /// to a timeout, after which they are cut: their clients never got a
     /// 202, so nothing accepted is lost).
-    pub async fn shutdown(mut self, name: &str) {
+    pub(super) async fn shutdown(mut self, name: &str) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

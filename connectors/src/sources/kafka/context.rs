@@ -24,14 +24,14 @@ use crate::kafka::ErrorLog;
 
 /// A change of assignment, for the poll loop.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
+pub(super) enum Change {
     Assigned(Vec<TopicPartition>),
     Revoked(Vec<TopicPartition>),
 }
 
 /// State shared by the callbacks and the poll loop.
 #[derive(Debug, Default)]
-pub struct Shared {
+pub(super) struct Shared {
     /// Next offset to read per partition: restored from the checkpoint,
     /// then advanced as batches are emitted. A partition (re)assigned to
     /// this consumer starts there.
@@ -43,7 +43,7 @@ pub struct Shared {
 }
 
 /// The consumer's context.
-pub struct KafkaContext {
+pub(super) struct KafkaContext {
     source: Arc<str>,
     /// Where a partition without a position starts.
     start: Offset,
@@ -56,7 +56,7 @@ pub struct KafkaContext {
 }
 
 impl KafkaContext {
-    pub fn new(
+    pub(super) fn new(
         source: Arc<str>,
         start: Offset,
         labels: Vec<metrics::Label>,
@@ -78,7 +78,7 @@ impl KafkaContext {
 
     /// Locks the shared state (a poisoned lock is still usable: the state
     /// is plain data).
-    pub fn shared(&self) -> MutexGuard<'_, Shared> {
+    pub(super) fn shared(&self) -> MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 const VERSION: u8 = 1;
 
 /// A (topic, partition) pair.
-pub type TopicPartition = (String, i32);
+pub(super) type TopicPartition = (String, i32);
 
 /// Where a source stands in one partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +31,7 @@ pub struct Position {
 
 /// A checkpointed position that is not a Kafka position.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PositionError {
+pub(super) enum PositionError {
     #[error("position of partition {id} is not a Kafka position (was this source of another type before? rebuild the state with `sluice replay`)")]
     NotKafka { id: u32 },
     #[error("partitions {first} and {second} both hold the position of {topic}[{partition}]")]
@@ -70,7 +70,7 @@ pub fn decode(bytes: &[u8]) -> Option<Position> {
 
 /// The engine partition id of every (topic, partition) this source knows.
 #[derive(Debug, Default)]
-pub struct PartitionIds {
+pub(super) struct PartitionIds {
     ids: HashMap<TopicPartition, u32>,
     next_id: u32,
 }
@@ -78,7 +78,7 @@ pub struct PartitionIds {
 impl PartitionIds {
     /// Rebuilds the table from restored positions; also returns the
     /// restored next offset of each partition.
-    pub fn restore(
+    pub(super) fn restore(
         restored: &BTreeMap<u32, Vec<u8>>,
     ) -> Result<(Self, HashMap<TopicPartition, i64>), PositionError> {
         let mut table = PartitionIds::default();
@@ -102,12 +102,12 @@ impl PartitionIds {
     }
 
     /// Every id known: restored from the checkpoint or assigned since.
-    pub fn known(&self) -> impl Iterator<Item = u32> + '_ {
+    pub(super) fn known(&self) -> impl Iterator<Item = u32> + '_ {
         self.ids.values().copied()
     }
 
     /// The id of `(topic, partition)`, assigning a new one if needed.
-    pub fn id(&mut self, topic: &str, partition: i32) -> u32 {
+    pub(super) fn id(&mut self, topic: &str, partition: i32) -> u32 {
         if let Some(&id) = self.ids.get(&(topic.to_string(), partition)) {
             return id;
         }
@@ -123,7 +123,7 @@ impl PartitionIds {
 /// offset to read if known; `start_at` is where a partition without a
 /// position starts: its low watermark for `earliest`, None for `latest`
 /// (which reads nothing in a bounded run).
-pub fn reached_end(next: Option<i64>, start_at: Option<i64>, end: i64) -> bool {
+pub(super) fn reached_end(next: Option<i64>, start_at: Option<i64>, end: i64) -> bool {
     match next.or(start_at) {
         Some(n) => n >= end,
         None => true,

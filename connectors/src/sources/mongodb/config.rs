@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use sluice_engine::error::Invalid;
 use sluice_engine::time::{parse_rfc3339_ms, HumanDuration};
 
-pub use crate::mongo::FullDocument;
+pub(super) use crate::mongo::FullDocument;
 
 /// `type = "mongodb"`: a change stream (see the module docs).
 #[derive(Debug, Clone, Serialize, Deserialize)]
