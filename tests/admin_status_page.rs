@@ -7,25 +7,20 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use support::worker::{Ready, Worker};
 use support::*;
 
+/// A running sluice (killed on drop, before its directory goes).
 struct Running {
-    child: Child,
+    worker: Worker,
     admin: u16,
     ingest: u16,
     dir: tempfile::TempDir,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn start() -> Running {
@@ -77,12 +72,13 @@ path = "{out}"
         ),
     )
     .unwrap();
-    let log = dir.path().join("log");
-    let mut child = spawn_serve(&pipeline, env, &log);
-    wait_for_port(admin, &mut child, &log);
-    wait_for_port(ingest, &mut child, &log);
+    let mut worker = Worker::new(&pipeline, &dir.path().join("log")).envs(env);
+    worker
+        .start()
+        .wait_ready(&Ready::Port(admin))
+        .wait_ready(&Ready::Port(ingest));
     Running {
-        child,
+        worker,
         admin,
         ingest,
         dir,
@@ -134,24 +130,19 @@ fn node<'a>(s: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
         .unwrap_or_else(|| panic!("no node `{name}` in {s}"))
 }
 
-/// Polls `/status` until `done` holds (at most 20 s).
+/// Polls `/status` until `done` holds (at most 20 s); returns that status.
 fn wait_status(
-    admin: u16,
+    r: &mut Running,
     what: &str,
     done: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let s = status(admin);
-        if done(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {s}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let admin = r.admin;
+    let mut last = serde_json::Value::Null;
+    r.worker.wait_until(what, Duration::from_secs(20), || {
+        last = status(admin);
+        done(&last)
+    });
+    last
 }
 
 fn chromium() -> String {
@@ -237,14 +228,14 @@ fn artefact_path() -> PathBuf {
 
 #[test]
 fn status_page_renders_the_graph_and_live_numbers_in_a_browser() {
-    let r = start();
+    let mut r = start();
     assert_eq!(post_orders(r.ingest, 250), 250);
     // one event without its event time: a dead letter of `orders`
     let (code, _) =
         http_request(r.ingest, "POST", "/ingest", &[], b"{\"country\":\"GT\"}").unwrap();
     assert_eq!(code, 202);
     let first = wait_status(
-        r.admin,
+        &mut r,
         "251 events, a checkpoint and records in `totals`",
         |s| {
             node(s, "orders")["metrics"]["events_total"] == 251.0
@@ -313,7 +304,7 @@ fn status_page_renders_the_graph_and_live_numbers_in_a_browser() {
     assert_eq!(shown(&dom, Some("per_country"), "state_keys"), "3");
 
     // Idle: once the first posts leave the rate window, the rate is 0.
-    wait_status(r.admin, "the event rate to fall to 0", |s| {
+    wait_status(&mut r, "the event rate to fall to 0", |s| {
         node(s, "orders")["metrics"]["events_per_second"] == 0.0
     });
     // Events flow: the rates and the totals move, in /status and on the page.
@@ -328,7 +319,7 @@ fn status_page_renders_the_graph_and_live_numbers_in_a_browser() {
             }
         })
     };
-    let flowing = wait_status(r.admin, "a positive event rate", |s| {
+    let flowing = wait_status(&mut r, "a positive event rate", |s| {
         node(s, "orders")["metrics"]["events_per_second"].as_f64() > Some(0.0)
     });
     assert!(node(&flowing, "orders")["metrics"]["events_total"].as_f64() > Some(251.0));
@@ -353,7 +344,7 @@ fn status_page_renders_the_graph_and_live_numbers_in_a_browser() {
     assert!(dom.contains("class=\"edge flowing\""), "{dom}");
 
     let sent = 251 + sent.load(Ordering::SeqCst);
-    wait_status(r.admin, "every posted event counted", |s| {
+    wait_status(&mut r, "every posted event counted", |s| {
         node(s, "orders")["metrics"]["events_total"] == sent as f64
     });
 
@@ -403,14 +394,14 @@ fn status_page_is_self_contained() {
 #[test]
 fn status_page_sends_the_admin_token_from_its_url_fragment() {
     let var = "SLUICE_STATUS_PAGE_TEST_TOKEN";
-    let r = start_with(
+    let mut r = start_with(
         &format!("auth_token_env = \"{var}\""),
         &[(var, "s3cret-page".to_string())],
     );
     let posted = post_orders(r.ingest, 40);
-    let get = |path: &str, auth: &[(&str, &str)]| {
-        http_request(r.admin, "GET", path, auth, b"").unwrap().0
-    };
+    let admin = r.admin;
+    let get =
+        |path: &str, auth: &[(&str, &str)]| http_request(admin, "GET", path, auth, b"").unwrap().0;
     assert_eq!(get("/", &[]), 200);
     assert_eq!(get("/assets/status.js", &[]), 200);
     assert_eq!(get("/status", &[]), 401);
@@ -420,20 +411,16 @@ fn status_page_sends_the_admin_token_from_its_url_fragment() {
         200
     );
     // The page fetches /status with the token from its fragment.
-    let url = format!("http://127.0.0.1:{}/#token=s3cret-page", r.admin);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let dom = browse_url(&url, &r.dir.path().join("chromium-token"), &["--dump-dom"]);
-        let events = number(&shown(&dom, Some("orders"), "events_total"));
-        if events as u64 >= posted {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the page never showed the {posted} events:\n{dom}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    let url = format!("http://127.0.0.1:{admin}/#token=s3cret-page");
+    let profile = r.dir.path().join("chromium-token");
+    r.worker.wait_until(
+        &format!("the page to show the {posted} events"),
+        Duration::from_secs(30),
+        || {
+            let dom = browse_url(&url, &profile, &["--dump-dom"]);
+            number(&shown(&dom, Some("orders"), "events_total")) as u64 >= posted
+        },
+    );
     // Without the token the page cannot read /status.
     let dom = browse_url(
         &format!("http://127.0.0.1:{}/", r.admin),

@@ -6,22 +6,17 @@
 mod support;
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use support::worker::{Ready, Worker};
 use support::*;
 
+/// A running sluice (killed on drop, before its directory goes).
 struct Running {
-    child: Child,
+    worker: Worker,
     admin: u16,
     ingest: u16,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// sluice with an HTTP source (journal metrics), an aggregate, a table and
@@ -65,10 +60,11 @@ path = "{out}"
         ),
     )
     .unwrap();
-    let log = dir.path().join("log");
-    let mut child = spawn_serve(&pipeline, &[], &log);
-    wait_for_port(admin, &mut child, &log);
-    wait_for_port(ingest, &mut child, &log);
+    let mut worker = Worker::new(&pipeline, &dir.path().join("log"));
+    worker
+        .start()
+        .wait_ready(&Ready::Port(admin))
+        .wait_ready(&Ready::Port(ingest));
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -93,15 +89,11 @@ path = "{out}"
     assert_eq!(status, 202);
     // a late event -> a dead letter (so dead-letter series have data)
     let late = format!("{{\"ts\":{},\"country\":\"GT\"}}", now - 3_600_000);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while metric_total(admin, "sluice_events_in_total").unwrap_or(0.0) < 200.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the first 200 events were never read; see {}",
-            log.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    worker.wait_until(
+        "the first 200 events to be read",
+        Duration::from_secs(20),
+        || metric_total(admin, "sluice_events_in_total").unwrap_or(0.0) >= 200.0,
+    );
     assert_eq!(
         http_request(ingest, "POST", "/ingest", &[], late.as_bytes())
             .unwrap()
@@ -109,7 +101,7 @@ path = "{out}"
         202
     );
     Running {
-        child,
+        worker,
         admin,
         ingest,
         _dir: dir,
@@ -124,13 +116,13 @@ fn scrape(port: u16) -> String {
 
 #[test]
 fn every_dashboard_and_alert_metric_is_exported() {
-    let s = start_sluice();
+    let mut s = start_sluice();
     // wait for a checkpoint so that checkpoint series exist
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !scrape(s.admin).contains("sluice_checkpoint_duration_seconds_count") {
-        assert!(Instant::now() < deadline, "no checkpoint in /metrics");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let admin = s.admin;
+    s.worker
+        .wait_until("a checkpoint in /metrics", Duration::from_secs(15), || {
+            scrape(admin).contains("sluice_checkpoint_duration_seconds_count")
+        });
     let work = tempfile::tempdir().unwrap();
     let exposition = work.path().join("metrics.prom");
     std::fs::write(&exposition, scrape(s.admin)).unwrap();
@@ -223,7 +215,7 @@ fn prometheus_scrapes_sluice_and_answers_the_dashboard_queries() {
             "the prometheus server is not installed (tests/run.sh installs Debian's `prometheus`)"
         );
     };
-    let s = start_sluice();
+    let mut s = start_sluice();
     let work = tempfile::tempdir().unwrap();
     let prom_port = pick_port();
     let config = work.path().join("prometheus.yml");
@@ -235,7 +227,8 @@ fn prometheus_scrapes_sluice_and_answers_the_dashboard_queries() {
         ),
     )
     .unwrap();
-    let log = std::fs::File::create(work.path().join("prometheus.log")).unwrap();
+    let prom_log = work.path().join("prometheus.log");
+    let log = std::fs::File::create(&prom_log).unwrap();
     struct Kill(Child);
     impl Drop for Kill {
         fn drop(&mut self) {
@@ -257,24 +250,21 @@ fn prometheus_scrapes_sluice_and_answers_the_dashboard_queries() {
             .unwrap(),
     );
     // Up and scraped a few times (rate() needs two samples).
-    let deadline = Instant::now() + Duration::from_secs(40);
-    loop {
-        let ok = try_query(prom_port, "count_over_time(up{job=\"sluice\"}[1m])").is_some_and(|r| {
-            r["data"]["result"][0]["value"][1]
-                .as_str()
-                .and_then(|v| v.parse::<f64>().ok())
-                .is_some_and(|n| n >= 4.0)
-        });
-        if ok {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "prometheus did not scrape sluice; see {}",
-            work.path().join("prometheus.log").display()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    s.worker.wait_until(
+        &format!(
+            "prometheus to scrape sluice (its log: {})",
+            prom_log.display()
+        ),
+        Duration::from_secs(40),
+        || {
+            try_query(prom_port, "count_over_time(up{job=\"sluice\"}[1m])").is_some_and(|r| {
+                r["data"]["result"][0]["value"][1]
+                    .as_str()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .is_some_and(|n| n >= 4.0)
+            })
+        },
+    );
     assert_eq!(
         query(prom_port, "up{job=\"sluice\"}")["data"]["result"][0]["value"][1],
         "1"

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use support::worker::{Ready, Worker, READY_TIMEOUT};
 use support::*;
 
 const DOC: &str = "docs/operations/tls-auth.md";
@@ -91,21 +92,12 @@ fn https_status(ca: &Path, url: &str, extra: &[&str]) -> Option<u16> {
     ok.then(|| code.parse().unwrap())
 }
 
-/// Polls `f` until it holds, for at most 20 s.
-fn eventually(what: &str, log: &Path, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within 20 s; see {}",
-            log.display()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+/// How long a change may take to show.
+const EVENTUALLY: Duration = Duration::from_secs(20);
 
-/// A sluice that is killed if the test fails half-way (no stray process
-/// keeps a port).
+/// The sluice the page's `sluice run` block starts (through bash, so not a
+/// [`Worker`]), killed if the test fails half-way (no stray process keeps a
+/// port).
 struct Running(Child);
 
 impl Drop for Running {
@@ -195,7 +187,8 @@ impl Setup {
         }
     }
 
-    fn start(&self, admin_tls: bool) -> Running {
+    /// Starts the pipeline and waits for both listeners.
+    fn start(&self, admin_tls: bool) -> Worker {
         let tls = if admin_tls {
             format!(
                 "tls = {{ cert = \"{}\", key = \"{}\" }}",
@@ -215,10 +208,15 @@ impl Setup {
             ("ADMIN_TLS", tls),
             ("ADMIN_TOKEN", ADMIN_TOKEN.to_string()),
         ];
-        let mut child = spawn_serve(&self.path("pipeline.toml"), &env, &self.log());
-        wait_for_port(self.port, &mut child, &self.log());
-        wait_for_port(self.admin_port, &mut child, &self.log());
-        Running(child)
+        let mut worker = Worker::new(&self.path("pipeline.toml"), &self.log()).envs(&env);
+        self.wait_listening(worker.start());
+        worker
+    }
+
+    fn wait_listening(&self, worker: &mut Worker) {
+        worker
+            .wait_ready(&Ready::Port(self.port))
+            .wait_ready(&Ready::Port(self.admin_port));
     }
 
     fn ingest_url(&self) -> String {
@@ -240,7 +238,7 @@ fn https_ingest_is_durable_and_plain_http_to_the_tls_port_fails() {
     let s = Setup::new();
     let ca = s.path("a/ca.pem");
     let mut want = BTreeMap::<String, u64>::new();
-    let mut child = s.start(false);
+    let mut worker = s.start(false);
     for i in 0..30 {
         let country = COUNTRIES[i % COUNTRIES.len()];
         let body = format!("{{\"country\":\"{country}\"}}");
@@ -273,7 +271,7 @@ fn https_ingest_is_durable_and_plain_http_to_the_tls_port_fails() {
         .unwrap()
         .1
     };
-    eventually("the failed handshake is counted", &s.log(), || {
+    worker.wait_until("the failed handshake is counted", EVENTUALLY, || {
         metrics().lines().any(|l| {
             l.starts_with("sluice_errors_total")
                 && l.contains("error_type=\"tls_handshake\"")
@@ -284,14 +282,13 @@ fn https_ingest_is_durable_and_plain_http_to_the_tls_port_fails() {
     let body = "{\"country\":\"GT\"}";
     assert_eq!(https_status(&ca, &s.ingest_url(), &["-d", body]), Some(202));
     *want.get_mut("GT").unwrap() += 1;
-    child.0.kill().unwrap();
-    child.0.wait().unwrap();
+    assert!(worker.kill(), "sluice was not running at the SIGKILL");
 
-    let mut child = s.start(false);
-    eventually("every accepted event counted", &s.log(), || {
+    s.wait_listening(worker.start());
+    worker.wait_until("every accepted event counted", EVENTUALLY, || {
         s.counts() == want
     });
-    assert!(terminate(&mut child.0).success());
+    assert!(worker.terminate().success());
     assert_eq!(s.counts(), want, "after SIGKILL, restart and SIGTERM");
 }
 
@@ -300,7 +297,7 @@ fn renewed_certificate_files_are_served_without_a_restart() {
     let s = Setup::new();
     make_certificates(&s.path("b"));
     let (old_ca, new_ca) = (s.path("a/ca.pem"), s.path("b/ca.pem"));
-    let mut child = s.start(true);
+    let mut worker = s.start(true);
     let admin = format!("https://127.0.0.1:{}/health", s.admin_port);
     let token = format!("Authorization: Bearer {ADMIN_TOKEN}");
     let tables = format!("https://127.0.0.1:{}/tables", s.admin_port);
@@ -312,14 +309,14 @@ fn renewed_certificate_files_are_served_without_a_restart() {
     assert_eq!(https_status(&new_ca, &admin, &[]), None);
 
     s.install("b");
-    eventually(
+    worker.wait_until(
         "the HTTP source serves the new certificate",
-        &s.log(),
+        EVENTUALLY,
         || https_status(&new_ca, &s.ingest_url(), &body) == Some(202),
     );
-    eventually(
+    worker.wait_until(
         "the admin server serves the new certificate",
-        &s.log(),
+        EVENTUALLY,
         || https_status(&new_ca, &admin, &[]) == Some(200),
     );
     assert_eq!(https_status(&old_ca, &s.ingest_url(), &body), None);
@@ -329,20 +326,20 @@ fn renewed_certificate_files_are_served_without_a_restart() {
 
     // A key that does not fit: logged, and the current pair stays.
     std::fs::copy(s.path("a/tls.key"), s.path("live/tls.key")).unwrap();
-    eventually("the broken pair is reported", &s.log(), || {
+    worker.wait_until("the broken pair is reported", EVENTUALLY, || {
         std::fs::read_to_string(s.log())
             .unwrap()
             .contains("cannot be used; still serving the previous one")
     });
     assert_eq!(https_status(&new_ca, &s.ingest_url(), &body), Some(202));
     assert_eq!(https_status(&new_ca, &admin, &[]), Some(200));
-    assert!(terminate(&mut child.0).success());
+    assert!(worker.terminate().success());
 }
 
 #[test]
 fn the_admin_token_guards_everything_but_the_probes() {
     let s = Setup::new();
-    let mut child = s.start(false);
+    let mut worker = s.start(false);
     let get = |path: &str, auth: Option<&str>| {
         let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", *a)).collect();
         http_request(s.admin_port, "GET", path, &headers, b"")
@@ -357,25 +354,21 @@ fn the_admin_token_guards_everything_but_the_probes() {
     assert_eq!(get("/metrics", Some(&right)), 200);
     assert_eq!(get("/tables", Some(&right)), 200);
     assert_eq!(get("/health", None), 200);
-    eventually("/ready answers 200 without a token", &s.log(), || {
+    worker.wait_until("/ready to answer 200 without a token", EVENTUALLY, || {
         get("/ready", None) == 200
     });
-    assert!(terminate(&mut child.0).success());
+    assert!(worker.terminate().success());
 }
 
 #[test]
 fn a_missing_token_variable_or_unusable_certificate_refuses_to_start() {
     let s = Setup::new();
+    // (exit status, what it wrote)
     let run_with = |env: &[(&str, String)]| {
-        let mut cmd = sluice();
-        cmd.arg("run")
-            .arg(s.path("pipeline.toml"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        cmd.output().unwrap()
+        let mut worker = Worker::new(&s.path("pipeline.toml"), &s.log()).envs(env);
+        worker.start();
+        let status = worker.wait_exit(READY_TIMEOUT);
+        (status, worker.log_since_start())
     };
     let mut env = vec![
         ("STATE", s.path("state").display().to_string()),
@@ -385,16 +378,15 @@ fn a_missing_token_variable_or_unusable_certificate_refuses_to_start() {
         ("CERT", s.path("live/tls.crt").display().to_string()),
         ("KEY", s.path("live/tls.key").display().to_string()),
     ];
-    let out = run_with(&env);
-    assert!(!out.status.success());
-    assert!(text_of(&out).contains("`ADMIN_TOKEN`"), "{}", text_of(&out));
+    let (status, text) = run_with(&env);
+    assert!(!status.success());
+    assert!(text.contains("`ADMIN_TOKEN`"), "{text}");
 
     env.push(("ADMIN_TOKEN", ADMIN_TOKEN.into()));
     make_certificates(&s.path("b"));
     std::fs::copy(s.path("b/tls.key"), s.path("live/tls.key")).unwrap();
-    let out = run_with(&env);
-    assert!(!out.status.success());
-    let text = text_of(&out);
+    let (status, text) = run_with(&env);
+    assert!(!status.success());
     assert!(text.contains("do not go together"), "{text}");
 }
 
