@@ -7,12 +7,12 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::services::{free_port, PrivateRedis};
+use support::worker::{Ready, Worker};
 use support::*;
 
 /// `GET /ready`: (status, JSON body).
@@ -23,29 +23,31 @@ fn ready(admin: u16) -> Option<(u16, serde_json::Value)> {
 }
 
 /// Polls `/ready` until `want` accepts an answer (bounded); returns it.
+/// Each new answer on the way is printed, for the failure message.
 fn wait_ready(
+    worker: &mut Worker,
     admin: u16,
     what: &str,
     timeout: Duration,
-    log: &Path,
     want: impl Fn(u16, &serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let deadline = Instant::now() + timeout;
-    let mut last = None;
-    loop {
-        if let Some((status, body)) = ready(admin) {
-            if want(status, &body) {
-                return body;
-            }
+    let mut last: Option<(u16, serde_json::Value)> = None;
+    let mut accepted = None;
+    worker.wait_until(what, timeout, || {
+        let Some((status, body)) = ready(admin) else {
+            return false;
+        };
+        if want(status, &body) {
+            accepted = Some(body);
+            return true;
+        }
+        if last.as_ref() != Some(&(status, body.clone())) {
+            eprintln!("waiting for {what}; /ready: {status} {body}");
             last = Some((status, body));
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; last /ready: {last:?}; log:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        false
+    });
+    accepted.expect("wait_until returns once `want` accepted an answer")
 }
 
 fn has_reason(body: &serde_json::Value, text: &str) -> bool {
@@ -62,20 +64,6 @@ fn metric(admin: u16, prefix: &str, label: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(prefix) && l.contains(label))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
-/// Waits (bounded) until the log holds `text` after its first `from` bytes.
-fn wait_log(log: &Path, from: usize, text: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string(log).unwrap()[from..].contains(text) {
-        assert!(Instant::now() < deadline, "no `{text}` in the log");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn kill9(child: &mut std::process::Child) {
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
 
 const JOURNAL_PIPELINE: &str = r#"
@@ -120,14 +108,13 @@ fn journal_backlog_is_not_ready_until_caught_up_also_after_a_restart() {
         ("ADMIN_PORT", admin.to_string()),
         ("REDIS_URL", redis.url()),
     ];
-    let log = dir.path().join("sluice.log");
-    let mut child = spawn_serve(&pipeline, &env, &log);
-    wait_for_port(port, &mut child, &log);
+    let mut sluice = Worker::new(&pipeline, &dir.path().join("sluice.log")).envs(&env);
+    sluice.start().wait_ready(&Ready::Port(port));
     let body = wait_ready(
+        &mut sluice,
         admin,
         "ready at start",
         Duration::from_secs(20),
-        &log,
         |s, _| s == 200,
     );
     assert_eq!(body["sources"][0]["state"], "up", "{body}");
@@ -160,10 +147,10 @@ fn journal_backlog_is_not_ready_until_caught_up_also_after_a_restart() {
         post(1000);
     }
     let body = wait_ready(
+        &mut sluice,
         admin,
         "not ready: catching up",
         Duration::from_secs(20),
-        &log,
         |s, b| s == 503 && has_reason(b, "source `web` is catching up"),
     );
     assert!(
@@ -173,18 +160,16 @@ fn journal_backlog_is_not_ready_until_caught_up_also_after_a_restart() {
     assert_eq!(body["ready"], false);
     assert!(metric(admin, "sluice_source_backlog_events{", "component=\"web\"").unwrap() > 500.0);
     assert_eq!(metric(admin, "sluice_ready{", ""), Some(0.0));
-    wait_log(&log, 0, "catching up: source web, ");
+    sluice.wait_log("catching up: source web, ", 1);
 
     // A restart replays the journal from the checkpoint: not ready either.
-    kill9(&mut child);
-    let restarted_at = std::fs::metadata(&log).unwrap().len() as usize;
-    let mut child = spawn_serve(&pipeline, &env, &log);
-    wait_for_port(port, &mut child, &log);
+    sluice.kill();
+    sluice.start().wait_ready(&Ready::Port(port));
     let body = wait_ready(
+        &mut sluice,
         admin,
         "not ready after restart",
         Duration::from_secs(20),
-        &log,
         |s, b| s == 503 && has_reason(b, "source `web` is catching up"),
     );
     assert!(
@@ -196,25 +181,18 @@ fn journal_backlog_is_not_ready_until_caught_up_also_after_a_restart() {
     // The sink recovers: the backlog drains and the pipeline is ready.
     redis.launch();
     let body = wait_ready(
+        &mut sluice,
         admin,
         "ready after catching up",
         Duration::from_secs(90),
-        &log,
         |s, _| s == 200,
     );
     assert_eq!(body["reasons"], serde_json::json!([]));
     assert!(body["sources"][0]["backlog_events"].as_u64().unwrap() <= 500);
     assert_eq!(metric(admin, "sluice_ready{", ""), Some(1.0));
-    wait_log(
-        &log,
-        restarted_at,
-        "ready: state restored and sources caught up",
-    );
-    eprintln!(
-        "{}",
-        &std::fs::read_to_string(&log).unwrap()[restarted_at..]
-    );
-    assert!(terminate(&mut child).success());
+    sluice.wait_log("ready: state restored and sources caught up", 1);
+    eprintln!("{}", sluice.log_since_start());
+    assert!(sluice.terminate().success());
 }
 
 #[test]
@@ -231,11 +209,11 @@ fn http_port_taken_fails_the_start_and_is_never_ready() {
         ("ADMIN_PORT", admin.to_string()),
         ("REDIS_URL", "redis://127.0.0.1:1".to_string()),
     ];
-    let log = dir.path().join("sluice.log");
-    let mut child = spawn_serve(&pipeline, &env, &log);
+    let mut sluice = Worker::new(&pipeline, &dir.path().join("sluice.log")).envs(&env);
+    sluice.start();
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = sluice.exit_status() {
             break status;
         }
         if let Some((code, body)) = ready(admin) {
@@ -245,7 +223,7 @@ fn http_port_taken_fails_the_start_and_is_never_ready() {
         std::thread::sleep(Duration::from_millis(10));
     };
     assert_eq!(status.code(), Some(1));
-    let text = std::fs::read_to_string(&log).unwrap();
+    let text = sluice.log_since_start();
     assert!(
         text.contains(&format!("cannot listen on 127.0.0.1:{port}")),
         "{text}"
@@ -285,27 +263,26 @@ path = "{out}"
         ),
     )
     .unwrap();
-    let log = dir.path().join("sluice.log");
-    let mut child = spawn_serve(&pipeline, &[], &log);
-    wait_for_port(admin, &mut child, &log);
+    let mut sluice = Worker::new(&pipeline, &dir.path().join("sluice.log"));
+    sluice.start().wait_ready(&Ready::Port(admin));
     wait_ready(
+        &mut sluice,
         admin,
         "not ready while reading",
         Duration::from_secs(20),
-        &log,
         |s, b| s == 503 && has_reason(b, "bytes of its files left to read"),
     );
     wait_ready(
+        &mut sluice,
         admin,
         "ready after reading",
         Duration::from_secs(30),
-        &log,
         |s, _| s == 200,
     );
-    assert!(std::fs::read_to_string(&log)
-        .unwrap()
+    assert!(sluice
+        .log_since_start()
         .contains("bytes of its files left to read"));
-    assert!(terminate(&mut child).success());
+    assert!(sluice.terminate().success());
 }
 
 /// A TCP proxy on a fixed port to RabbitMQ, started and stopped at will
@@ -411,42 +388,41 @@ path = "{out}"
         ),
     )
     .unwrap();
-    let log = dir.path().join("sluice.log");
-    let mut child = spawn_serve(&pipeline, &[], &log);
-    wait_for_port(admin, &mut child, &log);
+    let mut sluice = Worker::new(&pipeline, &dir.path().join("sluice.log"));
+    sluice.start().wait_ready(&Ready::Port(admin));
     let body = wait_ready(
+        &mut sluice,
         admin,
         "not ready: broker unreachable",
         Duration::from_secs(20),
-        &log,
         |s, b| s == 503 && has_reason(b, "cannot reach the AMQP broker"),
     );
     assert_eq!(body["sources"][0]["state"], "down", "{body}");
 
     let proxy = Proxy::start(port, upstream);
     wait_ready(
+        &mut sluice,
         admin,
         "ready once reachable",
         Duration::from_secs(20),
-        &log,
         |s, _| s == 200,
     );
 
     drop(proxy); // the connection breaks
     wait_ready(
+        &mut sluice,
         admin,
         "not ready after losing the broker",
         Duration::from_secs(20),
-        &log,
         |s, b| s == 503 && has_reason(b, "cannot reach the AMQP broker"),
     );
     let _proxy = Proxy::start(port, upstream);
     wait_ready(
+        &mut sluice,
         admin,
         "ready again",
         Duration::from_secs(20),
-        &log,
         |s, _| s == 200,
     );
-    assert!(terminate(&mut child).success());
+    assert!(sluice.terminate().success());
 }

@@ -7,12 +7,15 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Child;
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use rand::Rng;
+use support::worker::{Ready, Worker};
 use support::*;
+
+/// How long the sink may take to show every posted event.
+const COUNTS_TIMEOUT: Duration = Duration::from_secs(30);
 
 const BASE: &str = r#"
 [pipeline]
@@ -53,7 +56,7 @@ fn with_errors_sink(interval: &str) -> String {
 struct Run {
     dir: tempfile::TempDir,
     port: u16,
-    child: Option<Child>,
+    worker: Option<Worker>,
     want: BTreeMap<String, u64>,
     want_errors: Vec<String>,
     errors_sink_on: bool,
@@ -77,46 +80,26 @@ impl Run {
             ("PORT", self.port.to_string()),
             ("SLUICE_WATCH", watch.to_string()),
         ];
-        let log = self.path("sluice.log");
-        let mut child = spawn_serve(&self.path("pipeline.toml"), &env, &log);
-        wait_for_port(self.port, &mut child, &log);
-        self.child = Some(child);
+        let worker = Worker::new(&self.path("pipeline.toml"), &self.path("sluice.log")).envs(&env);
+        self.worker
+            .insert(worker)
+            .start()
+            .wait_ready(&Ready::Port(self.port));
+    }
+
+    fn worker(&mut self) -> &mut Worker {
+        self.worker.as_mut().expect("the pipeline was started")
     }
 
     fn log(&self) -> String {
         std::fs::read_to_string(self.path("sluice.log")).unwrap_or_default()
     }
 
-    /// Waits until the log holds `n` lines containing `what`.
-    fn wait_log(&mut self, what: &str, n: usize) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let log = self.log();
-            if log.lines().filter(|l| l.contains(what)).count() >= n {
-                return log;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {n}x `{what}` in the log:\n{log}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().unwrap().id().to_string();
-        assert!(std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap()
-            .success());
-    }
-
     /// Posts `n` events, expecting 202, waiting for the listener first
     /// (it is closed for a moment while a reload swaps the pipeline).
     fn post(&mut self, n: usize, rng: &mut impl Rng) {
-        let log = self.path("sluice.log");
-        wait_for_port(self.port, self.child.as_mut().unwrap(), &log);
+        let port = self.port;
+        self.worker().wait_ready(&Ready::Port(port));
         let mut lines = Vec::new();
         for _ in 0..n {
             let country = ["GT", "MX", "BR"][rng.random_range(0..3)];
@@ -143,19 +126,25 @@ impl Run {
         assert_eq!(status, 202, "{body}");
     }
 
+    /// Waits until the sink's output holds the counts posted so far.
+    fn wait_counts(&mut self) {
+        let out = self.path("out.ndjson");
+        let want = self.want.clone();
+        self.worker()
+            .wait_until("the counts to match", COUNTS_TIMEOUT, || {
+                materialize_so_far(&out)
+                    .into_iter()
+                    .map(|(k, v)| (k, v["n"].as_u64().unwrap()))
+                    .collect::<BTreeMap<_, _>>()
+                    == want
+            });
+    }
+
     fn counts(&self) -> BTreeMap<String, u64> {
         materialize(&self.path("out.ndjson"))
             .into_iter()
             .map(|(k, v)| (k, v["n"].as_u64().unwrap()))
             .collect()
-    }
-}
-
-fn wait_until(what: &str, log: &Path, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ok() {
-        assert!(Instant::now() < deadline, "{what}; see {}", log.display());
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -165,7 +154,7 @@ fn reloads_apply_or_are_refused_and_nothing_is_lost() {
     let mut run = Run {
         dir: tempfile::tempdir().unwrap(),
         port: pick_port(),
-        child: None,
+        worker: None,
         want: BTreeMap::new(),
         want_errors: Vec::new(),
         errors_sink_on: false,
@@ -177,8 +166,8 @@ fn reloads_apply_or_are_refused_and_nothing_is_lost() {
 
     // A compatible change: a new filter and a new sink, a new interval.
     run.write(&with_errors_sink("200ms"));
-    run.signal("-HUP");
-    run.wait_log("reloaded `", 1);
+    run.worker().signal("HUP");
+    run.worker().wait_log("reloaded `", 1);
     run.errors_sink_on = true;
     run.post(60, &mut rng);
 
@@ -187,8 +176,8 @@ fn reloads_apply_or_are_refused_and_nothing_is_lost() {
     run.write(
         &with_errors_sink("200ms").replace("group_by = [\"country\"]", "group_by = [\"level\"]"),
     );
-    run.signal("-HUP");
-    let log = run.wait_log("reload refused", 1);
+    run.worker().signal("HUP");
+    let log = run.worker().wait_log("reload refused", 1);
     assert!(
         log.contains("`by_country` or what feeds it changed") && log.contains("sluice replay"),
         "{log}"
@@ -197,31 +186,22 @@ fn reloads_apply_or_are_refused_and_nothing_is_lost() {
 
     // An invalid file: refused the same way.
     run.write("[pipeline\nname = ");
-    run.signal("-HUP");
-    let log = run.wait_log("reload refused", 2);
+    run.worker().signal("HUP");
+    let log = run.worker().wait_log("reload refused", 2);
     assert!(log.contains("error(s)"), "{log}");
     run.post(60, &mut rng);
     assert_eq!(run.log().matches("reloaded `").count(), 1);
 
     // Back to a compatible file; SIGKILL right after the reload.
     run.write(&with_errors_sink("300ms"));
-    run.signal("-HUP");
-    run.wait_log("reloaded `", 2);
-    run.child.as_mut().unwrap().kill().unwrap();
-    run.child.take().unwrap().wait().unwrap();
+    run.worker().signal("HUP");
+    run.worker().wait_log("reloaded `", 2);
+    run.worker().kill();
     run.start(false);
     run.post(60, &mut rng);
 
-    let out = run.path("out.ndjson");
-    let want = run.want.clone();
-    wait_until("the counts do not match", &run.path("sluice.log"), || {
-        materialize_so_far(&out)
-            .into_iter()
-            .map(|(k, v)| (k, v["n"].as_u64().unwrap()))
-            .collect::<BTreeMap<_, _>>()
-            == want
-    });
-    assert!(terminate(run.child.as_mut().unwrap()).success());
+    run.wait_counts();
+    assert!(run.worker().terminate().success());
     assert_eq!(run.counts(), run.want);
     let mut errors: Vec<String> = std::fs::read_to_string(run.path("errors.ndjson"))
         .unwrap()
@@ -247,7 +227,7 @@ fn watch_reloads_when_the_file_changes() {
     let mut run = Run {
         dir: tempfile::tempdir().unwrap(),
         port: pick_port(),
-        child: None,
+        worker: None,
         want: BTreeMap::new(),
         want_errors: Vec::new(),
         errors_sink_on: false,
@@ -257,20 +237,12 @@ fn watch_reloads_when_the_file_changes() {
     run.start(true);
     run.post(30, &mut rng);
     run.write(&with_errors_sink("100ms"));
-    let log = run.wait_log("reloaded `", 1);
+    let log = run.worker().wait_log("reloaded `", 1);
     assert!(log.contains("the file changed"), "{log}");
     run.errors_sink_on = true;
     run.post(30, &mut rng);
-    let out = run.path("out.ndjson");
-    let want = run.want.clone();
-    wait_until("the counts do not match", &run.path("sluice.log"), || {
-        materialize_so_far(&out)
-            .into_iter()
-            .map(|(k, v)| (k, v["n"].as_u64().unwrap()))
-            .collect::<BTreeMap<_, _>>()
-            == want
-    });
-    assert!(terminate(run.child.as_mut().unwrap()).success());
+    run.wait_counts();
+    assert!(run.worker().terminate().success());
     let errors = std::fs::read_to_string(run.path("errors.ndjson")).unwrap();
     assert_eq!(errors.lines().count(), run.want_errors.len());
 }
@@ -285,29 +257,19 @@ fn a_reload_changes_the_log_level() {
     let pipeline = dir.path().join("pipeline.toml");
     std::fs::write(&pipeline, text("warn")).unwrap();
     let log_path = dir.path().join("sluice.log");
-    let mut child = sluice()
-        .arg("run")
-        .arg(&pipeline)
+    let mut worker = Worker::new(&pipeline, &log_path)
         .env_remove("RUST_LOG")
-        .env("STATE", dir.path().join("state"))
-        .env("OUTPUT", dir.path().join("out.ndjson"))
-        .env("PORT", port.to_string())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
-    wait_for_port(port, &mut child, &log_path);
+        .env("STATE", dir.path().join("state").display().to_string())
+        .env(
+            "OUTPUT",
+            dir.path().join("out.ndjson").display().to_string(),
+        )
+        .env("PORT", port.to_string());
+    worker.start().wait_ready(&Ready::Port(port));
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     assert!(!log().contains("HTTP source listening"), "{}", log());
     std::fs::write(&pipeline, text("info")).unwrap();
-    let pid = child.id().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
-    wait_until("no info line after the reload", &log_path, || {
-        log().contains("HTTP source listening")
-    });
-    assert!(terminate(&mut child).success());
+    worker.signal("HUP");
+    worker.wait_log("HTTP source listening", 1);
+    assert!(worker.terminate().success());
 }

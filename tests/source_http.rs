@@ -8,10 +8,10 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
+use support::worker::{Ready, Worker};
 use support::*;
 
 const PIPELINE: &str = r#"
@@ -77,12 +77,12 @@ impl Setup {
         self.path("sluice.log")
     }
 
-    fn start(&self) -> Child {
+    fn start(&self) -> Worker {
         self.start_with(&[])
     }
 
     /// Starts sluice with extra variables for the pipeline file.
-    fn start_with(&self, extra: &[(&str, &str)]) -> Child {
+    fn start_with(&self, extra: &[(&str, &str)]) -> Worker {
         let mut env = vec![
             ("STATE", self.path("state").display().to_string()),
             ("OUTPUT", self.path("out.ndjson").display().to_string()),
@@ -90,9 +90,9 @@ impl Setup {
             ("ADMIN_PORT", self.admin_port.to_string()),
         ];
         env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
-        let mut child = spawn_serve(&self.path("pipeline.toml"), &env, &self.log());
-        wait_for_port(self.port, &mut child, &self.log());
-        child
+        let mut worker = Worker::new(&self.path("pipeline.toml"), &self.log()).envs(&env);
+        worker.start().wait_ready(&Ready::Port(self.port));
+        worker
     }
 
     fn post(&self, content_type: &str, body: &str) -> (u16, String) {
@@ -179,7 +179,7 @@ fn every_accepted_event_is_counted_once_after_sigkill() {
     let mut want = BTreeMap::new();
     let mut kills_before_checkpoint = 0;
     for round in 0..4 {
-        let mut child = s.start();
+        let mut worker = s.start();
         let requests = rng.random_range(5..40);
         for _ in 0..requests {
             let n = if rng.random_bool(0.3) {
@@ -190,8 +190,7 @@ fn every_accepted_event_is_counted_once_after_sigkill() {
             post_events(&s, &mut rng, n, &mut want);
         }
         // Right after the last 202: no checkpoint can have covered all of it.
-        child.kill().unwrap();
-        child.wait().unwrap();
+        worker.kill();
         let behind = s.counts_so_far() != want;
         kills_before_checkpoint += usize::from(behind);
         eprintln!("round {round}: killed after {requests} requests; output behind: {behind}");
@@ -200,9 +199,9 @@ fn every_accepted_event_is_counted_once_after_sigkill() {
         kills_before_checkpoint > 0,
         "every kill came after the checkpoint: the journal replay was not exercised"
     );
-    let mut child = s.start();
+    let mut worker = s.start();
     post_events(&s, &mut rng, 3, &mut want);
-    let status = terminate(&mut child);
+    let status = worker.terminate();
     assert!(
         status.success(),
         "SIGTERM exit: {status}; see {}",
@@ -216,7 +215,7 @@ fn sigterm_leaves_a_checkpoint_and_loses_nothing() {
     let mut rng = rng("sigterm_leaves_a_checkpoint_and_loses_nothing");
     let s = Setup::new();
     let mut want = BTreeMap::new();
-    let mut child = s.start();
+    let mut worker = s.start();
     for _ in 0..20 {
         let n = rng.random_range(1..30);
         post_events(&s, &mut rng, n, &mut want);
@@ -241,7 +240,7 @@ fn sigterm_leaves_a_checkpoint_and_loses_nothing() {
             .unwrap_or_else(|| panic!("{gauge} missing from /metrics:\n{metrics}"));
         assert!(line.contains("pipeline=\"http_ingest\""), "{line}");
     }
-    let status = terminate(&mut child);
+    let status = worker.terminate();
     assert!(
         status.success(),
         "SIGTERM exit: {status}; see {}",
@@ -252,12 +251,12 @@ fn sigterm_leaves_a_checkpoint_and_loses_nothing() {
 
     // Restart: the checkpoint holds the journal position, so nothing is
     // replayed on top of the restored counts; new events add up.
-    let mut child = s.start();
+    let mut worker = s.start();
     for _ in 0..5 {
         let n = rng.random_range(1..30);
         post_events(&s, &mut rng, n, &mut want);
     }
-    let status = terminate(&mut child);
+    let status = worker.terminate();
     assert!(status.success(), "second SIGTERM exit: {status}");
     assert_counts(&s, &want, "after a restart and a second SIGTERM");
 }
@@ -275,7 +274,7 @@ fn concurrent_clients_lose_nothing_accepted_across_random_sigkills() {
     let accepted = Mutex::new(BTreeMap::<String, u64>::new());
     let unanswered = Mutex::new(BTreeMap::<String, u64>::new());
     for _round in 0..3 {
-        let mut child = s.start();
+        let mut worker = s.start();
         let stop = AtomicBool::new(false);
         std::thread::scope(|scope| {
             for client in 0..4u64 {
@@ -299,13 +298,12 @@ fn concurrent_clients_lose_nothing_accepted_across_random_sigkills() {
             }
             // The random kill point (while clients post) is the subject.
             std::thread::sleep(std::time::Duration::from_millis(rng.random_range(50..300)));
-            child.kill().unwrap();
+            worker.kill();
             stop.store(true, Ordering::Relaxed);
         });
-        child.wait().unwrap();
     }
-    let mut child = s.start();
-    let status = terminate(&mut child);
+    let mut worker = s.start();
+    let status = worker.terminate();
     assert!(status.success(), "SIGTERM exit: {status}");
     let counts = s.counts();
     let accepted = accepted.into_inner().unwrap();
@@ -375,7 +373,7 @@ fn closed_by_server(stream: &mut std::net::TcpStream) -> (bool, String) {
 fn slow_clients_hold_bounded_connections_and_memory() {
     use std::io::Write;
     let s = Setup::new();
-    let mut child = s.start_with(&[
+    let mut worker = s.start_with(&[
         ("MAX_CONNECTIONS", "32"),
         ("HEADER_TIMEOUT", "1s"),
         ("BODY_TIMEOUT", "1s"),
@@ -432,7 +430,7 @@ fn slow_clients_hold_bounded_connections_and_memory() {
     watch_gauge(&s, "sluice_http_connections", 32.0, |v| v == 0.0);
     let (status, body) = s.post("application/json", "{\"country\":\"BR\"}");
     assert_eq!(status, 202, "{body}");
-    let status = terminate(&mut child);
+    let status = worker.terminate();
     assert!(status.success(), "SIGTERM exit: {status}");
     assert_counts(
         &s,

@@ -38,6 +38,8 @@ pub struct Worker {
     log: PathBuf,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// Variables removed from the inherited environment.
+    unset: Vec<String>,
     child: Option<Child>,
     /// Length of the log when the current process started.
     log_start: usize,
@@ -52,6 +54,7 @@ impl Worker {
             log: log.to_path_buf(),
             args: Vec::new(),
             env: vec![("RUST_LOG".into(), "info".into())],
+            unset: Vec::new(),
             child: None,
             log_start: 0,
         }
@@ -73,6 +76,13 @@ impl Worker {
     pub fn env(mut self, key: &str, value: impl Into<String>) -> Worker {
         self.env.retain(|(k, _)| k != key);
         self.env.push((key.to_string(), value.into()));
+        self
+    }
+
+    /// A variable absent from every start (also the default `RUST_LOG`).
+    pub(crate) fn env_remove(mut self, key: &str) -> Worker {
+        self.env.retain(|(k, _)| k != key);
+        self.unset.push(key.to_string());
         self
     }
 
@@ -109,6 +119,9 @@ impl Worker {
             .arg(&self.pipeline)
             .stdout(Stdio::null())
             .stderr(log);
+        for k in &self.unset {
+            cmd.env_remove(k);
+        }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
