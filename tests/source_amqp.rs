@@ -390,7 +390,10 @@ fn amqp_messages_sharing_a_message_id_count_the_same_with_and_without_sigkills()
         &log,
         &mut rng,
         8,
-        Duration::from_millis(1500),
+        // A run without kills drains this queue in about a second on this
+        // machine; kill points up to 1.5 s often came after the end (only
+        // 2 of 8 hit in one CI run), so they stay within 0.7 s.
+        Duration::from_millis(700),
     );
     assert!(kills >= 3, "only {kills} of 8 kills hit a running sluice");
     let killed_counts = counts(&killed.path("out.ndjson"));
