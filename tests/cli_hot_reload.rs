@@ -64,6 +64,19 @@ struct Run {
 }
 
 impl Run {
+    /// A run in a fresh directory, on a free port, not started yet.
+    fn new() -> Run {
+        Run {
+            dir: tempfile::tempdir().unwrap(),
+            port: pick_port(),
+            worker: None,
+            want: BTreeMap::new(),
+            want_errors: Vec::new(),
+            errors_sink_on: false,
+            next_id: 0,
+        }
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -151,15 +164,7 @@ impl Run {
 #[test]
 fn reloads_apply_or_are_refused_and_nothing_is_lost() {
     let mut rng = rng("hot_reload");
-    let mut run = Run {
-        dir: tempfile::tempdir().unwrap(),
-        port: pick_port(),
-        worker: None,
-        want: BTreeMap::new(),
-        want_errors: Vec::new(),
-        errors_sink_on: false,
-        next_id: 0,
-    };
+    let mut run = Run::new();
     run.write(BASE);
     run.start(false);
     run.post(60, &mut rng);
@@ -224,15 +229,7 @@ fn reloads_apply_or_are_refused_and_nothing_is_lost() {
 #[test]
 fn watch_reloads_when_the_file_changes() {
     let mut rng = rng("hot_reload_watch");
-    let mut run = Run {
-        dir: tempfile::tempdir().unwrap(),
-        port: pick_port(),
-        worker: None,
-        want: BTreeMap::new(),
-        want_errors: Vec::new(),
-        errors_sink_on: false,
-        next_id: 0,
-    };
+    let mut run = Run::new();
     run.write(BASE);
     run.start(true);
     run.post(30, &mut rng);
