@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use sluice_connectors::sinks::file::{FileSink, FileSinkConfig};
+use sluice_engine::cluster::WorkerId;
 use sluice_engine::connector::ConnectorContext;
 use sluice_engine::decode::EventTimeSpec;
 use sluice_engine::runtime::{PipelineSpec, SinkSpec, SourceSpec, TransformSpec};
@@ -19,6 +20,7 @@ pub fn to_spec(
     p: &Pipeline,
     state_dir: Option<PathBuf>,
     replay: bool,
+    worker: WorkerId,
 ) -> anyhow::Result<PipelineSpec> {
     let source_dir = match (&state_dir, replay) {
         (Some(dir), false) => dir.clone(),
@@ -46,6 +48,7 @@ pub fn to_spec(
             source: s.config.build(&ConnectorContext {
                 name: &s.name,
                 state_dir: &source_dir,
+                worker,
             }),
         })
         .collect();
@@ -67,12 +70,14 @@ pub fn to_spec(
             sink: s.config.build(&ConnectorContext {
                 name: &s.name,
                 state_dir: &state_dir,
+                worker,
             }),
         })
         .collect();
     let dead_letter_ctx = ConnectorContext {
         name: "dead_letter",
         state_dir: &state_dir,
+        worker,
     };
     let dead_letter = SinkSpec {
         name: "dead_letter".into(),
@@ -95,6 +100,8 @@ pub fn to_spec(
         sinks,
         dead_letter,
         retry: RetryPolicy::default(),
+        worker,
+        cluster: None,
     })
 }
 

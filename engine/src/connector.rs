@@ -5,6 +5,7 @@
 //! `type = "..."`, the known types and the feature hints for types a build
 //! leaves out.
 
+use crate::cluster::WorkerId;
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
@@ -30,6 +31,8 @@ pub struct ConnectorContext<'a> {
     pub name: &'a str,
     /// The pipeline's state directory in effect for this run.
     pub state_dir: &'a Path,
+    /// This worker among the pipeline's workers.
+    pub worker: WorkerId,
 }
 
 /// A source type: its config struct, checks and build step.

@@ -6,6 +6,7 @@
 pub mod batch;
 pub mod bearer;
 pub mod checkpoint;
+pub mod cluster;
 pub mod config;
 pub mod connector;
 pub mod dead_letter;

@@ -56,6 +56,34 @@ pub const SINK_PENDING_EPOCHS: &str = "sluice_sink_pending_epochs";
 pub const READY: &str = "sluice_ready";
 /// Always 1, labelled with the version (gauge).
 pub const BUILD_INFO: &str = "sluice_build_info";
+/// This worker's id and the number of workers: always 1, labelled
+/// `worker` and `workers` (gauge).
+pub const WORKER_INFO: &str = "sluice_worker_info";
+/// Key groups this worker owns (gauge).
+pub const KEY_GROUPS_OWNED: &str = "sluice_key_groups_owned";
+/// Records sent to another worker through the exchange, by `peer` (counter).
+pub const EXCHANGE_SENT_RECORDS: &str = "sluice_exchange_sent_records_total";
+/// Bytes of exchange batches sent, by `peer` (counter).
+pub const EXCHANGE_SENT_BYTES: &str = "sluice_exchange_sent_bytes_total";
+/// Exchange batches a peer acknowledged as durable, by `peer` (counter).
+pub const EXCHANGE_ACKED_BATCHES: &str = "sluice_exchange_acked_batches_total";
+/// Time from handing a batch to the exchange until its owner holds it
+/// durably, by `peer` (histogram).
+pub const EXCHANGE_DELIVERY_LATENCY: &str = "sluice_exchange_delivery_seconds";
+/// Exchange batches sent and not yet acknowledged (or queued), by `peer` (gauge).
+pub const EXCHANGE_IN_FLIGHT: &str = "sluice_exchange_in_flight_batches";
+/// 1 while the last request to `peer` succeeded, else 0 (gauge).
+pub const EXCHANGE_PEER_UP: &str = "sluice_exchange_peer_up";
+/// Records received from other workers and applied (counter).
+pub const EXCHANGE_RECEIVED_RECORDS: &str = "sluice_exchange_received_records_total";
+/// Records received again (a sender's replay, a moved Kafka partition) and
+/// dropped as already applied (counter).
+pub const EXCHANGE_REPLAYED_RECORDS: &str = "sluice_exchange_replayed_records_total";
+/// Exchange batches journaled and not yet covered by a checkpoint (gauge).
+pub const EXCHANGE_INBOUND_BACKLOG: &str = "sluice_exchange_inbound_backlog_batches";
+/// Sink writes refused by a destination because a newer writer's fence
+/// was stored there (counter).
+pub const SINK_FENCED_WRITES: &str = "sluice_sink_fenced_writes_total";
 /// Bytes in the HTTP source's journal (gauge).
 pub const JOURNAL_BYTES: &str = "sluice_journal_bytes";
 /// Journal events not yet covered by a checkpoint (gauge).

@@ -374,4 +374,26 @@ pub trait Source: Send + 'static {
     /// resume from `ctx.restored` and must not release anything upstream
     /// before the matching [`Commit`] arrives.
     fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), SourceError>>;
+
+    /// How the workers of a multi-worker run share this source's input
+    /// (see [`Distribution`]).
+    fn distribution(&self) -> Distribution {
+        Distribution::PerWorker
+    }
+}
+
+/// How the workers of a multi-worker run share a source's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Distribution {
+    /// Each worker reads input of its own (HTTP requests the Service sends
+    /// it, AMQP messages the broker gives it, its own files): a partition
+    /// number means something only on the worker that read it.
+    PerWorker,
+    /// The workers share the partitions of one log (a Kafka consumer
+    /// group): partition `p` is the same everywhere and may move from one
+    /// worker to another.
+    SharedPartitions,
+    /// Only worker 0 runs the source (one resume token, e.g. a MongoDB
+    /// change stream); the others skip it.
+    FirstWorker,
 }

@@ -7,6 +7,7 @@ pub(crate) mod run;
 pub(crate) mod test;
 pub(crate) mod validate;
 
+use sluice_engine::cluster::WorkerId;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -138,7 +139,7 @@ pub(crate) async fn execute(
     ready: Arc<Readiness>,
     mode: Mode,
 ) -> anyhow::Result<RunReport> {
-    let spec = crate::plan::to_spec(p, state_dir, mode == Mode::Replay)?;
+    let spec = crate::plan::to_spec(p, state_dir, mode == Mode::Replay, WorkerId::SINGLE)?;
     let opts = RunOptions {
         bounded,
         shutdown,

@@ -18,6 +18,7 @@ mod progress;
 pub mod store;
 pub mod watermark;
 
+use crate::cluster::{ClusterSpec, WorkerId};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -122,6 +123,11 @@ pub struct PipelineSpec {
     pub dead_letter: SinkSpec,
     /// How sinks back off between retries of a failed write.
     pub retry: RetryPolicy,
+    /// This worker among the pipeline's workers ([`WorkerId::SINGLE`] for
+    /// a run of one).
+    pub worker: WorkerId,
+    /// The `[cluster]` section: required when `worker.workers > 1`.
+    pub cluster: Option<ClusterSpec>,
 }
 
 /// How to run.

@@ -13,7 +13,7 @@ mod sled;
 
 pub use layout::{encode, key, Key, Restored, SinkAck, FORMAT_VERSION};
 pub use memory::MemoryBackend;
-pub use sled::SledBackend;
+pub use sled::{set_aside_unfinished_snapshots, SledBackend};
 
 /// The error of a storage engine, whatever the engine.
 pub type BackendError = Box<dyn std::error::Error + Send + Sync>;

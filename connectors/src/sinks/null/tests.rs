@@ -64,6 +64,7 @@ async fn every_epoch_is_acknowledged_without_progress() {
     let mut sink = config.build(&ConnectorContext {
         name: "d",
         state_dir: dir.path(),
+        worker: Default::default(),
     });
     assert_eq!(sink.earlier_output(3, None).await.unwrap(), None);
     sink.restore(None).await.unwrap();

@@ -162,6 +162,12 @@ impl Sink for TableSink {
         _progress: Option<&'a [u8]>,
     ) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
+            // The same sled crash work-around as the state directory's.
+            for aside in sluice_engine::state::set_aside_unfinished_snapshots(&self.dir)
+                .map_err(|e| fatal(&self.name, e))?
+            {
+                tracing::warn!(table = %self.name, file = %aside.display(), "set aside an unfinished sled snapshot left by a crash");
+            }
             let db = sled::Config::new()
                 .path(&self.dir)
                 .cache_capacity(4 << 20)

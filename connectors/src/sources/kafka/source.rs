@@ -39,6 +39,10 @@ impl KafkaSource {
 }
 
 impl Source for KafkaSource {
+    fn distribution(&self) -> sluice_engine::source::Distribution {
+        sluice_engine::source::Distribution::SharedPartitions
+    }
+
     fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), SourceError>> {
         let config = self.config;
         Box::pin(async move {

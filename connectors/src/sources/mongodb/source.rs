@@ -40,6 +40,10 @@ impl<C: MongoClient> MongoSource<C> {
 }
 
 impl<C: MongoClient> Source for MongoSource<C> {
+    fn distribution(&self) -> sluice_engine::source::Distribution {
+        sluice_engine::source::Distribution::FirstWorker
+    }
+
     fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), SourceError>> {
         Box::pin(run(self.config, self.client, ctx))
     }
