@@ -14,6 +14,8 @@ use rand::{Rng, SeedableRng};
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
+pub mod cluster;
+pub mod cluster_workload;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod markdown;
@@ -273,6 +275,17 @@ pub fn http_request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<(u16, String)> {
+    http_request_with_headers(port, method, path, headers, body).map(|(s, _, b)| (s, b))
+}
+
+/// [`http_request`] that also returns the response's headers.
+pub fn http_request_with_headers(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, Vec<(String, String)>, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(20)))?;
@@ -292,10 +305,15 @@ pub fn http_request(
     let text = String::from_utf8_lossy(&out).into_owned();
     let broken = || std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "incomplete response");
     let (head, body) = text.split_once("\r\n\r\n").ok_or_else(broken)?;
-    let status = head
-        .split(' ')
-        .nth(1)
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
         .and_then(|s| s.parse().ok())
         .ok_or_else(broken)?;
-    Ok((status, body.to_string()))
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Ok((status, headers, body.to_string()))
 }

@@ -1,0 +1,247 @@
+//! Faults of a 3-worker cluster (issue 12), each ending with the sinks
+//! holding exactly the oracle's results (the workload of
+//! tests/support/cluster_workload.rs: all-time statistics per station and
+//! 1-minute windows per country):
+//! - SIGKILL of a random worker at random moments mid-stream, at least 5
+//!   times, each worker at least once, each restarted on its state. Every
+//!   worker both sends (it reads its own part of the input and routes each
+//!   record to its key group's owner) and receives (it owns a third of the
+//!   key groups), so each kill hits a sender and a receiver at once.
+//! - A worker frozen with SIGSTOP for longer than the exchange's timeouts
+//!   (a request unanswered for 10 s is retried: `SenderOptions` in
+//!   engine/src/exchange/sender.rs), then resumed.
+//! - A peer gone for a while (SIGTERM) while HTTP clients post to the
+//!   others: once their exchange backlog is full, they answer 503 with
+//!   `Retry-After`; the client retries, and nothing is lost once the peer
+//!   is back.
+//!
+//! The random choices come from a seeded RNG whose seed is printed
+//! (SLUICE_TEST_SEED replays it).
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use rand::seq::SliceRandom;
+use rand::Rng;
+use support::cluster::Cluster;
+use support::cluster_workload::{self as wl, Results};
+use support::services::unique;
+
+const WORKERS: u32 = 3;
+/// How long the sinks may take to hold every result once the input is in.
+const SETTLE: Duration = Duration::from_secs(45);
+/// The exchange's request timeout (engine/src/exchange/sender.rs,
+/// `SenderOptions::new`).
+const EXCHANGE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Writes `part-<i>.ndjson` (events dealt round-robin, a flush event last)
+/// for each worker into `dir`.
+fn write_parts(dir: &std::path::Path, events: &[wl::Event]) {
+    for (i, part) in wl::round_robin(events, WORKERS as usize)
+        .iter()
+        .enumerate()
+    {
+        let mut text: String = part.iter().map(|e| e.line() + "\n").collect();
+        text.push_str(&(wl::flush_line() + "\n"));
+        std::fs::write(dir.join(format!("part-{i}.ndjson")), text).unwrap();
+    }
+}
+
+/// Waits until `read` holds the oracle's results, stops the workers and
+/// checks once more.
+fn assert_settles(c: &mut Cluster, what: &str, oracle: &Results, mut read: impl FnMut() -> Results) {
+    let want = oracle.normalized();
+    let got = c.wait_for_result(&want, SETTLE, || read().normalized());
+    assert!(
+        got == want,
+        "{what}: the sink differs from the oracle:\n{}\n{}",
+        got.diff(&want),
+        c.context()
+    );
+    c.stop_all();
+    let last = read().normalized();
+    assert!(
+        last == want,
+        "{what}: the sink changed after it held the oracle's results:\n{}",
+        last.diff(&want)
+    );
+}
+
+/// 6 SIGKILLs of random workers (the first three a permutation of all
+/// three) at random moments while each worker reads its part at 300
+/// events/s (about 10 s of input), each killed worker restarted after a
+/// random pause. At least 5 kills must land before the results are
+/// complete.
+#[cfg(feature = "postgres")]
+#[test]
+fn random_sigkills_of_senders_and_receivers_leave_the_oracle_results_in_postgres() {
+    use support::services::postgres_url;
+    let test = "cluster_sigkills";
+    let mut rng = support::rng(test);
+    let events = wl::generate(&mut rng, 9_000);
+    let oracle = wl::oracle(&events);
+    let want = oracle.normalized();
+    let input = tempfile::tempdir().unwrap();
+    write_parts(input.path(), &events);
+    let table = format!("sluice_it_{}", unique(test));
+    let text = wl::pipeline(
+        "cluster_kills",
+        &wl::file_source("${INPUT_DIR}/part-${SLUICE_WORKER_ID}.ndjson"),
+        wl::POSTGRES_SINKS,
+    );
+    let mut c = Cluster::new(test, &text, WORKERS)
+        .env("INPUT_DIR", input.path().display().to_string())
+        .env("PACE", "300")
+        .env("POSTGRES_URL", postgres_url())
+        .env("TABLE", table.as_str())
+        .launch();
+    let read = || wl::read_postgres(&postgres_url(), &table);
+    let mut victims: Vec<usize> = (0..WORKERS as usize).collect();
+    victims.shuffle(&mut rng);
+    for _ in 0..3 {
+        victims.push(rng.random_range(0..WORKERS as usize));
+    }
+    let started = Instant::now();
+    let mut mid_stream = 0;
+    for (k, &i) in victims.iter().enumerate() {
+        // The kill points are the subject: random moments mid-stream.
+        std::thread::sleep(Duration::from_millis(rng.random_range(300..1_500)));
+        let complete = read().normalized() == want;
+        c.check_exits();
+        assert!(c.kill(i), "worker {i} was not running at kill {k}");
+        mid_stream += usize::from(!complete);
+        eprintln!(
+            "{test}: kill {k} of worker {i} at {:.1} s (results complete: {complete})",
+            started.elapsed().as_secs_f64()
+        );
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..500)));
+        c.start_worker(i);
+    }
+    assert!(
+        mid_stream >= 5,
+        "only {mid_stream} of {} kills landed before the results were complete",
+        victims.len()
+    );
+    assert_settles(&mut c, test, &oracle, read);
+    eprintln!("{test}: done in {:.1} s", started.elapsed().as_secs_f64());
+    wl::clean_postgres(&postgres_url(), &table);
+}
+
+/// A worker frozen with SIGSTOP at a random moment mid-stream for longer
+/// than the exchange's request and connect timeouts, then resumed: the
+/// others' requests to it time out and are retried, its own are answered
+/// late; the results are exact.
+#[cfg(feature = "redis")]
+#[test]
+fn a_worker_stopped_past_the_exchange_timeouts_and_resumed_leaves_the_oracle_results_in_redis() {
+    use support::services::redis_url;
+    let test = "cluster_sigstop";
+    let mut rng = support::rng(test);
+    let events = wl::generate(&mut rng, 6_000);
+    let oracle = wl::oracle(&events);
+    let want = oracle.normalized();
+    let input = tempfile::tempdir().unwrap();
+    write_parts(input.path(), &events);
+    let prefix = format!("sluice-it:{}:", unique(test));
+    let text = wl::pipeline(
+        "cluster_stop",
+        &wl::file_source("${INPUT_DIR}/part-${SLUICE_WORKER_ID}.ndjson"),
+        wl::REDIS_SINKS,
+    );
+    let mut c = Cluster::new(test, &text, WORKERS)
+        .env("INPUT_DIR", input.path().display().to_string())
+        .env("PACE", "400")
+        .env("REDIS_URL", redis_url())
+        .env("PREFIX", prefix.as_str())
+        .launch();
+    let read = || wl::read_redis(&redis_url(), &prefix);
+    let victim = rng.random_range(0..WORKERS as usize);
+    // The moment is the subject: a random point of the 5 s of input.
+    std::thread::sleep(Duration::from_millis(rng.random_range(500..3_000)));
+    c.check_exits();
+    let frozen = EXCHANGE_REQUEST_TIMEOUT + Duration::from_secs(3);
+    eprintln!("{test}: SIGSTOP worker {victim} for {frozen:?}");
+    c.pause(victim);
+    let stopped = Instant::now();
+    // Meanwhile the others keep running; they cannot finish without it.
+    while stopped.elapsed() < frozen {
+        c.check_exits();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let during = read().normalized();
+    c.resume(victim);
+    assert!(
+        during != want,
+        "the results were complete while worker {victim} was stopped: the stop came too late"
+    );
+    assert_settles(&mut c, test, &oracle, read);
+    wl::clean_redis(&redis_url(), &prefix);
+}
+
+/// HTTP clients post to the workers; worker 2 is stopped (SIGTERM) after
+/// the first requests and the clients go on posting to workers 0 and 1,
+/// whose records for worker 2's key groups cannot be delivered. With
+/// `max_backlog_events = 200`, they must soon answer 503 with
+/// `Retry-After`; the client retries each refused request. Worker 2 comes
+/// back a random while after the first 503, and then every event is
+/// counted exactly once.
+#[cfg(feature = "http")]
+#[test]
+fn an_unreachable_peer_brings_503_with_retry_after_and_nothing_is_lost() {
+    let test = "cluster_backpressure";
+    let mut rng = support::rng(test);
+    let events = wl::generate(&mut rng, 3_000);
+    let oracle = wl::oracle(&events);
+    let lines = wl::lines(&events);
+    let batches: Vec<&[String]> = lines.chunks(50).collect();
+    let text = wl::pipeline("cluster_backpressure", &wl::http_source(), wl::FILE_SINKS);
+    let mut c = Cluster::new(test, &text, WORKERS)
+        .port("HTTP_PORT")
+        .env("MAX_BACKLOG", "200")
+        .start();
+    let ports: Vec<u16> = (0..c.workers()).map(|i| c.port(i, "HTTP_PORT")).collect();
+    let (before, during) = batches.split_at(9);
+    for (k, batch) in before.iter().enumerate() {
+        wl::post_ndjson(ports[k % 3], batch, SETTLE);
+    }
+    c.terminate(2);
+    let refused = AtomicU32::new(0);
+    let posted = AtomicBool::new(false);
+    let down_for = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for (k, batch) in during.iter().enumerate() {
+                let p = wl::post_ndjson(ports[k % 2], batch, Duration::from_secs(60));
+                refused.fetch_add(p.refused, Ordering::Relaxed);
+            }
+            posted.store(true, Ordering::Relaxed);
+        });
+        let down = Instant::now();
+        c.wait_until(
+            "a 503 from worker 0 or 1 while worker 2 is down",
+            Duration::from_secs(30),
+            || refused.load(Ordering::Relaxed) > 0 || posted.load(Ordering::Relaxed),
+        );
+        assert!(
+            refused.load(Ordering::Relaxed) > 0,
+            "workers 0 and 1 accepted all {} events while worker 2 was down: no backpressure\n{}",
+            during.len() * 50,
+            c.context()
+        );
+        // How long the peer stays away after the first 503 is the subject.
+        std::thread::sleep(Duration::from_millis(rng.random_range(500..3_000)));
+        let down_for = down.elapsed();
+        c.restart(2);
+        down_for
+    });
+    eprintln!(
+        "{test}: worker 2 down for {down_for:?}; {} requests refused with 503",
+        refused.load(Ordering::Relaxed)
+    );
+    for port in &ports {
+        wl::post_ndjson(*port, &[wl::flush_line()], SETTLE);
+    }
+    let dirs = c.worker_dirs();
+    assert_settles(&mut c, test, &oracle, || wl::read_files(&dirs));
+}
