@@ -32,6 +32,8 @@ use support::services::unique;
 const WORKERS: u32 = 3;
 /// How long the sinks may take to hold every result once the input is in.
 const SETTLE: Duration = Duration::from_secs(45);
+/// SIGKILLs per run in the kill test.
+const KILLS: usize = 6;
 /// The exchange's request timeout (engine/src/exchange/sender.rs,
 /// `SenderOptions::new`).
 const EXCHANGE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,10 +41,7 @@ const EXCHANGE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Writes `part-<i>.ndjson` (events dealt round-robin, a flush event last)
 /// for each worker into `dir`.
 fn write_parts(dir: &std::path::Path, events: &[wl::Event]) {
-    for (i, part) in wl::round_robin(events, WORKERS as usize)
-        .iter()
-        .enumerate()
-    {
+    for (i, part) in wl::round_robin(events, WORKERS as usize).iter().enumerate() {
         let mut text: String = part.iter().map(|e| e.line() + "\n").collect();
         text.push_str(&(wl::flush_line() + "\n"));
         std::fs::write(dir.join(format!("part-{i}.ndjson")), text).unwrap();
@@ -51,7 +50,12 @@ fn write_parts(dir: &std::path::Path, events: &[wl::Event]) {
 
 /// Waits until `read` holds the oracle's results, stops the workers and
 /// checks once more.
-fn assert_settles(c: &mut Cluster, what: &str, oracle: &Results, mut read: impl FnMut() -> Results) {
+fn assert_settles(
+    c: &mut Cluster,
+    what: &str,
+    oracle: &Results,
+    mut read: impl FnMut() -> Results,
+) {
     let want = oracle.normalized();
     let got = c.wait_for_result(&want, SETTLE, || read().normalized());
     assert!(
@@ -91,7 +95,7 @@ fn random_sigkills_of_senders_and_receivers_leave_the_oracle_results_in_postgres
         &wl::file_source("${INPUT_DIR}/part-${SLUICE_WORKER_ID}.ndjson"),
         wl::POSTGRES_SINKS,
     );
-    let mut c = Cluster::new(test, &text, WORKERS)
+    let mut c = Cluster::of(test, &text, WORKERS)
         .env("INPUT_DIR", input.path().display().to_string())
         .env("PACE", "300")
         .env("POSTGRES_URL", postgres_url())
@@ -100,7 +104,7 @@ fn random_sigkills_of_senders_and_receivers_leave_the_oracle_results_in_postgres
     let read = || wl::read_postgres(&postgres_url(), &table);
     let mut victims: Vec<usize> = (0..WORKERS as usize).collect();
     victims.shuffle(&mut rng);
-    for _ in 0..3 {
+    while victims.len() < KILLS {
         victims.push(rng.random_range(0..WORKERS as usize));
     }
     let started = Instant::now();
@@ -150,7 +154,7 @@ fn a_worker_stopped_past_the_exchange_timeouts_and_resumed_leaves_the_oracle_res
         &wl::file_source("${INPUT_DIR}/part-${SLUICE_WORKER_ID}.ndjson"),
         wl::REDIS_SINKS,
     );
-    let mut c = Cluster::new(test, &text, WORKERS)
+    let mut c = Cluster::of(test, &text, WORKERS)
         .env("INPUT_DIR", input.path().display().to_string())
         .env("PACE", "400")
         .env("REDIS_URL", redis_url())
@@ -197,7 +201,7 @@ fn an_unreachable_peer_brings_503_with_retry_after_and_nothing_is_lost() {
     let lines = wl::lines(&events);
     let batches: Vec<&[String]> = lines.chunks(50).collect();
     let text = wl::pipeline("cluster_backpressure", &wl::http_source(), wl::FILE_SINKS);
-    let mut c = Cluster::new(test, &text, WORKERS)
+    let mut c = Cluster::of(test, &text, WORKERS)
         .port("HTTP_PORT")
         .env("MAX_BACKLOG", "200")
         .start();

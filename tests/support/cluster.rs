@@ -212,7 +212,10 @@ fn cluster_section(ports: &[u16], peers: Peers) -> String {
 /// `n` (at most 10) free ports `base*10 + i`, below the ephemeral range, so
 /// that `listen = "127.0.0.1:<base>${SLUICE_WORKER_ID}"` names them.
 fn consecutive_free_ports(n: u32) -> Vec<u16> {
-    assert!((1..=10).contains(&n), "the port template holds 1 to 10 workers");
+    assert!(
+        (1..=10).contains(&n),
+        "the port template holds 1 to 10 workers"
+    );
     let seed = std::process::id() as u64
         ^ std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -250,7 +253,7 @@ pub struct Cluster {
 impl Cluster {
     /// `workers` workers of `pipeline` (the text, with `${...}` variables),
     /// joined by an exchange. `name` names the directory and messages.
-    pub fn new(name: &str, pipeline: &str, workers: u32) -> ClusterBuilder {
+    pub fn of(name: &str, pipeline: &str, workers: u32) -> ClusterBuilder {
         ClusterBuilder {
             name: name.to_string(),
             pipeline: pipeline.to_string(),
@@ -268,7 +271,7 @@ impl Cluster {
     pub fn single(name: &str, pipeline: &str) -> ClusterBuilder {
         ClusterBuilder {
             cluster: false,
-            ..Cluster::new(name, pipeline, 1)
+            ..Cluster::of(name, pipeline, 1)
         }
     }
 
@@ -289,7 +292,9 @@ impl Cluster {
 
     /// Every worker's directory, in worker order.
     pub fn worker_dirs(&self) -> Vec<PathBuf> {
-        (0..self.workers.len()).map(|i| self.worker_dir(i)).collect()
+        (0..self.workers.len())
+            .map(|i| self.worker_dir(i))
+            .collect()
     }
 
     pub fn pipeline(&self) -> &Path {
@@ -335,8 +340,7 @@ impl Cluster {
         let port = self.admin_port(i);
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if super::http_request(port, "GET", "/ready", &[], b"").is_ok_and(|(s, _)| s == 200)
-            {
+            if super::http_request(port, "GET", "/ready", &[], b"").is_ok_and(|(s, _)| s == 200) {
                 return;
             }
             self.check_exits();

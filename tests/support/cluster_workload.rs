@@ -379,13 +379,57 @@ create_table = true
 column_types = { avg_temp = "double precision" }
 "#;
 
+/// JSON text as a serde_json value with every number read exactly: the
+/// engine's parser (correctly rounded), because serde_json's own, without
+/// its `float_roundtrip` feature, may read a float one ULP off (seen:
+/// `9.664285714285715` read as `9.664285714285716`), which would make an
+/// exact `avg` look wrong.
+pub fn parse_exact(text: &str) -> Value {
+    fn convert(v: &sluice_engine::Value) -> Value {
+        use sluice_engine::Value as V;
+        match v {
+            V::Missing | V::Null => Value::Null,
+            V::Bool(b) => json!(b),
+            V::Int(i) => json!(i),
+            V::Float(f) => json!(f),
+            V::Str(s) => json!(s.as_str()),
+            V::Array(a) => Value::Array(a.iter().map(convert).collect()),
+            V::Object(m) => {
+                Value::Object(m.iter().map(|(k, v)| (k.to_string(), convert(v))).collect())
+            }
+        }
+    }
+    let v = sluice_engine::json::parse_value(text.as_bytes())
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    convert(&v)
+}
+
+/// The final table of a file written with `format = "changes"` (complete
+/// lines only, so that it can be read while a worker writes), numbers
+/// read exactly.
+fn read_changes(path: &std::path::Path) -> BTreeMap<String, Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |i| &text[..=i]);
+    let mut table = BTreeMap::new();
+    for line in complete.lines() {
+        let change = parse_exact(line);
+        let id = change["id"].to_string();
+        if change["op"] == "delete" {
+            table.remove(&id);
+        } else {
+            table.insert(id, change["record"].clone());
+        }
+    }
+    table
+}
+
 /// What the file sinks in the workers' directories hold (complete lines
 /// only, so that it can be read while the workers write).
 pub fn read_files(worker_dirs: &[std::path::PathBuf]) -> Results {
     let mut out = Results::default();
     for (i, dir) in worker_dirs.iter().enumerate() {
         for file in ["all.ndjson", "windows.ndjson"] {
-            for record in super::materialize_so_far(&dir.join(file)).into_values() {
+            for record in read_changes(&dir.join(file)).into_values() {
                 out.add(record, &format!("worker {i}"));
             }
         }
@@ -407,8 +451,7 @@ pub fn read_redis(url: &str, prefix: &str) -> Results {
         args.extend(chunk);
         let values = redis_cli(url, &args);
         for (key, value) in chunk.iter().zip(values.lines()) {
-            let record: Value = serde_json::from_str(value)
-                .unwrap_or_else(|e| panic!("redis {key}: not a JSON record ({e}): {value}"));
+            let record = parse_exact(value);
             out.add(record, key);
         }
     }
@@ -439,7 +482,7 @@ pub fn read_postgres(url: &str, table: &str) -> Results {
         }
         for row in psql(url, &format!("SELECT row_to_json(t)::text FROM {t} t")) {
             let text = row.join("|");
-            let mut record: Value = serde_json::from_str(&text).unwrap();
+            let mut record = parse_exact(&text);
             record.as_object_mut().unwrap().remove("sluice_epoch");
             out.add(record, &t);
         }

@@ -278,6 +278,9 @@ pub fn http_request(
     http_request_with_headers(port, method, path, headers, body).map(|(s, _, b)| (s, b))
 }
 
+/// An HTTP response: status, headers (name, value), body.
+pub type Response = (u16, Vec<(String, String)>, String);
+
 /// [`http_request`] that also returns the response's headers.
 pub fn http_request_with_headers(
     port: u16,
@@ -285,7 +288,7 @@ pub fn http_request_with_headers(
     path: &str,
     headers: &[(&str, &str)],
     body: &[u8],
-) -> std::io::Result<(u16, Vec<(String, String)>, String)> {
+) -> std::io::Result<Response> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(20)))?;
