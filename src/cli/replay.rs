@@ -67,6 +67,7 @@ pub(crate) fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             progress,
             Default::default(),
             super::Mode::Replay,
+            sluice_engine::cluster::WorkerId::SINGLE,
         )
         .await;
         ticker.abort();

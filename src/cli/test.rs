@@ -132,6 +132,7 @@ fn run_one(dir: &Path, keep: bool) -> anyhow::Result<Option<String>> {
         Vec::new(),
         Default::default(),
         super::Mode::Run,
+        sluice_engine::cluster::WorkerId::SINGLE,
     ))?;
     let got: Vec<String> = {
         let mut v: Vec<String> = materialize(&vars[1].1)?.values().map(canonical).collect();
