@@ -411,6 +411,8 @@ fn every_example_and_golden_pipeline_validates() {
                     Some(format!("/tmp/sluice-validate/{name}"))
                 }
                 n if n.starts_with("BENCH_") => Some(format!("/tmp/sluice-validate/{name}")),
+                // What `sluice` sets for the worker in effect.
+                "SLUICE_WORKER_ID" => Some("0".to_string()),
                 _ => None,
             };
             if let Err(errors) = load(&path, env) {
