@@ -314,7 +314,9 @@ fn prometheus_scrapes_sluice_and_answers_the_dashboard_queries() {
     for (panel, expr) in &cluster {
         let r = query(prom_port, expr);
         assert_eq!(r["status"], "success", "{panel}: {expr}: {r}");
-        let has_data = r["data"]["result"].as_array().is_some_and(|a| !a.is_empty());
+        let has_data = r["data"]["result"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty());
         if panel.contains("\"Source lag per worker\"") {
             assert!(has_data, "{panel}: {expr}: no data");
         }

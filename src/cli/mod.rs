@@ -157,6 +157,23 @@ pub(crate) enum Mode {
     Replay,
 }
 
+/// How a pipeline starts, and as which worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Start {
+    pub mode: Mode,
+    pub worker: WorkerId,
+}
+
+impl Start {
+    /// `mode`, as the only worker.
+    pub(crate) fn single(mode: Mode) -> Start {
+        Start {
+            mode,
+            worker: WorkerId::SINGLE,
+        }
+    }
+}
+
 /// Runs a pipeline on the current runtime.
 pub(crate) async fn execute(
     p: &Pipeline,
@@ -165,9 +182,9 @@ pub(crate) async fn execute(
     shutdown: watch::Receiver<bool>,
     progress: Vec<Arc<Progress>>,
     ready: Arc<Readiness>,
-    mode: Mode,
-    worker: WorkerId,
+    start: Start,
 ) -> anyhow::Result<RunReport> {
+    let Start { mode, worker } = start;
     let spec = crate::plan::to_spec(p, state_dir, mode == Mode::Replay, worker)?;
     let opts = RunOptions {
         bounded,

@@ -66,8 +66,7 @@ pub(crate) fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             shutdown,
             progress,
             Default::default(),
-            super::Mode::Replay,
-            sluice_engine::cluster::WorkerId::SINGLE,
+            super::Start::single(super::Mode::Replay),
         )
         .await;
         ticker.abort();

@@ -153,8 +153,7 @@ async fn run_reloading(
                 stopped,
                 Vec::new(),
                 ready.clone(),
-                mode,
-                worker,
+                super::Start { mode, worker },
             );
             tokio::pin!(run);
             loop {
