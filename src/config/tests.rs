@@ -436,3 +436,17 @@ fn walk(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     }
     Ok(out)
 }
+
+#[test]
+fn the_cluster_section_loads_and_a_misspelt_one_is_suggested() {
+    let p = load_str(&format!(
+        "{GOOD}\n[cluster]\nlisten = \"0.0.0.0:7070\"\npeers = \"sluice-{{worker}}.sluice-headless:7070\"\n"
+    ))
+    .unwrap();
+    let cluster = p.cluster.expect("[cluster]");
+    assert_eq!(cluster.listen, "0.0.0.0:7070");
+    assert!(load_str(GOOD).unwrap().cluster.is_none());
+    let e = first_error(&format!("{GOOD}\n[clustr]\nlisten = \"0.0.0.0:7070\"\n"));
+    assert!(e.message.contains("unknown section `clustr`"), "{e}");
+    assert_eq!(e.hint.as_deref(), Some("did you mean `cluster`?"), "{e}");
+}
