@@ -111,6 +111,8 @@ struct Peer {
     /// `enqueued` after the last batch that carried records or the end of
     /// input (heartbeats alone need not arrive: a newer one replaces them).
     enqueued_data: u64,
+    /// The end of this worker's input went out to this peer.
+    finished_sent: bool,
     /// Batches the peer holds durably.
     durable: watch::Receiver<u64>,
     status: watch::Receiver<PeerStatus>,
