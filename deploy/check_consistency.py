@@ -26,7 +26,13 @@ together and honour the engine's contracts (ports 8080/9898, /ready and
       exist; the ServiceMonitor selects the metrics Service, its port exists,
       its jobLabel yields job="sluice" (what the alerts expect) and it sends
       the admin token from the Secret key the container reads it from.
-  Dockerfile: uid 10001, VOLUME /var/lib/sluice, EXPOSE 8080 9898,
+    - the workers (docs/scaling.md): podManagementPolicy Parallel; the
+      container port `exchange` 7070, also a port of the headless Service;
+      SLUICE_WORKERS equal to `replicas` (one value: the kustomize
+      replacement) and no SLUICE_WORKER_ID (the id is the pod's ordinal);
+      the pipeline's [cluster] listens on 0.0.0.0:7070 and its `peers` is
+      `<StatefulSet>-{worker}.<headless Service>:7070`.
+  Dockerfile: uid 10001, VOLUME /var/lib/sluice, EXPOSE 8080 9898 7070,
     ENTRYPOINT + CMD = `sluice run /etc/sluice/pipeline.toml`, the same
     arguments as the StatefulSet.
   Compose + Prometheus + Grafana: the sluice service (image build, state
@@ -55,12 +61,15 @@ sys.path.insert(0, os.path.join(HERE, "k8s"))
 import render  # noqa: E402  (deploy/k8s/render.py)
 
 UID = 10001
-HTTP_PORT, ADMIN_PORT = 8080, 9898
+HTTP_PORT, ADMIN_PORT, EXCHANGE_PORT = 8080, 9898, 7070
 STATE_DIR = "/var/lib/sluice"
 PIPELINE_PATH = "/etc/sluice/pipeline.toml"
 ARGS = ["run", PIPELINE_PATH]
 JOB = "sluice"
 ENV_REF = re.compile(r"\$\{([A-Za-z0-9_]+)(:-[^}]*)?\}")
+# Set by sluice itself for the file it loads (the worker in effect), not
+# read from the environment as such.
+SLUICE_PROVIDED = {"SLUICE_WORKER_ID", "SLUICE_WORKERS"}
 
 
 class Checker:
@@ -208,6 +217,7 @@ def check_overlay(c, repo, overlay, dockerfile):
     if pipeline_text is not None:
         pipeline_doc = check_pipeline(c, f"{name}: pipeline", pipeline_text, {e["name"] for e in ctr.get("env") or []},
                                       ports.get("admin"), ports.get("http"), mounts)
+    check_workers(c, name, sts, ctr, ports, headless, pipeline_doc)
     # The Secret key the admin token comes from, if the pipeline has one.
     admin_token_var = ((pipeline_doc or {}).get("admin") or {}).get("auth_token_env")
     admin_token_ref = next(((e.get("valueFrom") or {}).get("secretKeyRef") for e in ctr.get("env") or []
@@ -257,6 +267,34 @@ def check_overlay(c, repo, overlay, dockerfile):
                  f"Dockerfile ENTRYPOINT+CMD {dockerfile['args']} != sluice + the StatefulSet args")
 
 
+def check_workers(c, name, sts, ctr, ports, headless, pipeline_doc):
+    """N workers: one count for Kubernetes and sluice, the exchange port in
+    the container, the headless Service and the pipeline's [cluster]."""
+    spec = sts["spec"]
+    c.expect(spec.get("podManagementPolicy") == "Parallel", f"{name}: podManagementPolicy is not Parallel")
+    c.expect(ports.get("exchange") == EXCHANGE_PORT, f"{name}: container port exchange is not {EXCHANGE_PORT}")
+    svc_ports = {p.get("name"): p for p in ((headless or {}).get("spec") or {}).get("ports") or []}
+    exchange = svc_ports.get("exchange") or {}
+    c.expect(exchange.get("port") == EXCHANGE_PORT and exchange.get("targetPort") in ("exchange", EXCHANGE_PORT),
+             f"{name}: the headless Service has no port exchange {EXCHANGE_PORT} -> exchange")
+    env = {e["name"]: e for e in ctr.get("env") or []}
+    workers = (env.get("SLUICE_WORKERS") or {}).get("value")
+    replicas = spec.get("replicas", 1)
+    c.expect(isinstance(workers, str) and workers == str(replicas),
+             f"{name}: SLUICE_WORKERS is {workers!r} but replicas is {replicas}: they must be one value "
+             "(the kustomize `replacements` entry of the overlay)")
+    c.expect("SLUICE_WORKER_ID" not in env,
+             f"{name}: SLUICE_WORKER_ID is set: every pod would be the same worker (the id is the pod's ordinal)")
+    cluster = (pipeline_doc or {}).get("cluster")
+    if not c.expect(isinstance(cluster, dict), f"{name}: pipeline: no [cluster] section"):
+        return
+    c.expect(cluster.get("listen") == f"0.0.0.0:{EXCHANGE_PORT}",
+             f"{name}: pipeline: [cluster] listen is {cluster.get('listen')!r}, not \"0.0.0.0:{EXCHANGE_PORT}\"")
+    peers = f"{sts['metadata']['name']}-{{worker}}.{spec.get('serviceName')}:{EXCHANGE_PORT}"
+    c.expect(cluster.get("peers") == peers,
+             f"{name}: pipeline: [cluster] peers is {cluster.get('peers')!r}, the pods are {peers!r}")
+
+
 def check_pipeline(c, where, text, env_names, admin_port, http_port, mounts):
     try:
         doc = tomllib.loads(text)
@@ -271,7 +309,7 @@ def check_pipeline(c, where, text, env_names, admin_port, http_port, mounts):
         if src.get("type") == "http" and "address" in src:
             c.expect(port_of(src["address"]) == http_port,
                      f"{where}: source {src_name} listens on {src['address']}, the container port http is {http_port}")
-    for var in sorted(env_refs(text)):
+    for var in sorted(env_refs(text) - SLUICE_PROVIDED):
         c.expect(var in env_names, f"{where}: ${{{var}}} is not set in the container environment")
     # Listeners open to the network require a token, read from a variable
     # the container has (docs/operations/tls-auth.md).
@@ -317,7 +355,8 @@ def parse_dockerfile(path):
 
 def check_dockerfile(c, d):
     c.expect(STATE_DIR in d["volumes"], f"Dockerfile: no VOLUME {STATE_DIR}")
-    c.expect({HTTP_PORT, ADMIN_PORT} <= d["expose"], f"Dockerfile: EXPOSE lacks {HTTP_PORT}/{ADMIN_PORT}")
+    c.expect({HTTP_PORT, ADMIN_PORT, EXCHANGE_PORT} <= d["expose"],
+             f"Dockerfile: EXPOSE lacks {HTTP_PORT}/{ADMIN_PORT}/{EXCHANGE_PORT}")
     c.expect(d["args"] == ["sluice"] + ARGS, f"Dockerfile: ENTRYPOINT+CMD {d['args']} != sluice {' '.join(ARGS)}")
 
 
@@ -353,7 +392,7 @@ def check_compose(c, repo):
     examples = sorted(glob.glob(os.path.join(repo, "examples", "*.toml")))
     for path in examples:
         with open(path, encoding="utf-8") as f:
-            for var in sorted(env_refs(f.read())):
+            for var in sorted(env_refs(f.read()) - SLUICE_PROVIDED):
                 c.expect(var in env, f"compose: examples/{os.path.basename(path)} uses ${{{var}}}, "
                                      "which the sluice service does not set")
     default = re.search(r":-([^}]+)\}", str(command[1]) if len(command) > 1 else "")

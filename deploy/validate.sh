@@ -128,6 +128,44 @@ compare_with_kubectl() {
     return $ok
 }
 
+# replicas_are_workers FILE...: in every rendered StatefulSet `sluice`,
+# SLUICE_WORKERS equals spec.replicas (one value, copied by the kustomize
+# `replacements` entry); fails on the first manifest set without one.
+replicas_are_workers() {
+    python3 - "$@" <<'EOF'
+import sys, yaml
+docs = []
+for path in sys.argv[1:]:
+    with open(path, encoding="utf-8") as f:
+        docs += [d for d in yaml.safe_load_all(f) if d]
+found = 0
+for d in docs:
+    if d.get("kind") != "StatefulSet" or d["metadata"]["name"] != "sluice":
+        continue
+    found += 1
+    replicas = d["spec"].get("replicas", 1)
+    env = {e["name"]: e.get("value") for c in d["spec"]["template"]["spec"]["containers"]
+           for e in c.get("env") or []}
+    if env.get("SLUICE_WORKERS") != str(replicas):
+        sys.exit(f"replicas {replicas} but SLUICE_WORKERS {env.get('SLUICE_WORKERS')!r}")
+    print(f"replicas {replicas} == SLUICE_WORKERS {env['SLUICE_WORKERS']!r}", end="")
+sys.exit(0 if found == 1 else f"{found} StatefulSets named sluice")
+EOF
+}
+
+workers_match_replicas() {
+    local overlay name ok=0
+    for overlay in deploy/k8s/overlays/*/; do
+        name="$(basename "$overlay")"
+        if replicas_are_workers "$WORK"/rendered/"$name"/*.yaml; then echo " ($overlay, render.py)"; else ok=1; fi
+        if command -v kubectl >/dev/null && kubectl kustomize --help >/dev/null 2>&1; then
+            kubectl kustomize "$overlay" >"$WORK/kubectl-$name.yaml" || { ok=1; continue; }
+            if replicas_are_workers "$WORK/kubectl-$name.yaml"; then echo " ($overlay, kubectl kustomize)"; else ok=1; fi
+        fi
+    done
+    return $ok
+}
+
 kubernetes_schemas() {
     local files=() f version ok=0
     for f in "$WORK"/rendered/*/*.yaml deploy/k8s/overlays/*/*.example.yaml; do
@@ -204,6 +242,9 @@ sluice_validate_pipelines() {
         [ -e "$f" ] || continue
         if "$bin" validate "$f"; then echo "valid: $f"; else ok=1; fi
     done
+    # The shipped pipeline as one of several workers (its [cluster]).
+    f=deploy/k8s/base/pipeline.toml
+    if "$bin" validate --workers 3 --worker 1 "$f"; then echo "valid as worker 1 of 3: $f"; else ok=1; fi
     return $ok
 }
 
@@ -225,6 +266,7 @@ if command -v kubectl >/dev/null && kubectl kustomize --help >/dev/null 2>&1; th
 else
     skip "render.py agrees with kubectl kustomize" "kubectl not installed"
 fi
+step "replicas == SLUICE_WORKERS in every overlay" workers_match_replicas
 step "kubernetes-validate --strict (Kubernetes $K8S_VERSIONS)" kubernetes_schemas
 step "consistency of Dockerfile, manifests, pipeline, compose, Prometheus, Grafana" \
     python3 deploy/check_consistency.py

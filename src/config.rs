@@ -205,6 +205,8 @@ pub struct Pipeline {
     pub sinks: Vec<SinkDecl>,
     /// `[dead_letter]`; None means a file in the state directory.
     pub dead_letter: Option<SinkConfig>,
+    /// `[cluster]`; None runs the pipeline as one worker.
+    pub cluster: Option<ClusterSection>,
 }
 
 impl Pipeline {
@@ -227,6 +229,7 @@ const SECTIONS: &[&str] = &[
     "transforms",
     "sinks",
     "dead_letter",
+    "cluster",
 ];
 /// What the graph check needs of one component, whether or not its own
 /// options were valid: its place in the file and its `inputs`.
@@ -282,6 +285,7 @@ pub fn parse(src: &SourceText) -> Result<Pipeline, Vec<ConfigError>> {
         transforms: Vec::new(),
         sinks: Vec::new(),
         dead_letter: None,
+        cluster: None,
     };
     let mut entries: [Vec<Entry>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     let mut failed_components = false;
@@ -381,6 +385,10 @@ pub fn parse(src: &SourceText) -> Result<Pipeline, Vec<ConfigError>> {
                     }
                 }
                 Err(e) => errors.push(e),
+            },
+            "cluster" => match cluster::parse(src, value) {
+                Ok(c) => pipeline.cluster = Some(c),
+                Err(mut e) => errors.append(&mut e),
             },
             other => {
                 // Perhaps a misspelt `sources`, `transforms` or `sinks`.
@@ -712,7 +720,10 @@ fn parse_options(
     }
 }
 
+mod cluster;
 mod graph;
+
+pub use cluster::{ClusterSection, Peers};
 
 #[cfg(test)]
 mod tests;

@@ -39,10 +39,14 @@ Examples:
   sluice replay pipeline.toml                    rebuild state from the log into a fresh directory
   sluice test tests/pipelines/*                  run golden pipelines and compare results
   sluice graph examples/weather-file.toml        print its graph as Mermaid (--format dot: Graphviz)
+  sluice validate --workers 3 --worker 1 examples/weather-cluster.toml
+                                                 check worker 1 of a pipeline run as 3 workers
 
 Logs go to stderr (--log-format json for one JSON object per line); set
 RUST_LOG (e.g. RUST_LOG=debug) for more. ${VAR} in a
-pipeline file is replaced by the environment variable VAR.";
+pipeline file is replaced by the environment variable VAR; ${SLUICE_WORKER_ID}
+by this worker's id (--worker, SLUICE_WORKER_ID or the host name's ordinal:
+docs/scaling.md).";
 
 #[derive(Subcommand)]
 enum Command {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use sluice_connectors::sinks::file::{FileSink, FileSinkConfig};
-use sluice_engine::cluster::WorkerId;
+use sluice_engine::cluster::{ClusterSpec, WorkerId};
 use sluice_engine::connector::ConnectorContext;
 use sluice_engine::decode::EventTimeSpec;
 use sluice_engine::runtime::{PipelineSpec, SinkSpec, SourceSpec, TransformSpec};
@@ -101,8 +101,38 @@ pub fn to_spec(
         dead_letter,
         retry: RetryPolicy::default(),
         worker,
-        cluster: None,
+        cluster: cluster(p, worker)?,
     })
+}
+
+/// The `[cluster]` section for `worker`: `None` for a run of one worker
+/// (which runs exactly as without the section).
+///
+/// # Errors
+/// More than one worker without `[cluster]`, or a `peers` list whose
+/// length is not the number of workers.
+pub fn cluster(p: &Pipeline, worker: WorkerId) -> anyhow::Result<Option<ClusterSpec>> {
+    if worker.is_single() {
+        return Ok(None);
+    }
+    let Some(section) = &p.cluster else {
+        anyhow::bail!(
+            "{}: {} workers need a `[cluster]` section (`listen` and `peers`) in the pipeline \
+             file, so that they can reach each other; see docs/scaling.md",
+            p.path.display(),
+            worker.workers
+        );
+    };
+    if let Some(n) = section.listed_peers() {
+        if n != worker.workers as usize {
+            anyhow::bail!(
+                "{}: `[cluster] peers` lists {n} address(es) for {} workers: give one per worker",
+                p.path.display(),
+                worker.workers
+            );
+        }
+    }
+    Ok(Some(section.to_spec()))
 }
 
 /// Without a `[dead_letter]` section, dead letters go to

@@ -144,7 +144,13 @@ fn validate(dir: &Path, text: &str, vars: &BTreeSet<String>) -> Output {
     std::fs::write(dir.join("pipeline.toml"), text).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
     cmd.args(["validate", "pipeline.toml"]).current_dir(dir);
-    for var in vars {
+    // `${SLUICE_WORKER_ID}` and `${SLUICE_WORKERS}` are the worker in
+    // effect, which sluice decides itself (worker 0 of 1 here).
+    let from_sluice = ["SLUICE_WORKER_ID", "SLUICE_WORKERS"];
+    for var in from_sluice {
+        cmd.env_remove(var);
+    }
+    for var in vars.iter().filter(|v| !from_sluice.contains(&v.as_str())) {
         cmd.env(var, placeholder(var));
     }
     cmd.output().unwrap()

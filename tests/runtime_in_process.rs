@@ -112,7 +112,13 @@ async fn run_once(
 ) -> RunReport {
     let pipeline = sluice::load_str(Path::new("in_process.toml"), PIPELINE, |_| None)
         .unwrap_or_else(|e| panic!("{e:?}"));
-    let mut spec = sluice::plan::to_spec(&pipeline, Some(state_dir), false, sluice_engine::cluster::WorkerId::SINGLE).unwrap();
+    let mut spec = sluice::plan::to_spec(
+        &pipeline,
+        Some(state_dir),
+        false,
+        sluice_engine::cluster::WorkerId::SINGLE,
+    )
+    .unwrap();
     feed(&mut spec, "events", MemorySource::new(input, 50));
     collect(&mut spec, "out", out);
     collect(&mut spec, "dead_letter", dead);

@@ -25,6 +25,11 @@ instead of being rendered wrong):
   patches            `path:` strategic-merge patches, targeted by the patch's
                      own apiVersion/kind/metadata.name (no `target:`, no
                      JSON 6902, no $patch directives)
+  replacements       inline entries: `source` (kind, name, fieldPath) copied
+                     into `targets` (select kind/name, fieldPaths); paths
+                     of map keys and `[key=value]` list items; a scalar
+                     keeps its target's type ("3" stays a string), as in
+                     kustomize; applied after replicas and images
   configMapGenerator files / literals, options.labels and
                      options.disableNameSuffixHash; the content hash suffix
                      is computed as kustomize does and references to the
@@ -57,6 +62,7 @@ SUPPORTED_FIELDS = {
     "replicas",
     "patches",
     "configMapGenerator",
+    "replacements",
 }
 
 # Kinds that are not namespaced (no metadata.namespace is set on them).
@@ -373,6 +379,84 @@ def rename_configmap_references(objects, old, new, namespace):
                             ref["name"] = new
 
 
+def field_path(path):
+    """`a.b.[name=x].c` -> ["a", "b", ("name", "x"), "c"]."""
+    out = []
+    for part in path.split("."):
+        if part.startswith("[") and part.endswith("]") and "=" in part:
+            key, _, value = part[1:-1].partition("=")
+            out.append((key, value))
+        elif part and not part.startswith("["):
+            out.append(part)
+        else:
+            raise RenderError(f"field path {path}: `{part}` is not supported")
+    return out
+
+
+def field_lookup(obj, path, what):
+    """(parent, key) of the field at `path` in obj; the field must exist."""
+    steps = field_path(path)
+    node = obj
+    for i, step in enumerate(steps):
+        last = i == len(steps) - 1
+        if isinstance(step, tuple):
+            key, value = step
+            items = node if isinstance(node, list) else []
+            hits = [j for j, item in enumerate(items) if isinstance(item, dict) and str(item.get(key)) == value]
+            if len(hits) != 1:
+                raise RenderError(f"{what}: {path}: {len(hits)} items with {key}={value}")
+            parent, k = node, hits[0]
+        else:
+            if not isinstance(node, dict) or step not in node:
+                raise RenderError(f"{what}: {path}: no field `{step}`")
+            parent, k = node, step
+        if last:
+            return parent, k
+        node = parent[k]
+    raise RenderError(f"{what}: empty field path")
+
+
+def select(objects, selector, what):
+    unknown = set(selector) - {"kind", "name"}
+    if unknown:
+        raise RenderError(f"{what}: unsupported selector fields {sorted(unknown)}")
+    hits = [o for o in objects if o.get("kind") == selector.get("kind")
+            and ("name" not in selector or o["metadata"].get("name") == selector["name"])]
+    if not hits:
+        raise RenderError(f"{what}: nothing matches {selector}")
+    return hits
+
+
+def apply_replacements(objects, replacements):
+    for entry in replacements:
+        if set(entry) != {"source", "targets"}:
+            raise RenderError(f"replacements: only inline `source` + `targets` are supported, got {sorted(entry)}")
+        source = entry["source"]
+        unknown = set(source) - {"kind", "name", "fieldPath"}
+        if unknown:
+            raise RenderError(f"replacements source: unsupported fields {sorted(unknown)}")
+        sources = select(objects, {k: source[k] for k in ("kind", "name") if k in source}, "replacements source")
+        if len(sources) != 1:
+            raise RenderError(f"replacements source {source}: matches {len(sources)} objects")
+        parent, key = field_lookup(sources[0], source.get("fieldPath", "metadata.name"), "replacements source")
+        value = parent[key]
+        for target in entry["targets"]:
+            unknown = set(target) - {"select", "fieldPaths"}
+            if unknown:
+                raise RenderError(f"replacements target: unsupported fields {sorted(unknown)}")
+            for obj in select(objects, target["select"], "replacements target"):
+                for path in target["fieldPaths"]:
+                    parent, key = field_lookup(obj, path, f"replacements target {describe(obj)}")
+                    old = parent[key]
+                    # kustomize copies a scalar's text and keeps the target's type.
+                    if isinstance(old, str) and not isinstance(value, (dict, list)):
+                        parent[key] = str(value)
+                    elif isinstance(old, int) and not isinstance(old, bool) and isinstance(value, str):
+                        parent[key] = int(value)
+                    else:
+                        parent[key] = copy.deepcopy(value)
+
+
 # --------------------------------------------------------------------------
 # the build
 
@@ -422,6 +506,7 @@ def build(directory):
         apply_namespace(objects, kust["namespace"])
     apply_replicas(objects, kust.get("replicas", []) or [])
     apply_images(objects, kust.get("images", []) or [])
+    apply_replacements(objects, kust.get("replacements", []) or [])
     return objects, hashed
 
 

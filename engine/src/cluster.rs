@@ -97,7 +97,11 @@ mod tests {
             for key_groups in [1u16, 2, 3, 7, 128, 1000] {
                 for w in 0..workers {
                     for kg in owned_key_groups(w, workers, key_groups) {
-                        assert_eq!(owner_of(kg, workers, key_groups), w, "kg {kg} of {key_groups}, {workers} workers");
+                        assert_eq!(
+                            owner_of(kg, workers, key_groups),
+                            w,
+                            "kg {kg} of {key_groups}, {workers} workers"
+                        );
                     }
                 }
             }

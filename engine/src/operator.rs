@@ -345,4 +345,17 @@ pub trait Operator: Send {
     fn state_stats(&self) -> StateStats {
         StateStats::default()
     }
+
+    /// For a keyed stateful operator: the routing key of every row of
+    /// `batch` (the bytes whose key group decides which worker keeps the
+    /// row's state; `Err` when the row has no key and can only become a
+    /// dead letter), written to `keys`; returns true. Operators whose state
+    /// is not keyed return false (every row stays where it is).
+    fn routing_keys(
+        &self,
+        _batch: &Batch,
+        _keys: &mut Vec<Result<crate::keys::GroupKey, usize>>,
+    ) -> bool {
+        false
+    }
 }

@@ -393,6 +393,10 @@ pub enum Distribution {
     /// group): partition `p` is the same everywhere and may move from one
     /// worker to another.
     SharedPartitions,
+    /// The workers compete for the messages of one queue (AMQP): a message
+    /// not yet acknowledged may be redelivered to any worker, and offsets
+    /// are message ids, not positions in an order.
+    SharedQueue,
     /// Only worker 0 runs the source (one resume token, e.g. a MongoDB
     /// change stream); the others skip it.
     FirstWorker,

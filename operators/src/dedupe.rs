@@ -254,6 +254,11 @@ impl Dedupe {
 }
 
 impl Operator for Dedupe {
+    fn routing_keys(&self, batch: &Batch, keys: &mut Vec<Result<GroupKey, usize>>) -> bool {
+        compute_keys(&self.fields, batch, keys);
+        true
+    }
+
     fn process(&mut self, mut batch: Batch, out: &mut Emitter<'_>) {
         let mut keys = std::mem::take(&mut self.keys);
         compute_keys(&self.fields, &batch, &mut keys);

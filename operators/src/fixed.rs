@@ -316,6 +316,11 @@ impl FixedAggregate {
 }
 
 impl Operator for FixedAggregate {
+    fn routing_keys(&self, batch: &Batch, keys: &mut Vec<Result<GroupKey, usize>>) -> bool {
+        self.c.keys(batch, keys);
+        true
+    }
+
     fn process(&mut self, batch: Batch, out: &mut Emitter<'_>) {
         self.c.keys(&batch, &mut self.keys);
         let now = if self.c.processing_time { now_ms() } else { 0 };

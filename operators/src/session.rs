@@ -134,6 +134,11 @@ fn emit_session(c: &Common, key: &GroupKey, s: &Session, batch: &mut Batch) {
 }
 
 impl Operator for SessionAggregate {
+    fn routing_keys(&self, batch: &Batch, keys: &mut Vec<Result<GroupKey, usize>>) -> bool {
+        self.c.keys(batch, keys);
+        true
+    }
+
     fn process(&mut self, batch: Batch, out: &mut Emitter<'_>) {
         self.c.keys(&batch, &mut self.keys);
         let now = now_ms();

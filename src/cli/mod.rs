@@ -6,6 +6,7 @@ pub(crate) mod replay;
 pub(crate) mod run;
 pub(crate) mod test;
 pub(crate) mod validate;
+pub(crate) mod workers;
 
 use sluice_engine::cluster::WorkerId;
 use std::path::Path;
@@ -80,7 +81,34 @@ pub(crate) fn set_log_level(level: Option<&str>) {
 
 /// Loads a pipeline, printing every error; `Err(exit code)` on failure.
 pub(crate) fn load(path: &Path) -> Result<Pipeline, ExitCode> {
-    config::load(path, |name| std::env::var(name).ok()).map_err(|errors| {
+    load_with(path, |name| std::env::var(name).ok())
+}
+
+/// Decides which worker this is (see [`workers::resolve`]); `Err(exit
+/// code)`, with the reason printed, when it cannot be decided.
+pub(crate) fn worker(args: &workers::WorkerArgs) -> Result<WorkerId, ExitCode> {
+    workers::resolve(args, workers::host_name).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
+}
+
+/// Loads a pipeline as `worker` sees it (`${SLUICE_WORKER_ID}` is its
+/// id) and checks that it can run as that worker (`[cluster]` when there
+/// are several); prints every error, `Err(exit code)` on failure.
+pub(crate) fn load_as(path: &Path, worker: WorkerId) -> Result<Pipeline, ExitCode> {
+    let p = load_with(path, workers::lookup(worker))?;
+    match crate::plan::cluster(&p, worker) {
+        Ok(_) => Ok(p),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+fn load_with(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Pipeline, ExitCode> {
+    config::load(path, env).map_err(|errors| {
         for e in &errors {
             eprintln!("error: {e}");
         }
@@ -129,6 +157,23 @@ pub(crate) enum Mode {
     Replay,
 }
 
+/// How a pipeline starts, and as which worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Start {
+    pub mode: Mode,
+    pub worker: WorkerId,
+}
+
+impl Start {
+    /// `mode`, as the only worker.
+    pub(crate) fn single(mode: Mode) -> Start {
+        Start {
+            mode,
+            worker: WorkerId::SINGLE,
+        }
+    }
+}
+
 /// Runs a pipeline on the current runtime.
 pub(crate) async fn execute(
     p: &Pipeline,
@@ -137,9 +182,10 @@ pub(crate) async fn execute(
     shutdown: watch::Receiver<bool>,
     progress: Vec<Arc<Progress>>,
     ready: Arc<Readiness>,
-    mode: Mode,
+    start: Start,
 ) -> anyhow::Result<RunReport> {
-    let spec = crate::plan::to_spec(p, state_dir, mode == Mode::Replay, WorkerId::SINGLE)?;
+    let Start { mode, worker } = start;
+    let spec = crate::plan::to_spec(p, state_dir, mode == Mode::Replay, worker)?;
     let opts = RunOptions {
         bounded,
         shutdown,

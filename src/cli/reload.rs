@@ -12,13 +12,19 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use sluice_engine::cluster::WorkerId;
 use tokio::sync::mpsc;
 
 use crate::config::{self, Pipeline};
 
-/// Loads the pipeline file again and checks that it may replace `running`.
-pub(crate) fn prepare(path: &Path, running: &Pipeline) -> Result<Pipeline, String> {
-    let new = config::load(path, |name| std::env::var(name).ok()).map_err(|errors| {
+/// Loads the pipeline file again, as `worker` sees it, and checks that it
+/// may replace `running`.
+pub(crate) fn prepare(
+    path: &Path,
+    running: &Pipeline,
+    worker: WorkerId,
+) -> Result<Pipeline, String> {
+    let new = config::load(path, super::workers::lookup(worker)).map_err(|errors| {
         let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
         format!("the file has {} error(s): {}", list.len(), list.join("; "))
     })?;
@@ -55,6 +61,11 @@ pub(crate) fn check(old: &Pipeline, new: &Pipeline) -> Result<(), String> {
     }
     if old.admin.address != new.admin.address {
         return Err("`[admin] address` changed; the admin server moves only at a restart".into());
+    }
+    if old.cluster != new.cluster {
+        return Err(
+            "`[cluster]` changed; the exchange between workers changes only at a restart".into(),
+        );
     }
     let (old_state, new_state) = (stateful(old), stateful(new));
     for (name, fingerprint) in &old_state {
@@ -248,6 +259,10 @@ inputs = ["loud"]
                 "state directory",
             ),
             (BASE.replace("name = \"r\"", "name = \"q\""), "name changed"),
+            (
+                format!("{BASE}\n[cluster]\nlisten = \"127.0.0.1:7070\"\npeers = \"h-{{worker}}:7070\"\n"),
+                "`[cluster]` changed",
+            ),
         ] {
             let e = check(&old, &pipeline(&new)).unwrap_err();
             assert!(e.contains(says), "{e}");

@@ -66,7 +66,7 @@ pub(crate) fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             shutdown,
             progress,
             Default::default(),
-            super::Mode::Replay,
+            super::Start::single(super::Mode::Replay),
         )
         .await;
         ticker.abort();

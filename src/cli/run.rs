@@ -34,10 +34,17 @@ pub(crate) struct RunArgs {
     /// docs/operations.md, "Damaged or lost state".
     #[arg(long)]
     pub accept_empty_state: bool,
+    /// Which worker of how many this process is (docs/scaling.md).
+    #[command(flatten)]
+    pub workers: super::workers::WorkerArgs,
 }
 
 pub(crate) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let pipeline = match super::load(&args.pipeline) {
+    let worker = match super::worker(&args.workers) {
+        Ok(w) => w,
+        Err(code) => return Ok(code),
+    };
+    let pipeline = match super::load_as(&args.pipeline, worker) {
         Ok(p) => p,
         Err(code) => return Ok(code),
     };
@@ -72,7 +79,8 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
             None => None,
         };
-        let result = run_reloading(&args, pipeline.clone(), shutdown, ready, topology).await;
+        let result =
+            run_reloading(&args, worker, pipeline.clone(), shutdown, ready, topology).await;
         let _ = stop_admin.send(true);
         if let Some(server) = server {
             let _ = server.await;
@@ -115,6 +123,7 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 /// a bounded input.
 async fn run_reloading(
     args: &RunArgs,
+    worker: sluice_engine::cluster::WorkerId,
     mut current: crate::config::Pipeline,
     mut signals: watch::Receiver<bool>,
     ready: Arc<Readiness>,
@@ -144,7 +153,7 @@ async fn run_reloading(
                 stopped,
                 Vec::new(),
                 ready.clone(),
-                mode,
+                super::Start { mode, worker },
             );
             tokio::pin!(run);
             loop {
@@ -156,7 +165,7 @@ async fn run_reloading(
                         }
                     }
                     Some(why) = reloads.recv(), if next.is_none() && !*stop.borrow() => {
-                        match super::reload::prepare(&args.pipeline, &current) {
+                        match super::reload::prepare(&args.pipeline, &current, worker) {
                             Ok(new) => {
                                 tracing::info!(reason = why, file = %args.pipeline.display(),
                                     "reloading: stopping at a checkpoint, then starting the new pipeline");

@@ -131,7 +131,7 @@ fn run_one(dir: &Path, keep: bool) -> anyhow::Result<Option<String>> {
         shutdown,
         Vec::new(),
         Default::default(),
-        super::Mode::Run,
+        super::Start::single(super::Mode::Run),
     ))?;
     let got: Vec<String> = {
         let mut v: Vec<String> = materialize(&vars[1].1)?.values().map(canonical).collect();

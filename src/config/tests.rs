@@ -411,6 +411,8 @@ fn every_example_and_golden_pipeline_validates() {
                     Some(format!("/tmp/sluice-validate/{name}"))
                 }
                 n if n.starts_with("BENCH_") => Some(format!("/tmp/sluice-validate/{name}")),
+                // What `sluice` sets for the worker in effect.
+                "SLUICE_WORKER_ID" => Some("0".to_string()),
                 _ => None,
             };
             if let Err(errors) = load(&path, env) {
@@ -433,4 +435,18 @@ fn walk(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         }
     }
     Ok(out)
+}
+
+#[test]
+fn the_cluster_section_loads_and_a_misspelt_one_is_suggested() {
+    let p = load_str(&format!(
+        "{GOOD}\n[cluster]\nlisten = \"0.0.0.0:7070\"\npeers = \"sluice-{{worker}}.sluice-headless:7070\"\n"
+    ))
+    .unwrap();
+    let cluster = p.cluster.expect("[cluster]");
+    assert_eq!(cluster.listen, "0.0.0.0:7070");
+    assert!(load_str(GOOD).unwrap().cluster.is_none());
+    let e = first_error(&format!("{GOOD}\n[clustr]\nlisten = \"0.0.0.0:7070\"\n"));
+    assert!(e.message.contains("unknown section `clustr`"), "{e}");
+    assert_eq!(e.hint.as_deref(), Some("did you mean `cluster`?"), "{e}");
 }

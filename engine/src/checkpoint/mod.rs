@@ -98,6 +98,9 @@ pub struct Snapshot {
     pub state: Vec<(Arc<str>, StateWriter)>,
     /// Per source index: the largest event time seen on each partition.
     pub max_times: Vec<Vec<(u32, i64)>>,
+    /// In a run of several workers: the worker's cluster state (what it
+    /// took in from the others), written with the state it went into.
+    pub cluster: Option<Vec<u8>>,
 }
 
 /// Something that happened, for the protocol to react to.
@@ -460,6 +463,9 @@ impl Protocol {
                 }
                 sink.ack_dirty = false;
             }
+        }
+        if let Some(cluster) = snapshot.cluster {
+            writes.put(Key::Cluster, cluster);
         }
         writes.put(Key::Epoch, epoch.to_be_bytes().to_vec());
         writes.put(Key::Format, FORMAT_VERSION.to_be_bytes().to_vec());

@@ -255,6 +255,7 @@ fn operator_state_and_max_event_times_go_into_the_write() {
     let snapshot = Snapshot {
         state: vec![(Arc::from("agg"), changes)],
         max_times: vec![vec![(0, 42)]],
+        cluster: None,
     };
     let (_, writes) = write_of(p.handle(Event::Snapshot(snapshot)));
     let state = |k: &[u8]| Key::State {

@@ -13,6 +13,7 @@ use super::watermarks::InboundWatermarks;
 use super::wire::{self, BatchHeader, PartitionBatch};
 use super::ExchangeError;
 use crate::journal::{lock, Journal, JournalError, JournalOptions, JournalReader};
+use crate::value::Str;
 
 /// Opens the inbound journal in `dir` and resumes from `restored` (the
 /// checkpoint stored with the caller's state; the default one for a fresh
@@ -67,11 +68,16 @@ pub fn open_inbound(
         }),
     };
     let reader = InboundReader {
-        journal: journal.clone(),
-        reader: journal.reader(restored.position),
-        marks: restored.applied_marks(),
-        senders: restored.sender_cursors(),
-        watermarks: InboundWatermarks::restore(&restored.watermarks, crate::time::now_ms()),
+        tail: InboundTail {
+            reader: journal.reader(restored.position),
+        },
+        state: InboundState {
+            journal: journal.clone(),
+            position: restored.position,
+            marks: restored.applied_marks(),
+            senders: restored.sender_cursors(),
+            watermarks: InboundWatermarks::restore(&restored.watermarks, crate::time::now_ms()),
+        },
     };
     Ok((log, reader))
 }
@@ -180,54 +186,104 @@ pub struct Delivered {
     pub replayed: usize,
 }
 
-/// Reads the inbound journal in order and hands out each record once.
+/// Reads the inbound journal in order and hands out each record once: an
+/// [`InboundTail`] (the journal reader, which may wait) and an
+/// [`InboundState`] (what was applied), used together or, split, on two
+/// tasks.
 pub struct InboundReader {
-    journal: Journal,
-    reader: JournalReader,
-    marks: AppliedMarks,
-    senders: SenderCursors,
-    watermarks: InboundWatermarks,
+    tail: InboundTail,
+    state: InboundState,
 }
 
-impl InboundReader {
-    /// Waits for journaled batches and returns their partitions with the
-    /// records not applied before; those records count as applied from now
-    /// on (checkpoint them with the state they go into).
+/// The reading end of the inbound journal: batches in journal order.
+pub struct InboundTail {
+    reader: JournalReader,
+}
+
+/// A journaled batch: the journal position after it, and the batch.
+pub type Journaled = (u64, wire::Batch);
+
+impl InboundTail {
+    /// Waits for journaled batches (at most `max_batches`) and decodes them.
     ///
     /// Cancel safety: cancelling while it waits loses nothing.
     ///
     /// # Errors
     /// Journal errors; a journal record that is not a batch.
-    pub async fn next(&mut self, max_batches: usize) -> Result<Vec<Delivered>, ExchangeError> {
+    pub async fn next(&mut self, max_batches: usize) -> Result<Vec<Journaled>, ExchangeError> {
         let read = self.reader.next_batch(max_batches, 16 << 20).await?;
-        let now = crate::time::now_ms();
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(read.events.len());
         for e in &read.events {
             let bytes = &read.buf[e.start as usize..(e.start + e.len) as usize];
             let batch = wire::decode(bytes).map_err(|error| ExchangeError::CorruptInbound {
                 seq: e.offset,
                 error,
             })?;
-            self.senders.taken(&batch.header);
-            for mut part in batch.partitions {
-                let id: PartitionId = (part.source.clone(), part.partition);
-                let before = part.records.len();
-                part.records.retain(|r| self.marks.admit(&id, r.offset));
-                self.watermarks.observe(&id, part.watermark, now);
-                out.push(Delivered {
-                    sender: batch.header.sender,
-                    replayed: before - part.records.len(),
-                    records: part,
-                });
-            }
+            out.push((e.offset + 1, batch));
         }
         Ok(out)
     }
+}
 
-    /// The receive side's checkpoint as of the records handed out so far.
+/// What a receiver has taken in: the journal position, the applied marks,
+/// the senders' positions and the reported watermarks. Checkpointed with
+/// the receiver's state ([`InboundState::checkpoint`]).
+pub struct InboundState {
+    journal: Journal,
+    position: u64,
+    marks: AppliedMarks,
+    senders: SenderCursors,
+    watermarks: InboundWatermarks,
+}
+
+impl InboundState {
+    /// Takes in a batch read by the tail (in journal order): returns its
+    /// partitions with the records not applied before; those records count
+    /// as applied from now on. Each partition's watermark is recorded under
+    /// `(partition's source, sender)` (see [`InboundState::watermarks`]).
+    pub fn take(&mut self, (position, batch): Journaled, now_ms: i64) -> Vec<Delivered> {
+        self.position = self.position.max(position);
+        self.senders.taken(&batch.header);
+        let mut out = Vec::with_capacity(batch.partitions.len());
+        for mut part in batch.partitions {
+            let id: PartitionId = (part.source.clone(), part.partition);
+            let before = part.records.len();
+            part.records.retain(|r| self.marks.admit(&id, r.offset));
+            self.watermarks.observe(
+                &(part.source.clone(), batch.header.sender),
+                part.watermark,
+                now_ms,
+            );
+            out.push(Delivered {
+                sender: batch.header.sender,
+                replayed: before - part.records.len(),
+                records: part,
+            });
+        }
+        out
+    }
+
+    /// Whether a record this worker read itself (from a source whose
+    /// partitions move between workers) is new; if so it counts as applied.
+    pub fn admit(&mut self, partition: &PartitionId, offset: u64) -> bool {
+        self.marks.admit(partition, offset)
+    }
+
+    /// Takes the records of `streams` by id rather than by offset order
+    /// (see [`AppliedMarks`]).
+    pub fn set_unordered(&mut self, streams: impl IntoIterator<Item = Str>) {
+        self.marks.set_unordered(streams);
+    }
+
+    /// The watermarks reported, keyed `(source, sender)`.
+    pub fn watermarks(&self) -> &InboundWatermarks {
+        &self.watermarks
+    }
+
+    /// The receive side's checkpoint as of the batches taken so far.
     pub fn checkpoint(&self) -> InboundCheckpoint {
         InboundCheckpoint::new(
-            self.reader.position(),
+            self.position,
             &self.marks,
             &self.senders,
             self.watermarks.snapshot(),
@@ -244,15 +300,57 @@ impl InboundReader {
         Ok(())
     }
 
+    /// Batches journaled and not taken yet.
+    pub fn pending(&self) -> u64 {
+        self.journal.next_seq().saturating_sub(self.position)
+    }
+}
+
+impl InboundReader {
+    /// Waits for journaled batches and returns their partitions with the
+    /// records not applied before; those records count as applied from now
+    /// on (checkpoint them with the state they go into).
+    ///
+    /// Cancel safety: cancelling while it waits loses nothing.
+    ///
+    /// # Errors
+    /// Journal errors; a journal record that is not a batch.
+    pub async fn next(&mut self, max_batches: usize) -> Result<Vec<Delivered>, ExchangeError> {
+        let read = self.tail.next(max_batches).await?;
+        let now = crate::time::now_ms();
+        let mut out = Vec::new();
+        for journaled in read {
+            out.extend(self.state.take(journaled, now));
+        }
+        Ok(out)
+    }
+
+    /// The two halves, to read on one task and apply on another.
+    pub fn split(self) -> (InboundTail, InboundState) {
+        (self.tail, self.state)
+    }
+
+    /// The receive side's checkpoint as of the records handed out so far.
+    pub fn checkpoint(&self) -> InboundCheckpoint {
+        self.state.checkpoint()
+    }
+
+    /// Deletes the journal up to a durable checkpoint (see
+    /// [`InboundState::commit`]).
+    ///
+    /// # Errors
+    /// An I/O error deleting a segment.
+    pub fn commit(&self, checkpoint: &InboundCheckpoint) -> Result<(), ExchangeError> {
+        self.state.commit(checkpoint)
+    }
+
     /// Batches journaled and not handed out yet.
     pub fn pending(&self) -> u64 {
-        self.journal
-            .next_seq()
-            .saturating_sub(self.reader.position())
+        self.state.pending()
     }
 
     /// The receiver's watermark at `now_ms` (see [`InboundWatermarks::current`]).
     pub fn watermark(&mut self, now_ms: i64, idle_timeout_ms: Option<i64>) -> i64 {
-        self.watermarks.current(now_ms, idle_timeout_ms)
+        self.state.watermarks.current(now_ms, idle_timeout_ms)
     }
 }

@@ -2,7 +2,7 @@
 //! partition the high-water mark of applied offsets, per sender the next
 //! batch expected. Pure logic; the receiver's checkpoint holds it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -18,15 +18,53 @@ pub type PartitionId = (Str, u32);
 /// one sender, and every sender of a partition reads the same log (a
 /// sender that takes a Kafka partition over resumes at an offset the
 /// receiver already holds), so "offset below the mark" means "applied".
+///
+/// Partitions of *unordered* streams ([`AppliedMarks::set_unordered`]) keep
+/// instead the ids of the last [`MAX_RECENT_IDS`] records: their offsets
+/// are message ids without an order (an AMQP message's hash), and a
+/// message may be redelivered to any worker.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AppliedMarks {
     next: BTreeMap<PartitionId, u64>,
+    recent: BTreeMap<PartitionId, RecentIds>,
+    unordered: BTreeSet<Str>,
+}
+
+/// Ids remembered per unordered partition (8 bytes each in a checkpoint).
+pub const MAX_RECENT_IDS: usize = 1 << 16;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct RecentIds {
+    order: VecDeque<u64>,
+    set: HashSet<u64>,
+}
+
+impl RecentIds {
+    fn admit(&mut self, id: u64) -> bool {
+        if !self.set.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        while self.order.len() > MAX_RECENT_IDS {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
 }
 
 impl AppliedMarks {
     /// Whether the record at `offset` of `partition` is new; if so it is
     /// marked applied.
     pub fn admit(&mut self, partition: &PartitionId, offset: u64) -> bool {
+        if self.unordered.contains(&partition.0) {
+            return self
+                .recent
+                .entry(partition.clone())
+                .or_default()
+                .admit(offset);
+        }
         match self.next.get_mut(partition) {
             Some(next) if offset < *next => false,
             Some(next) => {
@@ -39,6 +77,23 @@ impl AppliedMarks {
                 true
             }
         }
+    }
+
+    /// Takes the records of `streams` (source names as the senders give
+    /// them) by id rather than by offset order.
+    pub fn set_unordered(&mut self, streams: impl IntoIterator<Item = Str>) {
+        self.unordered = streams.into_iter().collect();
+    }
+
+    fn recent_ids(&self) -> Vec<PartitionIds> {
+        self.recent
+            .iter()
+            .map(|((source, partition), r)| PartitionIds {
+                source: source.clone(),
+                partition: *partition,
+                ids: r.order.iter().copied().collect(),
+            })
+            .collect()
     }
 
     /// The offset after the last applied record of `partition`, if any.
@@ -57,12 +112,23 @@ impl AppliedMarks {
             .collect()
     }
 
-    fn from_marks(marks: &[PartitionMark]) -> Self {
+    fn from_marks(marks: &[PartitionMark], ids: &[PartitionIds]) -> Self {
         AppliedMarks {
             next: marks
                 .iter()
                 .map(|m| ((m.source.clone(), m.partition), m.next_offset))
                 .collect(),
+            recent: ids
+                .iter()
+                .map(|p| {
+                    let mut r = RecentIds::default();
+                    for &id in &p.ids {
+                        r.admit(id);
+                    }
+                    ((p.source.clone(), p.partition), r)
+                })
+                .collect(),
+            unordered: BTreeSet::new(),
         }
     }
 }
@@ -158,6 +224,20 @@ pub struct InboundCheckpoint {
     pub senders: Vec<SenderMark>,
     /// Per source partition: the watermark its sender last reported.
     pub watermarks: Vec<PartitionWatermark>,
+    /// Per partition of an unordered stream: the ids applied last, oldest
+    /// first.
+    pub ids: Vec<PartitionIds>,
+}
+
+/// The ids applied last on a partition of an unordered stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionIds {
+    /// The source's name as the senders give it.
+    pub source: Str,
+    /// The partition within the source.
+    pub partition: u32,
+    /// The ids, oldest first.
+    pub ids: Vec<u64>,
 }
 
 /// A partition's applied high-water mark.
@@ -206,11 +286,12 @@ impl InboundCheckpoint {
             partitions: marks.marks(),
             senders: senders.marks(),
             watermarks,
+            ids: marks.recent_ids(),
         }
     }
 
     pub(crate) fn applied_marks(&self) -> AppliedMarks {
-        AppliedMarks::from_marks(&self.partitions)
+        AppliedMarks::from_marks(&self.partitions, &self.ids)
     }
 
     pub(crate) fn sender_cursors(&self) -> SenderCursors {
@@ -246,6 +327,24 @@ mod tests {
         // another partition is independent
         assert!(marks.admit(&("orders".into(), 3), 0));
         assert_eq!(marks.next_offset(&p), Some(6));
+    }
+
+    #[test]
+    fn unordered_streams_drop_replays_by_id() {
+        let p: PartitionId = ("amqp\0agg".into(), 0);
+        let mut marks = AppliedMarks::default();
+        marks.set_unordered(["amqp\0agg".into()]);
+        assert!(marks.admit(&p, 900));
+        assert!(marks.admit(&p, 5));
+        assert!(!marks.admit(&p, 900), "a redelivery to another worker");
+        let cp = InboundCheckpoint::new(1, &marks, &SenderCursors::default(), Vec::new());
+        let mut back = cp.applied_marks();
+        back.set_unordered(["amqp\0agg".into()]);
+        assert!(!back.admit(&p, 5), "the ids survive a checkpoint");
+        assert!(back.admit(&p, 6));
+        // an ordered stream with the same offsets uses its high-water mark
+        assert!(marks.admit(&("kafka\0agg".into(), 0), 900));
+        assert!(!marks.admit(&("kafka\0agg".into(), 0), 5));
     }
 
     #[test]

@@ -63,6 +63,29 @@ impl InboundWatermarks {
         self.current
     }
 
+    /// The minimum of the watermarks reported for `source` (entries keyed
+    /// `(source, sender)`) within `idle_timeout_ms` (all without one), and
+    /// the senders that reported it at all.
+    pub fn of_source(
+        &self,
+        source: &str,
+        now_ms: i64,
+        idle_timeout_ms: Option<i64>,
+    ) -> (Option<i64>, Vec<u32>) {
+        let mut min = None::<i64>;
+        let mut senders = Vec::new();
+        for ((s, sender), r) in &self.partitions {
+            if s.as_str() != source {
+                continue;
+            }
+            senders.push(*sender);
+            if idle_timeout_ms.is_none_or(|t| now_ms.saturating_sub(r.last_seen_ms) < t) {
+                min = Some(min.map_or(r.watermark, |m| m.min(r.watermark)));
+            }
+        }
+        (min, senders)
+    }
+
     /// The partitions' watermarks, for a checkpoint.
     pub fn snapshot(&self) -> Vec<PartitionWatermark> {
         self.partitions

@@ -14,6 +14,10 @@ use super::store::StoreError;
 /// Errors that stop a pipeline.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// The exchange between workers failed (its journal, its listening
+    /// address, a peer link).
+    #[error("exchange between workers: {0}")]
+    Exchange(String),
     /// The pipeline's graph or options cannot run (user).
     #[error("invalid pipeline: {0}")]
     Plan(String),
@@ -108,7 +112,7 @@ impl Classify for RunError {
             | RunError::Build(_)
             | RunError::StateMismatch { .. }
             | RunError::StateLost { .. } => ErrorClass::User,
-            RunError::StateDir { .. } => ErrorClass::External,
+            RunError::StateDir { .. } | RunError::Exchange(_) => ErrorClass::External,
             RunError::Store(e) => e.class(),
             RunError::Marker(e) => e.class(),
             RunError::Source { error, .. } => error.class(),

@@ -11,6 +11,7 @@
 //!   backend ([`crate::state`]) durably, while the processor carries on;
 //! - each sink runs as a tokio task fed with committed epochs.
 
+mod cluster;
 mod error;
 pub mod marker;
 mod processor;
@@ -36,7 +37,7 @@ use crate::operator::{FieldSet, Operator, OperatorSpec};
 use crate::plan::Plan;
 use crate::sink::{drive_sink, RetryPolicy, Sink, SinkEpoch, SinkEvent};
 use crate::source::{Commit, Progress, Source, SourceContext, SourceEvent, SourceOutput};
-use crate::state::{Restored, SledBackend, StateBackend};
+use crate::state::{Restored, SledBackend, StateBackend, StoreError};
 use processor::{Processor, ProcessorParts};
 use watermark::{WatermarkSettings, WatermarkTracker};
 
@@ -184,6 +185,9 @@ struct Planned {
     operators: Vec<Option<Box<dyn Operator>>>,
     /// `(transform, state signature)` of every stateful transform.
     signatures: Vec<(String, String)>,
+    /// Per node: rows read from a source are routed to their key group's
+    /// owner here (the first stateful operator on their path).
+    points: Vec<bool>,
 }
 
 /// Plans the dataflow (the same planner `sluice validate` uses) and builds
@@ -191,6 +195,7 @@ struct Planned {
 fn plan(spec: &PipelineSpec) -> Result<Planned, RunError> {
     let plan = Plan::of_spec(spec).map_err(RunError::Plan)?;
     let n_sources = spec.sources.len();
+    let points = exchange_points(spec, &plan)?;
     let mut operators: Vec<Option<Box<dyn Operator>>> = Vec::new();
     let mut signatures = Vec::new();
     for (t, tspec) in spec.transforms.iter().enumerate() {
@@ -214,7 +219,51 @@ fn plan(spec: &PipelineSpec) -> Result<Planned, RunError> {
         upstream,
         operators,
         signatures,
+        points,
     })
+}
+
+/// The exchange points of a run of several workers: the stateful
+/// transforms no other stateful transform feeds. A stateful transform fed
+/// by another must keep its key (its rows are already at their owner);
+/// otherwise the run is refused.
+fn exchange_points(spec: &PipelineSpec, plan: &Plan) -> Result<Vec<bool>, RunError> {
+    let n_sources = spec.sources.len();
+    let n_nodes = plan.graph.nodes.len();
+    let stateful = |n: usize| {
+        n >= n_sources
+            && n < n_sources + spec.transforms.len()
+            && spec.transforms[n - n_sources].spec.is_stateful()
+    };
+    // behind[n]: a stateful transform is on some path into n (n excluded)
+    let mut behind = vec![false; n_nodes];
+    for &n in &plan.graph.order {
+        behind[n] = plan.graph.inputs[n]
+            .iter()
+            .any(|&i| behind[i] || stateful(i));
+    }
+    let mut points = vec![false; n_nodes];
+    for n in 0..n_nodes {
+        if !stateful(n) {
+            continue;
+        }
+        if !behind[n] {
+            points[n] = true;
+            continue;
+        }
+        if spec.worker.is_single() {
+            continue;
+        }
+        let t = &spec.transforms[n - n_sources];
+        let upstream = plan.build_context(n, spec.key_groups).upstream_key;
+        if upstream.is_none() || t.spec.output_key(upstream.as_deref()) != upstream {
+            return Err(RunError::Plan(format!(
+                "transform `{}` reads the results of another stateful transform and groups them by another key; with several workers this is not supported yet (group by the same fields, or run one worker)",
+                t.name
+            )));
+        }
+    }
+    Ok(points)
 }
 
 async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, RunError> {
@@ -224,11 +273,21 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
         upstream,
         mut operators,
         signatures,
+        points,
     } = plan(&spec)?;
+    let me = spec.worker;
+    if !me.is_single() && spec.cluster.is_none() {
+        return Err(RunError::Plan(format!(
+            "{me}: a run of {} workers needs a [cluster] section (listen, peers)",
+            me.workers
+        )));
+    }
+    let topology = cluster::topology_signature(&spec);
     let started = std::time::Instant::now();
     let pipeline: Arc<str> = Arc::from(spec.name.as_str());
     register_metrics(&spec);
     let (store, mut restored) = restore(&spec, &signatures, &mut operators)?;
+    let cluster_state = check_cluster_state(&spec, &restored)?;
     let mut all_sinks: Vec<SinkSpec> = spec.sinks;
     all_sinks.push(spec.dead_letter);
     check_lost_state(
@@ -275,6 +334,37 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
         &pipeline,
         &spec.retry,
     );
+    let cluster = match &spec.cluster {
+        Some(c) if !me.is_single() => {
+            let sources = spec
+                .sources
+                .iter()
+                .map(|s| {
+                    (
+                        crate::value::Str::from(s.name.as_str()),
+                        s.source.distribution(),
+                        s.idle_timeout.map(|d| d.as_millis() as i64),
+                    )
+                })
+                .collect();
+            let run = cluster::ClusterRun::start(cluster::ClusterParts {
+                spec: c,
+                me,
+                signature: topology,
+                key_groups: spec.key_groups,
+                state_dir: &spec.state_dir,
+                restored: cluster_state,
+                graph: &graph,
+                points,
+                sources,
+                pipeline: &spec.name,
+            })
+            .await
+            .map_err(|e| RunError::Exchange(e.to_string()))?;
+            Some(run)
+        }
+        _ => None,
+    };
     let sources = start_sources(
         spec.sources,
         &needs,
@@ -283,6 +373,7 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
         &pipeline,
         &spec.source_dir,
         spec.channel_capacity,
+        me,
     );
 
     let (ckpt_done_tx, ckpt_done_rx) = mpsc::unbounded_channel();
@@ -305,8 +396,13 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
         jobs: job_tx,
         stop: sources.stop,
         health: sources.healths.iter().map(|(_, h)| h.clone()).collect(),
+        cluster,
     };
-    opts.ready.running(sources.healths);
+    let mut healths = sources.healths;
+    if let Some(c) = &parts.cluster {
+        healths.push((Arc::from("exchange"), c.health()));
+    }
+    opts.ready.running(healths);
     let (monitor_stop, monitor_stopped) = watch::channel(false);
     let monitor = tokio::spawn(
         progress::monitor(opts.ready.clone(), pipeline, started, monitor_stopped).in_current_span(),
@@ -400,6 +496,45 @@ fn restore(
         tracing::info!(epoch = restored.epoch, dir = %spec.state_dir.display(), "restored checkpoint");
     }
     Ok((store, restored))
+}
+
+/// Checks that the state was written by this worker of as many workers,
+/// and returns its cluster state.
+fn check_cluster_state(
+    spec: &PipelineSpec,
+    restored: &Restored,
+) -> Result<Option<cluster::ClusterState>, RunError> {
+    let dir = spec.state_dir.display().to_string();
+    let me = spec.worker;
+    let state: Option<cluster::ClusterState> = match &restored.cluster {
+        Some(bytes) => Some(
+            bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+                .map(|(v, _)| v)
+                .map_err(|e| {
+                    RunError::Store(StoreError::Corrupt {
+                        key: "m\\0cluster".into(),
+                        reason: e.to_string(),
+                    })
+                })?,
+        ),
+        None => None,
+    };
+    let written_by = match &state {
+        Some(c) => WorkerId {
+            worker: c.worker,
+            workers: c.workers,
+        },
+        None => WorkerId::SINGLE,
+    };
+    if restored.epoch > 0 && written_by != me {
+        return Err(RunError::StateMismatch {
+            dir,
+            reason: format!(
+                "it was written by {written_by}, this is {me}; changing the number of workers of existing state (rescaling) is not supported yet"
+            ),
+        });
+    }
+    Ok(state.filter(|_| !me.is_single()))
 }
 
 /// Lost or damaged state is never taken for a fresh start: the state
@@ -563,6 +698,7 @@ fn start_sources(
     pipeline: &Arc<str>,
     source_dir: &Path,
     channel_capacity: usize,
+    worker: WorkerId,
 ) -> RunningSources {
     let (data_tx, data) = mpsc::channel::<SourceEvent>(channel_capacity.max(1));
     let (stop, stop_rx) = watch::channel(false);
@@ -576,6 +712,19 @@ fn start_sources(
     };
     for (i, s) in sources.into_iter().enumerate() {
         let name: Arc<str> = Arc::from(s.name.as_str());
+        if worker.worker != 0 && s.source.distribution() == crate::source::Distribution::FirstWorker
+        {
+            // Runs on worker 0 only: here it ends at once.
+            tracing::info!(source = %name, "this source runs on worker 0 only");
+            let events = data_tx.clone();
+            running.tasks.push(tokio::spawn(async move {
+                let _ = events.send(SourceEvent::Finished { source: i }).await;
+            }));
+            let (commit_tx, _) = mpsc::unbounded_channel();
+            running.commit_txs.push(commit_tx);
+            running.names.push(s.name);
+            continue;
+        }
         let decoder = Arc::new(Decoder::new(
             name.clone(),
             &needs[i],

@@ -12,12 +12,15 @@ use std::time::{Duration, Instant};
 use metrics::Label;
 use tokio::sync::{mpsc, watch};
 
+use super::cluster::ClusterRun;
 use super::store::{CheckpointDone, CheckpointJob};
 use super::watermark::WatermarkTracker;
 use super::{CheckpointError, RunError, RunReport};
 use crate::checkpoint::{Event, Protocol};
 use crate::dead_letter::ErrorType;
 use crate::error::{Classify, Report};
+use crate::exchange::inbound::Journaled;
+use crate::exchange::{ExchangeError, InboundCheckpoint};
 use crate::graph::{Graph, NodeKind};
 use crate::metrics as m;
 use crate::operator::Operator;
@@ -49,6 +52,8 @@ pub(super) struct ProcessorParts {
     pub stop: watch::Sender<bool>,
     /// Per source: told how many events were processed (readiness backlog).
     pub health: Vec<Arc<SourceHealth>>,
+    /// The other workers, in a run of more than one.
+    pub cluster: Option<ClusterRun>,
 }
 
 pub(super) struct Processor {
@@ -88,6 +93,17 @@ pub(super) struct Processor {
     failure: Option<RunError>,
     /// The cause of a failed checkpoint write, until the protocol says stop.
     write_error: Option<CheckpointError>,
+    /// The other workers, in a run of more than one.
+    cluster: Option<ClusterRun>,
+    /// The inbound position the checkpoint being written covers.
+    inflight_inbound: Option<InboundCheckpoint>,
+    /// A checkpoint write that could not pass its exchange gate.
+    gate_failures: (
+        mpsc::UnboundedSender<String>,
+        mpsc::UnboundedReceiver<String>,
+    ),
+    /// Since when a stopping run waits for the exchange to deliver.
+    draining_since: Option<Instant>,
 }
 
 impl Processor {
@@ -109,6 +125,7 @@ impl Processor {
             jobs,
             stop,
             health,
+            cluster,
         } = parts;
         let names: Vec<Arc<str>> = graph
             .nodes
@@ -175,6 +192,10 @@ impl Processor {
             dead_letters: 0,
             failure: None,
             write_error: None,
+            cluster,
+            inflight_inbound: None,
+            gate_failures: mpsc::unbounded_channel(),
+            draining_since: None,
         }
     }
 
@@ -194,16 +215,26 @@ impl Processor {
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut data_open = true;
         let mut stopping = *shutdown.borrow();
+        let mut inbound = self.cluster.as_mut().and_then(ClusterRun::take_inbound);
+        let mut exchange_tick = tokio::time::interval(Duration::from_millis(20));
+        exchange_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         if stopping {
             let actions = self.protocol.handle(Event::ShutdownRequested);
             self.execute(actions);
         }
         loop {
-            let accepting = data_open && self.protocol.accepts_input() && self.failure.is_none();
+            let applying = self.protocol.accepts_input() && self.failure.is_none();
+            let accepting = data_open
+                && applying
+                && self.cluster.as_ref().is_none_or(ClusterRun::accepts_input);
             tokio::select! {
                 biased;
                 Some(done) = checkpoints.recv() => self.on_checkpoint_done(done),
                 Some(ev) = sink_events.recv() => self.on_sink_event(ev),
+                Some(reason) = self.gate_failures.1.recv() => {
+                    self.failure = Some(RunError::Exchange(reason));
+                }
+                Some(read) = recv_some(&mut inbound), if applying => self.on_inbound(read),
                 changed = shutdown.changed(), if !stopping => {
                     if changed.is_err() || *shutdown.borrow() {
                         tracing::info!("shutdown requested: draining sources, then a final checkpoint");
@@ -220,9 +251,13 @@ impl Processor {
                     let actions = self.protocol.handle(Event::CheckpointDue);
                     self.execute(actions);
                 }
+                _ = exchange_tick.tick(), if self.cluster.is_some() => self.exchange_tick(),
                 _ = housekeeping.tick() => {
                     self.advance_watermarks();
                     self.report_pending();
+                    if let Some(c) = &mut self.cluster {
+                        c.report();
+                    }
                 }
             }
             if self.failure.is_some() {
@@ -231,6 +266,9 @@ impl Processor {
                 break;
             }
             if !data_open {
+                if !self.cluster_drained(stopping) {
+                    continue;
+                }
                 // All sources are gone: flush (end of input fires every
                 // window), commit, and wait for the sinks.
                 self.advance_watermarks();
@@ -240,10 +278,21 @@ impl Processor {
                 if self.failure.is_some() || self.finished {
                     break;
                 }
+                if stopping
+                    && self
+                        .draining_since
+                        .is_some_and(|t| t.elapsed() >= 2 * super::SINK_DRAIN_GRACE)
+                {
+                    tracing::warn!("stopping without a final checkpoint: other workers did not take this worker's last rows in time (the last durable checkpoint is consistent; they are sent again at the next start)");
+                    break;
+                }
             }
         }
         for tx in &mut self.sink_txs {
             *tx = None;
+        }
+        if let Some(c) = &mut self.cluster {
+            c.shutdown().await;
         }
         if let Some(err) = self.failure.take() {
             return Err(err);
@@ -286,8 +335,14 @@ impl Processor {
                 }
                 self.dead_letters(dead);
                 let started = Instant::now();
+                if let (Some(c), Some(origin)) = (&self.cluster, batch.origin.as_mut()) {
+                    origin.partition = c.global_partition(source, origin.partition);
+                }
                 if !batch.is_empty() {
                     self.forward(source, batch);
+                }
+                if self.cluster.as_ref().is_some_and(ClusterRun::should_flush) {
+                    self.flush_exchange(false);
                 }
                 self.advance_watermarks();
                 let actions = self.protocol.handle(Event::BatchProcessed {
@@ -360,12 +415,84 @@ impl Processor {
         }
     }
 
+    /// Applies batches other workers sent.
+    fn on_inbound(&mut self, read: Result<Vec<Journaled>, ExchangeError>) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        match read {
+            Ok(journaled) => {
+                let batches = c.take(journaled);
+                let any = !batches.is_empty();
+                for (node, batch) in batches {
+                    self.apply(node, batch);
+                }
+                if any {
+                    self.protocol.handle(Event::StateChanged);
+                }
+                // (also marks and watermarks moved: the next checkpoint
+                // must record them)
+                self.protocol.handle(Event::StateChanged);
+                self.advance_watermarks();
+            }
+            Err(e) => {
+                self.failure = Some(RunError::Exchange(e.to_string()));
+            }
+        }
+    }
+
+    /// Sends buffered rows and, when due, heartbeats.
+    fn exchange_tick(&mut self) {
+        let heartbeat = self.cluster.as_ref().is_some_and(ClusterRun::heartbeat_due);
+        self.flush_exchange(heartbeat);
+    }
+
+    pub(super) fn flush_exchange(&mut self, heartbeat: bool) {
+        let now = now_ms();
+        let tracker = &mut self.tracker;
+        if let Some(c) = self.cluster.as_mut() {
+            c.flush(heartbeat, &mut |s| tracker.source_watermark(s, now));
+        }
+    }
+
+    /// In a run of several workers, whether this one may end: when its
+    /// input is exhausted, only once every other worker's input is too and
+    /// everything they sent is applied, and everything it sent is durable.
+    /// When stopping, only its own deliveries are waited for (up to the
+    /// drain grace).
+    fn cluster_drained(&mut self, stopping: bool) -> bool {
+        let now = now_ms();
+        let tracker = &mut self.tracker;
+        let Some(c) = self.cluster.as_mut() else {
+            return true;
+        };
+        if stopping {
+            c.flush(false, &mut |s| tracker.source_watermark(s, now));
+            let since = *self.draining_since.get_or_insert_with(Instant::now);
+            return c.all_delivered() || since.elapsed() >= super::SINK_DRAIN_GRACE;
+        }
+        c.input_finished(&mut |s| tracker.source_watermark(s, now));
+        if !c.peers_finished() {
+            return false;
+        }
+        c.flush(false, &mut |s| tracker.source_watermark(s, now));
+        c.all_delivered()
+    }
+
     fn report_pending(&self) {
         for (i, name) in self.sink_names.iter().enumerate() {
             let labels = m::component_labels(&self.pipeline, name, "sink");
             let pending = self.protocol.pending(i).len();
             metrics::gauge!(m::SINK_PENDING_EPOCHS, labels.clone()).set(pending as f64);
         }
+    }
+}
+
+/// The next message of an optional channel (pending forever without one).
+async fn recv_some<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -57,6 +57,8 @@ pub struct Restored {
     pub acks: HashMap<String, SinkAck>,
     /// Per sink: the stored outbox epochs, in order.
     pub outbox: HashMap<String, Vec<(u64, Vec<SinkRecord>)>>,
+    /// The worker's cluster state (`m\0cluster`), in runs of several workers.
+    pub cluster: Option<Vec<u8>>,
 }
 
 /// A key of the layout, by what it means rather than by its bytes.
@@ -95,6 +97,9 @@ pub enum Key {
     },
     /// What a sink acknowledged last.
     Ack(Arc<str>),
+    /// This worker's place among the workers and what it took in from
+    /// the others (see `runtime::cluster`).
+    Cluster,
     /// A sink's records of one epoch.
     Outbox {
         /// The sink's node id.
@@ -111,6 +116,7 @@ impl Key {
             Key::Epoch => key::EPOCH.to_vec(),
             Key::Format => key::FORMAT.to_vec(),
             Key::KeyGroups => key::KEY_GROUPS.to_vec(),
+            Key::Cluster => key::CLUSTER.to_vec(),
             Key::Signature(node) => key::signature(node),
             Key::State { node, group, key } => key::state(node, *group, key),
             Key::Position { source, partition } => key::position(source, *partition),
@@ -128,6 +134,7 @@ impl Key {
             Key::Epoch => key::EPOCH.len(),
             Key::Format => key::FORMAT.len(),
             Key::KeyGroups => key::KEY_GROUPS.len(),
+            Key::Cluster => key::CLUSTER.len(),
             Key::Signature(name) | Key::Ack(name) => named(name) - 1,
             Key::State { node, key, .. } => named(node) + 2 + key.len(),
             Key::Position { source, .. } | Key::MaxEventTime { source, .. } => named(source) + 4,
@@ -144,6 +151,8 @@ pub mod key {
     pub const FORMAT: &[u8] = b"m\0format";
     /// Holds the number of key groups (u16 BE).
     pub const KEY_GROUPS: &[u8] = b"m\0key_groups";
+    /// Holds the worker's cluster state (bincode).
+    pub const CLUSTER: &[u8] = b"m\0cluster";
 
     fn named(tag: u8, name: &str, extra: usize) -> Vec<u8> {
         let mut k = Vec::with_capacity(name.len() + 3 + extra);
@@ -246,6 +255,10 @@ impl Restored {
         }
         if k == key::KEY_GROUPS {
             self.key_groups = Some(u16::from_be_bytes(fixed(k, v)?));
+            return Ok(());
+        }
+        if k == key::CLUSTER {
+            self.cluster = Some(v.to_vec());
             return Ok(());
         }
         let Some((&tag, rest)) = k.split_first() else {

@@ -179,14 +179,19 @@ mod tests {
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }
             }
-            assert!(refused, "sled 0.34 no longer trips on an unfinished snapshot: this work-around can go");
+            assert!(
+                refused,
+                "sled 0.34 no longer trips on an unfinished snapshot: this work-around can go"
+            );
             assert!(partial.exists());
 
             let r = reopen(&path).restore().unwrap();
             assert_eq!(r.epoch, 3);
             assert_eq!(r.state["agg"].len(), 3);
             assert!(!partial.exists());
-            assert!(path.join("unfinished-snap.7FFFFFFFFFFFFFFF.generating").exists());
+            assert!(path
+                .join("unfinished-snap.7FFFFFFFFFFFFFFF.generating")
+                .exists());
         }
     }
 

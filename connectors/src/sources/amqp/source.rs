@@ -50,6 +50,10 @@ impl AmqpSource {
 }
 
 impl Source for AmqpSource {
+    fn distribution(&self) -> sluice_engine::source::Distribution {
+        sluice_engine::source::Distribution::SharedQueue
+    }
+
     fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), SourceError>> {
         Box::pin(run(self.config, ctx))
     }

@@ -32,7 +32,25 @@ impl Processor {
                         writes,
                         started: self.checkpoint_started.take().unwrap_or_else(Instant::now),
                     };
-                    if self.jobs.send(job).is_err() {
+                    if let Some(c) = &self.cluster {
+                        // Written only once every row sent before the
+                        // snapshot is durable at its owner.
+                        let gate = c.gate();
+                        let jobs = self.jobs.clone();
+                        let failed = self.gate_failures.0.clone();
+                        tokio::spawn(async move {
+                            match gate.passed().await {
+                                Ok(()) => {
+                                    if jobs.send(job).is_err() {
+                                        let _ = failed.send("the checkpoint writer stopped".into());
+                                    }
+                                }
+                                Err(reason) => {
+                                    let _ = failed.send(reason);
+                                }
+                            }
+                        });
+                    } else if self.jobs.send(job).is_err() {
                         self.failure = Some(RunError::Checkpoint(CheckpointError::WriterStopped));
                     }
                 }
@@ -124,6 +142,15 @@ impl Processor {
         snapshot.max_times = (0..self.sources.len())
             .map(|s| self.tracker.max_times(s).collect())
             .collect();
+        if self.cluster.is_some() {
+            // Everything routed so far goes out before the gate is made.
+            self.flush_exchange(false);
+        }
+        if let Some(c) = &self.cluster {
+            let (bytes, inbound) = c.checkpoint();
+            snapshot.cluster = Some(bytes);
+            self.inflight_inbound = Some(inbound);
+        }
         snapshot
     }
 
@@ -156,6 +183,9 @@ impl Processor {
                     duration_ms = done.duration.as_millis() as u64,
                     "checkpoint durable"
                 );
+                if let (Some(c), Some(inbound)) = (&self.cluster, self.inflight_inbound.take()) {
+                    c.committed(&inbound);
+                }
                 Event::WriteDone { epoch: done.epoch }
             }
         };

@@ -32,6 +32,21 @@ impl Processor {
     }
 
     fn push(&mut self, node: usize, batch: Batch) {
+        let t = node.wrapping_sub(self.n_sources);
+        let batch = match (&mut self.cluster, self.operators.get(t)) {
+            (Some(c), Some(Some(op))) if c.is_point(node) && batch.origin.is_some() => {
+                c.route(&self.names[node], batch, op.as_ref())
+            }
+            _ => batch,
+        };
+        if batch.is_empty() && self.sink_of[node].is_none() {
+            return;
+        }
+        self.apply(node, batch);
+    }
+
+    /// Runs `batch` through `node` (rows already at their owner).
+    pub(super) fn apply(&mut self, node: usize, batch: Batch) {
         if let Some(sink) = self.sink_of[node] {
             self.add_to_outbox(sink, batch);
             return;
@@ -58,7 +73,12 @@ impl Processor {
         let now = now_ms();
         for i in 0..self.timed.len() {
             let (node, ref sources, last) = self.timed[i];
-            let wm = self.tracker.watermark_of(sources, now);
+            let mut wm = self.tracker.watermark_of(sources, now);
+            if let Some(c) = &self.cluster {
+                for &s in sources {
+                    wm = wm.min(c.peer_watermark(s, now));
+                }
+            }
             if wm <= last {
                 continue;
             }

@@ -88,6 +88,7 @@ fn start(store: &MemoryBackend, marker_dir: &std::path::Path) -> (Harness, Vec<A
         jobs,
         stop: watch::channel(false).0,
         health: vec![Arc::new(SourceHealth::default())],
+        cluster: None,
     };
     let handle = tokio::runtime::Handle::current();
     let result = tokio::task::spawn_blocking(move || {
