@@ -216,8 +216,7 @@ fn an_unreachable_peer_brings_503_with_retry_after_and_nothing_is_lost() {
     let down_for = std::thread::scope(|scope| {
         scope.spawn(|| {
             for (k, batch) in during.iter().enumerate() {
-                let p = wl::post_ndjson(ports[k % 2], batch, Duration::from_secs(60));
-                refused.fetch_add(p.refused, Ordering::Relaxed);
+                wl::post_ndjson_counting(ports[k % 2], batch, Duration::from_secs(60), &refused);
             }
             posted.store(true, Ordering::Relaxed);
         });

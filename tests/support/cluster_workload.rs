@@ -498,21 +498,27 @@ pub fn clean_postgres(url: &str, table: &str) {
     );
 }
 
-/// How a POST went.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Posted {
-    /// 503 answers (each with a `Retry-After`) before the 202.
-    pub refused: u32,
-}
-
 /// POSTs `lines` as one NDJSON request to 127.0.0.1:`port`/ingest until it
 /// is accepted (202): a 503 must carry `Retry-After`, and is retried after
-/// that many seconds. Fails on any other answer, on a broken connection,
-/// or when not accepted within `patience`.
-pub fn post_ndjson(port: u16, lines: &[String], patience: Duration) -> Posted {
+/// that many seconds (at most 2). Fails on any other answer, on a broken
+/// connection, or when not accepted within `patience`. Returns how many
+/// 503s it got.
+pub fn post_ndjson(port: u16, lines: &[String], patience: Duration) -> u32 {
+    let refused = std::sync::atomic::AtomicU32::new(0);
+    post_ndjson_counting(port, lines, patience, &refused);
+    refused.into_inner()
+}
+
+/// [`post_ndjson`] that adds each 503 to `refused` as it comes, so that
+/// another thread sees the refusals while this one still retries.
+pub fn post_ndjson_counting(
+    port: u16,
+    lines: &[String],
+    patience: Duration,
+    refused: &std::sync::atomic::AtomicU32,
+) {
     let body = lines.join("\n");
     let deadline = Instant::now() + patience;
-    let mut posted = Posted::default();
     loop {
         let (status, headers, reply) = super::http_request_with_headers(
             port,
@@ -526,7 +532,7 @@ pub fn post_ndjson(port: u16, lines: &[String], patience: Duration) -> Posted {
             202 => {
                 let reply: Value = serde_json::from_str(&reply).unwrap();
                 assert_eq!(reply["accepted"], lines.len() as u64, "{reply}");
-                return posted;
+                return;
             }
             503 => {
                 let after = headers
@@ -536,7 +542,7 @@ pub fn post_ndjson(port: u16, lines: &[String], patience: Duration) -> Posted {
                 let secs: u64 = after.1.trim().parse().unwrap_or_else(|_| {
                     panic!("Retry-After `{}` is not a number of seconds", after.1)
                 });
-                posted.refused += 1;
+                refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 assert!(
                     Instant::now() < deadline,
                     "POST to {port} still refused (503) after {patience:?}: {reply}"
