@@ -35,8 +35,10 @@ const SETTLE: Duration = Duration::from_secs(45);
 /// SIGKILLs per run in the kill test.
 const KILLS: usize = 6;
 /// The exchange's request timeout (engine/src/exchange/sender.rs,
-/// `SenderOptions::new`).
+/// `SenderOptions::new`; the runtime keeps the defaults).
 const EXCHANGE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Its connect timeout (resolving, TCP, HTTP/2 handshake), likewise.
+const EXCHANGE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Writes `part-<i>.ndjson` (events dealt round-robin, a flush event last)
 /// for each worker into `dir`.
@@ -135,8 +137,10 @@ fn random_sigkills_of_senders_and_receivers_leave_the_oracle_results_in_postgres
 
 /// A worker frozen with SIGSTOP at a random moment mid-stream for longer
 /// than the exchange's request and connect timeouts, then resumed: the
-/// others' requests to it time out and are retried, its own are answered
-/// late; the results are exact.
+/// others' requests to it go unanswered and are retried (a delivery to it
+/// must have taken more than the 10 s request timeout, by the others'
+/// `sluice_exchange_delivery_seconds`), its own are answered late. The
+/// results are exact.
 #[cfg(feature = "redis")]
 #[test]
 fn a_worker_stopped_past_the_exchange_timeouts_and_resumed_leaves_the_oracle_results_in_redis() {
@@ -162,23 +166,58 @@ fn a_worker_stopped_past_the_exchange_timeouts_and_resumed_leaves_the_oracle_res
         .launch();
     let read = || wl::read_redis(&redis_url(), &prefix);
     let victim = rng.random_range(0..WORKERS as usize);
+    let others: Vec<usize> = (0..WORKERS as usize).filter(|&i| i != victim).collect();
     // The moment is the subject: a random point of the 5 s of input.
     std::thread::sleep(Duration::from_millis(rng.random_range(500..3_000)));
     c.check_exits();
-    let frozen = EXCHANGE_REQUEST_TIMEOUT + Duration::from_secs(3);
+    let frozen = EXCHANGE_REQUEST_TIMEOUT + EXCHANGE_CONNECT_TIMEOUT + Duration::from_secs(2);
     eprintln!("{test}: SIGSTOP worker {victim} for {frozen:?}");
     c.pause(victim);
     let stopped = Instant::now();
-    // Meanwhile the others keep running; they cannot finish without it.
+    let peer = victim.to_string();
+    let mut peer_up = Vec::new();
     while stopped.elapsed() < frozen {
+        // Meanwhile the others keep running.
         c.check_exits();
-        std::thread::sleep(Duration::from_millis(200));
+        for &i in &others {
+            peer_up.push(c.metric(i, "sluice_exchange_peer_up", &[("peer", &peer)]));
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
     let during = read().normalized();
     c.resume(victim);
+    eprintln!("{test}: the others' sluice_exchange_peer_up{{peer=\"{victim}\"}} while it was stopped: {peer_up:?}");
     assert!(
         during != want,
         "the results were complete while worker {victim} was stopped: the stop came too late"
+    );
+    let want_settled = want.clone();
+    let got = c.wait_for_result(&want_settled, SETTLE, || read().normalized());
+    // Deliveries to the stopped worker that took longer than the request
+    // timeout (the histogram has a bucket at 10 s).
+    let late: f64 = others
+        .iter()
+        .map(|&i| {
+            let labels = [("peer", peer.as_str())];
+            let all = c.metric(i, "sluice_exchange_delivery_seconds_count", &labels);
+            let within = c.metric(
+                i,
+                "sluice_exchange_delivery_seconds_bucket",
+                &[("peer", peer.as_str()), ("le", "10")],
+            );
+            all.unwrap_or(0.0) - within.unwrap_or(0.0)
+        })
+        .sum();
+    eprintln!("{test}: {late} deliveries to worker {victim} took more than 10 s");
+    assert!(
+        got == want,
+        "{test}: the sink differs from the oracle:\n{}\n{}",
+        got.diff(&want),
+        c.context()
+    );
+    assert!(
+        late >= 1.0,
+        "no delivery to worker {victim} took longer than the 10 s request timeout: the stop did not outlast it"
     );
     assert_settles(&mut c, test, &oracle, read);
     wl::clean_redis(&redis_url(), &prefix);

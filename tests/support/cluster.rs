@@ -481,6 +481,28 @@ impl Cluster {
         }
     }
 
+    /// The value of the series of metric `name` with these labels on
+    /// worker `i`'s `/metrics` (None: no answer, or no such series).
+    pub fn metric(&self, i: usize, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let (status, body) =
+            super::http_request(self.admin_port(i), "GET", "/metrics", &[], b"").ok()?;
+        if status != 200 {
+            return None;
+        }
+        body.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('{'))
+            })
+            .find(|l| {
+                labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
     /// The last lines of every worker's log, for failure messages.
     pub fn context(&self) -> String {
         let mut out = String::new();
