@@ -776,8 +776,7 @@ async fn link(
             next = rx.recv(), if open && unacked.len() < max_in_flight => match next {
                 Some(parts) => match sender.send(&parts).await {
                     Ok(d) => {
-                        let bytes: usize = parts.iter().map(|p| p.records.len()).sum();
-                        metrics::counter!(m::EXCHANGE_SENT_BYTES, labels.clone()).increment(bytes as u64);
+                        metrics::counter!(m::EXCHANGE_SENT_BYTES, labels.clone()).increment(d.bytes() as u64);
                         unacked.push_back((parts, Box::pin(d.wait()), Instant::now()));
                     }
                     Err(_) => {
