@@ -65,7 +65,7 @@ const FLUSH_RECORDS: usize = 4096;
 /// stops reading its sources.
 const MAX_QUEUED: u64 = 16;
 /// Inbound batches journaled but not yet applied before peers get 503.
-const MAX_INBOUND_BACKLOG: u64 = 256;
+const MAX_INBOUND_BACKLOG: u64 = 512;
 
 /// What is stored with each checkpoint under `m\0cluster`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
