@@ -363,13 +363,18 @@ impl PostgresSink {
             let ddl = sql::create_table(self.table()?, &types, &key, fenced);
             tracing::info!(component = %self.name, sql = %ddl, "creating the table");
             let conn = self.connection().await?;
-            let done = conn
-                .client
-                .batch_execute(&ddl)
-                .await
-                .map_err(|e| classify(&e));
-            done.map_err(|f| self.err(f))?;
+            let created = conn.client.batch_execute(&ddl).await;
             cols = self.table_columns().await?;
+            match created {
+                Ok(()) => {}
+                // Another worker created it at the same moment (IF NOT
+                // EXISTS does not cover a concurrent creation: the server
+                // reports a duplicate type or key).
+                Err(e) if cols.is_some() => {
+                    tracing::debug!(component = %self.name, error = %describe(&e), "the table was created concurrently");
+                }
+                Err(e) => return Err(self.err(classify(&e))),
+            }
         }
         let cols = cols.unwrap_or_default();
         let mut needed: Vec<&str> = match self.config.mode {
