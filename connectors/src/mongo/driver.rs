@@ -130,7 +130,10 @@ impl MongoClient for DriverClient {
         owner: &Document,
     ) -> Result<(), MongoError> {
         let reply = self.run(database, commands::owner_command(owner)).await?;
-        match commands::parse_write_reply(&reply, &[0])?.into_iter().next() {
+        match commands::parse_write_reply(&reply, &[0])?
+            .into_iter()
+            .next()
+        {
             None => Ok(()),
             Some(e) => Err(MongoError::new(
                 classify(e.code, &e.message, &[]),

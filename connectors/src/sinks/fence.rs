@@ -118,16 +118,16 @@ pub enum Restored {
 }
 
 /// Decides from the restored progress whether `worker` keeps its generation;
-/// `Err` when the progress cannot be read.
-pub fn restored(progress: Option<&[u8]>, worker: WorkerId) -> Result<Restored, ()> {
+/// None when the progress cannot be read.
+pub fn restored(progress: Option<&[u8]>, worker: WorkerId) -> Option<Restored> {
     let Some(bytes) = progress else {
-        return Ok(Restored::Draw { previous: None });
+        return Some(Restored::Draw { previous: None });
     };
-    let p = Progress::decode(bytes).ok_or(())?;
+    let p = Progress::decode(bytes)?;
     if p.worker == worker {
-        Ok(Restored::Keep(p.generation))
+        Some(Restored::Keep(p.generation))
     } else {
-        Ok(Restored::Draw { previous: Some(p) })
+        Some(Restored::Draw { previous: Some(p) })
     }
 }
 
@@ -377,7 +377,11 @@ mod tests {
             generation: 7,
             worker: WorkerId::SINGLE,
         };
-        assert_eq!(single.encode(), encode_progress(7), "a single worker's bytes are unchanged");
+        assert_eq!(
+            single.encode(),
+            encode_progress(7),
+            "a single worker's bytes are unchanged"
+        );
         assert_eq!(Progress::decode(&encode_progress(7)), Some(single));
         let p = Progress {
             generation: 9,
@@ -390,20 +394,26 @@ mod tests {
         bad[11] = 5; // worker 5 of 2
         assert_eq!(Progress::decode(&bad), None);
         // keep the generation only for the same (worker, workers)
-        assert_eq!(restored(None, two(1)), Ok(Restored::Draw { previous: None }));
-        assert_eq!(restored(Some(&p.encode()), two(1)), Ok(Restored::Keep(9)));
+        assert_eq!(
+            restored(None, two(1)),
+            Some(Restored::Draw { previous: None })
+        );
+        assert_eq!(restored(Some(&p.encode()), two(1)), Some(Restored::Keep(9)));
         assert_eq!(
             restored(Some(&p.encode()), WorkerId::new(1, 3).unwrap()),
-            Ok(Restored::Draw { previous: Some(p) })
+            Some(Restored::Draw { previous: Some(p) })
         );
         assert_eq!(
             restored(Some(&encode_progress(7)), two(0)),
-            Ok(Restored::Draw {
+            Some(Restored::Draw {
                 previous: Some(single)
             })
         );
-        assert_eq!(restored(Some(&encode_progress(7)), WorkerId::SINGLE), Ok(Restored::Keep(7)));
-        assert_eq!(restored(Some(b"bad"), WorkerId::SINGLE), Err(()));
+        assert_eq!(
+            restored(Some(&encode_progress(7)), WorkerId::SINGLE),
+            Some(Restored::Keep(7))
+        );
+        assert_eq!(restored(Some(b"bad"), WorkerId::SINGLE), None);
     }
 
     #[test]
@@ -435,9 +445,18 @@ mod tests {
             workers: 2,
         };
         assert_eq!(Writer::from_json(&w.to_json()), Some(w.clone()));
-        assert!(w.same_worker(&Writer { workers: 3, ..w.clone() }));
-        assert!(!w.same_worker(&Writer { worker: 0, ..w.clone() }));
-        assert!(!w.same_worker(&Writer { pipeline: "q".into(), ..w.clone() }));
+        assert!(w.same_worker(&Writer {
+            workers: 3,
+            ..w.clone()
+        }));
+        assert!(!w.same_worker(&Writer {
+            worker: 0,
+            ..w.clone()
+        }));
+        assert!(!w.same_worker(&Writer {
+            pipeline: "q".into(),
+            ..w.clone()
+        }));
         assert!(w.shared());
         assert!(!Writer::single("s").shared());
     }

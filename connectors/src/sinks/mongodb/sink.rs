@@ -207,12 +207,12 @@ impl<C: MongoClient> Sink for MongoSink<C> {
         Box::pin(async move {
             let worker = self.writer.worker_id();
             let previous = match restored(progress, worker) {
-                Ok(Restored::Keep(generation)) => {
+                Some(Restored::Keep(generation)) => {
                     self.generation = Some(generation);
                     return Ok(());
                 }
-                Ok(Restored::Draw { previous }) => previous,
-                Err(()) => {
+                Some(Restored::Draw { previous }) => previous,
+                None => {
                     return Err(SinkError::Fatal(format!(
                         "mongodb sink `{}`: corrupt progress",
                         self.name

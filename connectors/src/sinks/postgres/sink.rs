@@ -648,12 +648,12 @@ impl Sink for PostgresSink {
             }
             let worker = self.writer.worker_id();
             let previous = match restored(progress, worker) {
-                Ok(Restored::Keep(generation)) => {
+                Some(Restored::Keep(generation)) => {
                     self.generation = Some(generation);
                     return Ok(());
                 }
-                Ok(Restored::Draw { previous }) => previous,
-                Err(()) => {
+                Some(Restored::Draw { previous }) => previous,
+                None => {
                     return Err(SinkError::Fatal(format!(
                         "postgres sink `{}`: corrupt progress",
                         self.name

@@ -176,7 +176,7 @@ pub(super) fn registry_of(table: &TableName) -> TableName {
 
 /// The advisory lock held while a generation is drawn (one for the whole
 /// database: draws happen only when a sink starts).
-pub(super) const REGISTRY_LOCK: i64 = 0x5_1ce_9e7e;
+pub(super) const REGISTRY_LOCK: i64 = 0x51ce_9e7e;
 
 /// Creates the generation registry if missing.
 pub(super) fn registry_create(registry: &TableName) -> String {

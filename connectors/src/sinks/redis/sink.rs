@@ -313,12 +313,12 @@ impl Sink for RedisSink {
         Box::pin(async move {
             let worker = self.writer.worker_id();
             let previous = match restored(progress, worker) {
-                Ok(Restored::Keep(generation)) => {
+                Some(Restored::Keep(generation)) => {
                     self.generation = Some(generation);
                     return Ok(());
                 }
-                Ok(Restored::Draw { previous }) => previous,
-                Err(()) => {
+                Some(Restored::Draw { previous }) => previous,
+                None => {
                     return Err(SinkError::Fatal(format!(
                         "redis sink `{}`: corrupt progress",
                         self.name
