@@ -360,7 +360,9 @@ async fn worker_sink(fake: &FakeMongo, w: Writer, progress: Option<&[u8]>) -> Mo
 }
 
 fn generation(progress: &Option<Vec<u8>>) -> u64 {
-    Progress::decode(progress.as_deref().unwrap()).unwrap().generation
+    Progress::decode(progress.as_deref().unwrap())
+        .unwrap()
+        .generation
 }
 
 #[tokio::test]
@@ -383,7 +385,10 @@ async fn workers_record_their_generations_and_draw_anew_when_ownership_changes()
     let owner = &owners[&("shop".to_string(), "totals/3".to_string())];
     assert_eq!(owner.get_str("pipeline").unwrap(), "shop");
     assert_eq!(owner.get_i64("generation").unwrap(), 3);
-    assert_eq!(mongodb::bson::from_document::<Writer>(owner.clone()).unwrap(), writer(1, 2));
+    assert_eq!(
+        mongodb::bson::from_document::<Writer>(owner.clone()).unwrap(),
+        writer(1, 2)
+    );
     assert_eq!(owners.len(), 2);
     // restarted as the same (worker, workers): same generation
     let mut again = worker_sink(&fake, writer(1, 2), p1.as_deref()).await;
@@ -395,7 +400,10 @@ async fn workers_record_their_generations_and_draw_anew_when_ownership_changes()
     let out = moved.write(3, &[up("kibble", 3)]).await.unwrap();
     let p = Progress::decode(out.progress.as_deref().unwrap()).unwrap();
     assert_eq!((p.generation, p.worker), (4, WorkerId::new(1, 3).unwrap()));
-    assert_eq!(out.fenced, 0, "the moved key is written over worker 0's value");
+    assert_eq!(
+        out.fenced, 0,
+        "the moved key is written over worker 0's value"
+    );
     assert_eq!(count(&fake.docs("shop", "totals"), "kibble"), Some(3));
     assert_eq!(fake.state().generation_owners.len(), 3);
 }
@@ -425,5 +433,8 @@ fn a_zombie_worker_is_fenced_out_and_counted() {
     );
     assert_eq!(driver.fenced("shop", "totals"), Some(1.0));
     let docs = fake.docs("shop", "totals");
-    assert_eq!((count(&docs, "kibble"), count(&docs, "toy")), (Some(20), Some(1)));
+    assert_eq!(
+        (count(&docs, "kibble"), count(&docs, "toy")),
+        (Some(20), Some(1))
+    );
 }

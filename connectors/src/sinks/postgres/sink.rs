@@ -547,7 +547,11 @@ impl PostgresSink {
             // The statements are pipelined; after a failure the later ones
             // only report the aborted transaction, so the first error in
             // statement order is the cause.
-            for (result, (text, rows)) in futures::future::join_all(runs).await.into_iter().zip(batches) {
+            for (result, (text, rows)) in futures::future::join_all(runs)
+                .await
+                .into_iter()
+                .zip(batches)
+            {
                 let applied = result?;
                 if counts(text) {
                     fenced_out += (rows.len() as u64).saturating_sub(applied);

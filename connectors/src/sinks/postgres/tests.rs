@@ -480,11 +480,23 @@ async fn two_workers_share_a_table_restart_in_turns_and_refuse_only_their_own_va
     let schema = schema(&db, "workers").await;
     let table = format!("{schema}.counts");
     let (w0, w1) = (writer("p", 0, 2), writer("p", 1, 2));
-    let (found, p0, fenced) =
-        start_and_write(worker_sink(&schema, w0.clone()), 0, None, 1, &[country("GT", 1)]).await;
+    let (found, p0, fenced) = start_and_write(
+        worker_sink(&schema, w0.clone()),
+        0,
+        None,
+        1,
+        &[country("GT", 1)],
+    )
+    .await;
     assert_eq!((found, fenced), (None, 0));
-    let (found, p1, fenced) =
-        start_and_write(worker_sink(&schema, w1.clone()), 0, None, 1, &[country("MX", 2)]).await;
+    let (found, p1, fenced) = start_and_write(
+        worker_sink(&schema, w1.clone()),
+        0,
+        None,
+        1,
+        &[country("MX", 2)],
+    )
+    .await;
     assert_eq!(found, None, "worker 0's rows are not worker 1's");
     assert_eq!(fenced, 0);
     assert!(generation(&p1) > generation(&p0));
@@ -530,8 +542,20 @@ async fn two_workers_share_a_table_restart_in_turns_and_refuse_only_their_own_va
     assert_eq!(
         recorded,
         [
-            (generation(&progress.0) as i64, "p".into(), "counts".into(), 0, 2),
-            (generation(&progress.1) as i64, "p".into(), "counts".into(), 1, 2),
+            (
+                generation(&progress.0) as i64,
+                "p".into(),
+                "counts".into(),
+                0,
+                2
+            ),
+            (
+                generation(&progress.1) as i64,
+                "p".into(),
+                "counts".into(),
+                1,
+                2
+            ),
         ]
     );
     // from empty state: worker 1 is refused over its own rows, worker 0 of
@@ -565,7 +589,10 @@ async fn concurrent_workers_never_draw_the_same_generation() {
         let mut sink = worker_sink(&schema, writer("p", w, 4));
         async move {
             sink.restore(None).await.unwrap();
-            let out = sink.write(1, &[country(&format!("C{w}"), 1)]).await.unwrap();
+            let out = sink
+                .write(1, &[country(&format!("C{w}"), 1)])
+                .await
+                .unwrap();
             generation(&out.progress.unwrap())
         }
     });
@@ -587,12 +614,26 @@ fn a_zombie_worker_is_fenced_out_and_counted_and_a_moved_key_group_is_not() {
     let sink = |w: &Writer| Box::new(worker_sink(&schema, w.clone()));
     driver.register(&pipeline, "counts");
     let zombie = driver
-        .write(&pipeline, "counts", sink(&w1), None, 5, vec![country("GT", 10)])
+        .write(
+            &pipeline,
+            "counts",
+            sink(&w1),
+            None,
+            5,
+            vec![country("GT", 10)],
+        )
         .unwrap();
     // a newer incarnation of worker 1 (its state rebuilt) draws a new
     // generation and writes epoch 1
     let newer = driver
-        .write(&pipeline, "counts", sink(&w1), None, 1, vec![country("GT", 20)])
+        .write(
+            &pipeline,
+            "counts",
+            sink(&w1),
+            None,
+            1,
+            vec![country("GT", 20)],
+        )
         .unwrap();
     assert!(generation(&newer) > generation(&zombie));
     assert_eq!(driver.fenced(&pipeline, "counts"), Some(0.0));
@@ -624,7 +665,14 @@ fn a_zombie_worker_is_fenced_out_and_counted_and_a_moved_key_group_is_not() {
     // from its progress: a new generation, not fenced out by worker 0's
     let w0 = writer(&pipeline, 0, 2);
     let p0 = driver
-        .write(&pipeline, "counts", sink(&w0), None, 900, vec![country("MX", 5)])
+        .write(
+            &pipeline,
+            "counts",
+            sink(&w0),
+            None,
+            900,
+            vec![country("MX", 5)],
+        )
         .unwrap();
     assert!(generation(&p0) > generation(&newer));
     let moved = driver
@@ -640,7 +688,11 @@ fn a_zombie_worker_is_fenced_out_and_counted_and_a_moved_key_group_is_not() {
     let moved = Progress::decode(&moved).unwrap();
     assert_eq!(moved.worker, WorkerId::new(1, 3).unwrap());
     assert!(moved.generation > generation(&p0));
-    assert_eq!(driver.fenced(&pipeline, "counts"), Some(1.0), "nothing more fenced");
+    assert_eq!(
+        driver.fenced(&pipeline, "counts"),
+        Some(1.0),
+        "nothing more fenced"
+    );
     driver.rt.block_on(async {
         assert_eq!(
             counts(&db, &table).await,

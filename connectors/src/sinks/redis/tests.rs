@@ -382,7 +382,11 @@ async fn cleanup(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) {
         .unwrap_or_default();
     for (g, w) in owners {
         if w.contains(prefix) {
-            let _: Result<i64, _> = redis::cmd("HDEL").arg(OWNERS_KEY).arg(g).query_async(conn).await;
+            let _: Result<i64, _> = redis::cmd("HDEL")
+                .arg(OWNERS_KEY)
+                .arg(g)
+                .query_async(conn)
+                .await;
         }
     }
     let keys: Vec<String> = redis::cmd("KEYS")
@@ -544,7 +548,10 @@ fn worker_sink(p: &str, writer: Writer) -> RedisSink {
 }
 
 fn country(c: &str, n: i64) -> SinkRecord {
-    record(RowKind::Upsert, &[("country", s(c)), ("count", Value::Int(n))])
+    record(
+        RowKind::Upsert,
+        &[("country", s(c)), ("count", Value::Int(n))],
+    )
 }
 
 async fn hash(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Vec<(String, i64)> {
@@ -702,12 +709,26 @@ fn a_zombie_worker_is_fenced_out_and_counted() {
     let w1 = writer(&pipeline, 1, 2);
     // worker 1 writes epoch 5 and saves its progress
     let zombie_progress = driver
-        .write(&pipeline, "counts", Box::new(worker_sink(&p, w1.clone())), None, 5, vec![country("GT", 10)])
+        .write(
+            &pipeline,
+            "counts",
+            Box::new(worker_sink(&p, w1.clone())),
+            None,
+            5,
+            vec![country("GT", 10)],
+        )
         .unwrap();
     // a newer incarnation of worker 1 (its state rebuilt: empty) draws a
     // new generation and writes epoch 1
     let newer = driver
-        .write(&pipeline, "counts", Box::new(worker_sink(&p, w1.clone())), None, 1, vec![country("GT", 20)])
+        .write(
+            &pipeline,
+            "counts",
+            Box::new(worker_sink(&p, w1.clone())),
+            None,
+            1,
+            vec![country("GT", 20)],
+        )
         .unwrap();
     assert!(
         Progress::decode(&newer).unwrap().generation
@@ -715,7 +736,11 @@ fn a_zombie_worker_is_fenced_out_and_counted() {
     );
     assert_eq!(driver.fenced(&pipeline, "counts"), None);
     driver.register(&pipeline, "counts");
-    assert_eq!(driver.fenced(&pipeline, "counts"), Some(0.0), "registered at 0");
+    assert_eq!(
+        driver.fenced(&pipeline, "counts"),
+        Some(0.0),
+        "registered at 0"
+    );
     // the old incarnation (stopped, then resumed) writes epoch 6 with its
     // old generation: its write of GT is fenced, the new key goes through
     driver.write(
@@ -790,7 +815,11 @@ async fn a_change_of_worker_or_workers_draws_a_new_generation() {
         &[country("GT", 6)],
     )
     .await;
-    assert_eq!((found, fenced), (None, 0), "the moved key group is not fenced out");
+    assert_eq!(
+        (found, fenced),
+        (None, 0),
+        "the moved key group is not fenced out"
+    );
     let moved = Progress::decode(&moved).unwrap();
     assert_eq!(moved.worker, WorkerId::new(1, 3).unwrap());
     assert!(moved.generation > Progress::decode(&p0).unwrap().generation);
