@@ -422,16 +422,11 @@ impl Processor {
         };
         match read {
             Ok(journaled) => {
-                let batches = c.take(journaled);
-                let any = !batches.is_empty();
-                for (node, batch) in batches {
+                for (node, batch) in c.take(journaled) {
                     self.apply(node, batch);
                 }
-                if any {
-                    self.protocol.handle(Event::StateChanged);
-                }
-                // (also marks and watermarks moved: the next checkpoint
-                // must record them)
+                // State, marks or reported watermarks moved: the next
+                // checkpoint must record them.
                 self.protocol.handle(Event::StateChanged);
                 self.advance_watermarks();
             }
