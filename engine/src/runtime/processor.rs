@@ -422,12 +422,15 @@ impl Processor {
         };
         match read {
             Ok(journaled) => {
-                for (node, batch) in c.take(journaled) {
+                let (batches, news) = c.take(journaled);
+                for (node, batch) in batches {
                     self.apply(node, batch);
                 }
-                // State, marks or reported watermarks moved: the next
-                // checkpoint must record them.
-                self.protocol.handle(Event::StateChanged);
+                if news {
+                    // State and marks moved: the next checkpoint must
+                    // record them (heartbeats alone go with the next one).
+                    self.protocol.handle(Event::StateChanged);
+                }
                 self.advance_watermarks();
             }
             Err(e) => {
