@@ -46,6 +46,7 @@ pub fn to_spec(
                 .and_then(|e| e.idle_timeout.map(|d| d.0)),
             max_event_bytes: s.max_event_bytes,
             source: s.config.build(&ConnectorContext {
+                pipeline: &p.name,
                 name: &s.name,
                 state_dir: &source_dir,
                 worker,
@@ -68,6 +69,7 @@ pub fn to_spec(
             name: s.name.clone(),
             inputs: s.inputs.clone(),
             sink: s.config.build(&ConnectorContext {
+                pipeline: &p.name,
                 name: &s.name,
                 state_dir: &state_dir,
                 worker,
@@ -75,6 +77,7 @@ pub fn to_spec(
         })
         .collect();
     let dead_letter_ctx = ConnectorContext {
+        pipeline: &p.name,
         name: "dead_letter",
         state_dir: &state_dir,
         worker,

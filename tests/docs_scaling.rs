@@ -141,7 +141,6 @@ fn scratch() -> tempfile::TempDir {
 /// every report of examples/data/weather.ndjson once per country, each
 /// country at exactly one worker: what one worker counts alone.
 #[test]
-#[ignore = "needs the exchange wired into the runtime (issue 12, engine side)"]
 fn the_three_local_workers_count_like_one() {
     let runs = sh_lines(&page("scaling.md"), "sluice run --workers 3");
     assert_eq!(runs.len(), 3, "{runs:?}");

@@ -124,7 +124,8 @@ async fn worker(
 ) -> RunReport {
     let pipeline = sluice::load_str(Path::new("cluster.toml"), PIPELINE, |_| None)
         .unwrap_or_else(|e| panic!("{e:?}"));
-    let mut spec = sluice::plan::to_spec(&pipeline, Some(state_dir.into()), false, me).unwrap();
+    let mut spec =
+        sluice::plan::to_spec(&pipeline, Some(state_dir.into()), false, WorkerId::SINGLE).unwrap();
     spec.worker = me;
     spec.cluster = Some(ClusterSpec {
         listen: peers[me.worker as usize].clone(),

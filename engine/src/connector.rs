@@ -27,6 +27,8 @@ pub type ConnectorError = crate::error::Invalid;
 /// [`crate::source::SourceContext`].
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectorContext<'a> {
+    /// The pipeline's name (`name` in the pipeline file).
+    pub pipeline: &'a str,
     /// The component's name in the pipeline file.
     pub name: &'a str,
     /// The pipeline's state directory in effect for this run.

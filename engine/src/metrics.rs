@@ -141,6 +141,7 @@ pub const ALL: &[&str] = &[
     SINK_LATENCY,
     SINK_RETRIES,
     SINK_PENDING_EPOCHS,
+    SINK_FENCED_WRITES,
     READY,
     BUILD_INFO,
     JOURNAL_BYTES,
@@ -225,6 +226,7 @@ pub fn register_pipeline(
         metrics::counter!(EVENTS_OUT, l.clone()).increment(0);
         metrics::counter!(BYTES_OUT, l.clone()).increment(0);
         metrics::counter!(SINK_RETRIES, l.clone()).increment(0);
+        metrics::counter!(SINK_FENCED_WRITES, l.clone()).increment(0);
         metrics::counter!(ERRORS, with_error(&l, "sink_write")).increment(0);
         metrics::gauge!(SINK_PENDING_EPOCHS, l).set(0.0);
     }

@@ -56,6 +56,11 @@ pub struct WriteOutcome {
     /// Records the destination refused permanently: `(index, reason)`.
     /// They go to the dead-letter output.
     pub rejected: Vec<(usize, String)>,
+    /// Records the destination left alone because a newer write fence was
+    /// already stored beside their key (another writer, or a newer
+    /// incarnation of this one, wrote it). Counted in
+    /// `sluice_sink_fenced_writes_total` and logged once per epoch.
+    pub fenced: u64,
 }
 
 /// Errors from a sink. Retryable ones are retried with backoff (forever);
@@ -285,6 +290,12 @@ pub async fn drive_sink(
                         .record(started.elapsed().as_secs_f64());
                     let written = epoch.records.len() - outcome.rejected.len();
                     metrics::counter!(m::EVENTS_OUT, labels.clone()).increment(written as u64);
+                    if outcome.fenced > 0 {
+                        metrics::counter!(m::SINK_FENCED_WRITES, labels.clone())
+                            .increment(outcome.fenced);
+                        tracing::warn!(component = %name, epoch = epoch.epoch, fenced = outcome.fenced,
+                            "writes fenced out: the destination holds newer values for these keys (written by another worker or a newer incarnation of this one)");
+                    }
                     metrics::counter!(m::BYTES_OUT, labels.clone())
                         .increment(json_bytes(&epoch.records));
                     let rejected = outcome

@@ -140,6 +140,15 @@ pub trait MongoClient: Send + Sync + 'static {
         collection: &str,
     ) -> impl Future<Output = Result<u64, MongoError>> + Send;
 
+    /// Records who drew a write generation (see
+    /// [`commands::generation_owner`](super::commands::generation_owner)):
+    /// upserts `owner` by its `_id` into `database.sluice_generation_owners`.
+    fn record_generation_owner(
+        &self,
+        database: &str,
+        owner: &Document,
+    ) -> impl Future<Output = Result<(), MongoError>> + Send;
+
     /// Opens a change stream.
     fn watch(
         &self,

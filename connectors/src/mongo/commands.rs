@@ -160,6 +160,32 @@ pub fn generation_command(collection: &str) -> Document {
     }
 }
 
+/// Where the writer of every generation drawn by a worker of a
+/// multi-worker run is recorded.
+pub const GENERATION_OWNERS: &str = "sluice_generation_owners";
+
+/// The record of who drew `generation` for `collection`: `_id` =
+/// `<collection>/<generation>`, plus the fields of `writer` (pipeline,
+/// sink, worker, workers).
+pub fn generation_owner(collection: &str, generation: u64, writer: Document) -> Document {
+    let mut d = doc! {
+        "_id": format!("{collection}/{generation}"),
+        "collection": collection,
+        "generation": generation as i64,
+    };
+    d.extend(writer);
+    d
+}
+
+/// The `update` that upserts an owner record made by [`generation_owner`].
+pub fn owner_command(owner: &Document) -> Document {
+    let id = owner.get("_id").cloned().unwrap_or(Bson::Null);
+    doc! {
+        "update": GENERATION_OWNERS,
+        "updates": [{ "q": { "_id": id }, "u": owner.clone(), "upsert": true }],
+    }
+}
+
 /// Reads the generation from the reply of [`generation_command`].
 pub fn parse_generation(reply: &Document) -> Option<u64> {
     let value = reply.get_document("value").ok()?;

@@ -124,6 +124,25 @@ impl MongoClient for DriverClient {
         })
     }
 
+    async fn record_generation_owner(
+        &self,
+        database: &str,
+        owner: &Document,
+    ) -> Result<(), MongoError> {
+        let reply = self.run(database, commands::owner_command(owner)).await?;
+        match commands::parse_write_reply(&reply, &[0])?
+            .into_iter()
+            .next()
+        {
+            None => Ok(()),
+            Some(e) => Err(MongoError::new(
+                classify(e.code, &e.message, &[]),
+                Some(e.code),
+                e.message,
+            )),
+        }
+    }
+
     async fn watch(&self, spec: &WatchSpec) -> Result<DriverStream, MongoError> {
         let client = self.client().await?;
         let db = client.database(&spec.database);

@@ -17,6 +17,8 @@ use super::commands::{token_from_bytes, DUPLICATE_KEY, FENCE_FIELD, HISTORY_LOST
 pub struct FakeState {
     pub collections: BTreeMap<(String, String), BTreeMap<String, Document>>,
     pub generations: BTreeMap<(String, String), u64>,
+    /// `(database, _id)` -> the owner record of a generation.
+    pub generation_owners: BTreeMap<(String, String), Document>,
     /// The change log; events before `first_kept` fell off the oplog.
     pub events: Vec<Document>,
     pub first_kept: usize,
@@ -173,6 +175,21 @@ impl MongoClient for FakeMongo {
             .or_default();
         *g += 1;
         Ok(*g)
+    }
+
+    async fn record_generation_owner(
+        &self,
+        database: &str,
+        owner: &Document,
+    ) -> Result<(), MongoError> {
+        let mut st = self.state();
+        if let Some(e) = st.write_failure() {
+            return Err(e);
+        }
+        let id = owner.get("_id").map(id_key).unwrap_or_default();
+        st.generation_owners
+            .insert((database.to_string(), id), owner.clone());
+        Ok(())
     }
 
     async fn watch(&self, spec: &WatchSpec) -> Result<FakeStream, MongoError> {

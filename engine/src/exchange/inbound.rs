@@ -3,6 +3,7 @@
 //! to the caller.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,7 +58,10 @@ pub fn open_inbound(
         }
     }
     let (changed, _) = watch::channel(0);
+    let taken = Arc::new(AtomicU64::new(restored.position));
     let log = InboundLog {
+        taken: taken.clone(),
+        max_unapplied: None,
         journal: journal.clone(),
         gate: Arc::new(Gate {
             state: Mutex::new(GateState {
@@ -72,6 +76,7 @@ pub fn open_inbound(
             reader: journal.reader(restored.position),
         },
         state: InboundState {
+            taken,
             journal: journal.clone(),
             position: restored.position,
             marks: restored.applied_marks(),
@@ -114,18 +119,44 @@ struct Gate {
 pub struct InboundLog {
     journal: Journal,
     gate: Arc<Gate>,
+    /// The journal position the reader's owner has taken batches up to.
+    taken: Arc<AtomicU64>,
+    max_unapplied: Option<u64>,
 }
 
 impl InboundLog {
     /// Appends a batch (its wire bytes, already validated) once every
     /// earlier batch of its sender is in, waiting up to `order_wait` for
     /// them. Not cancellable half way: the append runs on its own task.
+    /// Refuses appends (the server answers 503) while more than `limit`
+    /// batches are journaled and not yet taken by [`InboundState::take`].
+    /// Unlike the journal's own backlog limit, this does not wait for a
+    /// checkpoint: a checkpoint may itself wait for the senders' peers
+    /// (each worker's checkpoint waits until its own batches are durable
+    /// at their owners), and counting checkpoints here could make two
+    /// workers wait for each other.
+    pub fn limit_unapplied(&mut self, limit: u64) {
+        self.max_unapplied = Some(limit);
+    }
+
     pub(crate) async fn append(
         &self,
         header: BatchHeader,
         bytes: Vec<u8>,
         order_wait: Duration,
     ) -> Appended {
+        if let Some(limit) = self.max_unapplied {
+            let unapplied = self
+                .journal
+                .next_seq()
+                .saturating_sub(self.taken.load(Ordering::Acquire));
+            if unapplied > limit {
+                return Appended::Failed(JournalError::Backlog {
+                    backlog: unapplied,
+                    limit,
+                });
+            }
+        }
         let deadline = tokio::time::Instant::now() + order_wait;
         let mut changed = self.gate.changed.subscribe();
         loop {
@@ -229,6 +260,7 @@ impl InboundTail {
 /// the senders' positions and the reported watermarks. Checkpointed with
 /// the receiver's state ([`InboundState::checkpoint`]).
 pub struct InboundState {
+    taken: Arc<AtomicU64>,
     journal: Journal,
     position: u64,
     marks: AppliedMarks,
@@ -243,6 +275,7 @@ impl InboundState {
     /// `(partition's source, sender)` (see [`InboundState::watermarks`]).
     pub fn take(&mut self, (position, batch): Journaled, now_ms: i64) -> Vec<Delivered> {
         self.position = self.position.max(position);
+        self.taken.store(self.position, Ordering::Release);
         self.senders.taken(&batch.header);
         let mut out = Vec::with_capacity(batch.partitions.len());
         for mut part in batch.partitions {

@@ -138,9 +138,15 @@ pub struct PeerSender {
 /// A batch on its way; [`wait`](Self::wait) resolves once the peer holds it durably.
 pub struct Delivery {
     task: tokio::task::JoinHandle<Result<(), SendError>>,
+    bytes: usize,
 }
 
 impl Delivery {
+    /// The size of the batch's request body.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Waits for the acknowledgement.
     ///
     /// # Errors
@@ -200,6 +206,7 @@ impl PeerSender {
             seq: self.peer.next_seq.fetch_add(1, Ordering::AcqRel),
         };
         let body = Bytes::from(wire::encode(&header, partitions));
+        let bytes = body.len();
         let peer = self.peer.clone();
         let mut alive = self.alive.subscribe();
         let task = tokio::spawn(async move {
@@ -208,7 +215,7 @@ impl PeerSender {
                 _ = alive.changed() => Err(SendError::Closed),
             }
         });
-        Ok(Delivery { task })
+        Ok(Delivery { task, bytes })
     }
 
     /// The link's current state.

@@ -65,7 +65,7 @@ const FLUSH_RECORDS: usize = 4096;
 /// stops reading its sources.
 const MAX_QUEUED: u64 = 16;
 /// Inbound batches journaled but not yet applied before peers get 503.
-const MAX_INBOUND_BACKLOG: u64 = 256;
+const MAX_INBOUND_BACKLOG: u64 = 512;
 
 /// What is stored with each checkpoint under `m\0cluster`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -547,15 +547,17 @@ impl ClusterRun {
     }
 
     /// Takes in journaled batches: returns, per exchange point, the rows to
-    /// apply.
-    pub(super) fn take(&mut self, journaled: Vec<Journaled>) -> Vec<(usize, Batch)> {
+    /// apply, and whether anything but heartbeats came (a heartbeat alone
+    /// does not call for a checkpoint: an idle cluster would never be).
+    pub(super) fn take(&mut self, journaled: Vec<Journaled>) -> (Vec<(usize, Batch)>, bool) {
         let now = crate::time::now_ms();
         let mut out = Vec::new();
+        let mut news = false;
         for j in journaled {
             for delivered in self.inbound.take(j, now) {
                 let part = delivered.records;
                 if part.source.as_str() == FINISHED_STREAM {
-                    self.finished.insert(delivered.sender);
+                    news |= self.finished.insert(delivered.sender);
                     continue;
                 }
                 self.replayed += delivered.replayed as u64;
@@ -592,9 +594,10 @@ impl ClusterRun {
                     });
                 }
                 out.push((node, batch));
+                news = true;
             }
         }
-        out
+        (out, news)
     }
 
     /// The other workers' watermark of `source` at `now_ms`: the minimum
@@ -776,8 +779,7 @@ async fn link(
             next = rx.recv(), if open && unacked.len() < max_in_flight => match next {
                 Some(parts) => match sender.send(&parts).await {
                     Ok(d) => {
-                        let bytes: usize = parts.iter().map(|p| p.records.len()).sum();
-                        metrics::counter!(m::EXCHANGE_SENT_BYTES, labels.clone()).increment(bytes as u64);
+                        metrics::counter!(m::EXCHANGE_SENT_BYTES, labels.clone()).increment(d.bytes() as u64);
                         unacked.push_back((parts, Box::pin(d.wait()), Instant::now()));
                     }
                     Err(_) => {
@@ -823,14 +825,16 @@ async fn link(
                     }
                 }
             },
-            _ = status_tick.tick() => {
+            _ = status_tick.tick(), if open => {
                 let now = sender.status();
                 if *status.borrow() != now {
                     status.send_replace(now);
                 }
             },
         }
-        if !open && unacked.is_empty() {
+        if !open {
+            // The run is over: what is not acknowledged is covered by the
+            // last checkpoint's gate or sent again at the next start.
             break;
         }
     }

@@ -422,17 +422,15 @@ impl Processor {
         };
         match read {
             Ok(journaled) => {
-                let batches = c.take(journaled);
-                let any = !batches.is_empty();
+                let (batches, news) = c.take(journaled);
                 for (node, batch) in batches {
                     self.apply(node, batch);
                 }
-                if any {
+                if news {
+                    // State and marks moved: the next checkpoint must
+                    // record them (heartbeats alone go with the next one).
                     self.protocol.handle(Event::StateChanged);
                 }
-                // (also marks and watermarks moved: the next checkpoint
-                // must record them)
-                self.protocol.handle(Event::StateChanged);
                 self.advance_watermarks();
             }
             Err(e) => {

@@ -41,6 +41,16 @@ pub fn set_aside_unfinished_snapshots(dir: &Path) -> std::io::Result<Vec<PathBuf
     Ok(moved)
 }
 
+/// How sluice opens its sled databases.
+fn sled_config(dir: &Path) -> sled::Config {
+    sled::Config::new()
+        .path(dir)
+        .cache_capacity(16 << 20)
+        .segment_size(1 << 20)
+        .flush_every_ms(None)
+        .mode(sled::Mode::HighThroughput)
+}
+
 /// The sled database of one pipeline.
 pub struct SledBackend {
     db: sled::Db,
@@ -64,12 +74,7 @@ impl SledBackend {
                 "set aside an unfinished sled snapshot left by a crash; recovering from the previous snapshot and the log"
             );
         }
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(16 << 20)
-            .segment_size(1 << 20)
-            .flush_every_ms(None)
-            .mode(sled::Mode::HighThroughput)
+        let db = sled_config(dir)
             .open()
             .map_err(|source| open_error(Box::new(source)))?;
         layout::check_format(db.get(layout::key::FORMAT).map_err(io)?.as_deref())?;
@@ -169,19 +174,23 @@ mod tests {
 
             // sled by itself takes it for the newest snapshot and fails.
             let mut refused = false;
+            let mut last = String::new();
             for _ in 0..200 {
-                match sled::Config::new().path(&path).open() {
+                match super::sled_config(&path).open() {
                     Err(sled::Error::Corruption { .. }) => {
                         refused = true;
                         break;
                     }
                     Ok(_) => break,
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    Err(e) => {
+                        last = e.to_string();
+                        std::thread::sleep(Duration::from_millis(10))
+                    }
                 }
             }
             assert!(
                 refused,
-                "sled 0.34 no longer trips on an unfinished snapshot: this work-around can go"
+                "sled opened the directory (last error: {last:?}): sled 0.34 no longer trips on an unfinished snapshot, this work-around can go"
             );
             assert!(partial.exists());
 

@@ -266,6 +266,7 @@ impl Sink for AmqpSink {
             Ok(WriteOutcome {
                 progress: None,
                 rejected,
+                fenced: 0,
             })
         })
     }

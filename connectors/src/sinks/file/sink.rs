@@ -150,6 +150,7 @@ impl Sink for FileSink {
             Ok(WriteOutcome {
                 progress: Some(self.len.to_be_bytes().to_vec()),
                 rejected: Vec::new(),
+                fenced: 0,
             })
         })
     }

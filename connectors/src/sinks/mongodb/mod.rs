@@ -31,6 +31,8 @@
 
 use sluice_engine::connector::{ConnectorContext, ConnectorError};
 
+use crate::sinks::fence::Writer;
+
 mod config;
 mod sink;
 #[cfg(test)]
@@ -45,6 +47,6 @@ impl sluice_engine::connector::SinkConnector for MongoSinkConfig {
     }
 
     fn build(&self, ctx: &ConnectorContext<'_>) -> Box<dyn sluice_engine::sink::Sink> {
-        Box::new(MongoSink::new(ctx.name, self.clone()))
+        Box::new(MongoSink::new(ctx.name, self.clone()).with_writer(Writer::of(ctx)))
     }
 }

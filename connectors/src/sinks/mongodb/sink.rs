@@ -10,9 +10,9 @@ use sluice_engine::sink::{Sink, SinkError, SinkRecord, WriteOutcome};
 use sluice_engine::source::BoxFuture;
 use sluice_engine::value::Value;
 
-use crate::mongo::commands::{classify, DUPLICATE_KEY, FENCE_FIELD};
+use crate::mongo::commands::{classify, generation_owner, DUPLICATE_KEY, FENCE_FIELD};
 use crate::mongo::{value_to_bson, DriverClient, ErrorClass, MongoClient, MongoError, WriteOp};
-use crate::sinks::fence::{self, decode_progress, encode_progress};
+use crate::sinks::fence::{self, restored, Progress, Restored, Writer};
 
 use super::config::{MongoSinkConfig, MongoSinkMode};
 
@@ -87,6 +87,7 @@ pub struct MongoSink<C: MongoClient = DriverClient> {
     config: MongoSinkConfig,
     client: C,
     generation: Option<u64>,
+    writer: Writer,
 }
 
 impl MongoSink<DriverClient> {
@@ -105,7 +106,16 @@ impl<C: MongoClient> MongoSink<C> {
             config,
             client,
             generation: None,
+            writer: Writer::single(name),
         }
+    }
+
+    /// The writer this sink is (pipeline, sink, worker): with several
+    /// workers, every generation it draws is recorded in
+    /// `<database>.sluice_generation_owners`.
+    pub fn with_writer(mut self, writer: Writer) -> Self {
+        self.writer = writer;
+        self
     }
 
     fn error(&self, e: MongoError, what: &str) -> SinkError {
@@ -127,7 +137,13 @@ impl<C: MongoClient> MongoSink<C> {
         let generation = self
             .generation
             .ok_or_else(|| SinkError::Internal("mongodb sink used before restore".into()))?;
-        let progress = Some(encode_progress(generation));
+        let progress = Some(
+            Progress {
+                generation,
+                worker: self.writer.worker_id(),
+            }
+            .encode(),
+        );
         let fence = fence::fence(generation, epoch).ok_or_else(|| {
             SinkError::Fatal(format!(
                 "mongodb sink `{}`: epoch {epoch} / generation {generation} out of range",
@@ -173,13 +189,13 @@ impl<C: MongoClient> MongoSink<C> {
                 self.name
             )));
         }
-        if stale > 0 {
-            tracing::warn!(component = %self.name, epoch, stale,
-                "upserts skipped: newer values are already stored (another sluice instance with newer state writes these documents?)");
-        }
-        tracing::debug!(component = %self.name, epoch, duplicates, rejected = rejected.len(), "epoch written");
+        tracing::debug!(component = %self.name, epoch, stale, duplicates, rejected = rejected.len(), "epoch written");
         rejected.sort_by_key(|(i, _)| *i);
-        Ok(WriteOutcome { progress, rejected })
+        Ok(WriteOutcome {
+            progress,
+            rejected,
+            fenced: stale as u64,
+        })
     }
 }
 
@@ -189,13 +205,20 @@ impl<C: MongoClient> Sink for MongoSink<C> {
         progress: Option<&'a [u8]>,
     ) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
-            if let Some(p) = progress {
-                let generation = decode_progress(p).ok_or_else(|| {
-                    SinkError::Fatal(format!("mongodb sink `{}`: corrupt progress", self.name))
-                })?;
-                self.generation = Some(generation);
-                return Ok(());
-            }
+            let worker = self.writer.worker_id();
+            let previous = match restored(progress, worker) {
+                Some(Restored::Keep(generation)) => {
+                    self.generation = Some(generation);
+                    return Ok(());
+                }
+                Some(Restored::Draw { previous }) => previous,
+                None => {
+                    return Err(SinkError::Fatal(format!(
+                        "mongodb sink `{}`: corrupt progress",
+                        self.name
+                    )))
+                }
+            };
             if self.config.mode == MongoSinkMode::Append {
                 // Appends are not fenced; no generation needed.
                 self.generation = Some(0);
@@ -206,7 +229,23 @@ impl<C: MongoClient> Sink for MongoSink<C> {
                 .next_generation(&self.config.database, &self.config.collection)
                 .await
                 .map_err(|e| self.error(e, "cannot draw a write generation for"))?;
-            tracing::info!(component = %self.name, generation, "fresh start: new write generation");
+            if self.writer.shared() {
+                let writer = mongodb::bson::to_document(&self.writer).unwrap_or_default();
+                let owner = generation_owner(&self.config.collection, generation, writer);
+                self.client
+                    .record_generation_owner(&self.config.database, &owner)
+                    .await
+                    .map_err(|e| self.error(e, "cannot record the write generation's owner for"))?;
+            }
+            match previous {
+                None => {
+                    tracing::info!(component = %self.name, generation, "fresh start: new write generation")
+                }
+                Some(p) => {
+                    tracing::info!(component = %self.name, generation, previous = p.generation, was = %p.worker, now = %worker,
+                        "key group ownership changed: new write generation")
+                }
+            }
             self.generation = Some(generation);
             Ok(())
         })

@@ -337,3 +337,104 @@ async fn driver_upsert_and_append_round_trip() {
         .unwrap();
     assert_eq!(n, 1);
 }
+
+// ---- several workers --------------------------------------------------------
+
+use crate::sinks::fence::{driven::Driver, Progress, Writer};
+use sluice_engine::cluster::WorkerId;
+
+fn writer(worker: u32, workers: u32) -> Writer {
+    Writer {
+        pipeline: "shop".into(),
+        sink: "totals".into(),
+        worker,
+        workers,
+    }
+}
+
+async fn worker_sink(fake: &FakeMongo, w: Writer, progress: Option<&[u8]>) -> MongoSink<FakeMongo> {
+    let mut s = MongoSink::with_client("totals", config(MongoSinkMode::Upsert), fake.clone())
+        .with_writer(w);
+    s.restore(progress).await.unwrap();
+    s
+}
+
+fn generation(progress: &Option<Vec<u8>>) -> u64 {
+    Progress::decode(progress.as_deref().unwrap())
+        .unwrap()
+        .generation
+}
+
+#[tokio::test]
+async fn workers_record_their_generations_and_draw_anew_when_ownership_changes() {
+    let fake = FakeMongo::default();
+    // a single worker records nothing and keeps the 8-byte progress
+    let mut single = sink(&fake, MongoSinkMode::Upsert, None).await;
+    let out = single.write(1, &[up("kibble", 1)]).await.unwrap();
+    assert_eq!(out.progress, Some(encode_progress(1)));
+    assert!(fake.state().generation_owners.is_empty());
+    // worker 0 of 2 taking over the single worker's progress draws anew
+    let mut w0 = worker_sink(&fake, writer(0, 2), out.progress.as_deref()).await;
+    let p0 = w0.write(2, &[up("kibble", 2)]).await.unwrap().progress;
+    assert_eq!(generation(&p0), 2);
+    // worker 1 of 2 from empty state
+    let mut w1 = worker_sink(&fake, writer(1, 2), None).await;
+    let p1 = w1.write(1, &[up("leash", 1)]).await.unwrap().progress;
+    assert_eq!(generation(&p1), 3);
+    let owners = fake.state().generation_owners.clone();
+    let owner = &owners[&("shop".to_string(), "totals/3".to_string())];
+    assert_eq!(owner.get_str("pipeline").unwrap(), "shop");
+    assert_eq!(owner.get_i64("generation").unwrap(), 3);
+    assert_eq!(
+        mongodb::bson::from_document::<Writer>(owner.clone()).unwrap(),
+        writer(1, 2)
+    );
+    assert_eq!(owners.len(), 2);
+    // restarted as the same (worker, workers): same generation
+    let mut again = worker_sink(&fake, writer(1, 2), p1.as_deref()).await;
+    let out = again.write(2, &[up("leash", 2)]).await.unwrap();
+    assert_eq!(out.progress, p1);
+    assert_eq!(out.fenced, 0);
+    // as worker 1 of 3 (key groups moved): a new generation, recorded
+    let mut moved = worker_sink(&fake, writer(1, 3), p1.as_deref()).await;
+    let out = moved.write(3, &[up("kibble", 3)]).await.unwrap();
+    let p = Progress::decode(out.progress.as_deref().unwrap()).unwrap();
+    assert_eq!((p.generation, p.worker), (4, WorkerId::new(1, 3).unwrap()));
+    assert_eq!(
+        out.fenced, 0,
+        "the moved key is written over worker 0's value"
+    );
+    assert_eq!(count(&fake.docs("shop", "totals"), "kibble"), Some(3));
+    assert_eq!(fake.state().generation_owners.len(), 3);
+}
+
+#[test]
+fn a_zombie_worker_is_fenced_out_and_counted() {
+    let driver = Driver::new();
+    let fake = FakeMongo::default();
+    let sink = || {
+        Box::new(
+            MongoSink::with_client("totals", config(MongoSinkMode::Upsert), fake.clone())
+                .with_writer(writer(1, 2)),
+        )
+    };
+    driver.register("shop", "totals");
+    let zombie = driver.write("shop", "totals", sink(), None, 5, vec![up("kibble", 10)]);
+    let newer = driver.write("shop", "totals", sink(), None, 1, vec![up("kibble", 20)]);
+    assert!(generation(&newer) > generation(&zombie));
+    assert_eq!(driver.fenced("shop", "totals"), Some(0.0));
+    driver.write(
+        "shop",
+        "totals",
+        sink(),
+        zombie,
+        6,
+        vec![up("kibble", 99), up("toy", 1)],
+    );
+    assert_eq!(driver.fenced("shop", "totals"), Some(1.0));
+    let docs = fake.docs("shop", "totals");
+    assert_eq!(
+        (count(&docs, "kibble"), count(&docs, "toy")),
+        (Some(20), Some(1))
+    );
+}

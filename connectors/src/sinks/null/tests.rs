@@ -62,6 +62,7 @@ async fn every_epoch_is_acknowledged_without_progress() {
     let config = parse("[sinks.d]\ntype = \"null\"\ninputs = [\"x\"]\n").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut sink = config.build(&ConnectorContext {
+        pipeline: "p",
         name: "d",
         state_dir: dir.path(),
         worker: Default::default(),

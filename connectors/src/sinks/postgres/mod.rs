@@ -44,6 +44,8 @@
 
 use sluice_engine::connector::{ConnectorContext, ConnectorError};
 
+use crate::sinks::fence::Writer;
+
 mod config;
 mod rows;
 mod sink;
@@ -62,6 +64,6 @@ impl sluice_engine::connector::SinkConnector for PostgresSinkConfig {
     }
 
     fn build(&self, ctx: &ConnectorContext<'_>) -> Box<dyn sluice_engine::sink::Sink> {
-        Box::new(PostgresSink::new(ctx.name, self.clone()))
+        Box::new(PostgresSink::new(ctx.name, self.clone()).with_writer(Writer::of(ctx)))
     }
 }

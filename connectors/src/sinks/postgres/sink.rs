@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, GenericClient, NoTls, Statement};
 
-use crate::sinks::fence;
+use crate::sinks::fence::{self, restored, Progress, Restored, Writer};
 
 use super::config::{PostgresMode, PostgresSinkConfig, TlsMode, EPOCH_COLUMN};
 use super::rows::{column_types, json_array, Layout, Row, Rows};
@@ -30,6 +30,7 @@ pub struct PostgresSink {
     /// Columns of the table, once seen.
     columns: Option<BTreeSet<String>>,
     warned_fields: BTreeSet<String>,
+    writer: Writer,
 }
 
 struct Conn {
@@ -128,7 +129,118 @@ impl PostgresSink {
             generation: None,
             columns: None,
             warned_fields: BTreeSet::new(),
+            writer: Writer::single(name),
         }
+    }
+
+    /// The writer this sink is (pipeline, sink, worker): with several
+    /// workers, every generation it draws is recorded in the table
+    /// `sluice_generations` (beside the destination table) and its start
+    /// check only considers its own.
+    pub fn with_writer(mut self, writer: Writer) -> Self {
+        self.writer = writer;
+        self
+    }
+
+    /// The table recording who drew each generation.
+    fn registry(&self) -> Result<TableName, SinkError> {
+        Ok(sql::registry_of(self.table()?))
+    }
+
+    /// The largest fence stored in the destination table (0 when it has
+    /// no fence column or does not exist yet).
+    async fn max_fence(&mut self) -> Result<Option<u64>, SinkError> {
+        match self.table_columns().await? {
+            Some(cols) if cols.contains(EPOCH_COLUMN) => {
+                let q = sql::max_fence(self.table()?);
+                let conn = self.connection().await?;
+                let row = conn
+                    .client
+                    .query_one(&q, &[])
+                    .await
+                    .map_err(|e| classify(&e));
+                let max: i64 = row.map_err(|f| self.err(f))?.try_get(0).unwrap_or(0);
+                Ok(Some(max.max(0) as u64))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// With several workers: the largest fence in the destination table
+    /// among the generations recorded for this worker of this pipeline
+    /// and sink (None without any).
+    async fn own_max_fence(&mut self) -> Result<Option<u64>, SinkError> {
+        let has_fences = matches!(self.table_columns().await?, Some(c) if c.contains(EPOCH_COLUMN));
+        let registry = self.registry()?;
+        let destination = self.table()?.quoted();
+        let q = sql::own_max_fence(self.table()?, &registry);
+        let writer = self.writer.clone();
+        let conn = self.connection().await?;
+        let exists = conn
+            .client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&registry.quoted()])
+            .await
+            .and_then(|r| r.try_get::<_, bool>(0))
+            .map_err(|e| classify(&e));
+        if !exists.map_err(|f| self.err(f))? || !has_fences {
+            return Ok(None);
+        }
+        let conn = self.connection().await?;
+        let row = conn
+            .client
+            .query_one(
+                &q,
+                &[
+                    &destination,
+                    &writer.pipeline,
+                    &writer.sink,
+                    &i64::from(writer.worker),
+                ],
+            )
+            .await
+            .map_err(|e| classify(&e));
+        let max: i64 = row.map_err(|f| self.err(f))?.try_get(0).unwrap_or(0);
+        Ok((max > 0).then_some(max as u64))
+    }
+
+    /// With several workers: draws a generation above every generation
+    /// recorded for the destination table and every fence in it, and
+    /// records this writer with it, in one transaction under an advisory
+    /// lock (so that concurrent workers never draw the same one).
+    async fn draw_recorded(&mut self) -> Result<u64, SinkError> {
+        let with_fences =
+            matches!(self.table_columns().await?, Some(c) if c.contains(EPOCH_COLUMN));
+        let registry = self.registry()?;
+        let destination = self.table()?.quoted();
+        let create = sql::registry_create(&registry);
+        let draw = sql::registry_draw(&registry, with_fences.then_some(self.table()?));
+        let writer = self.writer.clone();
+        let conn = self.connection().await?;
+        let drawn = async {
+            let tx = conn.client.transaction().await?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&sql::REGISTRY_LOCK])
+                .await?;
+            tx.batch_execute(&create).await?;
+            let row = tx
+                .query_one(
+                    &draw,
+                    &[
+                        &destination,
+                        &writer.pipeline,
+                        &writer.sink,
+                        &i64::from(writer.worker),
+                        &i64::from(writer.workers),
+                    ],
+                )
+                .await?;
+            let generation: i64 = row.try_get(0)?;
+            tx.commit().await?;
+            Ok::<i64, tokio_postgres::Error>(generation)
+        }
+        .await
+        .map_err(|e| classify(&e));
+        let generation = drawn.map_err(|f| self.err(f))?;
+        Ok(generation.max(1) as u64)
     }
 
     fn err(&self, f: Failure) -> SinkError {
@@ -251,13 +363,18 @@ impl PostgresSink {
             let ddl = sql::create_table(self.table()?, &types, &key, fenced);
             tracing::info!(component = %self.name, sql = %ddl, "creating the table");
             let conn = self.connection().await?;
-            let done = conn
-                .client
-                .batch_execute(&ddl)
-                .await
-                .map_err(|e| classify(&e));
-            done.map_err(|f| self.err(f))?;
+            let created = conn.client.batch_execute(&ddl).await;
             cols = self.table_columns().await?;
+            match created {
+                Ok(()) => {}
+                // Another worker created it at the same moment (IF NOT
+                // EXISTS does not cover a concurrent creation: the server
+                // reports a duplicate type or key).
+                Err(e) if cols.is_some() => {
+                    tracing::debug!(component = %self.name, error = %describe(&e), "the table was created concurrently");
+                }
+                Err(e) => return Err(self.err(classify(&e))),
+            }
         }
         let cols = cols.unwrap_or_default();
         let mut needed: Vec<&str> = match self.config.mode {
@@ -296,11 +413,15 @@ impl PostgresSink {
         epoch: u64,
         records: &[SinkRecord],
     ) -> Result<WriteOutcome, SinkError> {
-        let progress = self.generation.map(fence::encode_progress);
+        let worker = self.writer.worker_id();
+        let progress = self
+            .generation
+            .map(|generation| Progress { generation, worker }.encode());
         if records.is_empty() {
             return Ok(WriteOutcome {
                 progress,
                 rejected: Vec::new(),
+                fenced: 0,
             });
         }
         self.ensure_table(records).await?;
@@ -344,9 +465,13 @@ impl PostgresSink {
             Err(_) => Err(Failure::Retry(format!("no answer within {timeout:?}"))),
         };
         match outcome {
-            Ok(mut refused) => {
+            Ok((mut refused, fenced)) => {
                 rejected.append(&mut refused);
-                Ok(WriteOutcome { progress, rejected })
+                Ok(WriteOutcome {
+                    progress,
+                    rejected,
+                    fenced,
+                })
             }
             Err(f) => {
                 if matches!(f, Failure::Retry(_)) {
@@ -386,13 +511,14 @@ impl PostgresSink {
 
     /// One transaction for the epoch. Fast path: all batches pipelined. In
     /// `careful` mode: a savepoint per batch, and a refused batch again row
-    /// by row; returns the refused rows.
+    /// by row; returns the refused rows and the number of upserts the
+    /// fence refused (a newer row was stored: the statement left it alone).
     async fn apply(
         &mut self,
         batches: &[(String, Vec<&Row>)],
         fence: i64,
         careful: bool,
-    ) -> Result<Vec<(usize, String)>, Failure> {
+    ) -> Result<(Vec<(usize, String)>, u64), Failure> {
         let fenced = self.config.mode == PostgresMode::Upsert;
         let conn = self
             .connection()
@@ -404,6 +530,11 @@ impl PostgresSink {
         }
         let tx = conn.client.transaction().await.map_err(|e| classify(&e))?;
         let mut refused = Vec::new();
+        let mut fenced_out = 0u64;
+        // Only fenced upserts can be left alone by the fence (an append's
+        // skipped duplicate is deduplication, a delete's missing row is
+        // not told apart from a fenced one).
+        let counts = |text: &str| fenced && text.starts_with("INSERT");
         if !careful {
             let jsons: Vec<String> = batches
                 .iter()
@@ -416,26 +547,43 @@ impl PostgresSink {
             // The statements are pipelined; after a failure the later ones
             // only report the aborted transaction, so the first error in
             // statement order is the cause.
-            for result in futures::future::join_all(runs).await {
-                result?;
+            for (result, (text, rows)) in futures::future::join_all(runs)
+                .await
+                .into_iter()
+                .zip(batches)
+            {
+                let applied = result?;
+                if counts(text) {
+                    fenced_out += (rows.len() as u64).saturating_sub(applied);
+                }
             }
         } else {
             let mut tx = tx;
-            for ((_, rows), stmt) in batches.iter().zip(&statements) {
+            for ((text, rows), stmt) in batches.iter().zip(&statements) {
                 let json = json_array(rows.iter().copied());
                 let sp = tx
                     .savepoint("sluice_batch")
                     .await
                     .map_err(|e| classify(&e))?;
                 match execute(&sp, stmt, &json, fenced.then_some(fence)).await {
-                    Ok(_) => sp.commit().await.map_err(|e| classify(&e))?,
+                    Ok(applied) => {
+                        sp.commit().await.map_err(|e| classify(&e))?;
+                        if counts(text) {
+                            fenced_out += (rows.len() as u64).saturating_sub(applied);
+                        }
+                    }
                     Err(Failure::Row(_)) => {
                         sp.rollback().await.map_err(|e| classify(&e))?;
                         for row in rows {
                             let one = json_array([*row]);
                             let sp = tx.savepoint("sluice_row").await.map_err(|e| classify(&e))?;
                             match execute(&sp, stmt, &one, fenced.then_some(fence)).await {
-                                Ok(_) => sp.commit().await.map_err(|e| classify(&e))?,
+                                Ok(applied) => {
+                                    sp.commit().await.map_err(|e| classify(&e))?;
+                                    if counts(text) && applied == 0 {
+                                        fenced_out += 1;
+                                    }
+                                }
                                 Err(Failure::Row(reason)) => {
                                     sp.rollback().await.map_err(|e| classify(&e))?;
                                     refused.push((
@@ -451,10 +599,10 @@ impl PostgresSink {
                 }
             }
             tx.commit().await.map_err(|e| classify(&e))?;
-            return Ok(refused);
+            return Ok((refused, fenced_out));
         }
         tx.commit().await.map_err(|e| classify(&e))?;
-        Ok(refused)
+        Ok((refused, fenced_out))
     }
 }
 
@@ -502,30 +650,41 @@ impl Sink for PostgresSink {
                 self.connection().await?;
                 return Ok(());
             }
-            if let Some(p) = progress {
-                let generation = fence::decode_progress(p).ok_or_else(|| {
-                    SinkError::Fatal(format!("postgres sink `{}`: corrupt progress", self.name))
-                })?;
-                self.generation = Some(generation);
-                return Ok(());
-            }
+            let worker = self.writer.worker_id();
+            let previous = match restored(progress, worker) {
+                Some(Restored::Keep(generation)) => {
+                    self.generation = Some(generation);
+                    return Ok(());
+                }
+                Some(Restored::Draw { previous }) => previous,
+                None => {
+                    return Err(SinkError::Fatal(format!(
+                        "postgres sink `{}`: corrupt progress",
+                        self.name
+                    )))
+                }
+            };
             // Fresh state: a generation above every fence in the table, so
             // that our epochs (which restart at 1) supersede older rows.
-            let generation = match self.table_columns().await? {
-                Some(cols) if cols.contains(EPOCH_COLUMN) => {
-                    let q = sql::max_fence(self.table()?);
-                    let conn = self.connection().await?;
-                    let row = conn
-                        .client
-                        .query_one(&q, &[])
-                        .await
-                        .map_err(|e| classify(&e));
-                    let max: i64 = row.map_err(|f| self.err(f))?.try_get(0).unwrap_or(0);
-                    fence::generation_of(max.max(0) as u64) + 1
-                }
-                _ => 1,
+            // With several workers the generation is also above every one
+            // drawn for this table and recorded with this writer; key
+            // groups that moved are then written above their former owner.
+            let generation = if self.writer.shared() {
+                self.draw_recorded().await?
+            } else {
+                self.max_fence()
+                    .await?
+                    .map_or(1, |max| fence::generation_of(max) + 1)
             };
-            tracing::info!(component = %self.name, generation, "fresh start: new write generation");
+            match previous {
+                None => {
+                    tracing::info!(component = %self.name, generation, "fresh start: new write generation")
+                }
+                Some(p) => {
+                    tracing::info!(component = %self.name, generation, previous = p.generation, was = %p.worker, now = %worker,
+                        "key group ownership changed: new write generation")
+                }
+            }
             self.generation = Some(generation);
             Ok(())
         })
@@ -537,27 +696,20 @@ impl Sink for PostgresSink {
         progress: Option<&'a [u8]>,
     ) -> BoxFuture<'a, Result<Option<String>, SinkError>> {
         Box::pin(async move {
-            // Only fenced upsert tables carry epochs.
-            let newest = match self.table_columns().await? {
-                Some(cols) if cols.contains(EPOCH_COLUMN) => {
-                    let q = sql::max_fence(self.table()?);
-                    let conn = self.connection().await?;
-                    let row = conn
-                        .client
-                        .query_one(&q, &[])
-                        .await
-                        .map_err(|e| classify(&e));
-                    let max: i64 = row.map_err(|f| self.err(f))?.try_get(0).unwrap_or(0);
-                    Some(max.max(0) as u64)
-                }
-                _ => None,
+            // Only fenced upsert tables carry epochs; with several workers
+            // only this worker's own generations count.
+            let newest = if self.writer.shared() {
+                self.own_max_fence().await?
+            } else {
+                self.max_fence().await?
             };
             let destination = format!("table {}", self.table()?.quoted());
-            Ok(fence::unexplained(
+            Ok(fence::unexplained_for(
                 &destination,
                 newest,
                 restored_epoch,
                 progress,
+                self.writer.worker_id(),
             ))
         })
     }

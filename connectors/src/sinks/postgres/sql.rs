@@ -164,6 +164,64 @@ pub(super) fn max_fence(table: &TableName) -> String {
     )
 }
 
+/// The table recording, per destination table, who drew each write
+/// generation of a multi-worker run: `sluice_generations` in the
+/// destination's schema.
+pub(super) fn registry_of(table: &TableName) -> TableName {
+    TableName {
+        schema: table.schema.clone(),
+        name: "sluice_generations".into(),
+    }
+}
+
+/// The advisory lock held while a generation is drawn (one for the whole
+/// database: draws happen only when a sink starts).
+pub(super) const REGISTRY_LOCK: i64 = 0x51ce_9e7e;
+
+/// Creates the generation registry if missing.
+pub(super) fn registry_create(registry: &TableName) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {} (destination TEXT NOT NULL, generation BIGINT NOT NULL, \
+         pipeline TEXT NOT NULL, sink TEXT NOT NULL, worker BIGINT NOT NULL, workers BIGINT NOT NULL, \
+         drawn_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (destination, generation))",
+        registry.quoted()
+    )
+}
+
+/// Records and returns a new generation for destination `$1` drawn by
+/// (`$2` pipeline, `$3` sink, `$4` worker, `$5` workers): one above every
+/// generation recorded for it and, when `fenced` names the destination
+/// table, every generation in its fences.
+pub(super) fn registry_draw(registry: &TableName, fenced: Option<&TableName>) -> String {
+    let in_table = match fenced {
+        Some(t) => format!(
+            "(SELECT coalesce(max({}), 0) >> 40 FROM {})",
+            ident(EPOCH_COLUMN),
+            t.quoted()
+        ),
+        None => "0".into(),
+    };
+    format!(
+        "INSERT INTO {r} (destination, generation, pipeline, sink, worker, workers) \
+         SELECT $1::text, greatest((SELECT coalesce(max(generation), 0) FROM {r} WHERE destination = $1::text), {in_table}) + 1, \
+         $2::text, $3::text, $4::bigint, $5::bigint RETURNING generation",
+        r = registry.quoted()
+    )
+}
+
+/// The largest fence in `table` among the generations recorded for
+/// destination `$1` and (`$2` pipeline, `$3` sink, `$4` worker).
+pub(super) fn own_max_fence(table: &TableName, registry: &TableName) -> String {
+    format!(
+        "SELECT coalesce(max(t.{e}), 0)::bigint FROM {t} t WHERE (t.{e} >> 40) IN \
+         (SELECT generation FROM {r} WHERE destination = $1::text AND pipeline = $2::text \
+         AND sink = $3::text AND worker = $4::bigint)",
+        e = ident(EPOCH_COLUMN),
+        t = table.quoted(),
+        r = registry.quoted()
+    )
+}
+
 /// The SQL type `create_table` gives a column holding `values`.
 pub(super) fn infer_type<'a>(values: impl IntoIterator<Item = &'a Value>) -> &'static str {
     let (mut int, mut float, mut boolean, mut json, mut text) = (false, false, false, false, false);

@@ -409,3 +409,295 @@ async fn tls_require_verifies_the_server_certificate() {
         .await
         .unwrap();
 }
+
+// ---- several workers --------------------------------------------------------
+
+use crate::sinks::fence::{driven::Driver, Progress, Writer};
+use sluice_engine::cluster::WorkerId;
+
+/// A schema of its own for a test (the generation registry lives beside
+/// the destination table), dropped by [`drop_schema`].
+async fn schema(db: &tokio_postgres::Client, test: &str) -> String {
+    let schema = unique(test);
+    db.batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .unwrap();
+    schema
+}
+
+async fn drop_schema(db: &tokio_postgres::Client, schema: &str) {
+    db.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
+}
+
+fn writer(pipeline: &str, worker: u32, workers: u32) -> Writer {
+    Writer {
+        pipeline: pipeline.into(),
+        sink: "counts".into(),
+        worker,
+        workers,
+    }
+}
+
+fn worker_sink(schema: &str, writer: Writer) -> PostgresSink {
+    let body = format!("table = \"{schema}.counts\"\nkey = [\"country\"]\ncreate_table = true");
+    PostgresSink::new("counts", config(&body)).with_writer(writer)
+}
+
+fn country(c: &str, n: i64) -> SinkRecord {
+    rec(
+        RowKind::Upsert,
+        c,
+        &[("country", s(c)), ("count", Value::Int(n))],
+    )
+}
+
+/// Starts a sink as a pipeline does (start check, then restore) and writes
+/// one epoch; returns the start check's finding, the progress and the
+/// fenced count.
+async fn start_and_write(
+    mut sink: PostgresSink,
+    restored_epoch: u64,
+    progress: Option<&[u8]>,
+    epoch: u64,
+    records: &[SinkRecord],
+) -> (Option<String>, Vec<u8>, u64) {
+    let found = sink.earlier_output(restored_epoch, progress).await.unwrap();
+    sink.restore(progress).await.unwrap();
+    let out = sink.write(epoch, records).await.unwrap();
+    assert!(out.rejected.is_empty(), "{:?}", out.rejected);
+    (found, out.progress.unwrap(), out.fenced)
+}
+
+fn generation(progress: &[u8]) -> u64 {
+    Progress::decode(progress).unwrap().generation
+}
+
+#[tokio::test]
+async fn two_workers_share_a_table_restart_in_turns_and_refuse_only_their_own_values() {
+    let db = server().await;
+    let schema = schema(&db, "workers").await;
+    let table = format!("{schema}.counts");
+    let (w0, w1) = (writer("p", 0, 2), writer("p", 1, 2));
+    let (found, p0, fenced) = start_and_write(
+        worker_sink(&schema, w0.clone()),
+        0,
+        None,
+        1,
+        &[country("GT", 1)],
+    )
+    .await;
+    assert_eq!((found, fenced), (None, 0));
+    let (found, p1, fenced) = start_and_write(
+        worker_sink(&schema, w1.clone()),
+        0,
+        None,
+        1,
+        &[country("MX", 2)],
+    )
+    .await;
+    assert_eq!(found, None, "worker 0's rows are not worker 1's");
+    assert_eq!(fenced, 0);
+    assert!(generation(&p1) > generation(&p0));
+    let mut progress = (p0, p1);
+    for epoch in 2..=3 {
+        let (found, np0, fenced) = start_and_write(
+            worker_sink(&schema, w0.clone()),
+            epoch - 1,
+            Some(&progress.0),
+            epoch,
+            &[country("GT", epoch as i64 * 10)],
+        )
+        .await;
+        assert_eq!((found, fenced), (None, 0), "worker 0, epoch {epoch}");
+        let (found, np1, fenced) = start_and_write(
+            worker_sink(&schema, w1.clone()),
+            epoch - 1,
+            Some(&progress.1),
+            epoch,
+            &[country("MX", epoch as i64 * 100)],
+        )
+        .await;
+        assert_eq!((found, fenced), (None, 0), "worker 1, epoch {epoch}");
+        assert_eq!((&np0, &np1), (&progress.0, &progress.1), "generations kept");
+        progress = (np0, np1);
+    }
+    assert_eq!(
+        counts(&db, &table).await,
+        [("GT".into(), 30), ("MX".into(), 300)]
+    );
+    // who drew each generation is recorded beside the table
+    let rows = db
+        .query(
+            &format!("SELECT generation, pipeline, sink, worker, workers FROM {schema}.sluice_generations ORDER BY generation"),
+            &[],
+        )
+        .await
+        .unwrap();
+    let recorded: Vec<(i64, String, String, i64, i64)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect();
+    assert_eq!(
+        recorded,
+        [
+            (
+                generation(&progress.0) as i64,
+                "p".into(),
+                "counts".into(),
+                0,
+                2
+            ),
+            (
+                generation(&progress.1) as i64,
+                "p".into(),
+                "counts".into(),
+                1,
+                2
+            ),
+        ]
+    );
+    // from empty state: worker 1 is refused over its own rows, worker 0 of
+    // another pipeline is not, a single-worker sink still sees every row
+    let found = worker_sink(&schema, w1.clone())
+        .earlier_output(0, None)
+        .await
+        .unwrap()
+        .expect("worker 1's own earlier rows");
+    assert!(found.contains("worker 1 of 2"), "{found}");
+    assert_eq!(
+        worker_sink(&schema, writer("other", 0, 2))
+            .earlier_output(0, None)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(worker_sink(&schema, Writer::single("counts"))
+        .earlier_output(0, None)
+        .await
+        .unwrap()
+        .is_some());
+    drop_schema(&db, &schema).await;
+}
+
+#[tokio::test]
+async fn concurrent_workers_never_draw_the_same_generation() {
+    let db = server().await;
+    let schema = schema(&db, "draws").await;
+    let draws = (0..4u32).map(|w| {
+        let mut sink = worker_sink(&schema, writer("p", w, 4));
+        async move {
+            sink.restore(None).await.unwrap();
+            let out = sink
+                .write(1, &[country(&format!("C{w}"), 1)])
+                .await
+                .unwrap();
+            generation(&out.progress.unwrap())
+        }
+    });
+    let mut drawn = futures::future::join_all(draws).await;
+    drawn.sort_unstable();
+    drawn.dedup();
+    assert_eq!(drawn.len(), 4, "{drawn:?}");
+    drop_schema(&db, &schema).await;
+}
+
+#[test]
+fn a_zombie_worker_is_fenced_out_and_counted_and_a_moved_key_group_is_not() {
+    let driver = Driver::new();
+    let db = driver.rt.block_on(server());
+    let schema = driver.rt.block_on(schema(&db, "zombie"));
+    let table = format!("{schema}.counts");
+    let pipeline = schema.clone();
+    let w1 = writer(&pipeline, 1, 2);
+    let sink = |w: &Writer| Box::new(worker_sink(&schema, w.clone()));
+    driver.register(&pipeline, "counts");
+    let zombie = driver
+        .write(
+            &pipeline,
+            "counts",
+            sink(&w1),
+            None,
+            5,
+            vec![country("GT", 10)],
+        )
+        .unwrap();
+    // a newer incarnation of worker 1 (its state rebuilt) draws a new
+    // generation and writes epoch 1
+    let newer = driver
+        .write(
+            &pipeline,
+            "counts",
+            sink(&w1),
+            None,
+            1,
+            vec![country("GT", 20)],
+        )
+        .unwrap();
+    assert!(generation(&newer) > generation(&zombie));
+    assert_eq!(driver.fenced(&pipeline, "counts"), Some(0.0));
+    // the old incarnation, resumed, writes epoch 6: GT is fenced, NEW is
+    // written
+    driver.write(
+        &pipeline,
+        "counts",
+        sink(&w1),
+        Some(zombie.clone()),
+        6,
+        vec![country("GT", 99), country("NEW", 1)],
+    );
+    assert_eq!(driver.fenced(&pipeline, "counts"), Some(1.0));
+    driver.rt.block_on(async {
+        assert_eq!(
+            counts(&db, &table).await,
+            [("GT".into(), 20), ("NEW".into(), 1)]
+        );
+        let found = worker_sink(&schema, w1.clone())
+            .earlier_output(6, Some(&zombie))
+            .await
+            .unwrap()
+            .expect("a newer incarnation of worker 1 wrote");
+        assert!(found.contains("newer than the restored state"), "{found}");
+    });
+    // worker 0 draws after worker 1's newer incarnation and writes MX at a
+    // high epoch; rescaled to 3 workers, MX moves to worker 1, restored
+    // from its progress: a new generation, not fenced out by worker 0's
+    let w0 = writer(&pipeline, 0, 2);
+    let p0 = driver
+        .write(
+            &pipeline,
+            "counts",
+            sink(&w0),
+            None,
+            900,
+            vec![country("MX", 5)],
+        )
+        .unwrap();
+    assert!(generation(&p0) > generation(&newer));
+    let moved = driver
+        .write(
+            &pipeline,
+            "counts",
+            sink(&writer(&pipeline, 1, 3)),
+            Some(newer.clone()),
+            2,
+            vec![country("MX", 6)],
+        )
+        .unwrap();
+    let moved = Progress::decode(&moved).unwrap();
+    assert_eq!(moved.worker, WorkerId::new(1, 3).unwrap());
+    assert!(moved.generation > generation(&p0));
+    assert_eq!(
+        driver.fenced(&pipeline, "counts"),
+        Some(1.0),
+        "nothing more fenced"
+    );
+    driver.rt.block_on(async {
+        assert_eq!(
+            counts(&db, &table).await,
+            [("GT".into(), 20), ("MX".into(), 6), ("NEW".into(), 1)]
+        );
+        drop_schema(&db, &schema).await;
+    });
+}

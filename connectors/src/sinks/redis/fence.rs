@@ -10,6 +10,17 @@ pub const SCRIPT: &str = include_str!("fence.lua");
 /// Where generations come from (one counter shared by all pipelines).
 pub const GENERATION_KEY: &str = "sluice:generation";
 
+/// A hash recording, for each generation drawn by a worker of a
+/// multi-worker run, which writer drew it: field = the generation, value =
+/// the [`crate::sinks::fence::Writer`] as JSON.
+pub const OWNERS_KEY: &str = "sluice:generation:owners";
+
+/// Draws a generation and records who drew it, atomically: `KEYS[1]` the
+/// generation counter, `KEYS[2]` the owners hash, `ARGV[1]` the writer.
+pub(super) const DRAW_SCRIPT: &str = "local g = redis.call('INCR', KEYS[1])\n\
+redis.call('HSET', KEYS[2], tostring(g), ARGV[1])\n\
+return g";
+
 /// Suffix of the key holding the fences of a key's values.
 pub const FENCE_SUFFIX: &str = ":__epoch";
 

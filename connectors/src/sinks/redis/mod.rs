@@ -40,13 +40,15 @@
 
 use sluice_engine::connector::{ConnectorContext, ConnectorError};
 
+use crate::sinks::fence::Writer;
+
 mod config;
 mod fence;
 mod sink;
 mod template;
 
 pub use config::{RedisMode, RedisSinkConfig};
-pub use fence::{FENCE_SUFFIX, GENERATION_KEY, SCRIPT as FENCE_SCRIPT};
+pub use fence::{FENCE_SUFFIX, GENERATION_KEY, OWNERS_KEY, SCRIPT as FENCE_SCRIPT};
 pub use sink::RedisSink;
 pub use template::{RenderError, Template, TemplateError};
 
@@ -59,6 +61,6 @@ impl sluice_engine::connector::SinkConnector for RedisSinkConfig {
     }
 
     fn build(&self, ctx: &ConnectorContext<'_>) -> Box<dyn sluice_engine::sink::Sink> {
-        Box::new(RedisSink::new(ctx.name, self.clone()))
+        Box::new(RedisSink::new(ctx.name, self.clone()).with_writer(Writer::of(ctx)))
     }
 }

@@ -11,7 +11,9 @@ use sluice_engine::sink::{Sink, SinkError, SinkRecord, WriteOutcome};
 use sluice_engine::source::BoxFuture;
 use sluice_engine::value::{Str, Value};
 
-use crate::sinks::fence::{decode_progress, encode_progress};
+use std::collections::BTreeSet;
+
+use crate::sinks::fence::{generation_of, restored, Progress, Restored, Writer};
 
 use super::config::{RedisMode, RedisSinkConfig};
 use super::fence::{self, ChunkArgs, Status, Write};
@@ -26,6 +28,7 @@ pub struct RedisSink {
     conn: Option<MultiplexedConnection>,
     sha: String,
     generation: Option<u64>,
+    writer: Writer,
 }
 
 impl RedisSink {
@@ -42,7 +45,51 @@ impl RedisSink {
             conn: None,
             sha: redis::Script::new(fence::SCRIPT).get_hash().to_string(),
             generation: None,
+            writer: Writer::single(name),
         }
+    }
+
+    /// The writer this sink is (pipeline, sink, worker): with several
+    /// workers, every generation it draws is recorded in
+    /// [`fence::OWNERS_KEY`] and its start check only considers its own.
+    pub fn with_writer(mut self, writer: Writer) -> Self {
+        self.writer = writer;
+        self
+    }
+
+    /// The generations recorded for this worker of this pipeline and sink.
+    async fn own_generations(&mut self) -> Result<BTreeSet<u64>, SinkError> {
+        let mut conn = self.connection().await?;
+        let owners: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(fence::OWNERS_KEY)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.classify(e, "cannot read the generation owners from"))?;
+        Ok(owners
+            .into_iter()
+            .filter(|(_, w)| Writer::from_json(w).is_some_and(|w| self.writer.same_worker(&w)))
+            .filter_map(|(g, _)| g.parse().ok())
+            .collect())
+    }
+
+    /// A new generation: `INCR` of the shared counter; with several
+    /// workers, recorded with this writer in the same script.
+    async fn draw_generation(&mut self) -> Result<u64, SinkError> {
+        let mut conn = self.connection().await?;
+        let drawn = if self.writer.shared() {
+            redis::Script::new(fence::DRAW_SCRIPT)
+                .key(fence::GENERATION_KEY)
+                .key(fence::OWNERS_KEY)
+                .arg(self.writer.to_json())
+                .invoke_async(&mut conn)
+                .await
+        } else {
+            redis::cmd("INCR")
+                .arg(fence::GENERATION_KEY)
+                .query_async(&mut conn)
+                .await
+        };
+        drawn.map_err(|e| self.classify(e, "cannot draw a generation from"))
     }
 
     /// The open connection, or a new one (the host name is resolved again).
@@ -155,7 +202,13 @@ impl RedisSink {
         let generation = self
             .generation
             .ok_or_else(|| SinkError::Internal("redis sink used before restore".into()))?;
-        let progress = Some(encode_progress(generation));
+        let progress = Some(
+            Progress {
+                generation,
+                worker: self.writer.worker_id(),
+            }
+            .encode(),
+        );
         let fence = fence::fence(generation, epoch).ok_or_else(|| {
             SinkError::Fatal(format!(
                 "redis sink `{}`: epoch {epoch} / generation {generation} out of range",
@@ -164,7 +217,11 @@ impl RedisSink {
         })?;
         let (writes, mut rejected) = self.render(records);
         if writes.is_empty() {
-            return Ok(WriteOutcome { progress, rejected });
+            return Ok(WriteOutcome {
+                progress,
+                rejected,
+                fenced: 0,
+            });
         }
         let args = ChunkArgs {
             hash: self.config.mode == RedisMode::Hash,
@@ -239,12 +296,12 @@ impl RedisSink {
                 self.name
             )));
         }
-        if stale > 0 {
-            tracing::warn!(component = %self.name, epoch, stale, written,
-                "writes skipped: newer values are already stored (another sluice instance with newer state writes these keys?)");
-        }
-        tracing::debug!(component = %self.name, epoch, written, rejected = rejected.len(), "epoch written");
-        Ok(WriteOutcome { progress, rejected })
+        tracing::debug!(component = %self.name, epoch, written, stale, rejected = rejected.len(), "epoch written");
+        Ok(WriteOutcome {
+            progress,
+            rejected,
+            fenced: stale as u64,
+        })
     }
 }
 
@@ -254,22 +311,34 @@ impl Sink for RedisSink {
         progress: Option<&'a [u8]>,
     ) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
-            if let Some(p) = progress {
-                let generation = decode_progress(p).ok_or_else(|| {
-                    SinkError::Fatal(format!("redis sink `{}`: corrupt progress", self.name))
-                })?;
-                self.generation = Some(generation);
-                return Ok(());
-            }
+            let worker = self.writer.worker_id();
+            let previous = match restored(progress, worker) {
+                Some(Restored::Keep(generation)) => {
+                    self.generation = Some(generation);
+                    return Ok(());
+                }
+                Some(Restored::Draw { previous }) => previous,
+                None => {
+                    return Err(SinkError::Fatal(format!(
+                        "redis sink `{}`: corrupt progress",
+                        self.name
+                    )))
+                }
+            };
             // Fresh state: a new generation, so that our epochs (which
-            // restart at 1) supersede whatever an earlier run wrote.
-            let mut conn = self.connection().await?;
-            let generation: u64 = redis::cmd("INCR")
-                .arg(fence::GENERATION_KEY)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| self.classify(e, "cannot draw a generation from"))?;
-            tracing::info!(component = %self.name, generation, "fresh start: new write generation");
+            // restart at 1) supersede whatever an earlier run wrote. Key
+            // groups moved (another worker or worker count): a new
+            // generation, above every earlier owner's.
+            let generation = self.draw_generation().await?;
+            match previous {
+                None => {
+                    tracing::info!(component = %self.name, generation, "fresh start: new write generation")
+                }
+                Some(p) => {
+                    tracing::info!(component = %self.name, generation, previous = p.generation, was = %p.worker, now = %worker,
+                        "key group ownership changed: new write generation")
+                }
+            }
             self.generation = Some(generation);
             Ok(())
         })
@@ -281,7 +350,13 @@ impl Sink for RedisSink {
         progress: Option<&'a [u8]>,
     ) -> BoxFuture<'a, Result<Option<String>, SinkError>> {
         Box::pin(async move {
-            // The newest fence among this sink's fence keys.
+            // The newest fence among this sink's fence keys (with several
+            // workers: among the generations this worker drew).
+            let own = if self.writer.shared() {
+                Some(self.own_generations().await?)
+            } else {
+                None
+            };
             let glob = fence::fence_glob(self.config.key.as_str());
             let mut conn = self.connection().await?;
             let mut newest: Option<u64> = None;
@@ -314,7 +389,9 @@ impl Sink for RedisSink {
                     .map_err(|e| self.classify(e, "cannot read the fence keys of"))?;
                     for v in values {
                         if let Ok(f) = v.parse::<u64>() {
-                            newest = newest.max(Some(f));
+                            if own.as_ref().is_none_or(|o| o.contains(&generation_of(f))) {
+                                newest = newest.max(Some(f));
+                            }
                         }
                     }
                 }
@@ -323,11 +400,12 @@ impl Sink for RedisSink {
                     break;
                 }
             }
-            Ok(crate::sinks::fence::unexplained(
+            Ok(crate::sinks::fence::unexplained_for(
                 &format!("Redis keys `{}`", self.config.key.as_str()),
                 newest,
                 restored_epoch,
                 progress,
+                self.writer.worker_id(),
             ))
         })
     }

@@ -27,7 +27,12 @@ impl sluice_engine::connector::SourceConnector for KafkaSourceConfig {
         KafkaSourceConfig::validate(self)
     }
 
-    fn build(&self, _ctx: &ConnectorContext<'_>) -> Box<dyn sluice_engine::source::Source> {
-        Box::new(KafkaSource::new(self.clone()))
+    fn build(&self, ctx: &ConnectorContext<'_>) -> Box<dyn sluice_engine::source::Source> {
+        let source = KafkaSource::new(self.clone());
+        if ctx.worker.is_single() {
+            Box::new(source)
+        } else {
+            Box::new(source.shared(ctx.worker.worker))
+        }
     }
 }

@@ -73,7 +73,14 @@ pub fn decode(bytes: &[u8]) -> Option<Position> {
 pub(super) struct PartitionIds {
     ids: HashMap<TopicPartition, u32>,
     next_id: u32,
+    /// With several workers: the configured topics, which fix every id
+    /// (`topic index << 16 | partition`), the same on every worker, since
+    /// the workers of a consumer group share (and move) partitions.
+    fixed: Option<Vec<String>>,
 }
+
+/// Ids of partitions of topics outside the fixed list start here.
+const UNLISTED: u32 = 1 << 31;
 
 impl PartitionIds {
     /// Rebuilds the table from restored positions; also returns the
@@ -101,6 +108,12 @@ impl PartitionIds {
         Ok((table, next))
     }
 
+    /// Makes ids a function of (topic, partition) alone, the same on every
+    /// worker (runs of several workers).
+    pub(super) fn fix(&mut self, topics: &[String]) {
+        self.fixed = Some(topics.to_vec());
+    }
+
     /// Every id known: restored from the checkpoint or assigned since.
     pub(super) fn known(&self) -> impl Iterator<Item = u32> + '_ {
         self.ids.values().copied()
@@ -109,6 +122,19 @@ impl PartitionIds {
     /// The id of `(topic, partition)`, assigning a new one if needed.
     pub(super) fn id(&mut self, topic: &str, partition: i32) -> u32 {
         if let Some(&id) = self.ids.get(&(topic.to_string(), partition)) {
+            return id;
+        }
+        if let Some(topics) = &self.fixed {
+            let id = match topics.iter().position(|t| t == topic) {
+                Some(t) if (0..1 << 16).contains(&partition) => ((t as u32) << 16) | partition as u32,
+                _ => {
+                    self.next_id = self.next_id.max(UNLISTED);
+                    let id = self.next_id;
+                    self.next_id = self.next_id.saturating_add(1);
+                    id
+                }
+            };
+            self.ids.insert((topic.to_string(), partition), id);
             return id;
         }
         let id = self.next_id;

@@ -30,11 +30,27 @@ const LAG_INTERVAL: Duration = Duration::from_secs(1);
 /// A configured Kafka source.
 pub struct KafkaSource {
     config: KafkaSourceConfig,
+    /// One of several workers sharing the consumer group: this worker's id.
+    shared: Option<u32>,
 }
 
 impl KafkaSource {
     pub fn new(config: KafkaSourceConfig) -> Self {
-        KafkaSource { config }
+        KafkaSource {
+            config,
+            shared: None,
+        }
+    }
+
+    /// A source of one of several workers: partition ids are the same on
+    /// every worker, and a partition this worker has no position for starts
+    /// at the group's committed offset (where the worker that read it
+    /// before released it), else at `start`.
+    /// The default `group_instance_id` then names the worker too, so that
+    /// workers on one host do not fence each other.
+    pub fn shared(mut self, worker: u32) -> Self {
+        self.shared = Some(worker);
+        self
     }
 }
 
@@ -45,9 +61,10 @@ impl Source for KafkaSource {
 
     fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), SourceError>> {
         let config = self.config;
+        let shared = self.shared;
         Box::pin(async move {
             let name = ctx.name.clone();
-            tokio::task::spawn_blocking(move || run_blocking(config, ctx))
+            tokio::task::spawn_blocking(move || run_blocking(config, shared, ctx))
                 .await
                 .map_err(|e| {
                     SourceError::Internal(format!("kafka source `{name}` panicked: {e}"))
@@ -103,14 +120,23 @@ fn external(what: &str) -> impl FnOnce(KafkaError) -> SourceError + '_ {
     move |e| SourceError::External(format!("{what}: {}", describe(&e)))
 }
 
-fn run_blocking(config: KafkaSourceConfig, ctx: SourceContext) -> Result<(), SourceError> {
+fn run_blocking(
+    config: KafkaSourceConfig,
+    shared: Option<u32>,
+    ctx: SourceContext,
+) -> Result<(), SourceError> {
     if config.topics.is_empty() {
         return Err(SourceError::Config("`topics` is empty".into()));
     }
-    let (ids, next) = PartitionIds::restore(&ctx.restored)
+    let (mut ids, next) = PartitionIds::restore(&ctx.restored)
         .map_err(|e| SourceError::Config(format!("source `{}`: {e}", ctx.name)))?;
+    if shared.is_some() {
+        ids.fix(&config.topics);
+    }
     let labels = m::component_labels(&ctx.pipeline, &ctx.name, "source");
     let start = match config.start {
+        // the committed offset, else `auto.offset.reset` (= `start`)
+        _ if shared.is_some() => Offset::Stored,
         StartFrom::Earliest => Offset::Beginning,
         StartFrom::Latest => Offset::End,
     };
@@ -122,6 +148,10 @@ fn run_blocking(config: KafkaSourceConfig, ctx: SourceContext) -> Result<(), Sou
         ("statistics.interval.ms", "5000".to_string()),
     ];
     if let Some(id) = config.instance_id() {
+        let id = match (shared, &config.group_instance_id) {
+            (Some(worker), None) => format!("{id}-worker-{worker}"),
+            _ => id,
+        };
         own.push(("group.instance.id", id));
     }
     let context = KafkaContext::new(
