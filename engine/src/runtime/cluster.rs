@@ -491,7 +491,9 @@ impl ClusterRun {
             peer.send(parts, data);
         }
         self.out_records = 0;
-        self.last_heartbeat = Instant::now();
+        if heartbeat {
+            self.last_heartbeat = Instant::now();
+        }
     }
 
     /// Time for a heartbeat.
