@@ -43,8 +43,9 @@ fn cluster(name: &str, pipeline: &str, workers: u32) -> support::cluster::Cluste
 }
 
 /// Waits until `read` (a sink) holds the oracle's results, stops every
-/// worker with SIGTERM, and returns what the sink holds then, checked
-/// against the oracle once more.
+/// worker with SIGTERM, checks that no worker has dead letters (no event
+/// is late, one worker or three), and returns what the sink holds then,
+/// checked against the oracle once more.
 fn settle(
     c: &mut Cluster,
     what: &str,
@@ -60,6 +61,13 @@ fn settle(
         c.context()
     );
     c.stop_all();
+    let dead = wl::dead_letters(&c.worker_dirs());
+    assert!(
+        dead.is_empty(),
+        "{what}: {} dead letters (first 3: {:?})",
+        dead.len(),
+        &dead[..dead.len().min(3)]
+    );
     let last = read();
     assert!(
         last.normalized() == want,

@@ -50,8 +50,9 @@ fn write_parts(dir: &std::path::Path, events: &[wl::Event]) {
     }
 }
 
-/// Waits until `read` holds the oracle's results, stops the workers and
-/// checks once more.
+/// Waits until `read` holds the oracle's results, stops the workers,
+/// checks that none has dead letters (no event is late) and checks the
+/// results once more.
 fn assert_settles(
     c: &mut Cluster,
     what: &str,
@@ -67,6 +68,13 @@ fn assert_settles(
         c.context()
     );
     c.stop_all();
+    let dead = wl::dead_letters(&c.worker_dirs());
+    assert!(
+        dead.is_empty(),
+        "{what}: {} dead letters (first 3: {:?})",
+        dead.len(),
+        &dead[..dead.len().min(3)]
+    );
     let last = read().normalized();
     assert!(
         last == want,

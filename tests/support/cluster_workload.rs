@@ -250,7 +250,8 @@ pub fn oracle(events: &[Event]) -> Results {
 
 /// The pipeline: `source` (a `[sources.events]` table), the filter and
 /// the two aggregates, then `sinks` (reading `per_station` and
-/// `per_minute`). Each worker's state is in its `WORKER_DIR`.
+/// `per_minute`). Each worker's state and dead letters (late events would
+/// be there) are in its `WORKER_DIR`.
 pub fn pipeline(name: &str, source: &str, sinks: &str) -> String {
     format!(
         r#"
@@ -265,6 +266,10 @@ interval = "100ms"
 
 [admin]
 address = "127.0.0.1:${{ADMIN_PORT}}"
+
+[dead_letter]
+type = "file"
+path = "${{WORKER_DIR}}/dead_letters.ndjson"
 {source}
 [transforms.real]
 type = "filter"
@@ -435,6 +440,21 @@ pub fn read_files(worker_dirs: &[std::path::PathBuf]) -> Results {
         }
     }
     out
+}
+
+/// The dead letters of every worker (late events, bad records...): there
+/// must be none, with one worker as with several.
+pub fn dead_letters(worker_dirs: &[std::path::PathBuf]) -> Vec<String> {
+    worker_dirs
+        .iter()
+        .flat_map(|d| {
+            std::fs::read_to_string(d.join("dead_letters.ndjson"))
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 /// What the Redis sinks left under `prefix`.
