@@ -52,7 +52,7 @@ mkdir -p bench/data "$OUT"
 RESULTS="$OUT/results.jsonl"
 : >"$RESULTS"
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
-GIT_REV="$(git rev-parse --short HEAD)$(git status --porcelain | grep -q . && echo '+dirty' || true)"
+GIT_REV="$(git rev-parse --short HEAD)$(git status --porcelain --untracked-files=no | grep -q . && echo '+dirty' || true)"
 
 if [[ ! -x /usr/bin/time ]]; then
     apt-get install -y -q time >/dev/null 2>&1 || die "needs GNU time (apt-get install time)"
