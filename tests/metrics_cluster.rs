@@ -334,14 +334,10 @@ fn each_worker_exports_its_identity_key_groups_and_exchange_traffic() {
 }
 
 /// Two workers with no input must become ready (a StatefulSet behind a
-/// Service only sends requests to ready pods). Today they do not: an idle
-/// worker never sends its peers a heartbeat, because `ClusterRun::flush`
-/// restarts the heartbeat clock on every 20 ms exchange tick, even when it
-/// sent nothing, so `heartbeat_due` (200 ms) is never true; the peer link
-/// stays `Connecting` and `/ready` answers 503 "worker 1: connecting" until
-/// the worker has a record to send.
+/// Service only sends requests to ready pods): an idle worker still sends
+/// its peers heartbeats (this failed while `ClusterRun::flush` restarted
+/// the heartbeat clock on every 20 ms exchange tick).
 #[test]
-#[ignore = "engine bug: idle workers send no heartbeat, /ready stays 503 (see the doc comment)"]
 fn idle_workers_become_ready() {
     let mut c = start();
     for me in 0..WORKERS {

@@ -48,7 +48,7 @@ use crate::exchange::{
 };
 use crate::health::SourceHealth;
 use crate::journal::JournalOptions;
-use crate::keys::{key_group, GroupKey};
+use crate::keys::key_group;
 use crate::metrics as m;
 use crate::operator::Operator;
 use crate::source::Distribution;
@@ -408,7 +408,6 @@ impl ClusterRun {
             }
             keep[i] = false;
             moved += 1;
-            let key_bytes: &GroupKey = key.as_ref().expect("keyed rows only");
             let value = std::mem::replace(&mut batch.rows[i], Value::Null);
             self.out[owner as usize]
                 .entry(id.clone())
@@ -422,7 +421,8 @@ impl ClusterRun {
                 .push(Record {
                     offset: meta.offset,
                     key_group: kg,
-                    key: key_bytes.to_vec(),
+                    // the owner computes the key again from the value
+                    key: Vec::new(),
                     time: meta.time,
                     watermark: meta.watermark,
                     value,
