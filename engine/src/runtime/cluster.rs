@@ -48,7 +48,7 @@ use crate::exchange::{
 };
 use crate::health::SourceHealth;
 use crate::journal::JournalOptions;
-use crate::keys::{key_group, GroupKey};
+use crate::keys::key_group;
 use crate::metrics as m;
 use crate::operator::Operator;
 use crate::source::Distribution;
@@ -408,7 +408,6 @@ impl ClusterRun {
             }
             keep[i] = false;
             moved += 1;
-            let key_bytes: &GroupKey = key.as_ref().expect("keyed rows only");
             let value = std::mem::replace(&mut batch.rows[i], Value::Null);
             self.out[owner as usize]
                 .entry(id.clone())
@@ -422,7 +421,8 @@ impl ClusterRun {
                 .push(Record {
                     offset: meta.offset,
                     key_group: kg,
-                    key: key_bytes.to_vec(),
+                    // the owner computes the key again from the value
+                    key: Vec::new(),
                     time: meta.time,
                     watermark: meta.watermark,
                     value,
@@ -460,7 +460,8 @@ impl ClusterRun {
             };
             let buffered = std::mem::take(&mut self.out[w]);
             let idle = peer.enqueued == *peer.durable.borrow();
-            if buffered.is_empty() && !(heartbeat && idle) {
+            let finishing = self.sent_finished && !peer.finished_sent;
+            if buffered.is_empty() && !(heartbeat && idle) && !finishing {
                 continue;
             }
             let mut parts: Vec<PartitionBatch> = buffered.into_values().collect();
@@ -485,7 +486,7 @@ impl ClusterRun {
             if self.sent_finished {
                 parts.push(finished_entry());
             }
-            let data = records > 0 || (self.sent_finished && !peer.finished_sent);
+            let data = records > 0 || finishing;
             peer.finished_sent |= self.sent_finished;
             metrics::counter!(m::EXCHANGE_SENT_RECORDS, peer.labels.clone()).increment(records);
             peer.send(parts, data);
@@ -546,6 +547,32 @@ impl ClusterRun {
     /// has been applied.
     pub(super) fn peers_finished(&self) -> bool {
         self.finished.len() + 1 >= self.me.workers as usize && self.inbound.pending() == 0
+    }
+
+    /// Why the end of the input is not reached yet, for a log line.
+    pub(super) fn waiting_for(&self) -> String {
+        let missing: Vec<u32> = (0..self.me.workers)
+            .filter(|&w| w != self.me.worker && !self.finished.contains(&w))
+            .collect();
+        let undelivered: Vec<String> = self
+            .peers
+            .iter()
+            .flatten()
+            .filter(|p| *p.durable.borrow() < p.enqueued_data)
+            .map(|p| {
+                format!(
+                    "worker {}: {} of {} batches durable",
+                    p.worker,
+                    *p.durable.borrow(),
+                    p.enqueued_data
+                )
+            })
+            .collect();
+        format!(
+            "input of workers {missing:?} not finished; {} inbound batches not applied; undelivered: {undelivered:?}; {} rows buffered",
+            self.inbound.pending(),
+            self.out_records
+        )
     }
 
     /// Takes in journaled batches: returns, per exchange point, the rows to

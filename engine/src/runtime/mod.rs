@@ -690,6 +690,7 @@ struct RunningSources {
 }
 
 /// Starts every source from its restored positions.
+#[allow(clippy::too_many_arguments)] // each is one part of the run's set-up, named
 fn start_sources(
     sources: Vec<SourceSpec>,
     needs: &[FieldSet],

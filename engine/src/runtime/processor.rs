@@ -104,6 +104,8 @@ pub(super) struct Processor {
     ),
     /// Since when a stopping run waits for the exchange to deliver.
     draining_since: Option<Instant>,
+    /// When to log again what an ended input waits for.
+    next_wait_log: Duration,
 }
 
 impl Processor {
@@ -196,6 +198,7 @@ impl Processor {
             inflight_inbound: None,
             gate_failures: mpsc::unbounded_channel(),
             draining_since: None,
+            next_wait_log: Duration::from_secs(5),
         }
     }
 
@@ -470,11 +473,16 @@ impl Processor {
             return c.all_delivered() || since.elapsed() >= super::SINK_DRAIN_GRACE;
         }
         c.input_finished(&mut |s| tracker.source_watermark(s, now));
-        if !c.peers_finished() {
-            return false;
+        let since = *self.draining_since.get_or_insert_with(Instant::now);
+        let done = c.peers_finished() && {
+            c.flush(false, &mut |s| tracker.source_watermark(s, now));
+            c.all_delivered()
+        };
+        if !done && since.elapsed() >= self.next_wait_log {
+            self.next_wait_log += Duration::from_secs(5);
+            tracing::info!(waiting = %c.waiting_for(), "input finished; waiting for the other workers");
         }
-        c.flush(false, &mut |s| tracker.source_watermark(s, now));
-        c.all_delivered()
+        done
     }
 
     fn report_pending(&self) {
