@@ -171,7 +171,9 @@ prefetch = 500
         queues.push(queue.clone());
         let table = format!("sluice_it_{}", unique(&name));
         rt.block_on(client.durable_queue(&queue, None));
+        // The peers as a list of addresses (the other tests use a template).
         let mut c = cluster(&name, &text, workers)
+            .peer_list()
             .env("AMQP_URL", url.as_str())
             .env("QUEUE", queue.as_str())
             .env("POSTGRES_URL", postgres_url())
