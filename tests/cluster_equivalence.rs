@@ -50,6 +50,7 @@ fn settle(
     c: &mut Cluster,
     what: &str,
     want: &Results,
+    share: Share,
     mut read: impl FnMut() -> Results,
 ) -> Results {
     let want = want.normalized();
@@ -60,6 +61,20 @@ fn settle(
         got.diff(&want),
         c.context()
     );
+    // What each worker's source read (flush events included).
+    let reads: Vec<f64> = (0..c.workers())
+        .map(|i| {
+            c.metric(i, "sluice_events_in_total", &[("component", "events")])
+                .unwrap_or(0.0)
+        })
+        .collect();
+    eprintln!("{what}: events read by each worker's source: {reads:?}");
+    if share == Share::EveryWorker {
+        assert!(
+            reads.iter().all(|&n| n > 0.0),
+            "{what}: a worker read nothing, the input was not shared: {reads:?}"
+        );
+    }
     c.stop_all();
     let dead = wl::dead_letters(&c.worker_dirs());
     assert!(
@@ -75,6 +90,14 @@ fn settle(
         last.normalized().diff(&want)
     );
     last
+}
+
+/// Whether every worker must have read part of the input (not so with
+/// Kafka: a worker that joins the group late may find its partition read).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Share {
+    EveryWorker,
+    AsItFalls,
 }
 
 /// `cluster` (3 workers) must hold, record for record, what `single` holds.
@@ -117,9 +140,13 @@ fn http_round_robin_to_three_workers_equals_one_worker_in_redis_and_postgres() {
         for i in 0..n {
             wl::post_ndjson(c.port(i, "HTTP_PORT"), &[wl::flush_line()], SETTLE);
         }
-        let redis = settle(&mut c, &format!("{name} redis"), &oracle, || {
-            wl::read_redis(&redis_url(), &prefix)
-        });
+        let redis = settle(
+            &mut c,
+            &format!("{name} redis"),
+            &oracle,
+            Share::EveryWorker,
+            || wl::read_redis(&redis_url(), &prefix),
+        );
         let pg = wl::read_postgres(&postgres_url(), &table);
         assert!(
             pg.normalized() == oracle.normalized(),
@@ -190,7 +217,7 @@ prefetch = 500
         rt.block_on(client.publish(&queue, &messages));
         let mut flushes = 0;
         let mut last_flush = std::time::Instant::now() - Duration::from_secs(1);
-        let pg = settle(&mut c, &name, &oracle, || {
+        let pg = settle(&mut c, &name, &oracle, Share::EveryWorker, || {
             if last_flush.elapsed() >= Duration::from_millis(300) {
                 let flush = (
                     Some(format!("flush{flushes}")),
@@ -263,7 +290,7 @@ close_timeout = "5s"
             .env("REDIS_URL", redis_url())
             .env("PREFIX", prefix.as_str())
             .start();
-        let redis = settle(&mut c, &name, &oracle, || {
+        let redis = settle(&mut c, &name, &oracle, Share::AsItFalls, || {
             wl::read_redis(&redis_url(), &prefix)
         });
         wl::clean_redis(&redis_url(), &prefix);
@@ -306,7 +333,7 @@ fn file_parts_on_three_workers_equal_one_worker_in_file_sinks() {
             .start();
         let dirs = c.worker_dirs();
         let read = || wl::read_files(&dirs);
-        settle(&mut c, &name, &oracle, read)
+        settle(&mut c, &name, &oracle, Share::EveryWorker, read)
     };
     let single = run(1, "${INPUT_DIR}/all.ndjson");
     let three = run(WORKERS, "${INPUT_DIR}/part-${SLUICE_WORKER_ID}.ndjson");
