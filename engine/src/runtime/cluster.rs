@@ -258,9 +258,13 @@ impl ClusterRun {
             }
             .in_current_span(),
         );
-        let session = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
+        let session_file = state_dir.join("exchange-session");
+        let session = tokio::task::spawn_blocking(move || next_session(&session_file))
+            .await
+            .map_err(|e| ExchangeError::Peers(format!("choosing a session: {e}")))?
+            .map_err(|e| {
+                ExchangeError::Peers(format!("cannot record the exchange session: {e}"))
+            })?;
         let mut peers = Vec::new();
         for w in 0..me.workers {
             if w == me.worker {
@@ -728,6 +732,36 @@ impl ClusterRun {
     }
 }
 
+/// This run's sender session: larger than the clock's nanoseconds and than
+/// any earlier run's (kept, fsynced, in `path` before it is used), so that
+/// receivers never take this run's batches for a stale session's even if
+/// the clock went back.
+fn next_session(path: &std::path::Path) -> std::io::Result<u64> {
+    use std::io::Write;
+    let previous = match std::fs::read(path) {
+        Ok(bytes) => bytes
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let session = now.max(previous.saturating_add(1));
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&session.to_be_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(session)
+}
+
 fn finished_entry() -> PartitionBatch {
     PartitionBatch {
         source: Str::from(FINISHED_STREAM),
@@ -873,5 +907,32 @@ fn sender_status_reason(sender: &PeerSender) -> String {
     match sender.status() {
         PeerStatus::Refused { reason } => reason,
         other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_grow_even_when_the_clock_goes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("exchange-session");
+        let first = next_session(&path).unwrap();
+        // an earlier run that chose a session far in the future
+        std::fs::write(&path, (first + 1_000_000_000_000).to_be_bytes()).unwrap();
+        let next = next_session(&path).unwrap();
+        assert_eq!(next, first + 1_000_000_000_001);
+        assert!(next_session(&path).unwrap() > next);
+    }
+
+    #[test]
+    fn owners_follow_the_key_group_ranges() {
+        let me = WorkerId::new(1, 3).unwrap();
+        for kg in me.owned(128) {
+            assert_eq!(me.owner_of(kg, 128), 1);
+        }
+        assert_eq!(stream_id("http", "agg").as_str(), "http\0agg");
+        assert_eq!(split_stream("http\0agg"), Some(("http", "agg")));
     }
 }
