@@ -203,6 +203,14 @@ fn a_worker_stopped_past_the_exchange_timeouts_and_resumed_leaves_the_oracle_res
         during != want,
         "the results were complete while worker {victim} was stopped: the stop came too late"
     );
+    // A frozen worker accepts connections (the kernel does) but answers
+    // nothing: once a batch has waited longer than a request may take, the
+    // others report it down.
+    assert!(
+        down > 0,
+        "the others kept reporting the frozen worker {victim} up (sluice_exchange_peer_up = 1) in all {} samples",
+        peer_up.len()
+    );
     let want_settled = want.clone();
     let got = c.wait_for_result(&want_settled, SETTLE, || read().normalized());
     // Deliveries to the stopped worker that took longer than the request

@@ -889,7 +889,17 @@ async fn link(
                 }
             },
             _ = status_tick.tick(), if open => {
-                let now = sender.status();
+                let mut now = sender.status();
+                // A peer that takes batches but never answers (a frozen
+                // process) counts as unreachable once the oldest batch
+                // waits longer than a request may take.
+                if let (PeerStatus::Connected, Some((_, _, sent))) = (&now, unacked.front()) {
+                    if sent.elapsed() > options.request_timeout {
+                        now = PeerStatus::Unreachable {
+                            error: format!("no answer for {} s", sent.elapsed().as_secs()),
+                        };
+                    }
+                }
                 if *status.borrow() != now {
                     status.send_replace(now);
                 }
