@@ -281,3 +281,30 @@ fn one_worker_with_a_cluster_section_runs_as_before() {
         "the state went elsewhere"
     );
 }
+
+/// With several workers, an aggregate over another aggregate's results
+/// grouped by another key is refused at start (its rows would have to cross
+/// the exchange twice); as one worker it runs.
+#[test]
+fn an_aggregate_regrouping_another_is_refused_with_several_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let regroup = |by: &str| {
+        format!(
+            "[transforms.again]\ntype = \"aggregate\"\ninputs = [\"counts\"]\ngroup_by = [\"{by}\"]\naggregates = {{ m = \"count\" }}\n[sinks.again_out]\ntype = \"null\"\ninputs = [\"again\"]\n{CLUSTER}"
+        )
+    };
+    let file = pipeline(dir.path(), &regroup("n"));
+    for part in ["part-0.ndjson", "part-1.ndjson"] {
+        std::fs::write(dir.path().join(part), "{\"k\":\"a\"}\n").unwrap();
+    }
+    let out = run(&["run", "--workers", "2", "--worker", "1"], &file, &[]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("transform `again` reads the results of another stateful transform and groups them by another key"),
+        "{err}"
+    );
+    // The same pipeline as one worker is fine.
+    let out = run(&["run", "--once"], &file, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
