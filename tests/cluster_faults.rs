@@ -307,3 +307,102 @@ fn an_unreachable_peer_brings_503_with_retry_after_and_nothing_is_lost() {
     let dirs = c.worker_dirs();
     assert_settles(&mut c, test, &oracle, || wl::read_files(&dirs));
 }
+
+/// AMQP competing consumers with a long checkpoint interval: each of 6
+/// kills (every worker at least once) lands while the killed worker holds
+/// messages it has read and routed to their owners but not yet
+/// acknowledged, so the broker redelivers them, often to another worker.
+/// The owners, which applied the rows of the first delivery, must drop
+/// the second (they remember the ids of the last records of the queue);
+/// the results must equal the oracle. Event times are kept within 2 s so
+/// that no redelivered event is late (max_disorder is 5 s): a difference
+/// can only come from counting a message twice or losing one.
+#[cfg(all(feature = "amqp", feature = "postgres"))]
+#[test]
+fn amqp_redeliveries_to_other_workers_after_sigkills_are_counted_once() {
+    use support::amqp::{rt, shared_broker, Cleanup, Client};
+    use support::services::postgres_url;
+    let test = "cluster_amqp_kills";
+    let mut rng = support::rng(test);
+    let mut events = wl::generate(&mut rng, 6_000);
+    for e in &mut events {
+        e.ts = wl::T0 + 1_000 + (e.ts - wl::T0).rem_euclid(2_000);
+    }
+    let oracle = wl::oracle(&events);
+    let url = shared_broker();
+    let rt = rt();
+    let client = rt.block_on(Client::connect(&url));
+    let queue = unique(test);
+    rt.block_on(client.durable_queue(&queue, None));
+    let table = format!("sluice_it_{}", unique(test));
+    let source = format!(
+        r#"
+[sources.events]
+type = "amqp"
+url = "${{AMQP_URL}}"
+queue = "${{QUEUE}}"
+prefetch = 200
+{}
+"#,
+        wl::event_time()
+    );
+    let text = wl::pipeline("cluster_amqp_kills", &source, wl::POSTGRES_SINKS)
+        .replace("interval = \"100ms\"", "interval = \"3s\"");
+    assert!(text.contains("interval = \"3s\""));
+    let mut c = Cluster::of(test, &text, WORKERS)
+        .env("AMQP_URL", url.as_str())
+        .env("QUEUE", queue.as_str())
+        .env("POSTGRES_URL", postgres_url())
+        .env("TABLE", table.as_str())
+        .start();
+    c.wait_until("a consumer per worker", SETTLE, || {
+        rt.block_on(client.depth(&queue)).1 >= WORKERS
+    });
+    let mut victims: Vec<usize> = (0..WORKERS as usize).collect();
+    victims.shuffle(&mut rng);
+    while victims.len() < KILLS {
+        victims.push(rng.random_range(0..WORKERS as usize));
+    }
+    let chunk = events.len().div_ceil(KILLS);
+    for (k, (&i, part)) in victims.iter().zip(events.chunks(chunk)).enumerate() {
+        let messages: Vec<(Option<String>, Vec<u8>)> = part
+            .iter()
+            .map(|e| (Some(format!("e{}", e.id)), e.line().into_bytes()))
+            .collect();
+        rt.block_on(client.publish(&queue, &messages));
+        // read and routed, well within the 3 s between checkpoints
+        std::thread::sleep(Duration::from_millis(rng.random_range(400..900)));
+        c.check_exits();
+        assert!(c.kill(i), "worker {i} was not running at kill {k}");
+        eprintln!("{test}: kill {k} of worker {i}");
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..300)));
+        c.start_worker(i);
+    }
+    // Every redelivery is done once the queue is empty and every worker
+    // is back (a live consumer keeps its unacknowledged messages).
+    c.wait_until("every worker consuming, the queue drained", SETTLE, || {
+        let (ready, consumers) = rt.block_on(client.depth(&queue));
+        ready == 0 && consumers >= WORKERS
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let mut flushes = 0;
+    let mut last_flush = Instant::now() - Duration::from_secs(1);
+    assert_settles(&mut c, test, &oracle, || {
+        if last_flush.elapsed() >= Duration::from_millis(300) {
+            let flush = (
+                Some(format!("flush{flushes}")),
+                wl::flush_line().into_bytes(),
+            );
+            rt.block_on(client.publish(&queue, &[flush]));
+            flushes += 1;
+            last_flush = Instant::now();
+        }
+        wl::read_postgres(&postgres_url(), &table)
+    });
+    wl::clean_postgres(&postgres_url(), &table);
+    drop(Cleanup {
+        url: url.clone(),
+        queues: vec![queue],
+        exchanges: Vec::new(),
+    });
+}
