@@ -37,7 +37,7 @@ use crate::operator::{FieldSet, Operator, OperatorSpec};
 use crate::plan::Plan;
 use crate::sink::{drive_sink, RetryPolicy, Sink, SinkEpoch, SinkEvent};
 use crate::source::{Commit, Progress, Source, SourceContext, SourceEvent, SourceOutput};
-use crate::state::{Restored, SledBackend, StateBackend, StoreError};
+use crate::state::{Restored, SledBackend, StateBackend};
 use processor::{Processor, ProcessorParts};
 use watermark::{WatermarkSettings, WatermarkTracker};
 
@@ -195,7 +195,7 @@ struct Planned {
 fn plan(spec: &PipelineSpec) -> Result<Planned, RunError> {
     let plan = Plan::of_spec(spec).map_err(RunError::Plan)?;
     let n_sources = spec.sources.len();
-    let points = exchange_points(spec, &plan)?;
+    let points = cluster::exchange_points(spec, &plan)?;
     let mut operators: Vec<Option<Box<dyn Operator>>> = Vec::new();
     let mut signatures = Vec::new();
     for (t, tspec) in spec.transforms.iter().enumerate() {
@@ -223,49 +223,6 @@ fn plan(spec: &PipelineSpec) -> Result<Planned, RunError> {
     })
 }
 
-/// The exchange points of a run of several workers: the stateful
-/// transforms no other stateful transform feeds. A stateful transform fed
-/// by another must keep its key (its rows are already at their owner);
-/// otherwise the run is refused.
-fn exchange_points(spec: &PipelineSpec, plan: &Plan) -> Result<Vec<bool>, RunError> {
-    let n_sources = spec.sources.len();
-    let n_nodes = plan.graph.nodes.len();
-    let stateful = |n: usize| {
-        n >= n_sources
-            && n < n_sources + spec.transforms.len()
-            && spec.transforms[n - n_sources].spec.is_stateful()
-    };
-    // behind[n]: a stateful transform is on some path into n (n excluded)
-    let mut behind = vec![false; n_nodes];
-    for &n in &plan.graph.order {
-        behind[n] = plan.graph.inputs[n]
-            .iter()
-            .any(|&i| behind[i] || stateful(i));
-    }
-    let mut points = vec![false; n_nodes];
-    for n in 0..n_nodes {
-        if !stateful(n) {
-            continue;
-        }
-        if !behind[n] {
-            points[n] = true;
-            continue;
-        }
-        if spec.worker.is_single() {
-            continue;
-        }
-        let t = &spec.transforms[n - n_sources];
-        let upstream = plan.build_context(n, spec.key_groups).upstream_key;
-        if upstream.is_none() || t.spec.output_key(upstream.as_deref()) != upstream {
-            return Err(RunError::Plan(format!(
-                "transform `{}` reads the results of another stateful transform and groups them by another key; with several workers this is not supported yet (group by the same fields, or run one worker)",
-                t.name
-            )));
-        }
-    }
-    Ok(points)
-}
-
 async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, RunError> {
     let Planned {
         graph,
@@ -287,7 +244,7 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
     let pipeline: Arc<str> = Arc::from(spec.name.as_str());
     register_metrics(&spec);
     let (store, mut restored) = restore(&spec, &signatures, &mut operators)?;
-    let cluster_state = check_cluster_state(&spec, &restored)?;
+    let cluster_state = cluster::check_cluster_state(&spec, &restored)?;
     let mut all_sinks: Vec<SinkSpec> = spec.sinks;
     all_sinks.push(spec.dead_letter);
     check_lost_state(
@@ -496,45 +453,6 @@ fn restore(
         tracing::info!(epoch = restored.epoch, dir = %spec.state_dir.display(), "restored checkpoint");
     }
     Ok((store, restored))
-}
-
-/// Checks that the state was written by this worker of as many workers,
-/// and returns its cluster state.
-fn check_cluster_state(
-    spec: &PipelineSpec,
-    restored: &Restored,
-) -> Result<Option<cluster::ClusterState>, RunError> {
-    let dir = spec.state_dir.display().to_string();
-    let me = spec.worker;
-    let state: Option<cluster::ClusterState> = match &restored.cluster {
-        Some(bytes) => Some(
-            bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-                .map(|(v, _)| v)
-                .map_err(|e| {
-                    RunError::Store(StoreError::Corrupt {
-                        key: "m\\0cluster".into(),
-                        reason: e.to_string(),
-                    })
-                })?,
-        ),
-        None => None,
-    };
-    let written_by = match &state {
-        Some(c) => WorkerId {
-            worker: c.worker,
-            workers: c.workers,
-        },
-        None => WorkerId::SINGLE,
-    };
-    if restored.epoch > 0 && written_by != me {
-        return Err(RunError::StateMismatch {
-            dir,
-            reason: format!(
-                "it was written by {written_by}, this is {me}; changing the number of workers of existing state (rescaling) is not supported yet"
-            ),
-        });
-    }
-    Ok(state.filter(|_| !me.is_single()))
 }
 
 /// Lost or damaged state is never taken for a fresh start: the state

@@ -27,9 +27,7 @@
 //! except that a worker silent for the source's `idle_timeout` stops
 //! counting.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::future::Future;
-use std::pin::Pin;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,8 +41,8 @@ use crate::cluster::{ClusterSpec, WorkerId};
 use crate::exchange::inbound::{InboundState, Journaled};
 use crate::exchange::wire::{PartitionBatch, Record};
 use crate::exchange::{
-    open_inbound, ExchangeError, ExchangeServer, InboundCheckpoint, PeerSender, PeerStatus,
-    ReceiverOptions, SendError, SenderOptions,
+    open_inbound, ExchangeError, ExchangeServer, InboundCheckpoint, PeerStatus, ReceiverOptions,
+    SenderOptions,
 };
 use crate::health::SourceHealth;
 use crate::journal::JournalOptions;
@@ -54,6 +52,13 @@ use crate::operator::Operator;
 use crate::source::Distribution;
 use crate::state::encode;
 use crate::value::{Str, Value};
+
+mod link;
+mod setup;
+
+use link::Peer;
+use setup::next_session;
+pub(super) use setup::{check_cluster_state, exchange_points, topology_signature};
 
 /// The partition of heartbeat entries (no records).
 const HEARTBEAT: u32 = u32::MAX;
@@ -73,50 +78,6 @@ pub(crate) struct ClusterState {
     pub worker: u32,
     pub workers: u32,
     pub inbound: InboundCheckpoint,
-}
-
-/// How the topology signature is computed: everything all workers must
-/// agree on (worker count, key groups, sources, transforms with their
-/// inputs and state signatures, sinks with their inputs), not per-worker
-/// values (addresses, paths).
-pub(crate) fn topology_signature(spec: &super::PipelineSpec) -> String {
-    let mut text = format!(
-        "v1 workers={} key_groups={}\n",
-        spec.worker.workers, spec.key_groups
-    );
-    for s in &spec.sources {
-        text.push_str(&format!("source {}\n", s.name));
-    }
-    for t in &spec.transforms {
-        text.push_str(&format!(
-            "transform {} <- {:?} stateful={} {}\n",
-            t.name,
-            t.inputs,
-            t.spec.is_stateful(),
-            t.spec.state_signature()
-        ));
-    }
-    for s in &spec.sinks {
-        text.push_str(&format!("sink {} <- {:?}\n", s.name, s.inputs));
-    }
-    format!("{:016x}", crate::keys::stable_hash(text.as_bytes()))
-}
-
-/// The link to one other worker.
-struct Peer {
-    worker: u32,
-    tx: mpsc::UnboundedSender<Arc<Vec<PartitionBatch>>>,
-    /// Batches handed to the link.
-    enqueued: u64,
-    /// `enqueued` after the last batch that carried records or the end of
-    /// input (heartbeats alone need not arrive: a newer one replaces them).
-    enqueued_data: u64,
-    /// The end of this worker's input went out to this peer.
-    finished_sent: bool,
-    /// Batches the peer holds durably.
-    durable: watch::Receiver<u64>,
-    status: watch::Receiver<PeerStatus>,
-    labels: Vec<Label>,
 }
 
 /// A checkpoint write waiting for the batches sent before its snapshot.
@@ -732,36 +693,6 @@ impl ClusterRun {
     }
 }
 
-/// This run's sender session: larger than the clock's nanoseconds and than
-/// any earlier run's (kept, fsynced, in `path` before it is used), so that
-/// receivers never take this run's batches for a stale session's even if
-/// the clock went back.
-fn next_session(path: &std::path::Path) -> std::io::Result<u64> {
-    use std::io::Write;
-    let previous = match std::fs::read(path) {
-        Ok(bytes) => bytes
-            .get(..8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-        Err(e) => return Err(e),
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let session = now.max(previous.saturating_add(1));
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&session.to_be_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(session)
-}
-
 fn finished_entry() -> PartitionBatch {
     PartitionBatch {
         source: Str::from(FINISHED_STREAM),
@@ -787,154 +718,9 @@ fn collect_sources(
     }
 }
 
-type Waiting = Pin<Box<dyn Future<Output = Result<(), SendError>> + Send>>;
-
-impl Peer {
-    fn start(worker: u32, address: String, options: SenderOptions, labels: Vec<Label>) -> Peer {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (durable_tx, durable) = watch::channel(0u64);
-        let (status_tx, status) = watch::channel(PeerStatus::Connecting);
-        tokio::spawn(
-            link(address, options, rx, durable_tx, status_tx, labels.clone()).in_current_span(),
-        );
-        Peer {
-            worker,
-            tx,
-            enqueued: 0,
-            enqueued_data: 0,
-            finished_sent: false,
-            durable,
-            status,
-            labels,
-        }
-    }
-
-    fn send(&mut self, parts: Vec<PartitionBatch>, data: bool) {
-        if self.tx.send(Arc::new(parts)).is_ok() {
-            self.enqueued += 1;
-            if data {
-                self.enqueued_data = self.enqueued;
-            }
-        }
-    }
-}
-
-/// One peer's link: sends batches in order with up to `max_in_flight`
-/// unacknowledged, counts the durable ones in order, and after a refusal
-/// (another topology) waits and starts over with a new session, sending
-/// again everything not acknowledged (the peer drops what it holds).
-async fn link(
-    address: String,
-    mut options: SenderOptions,
-    mut rx: mpsc::UnboundedReceiver<Arc<Vec<PartitionBatch>>>,
-    durable: watch::Sender<u64>,
-    status: watch::Sender<PeerStatus>,
-    labels: Vec<Label>,
-) {
-    let max_in_flight = options.max_in_flight.max(1);
-    let mut sender = PeerSender::new(address.clone(), options.clone());
-    let mut unacked: VecDeque<(Arc<Vec<PartitionBatch>>, Waiting, Instant)> = VecDeque::new();
-    let mut done = 0u64;
-    let mut status_tick = tokio::time::interval(Duration::from_millis(100));
-    let mut open = true;
-    loop {
-        tokio::select! {
-            next = rx.recv(), if open && unacked.len() < max_in_flight => match next {
-                Some(parts) => match sender.send(&parts).await {
-                    Ok(d) => {
-                        metrics::counter!(m::EXCHANGE_SENT_BYTES, labels.clone()).increment(d.bytes() as u64);
-                        unacked.push_back((parts, Box::pin(d.wait()), Instant::now()));
-                    }
-                    Err(_) => {
-                        // refused: queue it and start over below
-                        unacked.push_back((parts, Box::pin(async { Err(SendError::Closed) }), Instant::now()));
-                    }
-                },
-                None => open = false,
-            },
-            result = async { (&mut unacked.front_mut().expect("non-empty").1).await }, if !unacked.is_empty() => {
-                match result {
-                    Ok(()) => {
-                        let (_, _, sent) = unacked.pop_front().expect("non-empty");
-                        done += 1;
-                        durable.send_replace(done);
-                        metrics::counter!(m::EXCHANGE_ACKED_BATCHES, labels.clone()).increment(1);
-                        metrics::histogram!(m::EXCHANGE_DELIVERY_LATENCY, labels.clone())
-                            .record(sent.elapsed().as_secs_f64());
-                    }
-                    Err(e) => {
-                        let reason = match &e {
-                            SendError::Refused { reason, .. } => reason.clone(),
-                            SendError::Closed => sender_status_reason(&sender),
-                        };
-                        tracing::error!(peer = %address, %reason,
-                            "the worker refuses this worker's batches; waiting for it to run the same pipeline and worker count");
-                        status.send_replace(PeerStatus::Refused { reason });
-                        tokio::time::sleep(Duration::from_secs(5)).await;
-                        options.session = options.session.saturating_add(1).max(
-                            std::time::SystemTime::now()
-                                .duration_since(std::time::UNIX_EPOCH)
-                                .map_or(0, |d| d.as_nanos() as u64),
-                        );
-                        sender = PeerSender::new(address.clone(), options.clone());
-                        let pending: Vec<Arc<Vec<PartitionBatch>>> =
-                            unacked.drain(..).map(|(p, _, _)| p).collect();
-                        for parts in pending {
-                            match sender.send(&parts).await {
-                                Ok(d) => unacked.push_back((parts, Box::pin(d.wait()), Instant::now())),
-                                Err(_) => unacked.push_back((parts, Box::pin(async { Err(SendError::Closed) }), Instant::now())),
-                            }
-                        }
-                    }
-                }
-            },
-            _ = status_tick.tick(), if open => {
-                let mut now = sender.status();
-                // A peer that takes batches but never answers (a frozen
-                // process) counts as unreachable once the oldest batch
-                // waits longer than a request may take.
-                if let (PeerStatus::Connected, Some((_, _, sent))) = (&now, unacked.front()) {
-                    if sent.elapsed() > options.request_timeout {
-                        now = PeerStatus::Unreachable {
-                            error: format!("no answer for {} s", sent.elapsed().as_secs()),
-                        };
-                    }
-                }
-                if *status.borrow() != now {
-                    status.send_replace(now);
-                }
-            },
-        }
-        if !open {
-            // The run is over: what is not acknowledged is covered by the
-            // last checkpoint's gate or sent again at the next start.
-            break;
-        }
-    }
-}
-
-fn sender_status_reason(sender: &PeerSender) -> String {
-    match sender.status() {
-        PeerStatus::Refused { reason } => reason,
-        other => format!("{other:?}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sessions_grow_even_when_the_clock_goes_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("exchange-session");
-        let first = next_session(&path).unwrap();
-        // an earlier run that chose a session far in the future
-        std::fs::write(&path, (first + 1_000_000_000_000).to_be_bytes()).unwrap();
-        let next = next_session(&path).unwrap();
-        assert_eq!(next, first + 1_000_000_000_001);
-        assert!(next_session(&path).unwrap() > next);
-    }
 
     #[test]
     fn owners_follow_the_key_group_ranges() {
