@@ -20,7 +20,8 @@ struct Running {
 }
 
 /// sluice with an HTTP source (journal metrics), an aggregate, a table and
-/// a file sink, with a few events posted and one malformed.
+/// a file sink, its state copied to a `file://` remote copy (the
+/// `sluice_remote_*` metrics), with a few events posted and one malformed.
 fn start_sluice() -> Running {
     let dir = tempfile::tempdir().unwrap();
     let (admin, ingest) = (pick_port(), pick_port());
@@ -33,6 +34,7 @@ fn start_sluice() -> Running {
 name = "observed"
 [state]
 dir = "{state}"
+remote = "file://{remote}"
 [checkpoint]
 interval = "200ms"
 [admin]
@@ -56,6 +58,7 @@ inputs = ["per_second"]
 path = "{out}"
 "#,
             state = dir.path().join("state").display(),
+            remote = dir.path().join("remote").display(),
             out = dir.path().join("out.ndjson").display()
         ),
     )
@@ -146,10 +149,12 @@ fn every_dashboard_and_alert_metric_is_exported() {
 }
 
 /// The metrics of a run of several workers (the exchange, key-group
-/// ownership, fenced sink writes), which one worker alone does not export:
+/// ownership, fenced sink writes, key groups moved by a rescale), which one
+/// worker alone does not export:
 /// their names and types as the engine declares them
-/// (`sluice_engine::metrics`), so that the workers dashboard and the
-/// exchange alerts cannot use a name the engine does not have.
+/// (`sluice_engine::metrics`), so that the workers dashboard, the exchange
+/// alerts and the remote copy's panels cannot use a name the engine does
+/// not have.
 fn cluster_exposition() -> String {
     use sluice_engine::metrics as m;
     [
@@ -165,6 +170,7 @@ fn cluster_exposition() -> String {
         (m::EXCHANGE_REPLAYED_RECORDS, "counter"),
         (m::EXCHANGE_INBOUND_BACKLOG, "gauge"),
         (m::SINK_FENCED_WRITES, "counter"),
+        (m::REMOTE_KEY_GROUPS_MOVED, "gauge"),
     ]
     .iter()
     .map(|(name, kind)| format!("# TYPE {name} {kind}\n"))
