@@ -64,6 +64,10 @@ enum Command {
     /// Print the pipeline's graph (sources -> transforms -> sinks) as
     /// Mermaid or Graphviz DOT.
     Graph(cli::graph::GraphArgs),
+    /// Release the key groups of a worker that is gone for good (its volume
+    /// lost), as of its last checkpoint in the remote copy, so that a
+    /// rescale can move them (docs/scaling.md).
+    Release(cli::release::ReleaseArgs),
 }
 
 fn main() -> ExitCode {
@@ -76,6 +80,7 @@ fn main() -> ExitCode {
         Command::Replay(a) => cli::replay::run(a),
         Command::Test(a) => cli::test::run(a),
         Command::Graph(a) => cli::graph::run(a),
+        Command::Release(a) => cli::release::run(a),
     };
     match result {
         Ok(code) => code,

@@ -177,3 +177,99 @@ fn the_three_local_workers_count_like_one() {
     }
     assert_eq!(counted, expected);
 }
+
+/// Counts per country in `text` (weather reports, one JSON per line).
+fn country_counts(text: &str) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        *out.entry(v["country"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    out
+}
+
+/// The page's rescale: after the three local workers ended, the two
+/// `sluice run --workers 2` lines, as written, take over every key group
+/// from the remote copy. New reports given to the two then count on top of
+/// what the three counted: every country's final count is its count over
+/// all reports, although most countries changed owner.
+#[test]
+fn the_local_workers_rescale_from_three_to_two_and_count_on() {
+    let page = page("scaling.md");
+    let three = sh_lines(&page, "sluice run --workers 3");
+    let two = sh_lines(&page, "sluice run --workers 2");
+    assert_eq!((three.len(), two.len()), (3, 2), "{three:?} {two:?}");
+    let dir = scratch();
+    let run_all = |lines: &[String]| {
+        let mut children: Vec<_> = lines
+            .iter()
+            .map(|line| (line, shell(dir.path(), line, &[]).spawn().unwrap()))
+            .collect();
+        for (line, child) in &mut children {
+            let status = child.wait().unwrap();
+            assert!(status.success(), "`{line}`: {status}");
+        }
+    };
+    run_all(&three);
+    // The page's `sluice release` line, as written: the three stopped
+    // cleanly, so worker 2 of 3 has released its key groups already.
+    let release = sh_lines(&page, "sluice release");
+    assert_eq!(release.len(), 1, "{release:?}");
+    let out = shell(dir.path(), &release[0], &[]).output().unwrap();
+    assert_ok(&release[0], &out);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("worker 2 of 3 already released its key groups"),
+        "{said}"
+    );
+    // More reports for the two remaining workers' files: every line of the
+    // whole input once more, split between them.
+    let data = dir.path().join("examples/data");
+    let all = std::fs::read_to_string(data.join("weather.ndjson")).unwrap();
+    let lines: Vec<&str> = all.lines().collect();
+    let (first, second) = lines.split_at(lines.len() / 2);
+    for (worker, part) in [(0, first), (1, second)] {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join(format!("weather-part-{worker}.ndjson")))
+            .unwrap();
+        for l in part {
+            writeln!(f, "{l}").unwrap();
+        }
+    }
+    let sizes: Vec<u64> = (0..2)
+        .map(|w| {
+            std::fs::metadata(
+                dir.path()
+                    .join(format!("sluice-state/weather-cluster-{w}/counts.ndjson")),
+            )
+            .map_or(0, |m| m.len())
+        })
+        .collect();
+    run_all(&two);
+    // What the two wrote: the changes after the three runs' output.
+    let mut counted = std::collections::BTreeMap::<String, u64>::new();
+    for (w, size) in sizes.iter().enumerate() {
+        let path = dir
+            .path()
+            .join(format!("sluice-state/weather-cluster-{w}/counts.ndjson"));
+        let text = std::fs::read(&path).unwrap();
+        let tail = dir.path().join(format!("tail-{w}.ndjson"));
+        std::fs::write(&tail, &text[*size as usize..]).unwrap();
+        for (_, record) in support::materialize(&tail) {
+            let country = record["country"].as_str().unwrap().to_string();
+            let n = record["reports"].as_u64().unwrap();
+            assert!(
+                counted.insert(country.clone(), n).is_none(),
+                "{country} counted by both workers"
+            );
+        }
+    }
+    let expected: std::collections::BTreeMap<String, u64> = country_counts(&all)
+        .into_iter()
+        .map(|(c, n)| (c, 2 * n))
+        .collect();
+    assert_eq!(counted, expected);
+}

@@ -125,7 +125,9 @@ pub const REMOTE_UPLOAD_DURATION: &str = "sluice_remote_upload_duration_seconds"
 pub const REMOTE_FAILURES: &str = "sluice_remote_failures_total";
 /// The last epoch whose upload completed.
 pub const REMOTE_EPOCH: &str = "sluice_remote_epoch";
-/// Epochs durable locally but not yet in the remote copy.
+/// Epochs durable locally but not yet in the remote copy: 1 while a
+/// checkpoint is being uploaded (a checkpoint counts only once uploaded,
+/// so it never exceeds 1; a store that is down keeps it at 1).
 pub const REMOTE_LAG_EPOCHS: &str = "sluice_remote_lag_epochs";
 /// Starts that took state from the remote copy, by `reason`
 /// (`lost_volume`, `rescale`).

@@ -1,6 +1,7 @@
 //! The subcommands, one file each, and what they share.
 
 pub(crate) mod graph;
+pub(crate) mod release;
 pub(crate) mod reload;
 pub(crate) mod replay;
 pub(crate) mod run;

@@ -177,6 +177,15 @@ impl Processor {
             .set(checkpoint_interval.as_secs_f64());
         metrics::gauge!(m::CHECKPOINT_EPOCH, m::pipeline_labels(&pipeline))
             .set(protocol.epoch() as f64);
+        // The restored state's size, until the first checkpoint reports it.
+        for (t, op) in operators.iter().enumerate() {
+            if let (true, Some(op)) = (stateful[t], op) {
+                let stats = op.state_stats();
+                let labels = m::component_labels(&pipeline, &names[n_sources + t], "transform");
+                metrics::gauge!(m::STATE_KEYS, labels.clone()).set(stats.keys as f64);
+                metrics::gauge!(m::STATE_BYTES, labels).set(stats.bytes as f64);
+            }
+        }
         Processor {
             sources: source_names,
             source_labels,

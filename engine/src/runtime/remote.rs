@@ -43,6 +43,11 @@ const REBASES_PER_CHECKPOINT: usize = 8;
 /// How long a stopping worker keeps retrying an upload before it gives up
 /// (the checkpoint stays local; the next start uploads it).
 const STOPPING_RETRY_LIMIT: Duration = Duration::from_secs(30);
+/// Old objects are removed every this many uploads.
+const COLLECT_EVERY: u64 = 16;
+/// Manifests kept per worker (older ones, and the segments only they
+/// need, are removed).
+const KEEP_MANIFESTS: usize = 3;
 
 /// What the run shares with the checkpoint writer about the remote copy.
 #[derive(Debug, Default)]
@@ -74,6 +79,7 @@ pub struct Uploader {
     chains: BTreeMap<u16, Chain>,
     progress: Arc<RemoteProgress>,
     labels: Vec<metrics::Label>,
+    uploads: u64,
 }
 
 impl Uploader {
@@ -109,10 +115,23 @@ impl Uploader {
     pub fn upload(
         &mut self,
         epoch: u64,
+        deltas: BTreeMap<u16, Vec<Entry>>,
+        store: &dyn StateBackend,
+    ) -> Result<(), String> {
+        let handle = self.handle.clone();
+        handle.block_on(self.upload_async(epoch, deltas, store))
+    }
+
+    /// [`Uploader::upload`] in async code.
+    async fn upload_async(
+        &mut self,
+        epoch: u64,
         mut deltas: BTreeMap<u16, Vec<Entry>>,
         store: &dyn StateBackend,
     ) -> Result<(), String> {
         let started = Instant::now();
+        // Durable locally, not yet in the remote copy.
+        metrics::gauge!(m::REMOTE_LAG_EPOCHS, self.labels.clone()).set(1.0);
         // Groups that need a base: never uploaded in this chain, or whose
         // deltas outgrew them.
         let mut rebase: BTreeSet<u16> = self
@@ -176,7 +195,7 @@ impl Uploader {
             let seg_name = format!("segments/{dir}/{name}");
             let bytes = encode_object(&segment);
             uploaded += bytes.len() as u64;
-            self.put(&seg_name, bytes)?;
+            self.put(&seg_name, bytes).await?;
             for (g, base, size) in sizes {
                 let chain = self.chains.entry(g).or_default();
                 if base {
@@ -216,8 +235,14 @@ impl Uploader {
         let man_name = format!("manifests/{dir}/{name}");
         let bytes = encode_object(&manifest);
         uploaded += bytes.len() as u64;
-        self.put(&man_name, bytes)?;
+        self.put(&man_name, bytes).await?;
         *self.progress.last.lock().expect("not poisoned") = Some((epoch, man_name));
+        self.uploads += 1;
+        if self.uploads.is_multiple_of(COLLECT_EVERY) {
+            if let Err(e) = self.collect().await {
+                tracing::debug!(error = %e, "cannot remove old objects of the remote copy (retried later)");
+            }
+        }
         metrics::counter!(m::REMOTE_UPLOADS, self.labels.clone()).increment(1);
         metrics::counter!(m::REMOTE_UPLOAD_BYTES, self.labels.clone()).increment(uploaded);
         metrics::histogram!(m::REMOTE_UPLOAD_DURATION, self.labels.clone())
@@ -230,6 +255,37 @@ impl Uploader {
             rebased = rebase.len(),
             "checkpoint uploaded to the remote copy"
         );
+        Ok(())
+    }
+
+    /// Removes this worker's manifests but the newest [`KEEP_MANIFESTS`],
+    /// and its segments no kept manifest needs.
+    async fn collect(&self) -> Result<(), RemoteError> {
+        let dir = worker_dir(self.me);
+        let manifests = self.remote.list(&format!("manifests/{dir}/")).await?;
+        if manifests.len() <= KEEP_MANIFESTS {
+            return Ok(());
+        }
+        let (old, kept) = manifests.split_at(manifests.len() - KEEP_MANIFESTS);
+        let mut needed: BTreeSet<String> = BTreeSet::new();
+        for name in kept {
+            if let Some(m) = self.remote.read::<Manifest>(name).await? {
+                needed.extend(m.chains.into_values().flatten());
+            }
+        }
+        let newest_kept = kept
+            .last()
+            .and_then(|n| crate::state::remote::epoch_of_name(n))
+            .unwrap_or(0);
+        for name in old {
+            self.remote.delete(name).await?;
+        }
+        for name in self.remote.list(&format!("segments/{dir}/")).await? {
+            let epoch = crate::state::remote::epoch_of_name(&name).unwrap_or(u64::MAX);
+            if !needed.contains(&name) && epoch <= newest_kept {
+                self.remote.delete(&name).await?;
+            }
+        }
         Ok(())
     }
 
@@ -252,14 +308,12 @@ impl Uploader {
 
     /// Puts an object, retrying with backoff until it is stored (or the
     /// run stops and the store stays down).
-    fn put(&self, name: &str, bytes: Vec<u8>) -> Result<(), String> {
+    async fn put(&self, name: &str, bytes: Vec<u8>) -> Result<(), String> {
         let mut backoff = Duration::from_millis(100);
         let mut failing_since: Option<Instant> = None;
         let mut attempts = 0u32;
         loop {
-            let result = self
-                .handle
-                .block_on(self.remote.put_once(name, bytes.clone()));
+            let result = self.remote.put_once(name, bytes.clone()).await;
             match result {
                 // Existed: an earlier attempt landed although its answer
                 // was lost (names are unique to this run).
@@ -281,7 +335,7 @@ impl Uploader {
                             "giving up uploading {name} while stopping: {e} (the checkpoint is kept locally and uploaded at the next start)"
                         ));
                     }
-                    std::thread::sleep(backoff);
+                    tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
@@ -456,6 +510,7 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader), RunError> {
     let mut sources: HashMap<WorkerId, (String, Manifest)> = HashMap::new();
     let mut moved: Vec<(u16, u64, Option<String>)> = Vec::new();
     let mut empty_owners: BTreeSet<WorkerId> = BTreeSet::new();
+    let mut moved_uploader: Option<Uploader> = None;
     for (g, generation, claim) in &moves {
         let owner = claim.owner();
         if owner == p.me {
@@ -477,7 +532,7 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader), RunError> {
             continue;
         }
         if !sources.contains_key(&owner) && !empty_owners.contains(&owner) {
-            match wait_for_release(&p, owner, *g).await? {
+            match wait_for_release(&p, claim, *g).await? {
                 Some(release) => {
                     let man = p
                         .remote
@@ -549,6 +604,15 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader), RunError> {
             writes.put(Key::Cluster, crate::state::encode(&state));
         }
         p.store.apply(writes)?;
+        // Upload what this worker now holds (full bases of every group it
+        // owns) before claiming: a claimed group is always in its owner's
+        // manifests, so a later move never mistakes it for empty.
+        let (epoch_now, _) = local_writer(p.store)?;
+        let mut up = new_uploader(&p, owned.clone(), BTreeMap::new());
+        up.upload_async(epoch_now, BTreeMap::new(), p.store)
+            .await
+            .map_err(RunError::Remote)?;
+        moved_uploader = Some(up);
         // Claim only once the state is here: a start interrupted before
         // this point redoes the move.
         for (g, generation, from) in &moved {
@@ -579,10 +643,14 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader), RunError> {
     }
 
     // The uploader continues this worker's chains when the remote copy is
-    // at the local epoch; otherwise its first upload re-bases every group.
+    // at the local epoch; otherwise (and always after taking key groups
+    // over, which uploaded full bases above) it starts them anew.
     let (local_epoch, _) = local_writer(p.store)?;
+    if let Some(up) = moved_uploader {
+        return Ok((recovery, up));
+    }
     let chains = match &mine {
-        Some((_, man)) if recovery != Recovery::Rescale && man.epoch == local_epoch => man
+        Some((_, man)) if man.epoch == local_epoch => man
             .chains
             .iter()
             .map(|(&g, segments)| {
@@ -597,6 +665,14 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader), RunError> {
             .collect(),
         _ => BTreeMap::new(),
     };
+    let uploader = new_uploader(&p, owned, chains);
+    Ok((recovery, uploader))
+}
+
+/// An uploader for `p.me` continuing `chains`; registers the remote
+/// metrics.
+fn new_uploader(p: &Prepare<'_>, owned: Vec<u16>, chains: BTreeMap<u16, Chain>) -> Uploader {
+    let labels = m::pipeline_labels(p.pipeline);
     for l in [
         m::REMOTE_UPLOADS,
         m::REMOTE_FAILURES,
@@ -604,13 +680,13 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader), RunError> {
     ] {
         metrics::counter!(l, labels.clone()).increment(0);
     }
-    let mut l = labels.clone();
-    l.push(metrics::Label::new("reason", "lost_volume"));
-    metrics::counter!(m::REMOTE_RESTORES, l).increment(0);
-    let mut l = labels.clone();
-    l.push(metrics::Label::new("reason", "rescale"));
-    metrics::counter!(m::REMOTE_RESTORES, l).increment(0);
-    let uploader = Uploader {
+    metrics::gauge!(m::REMOTE_KEY_GROUPS_MOVED, labels.clone()).increment(0.0);
+    for reason in ["lost_volume", "rescale"] {
+        let mut l = labels.clone();
+        l.push(metrics::Label::new("reason", reason));
+        metrics::counter!(m::REMOTE_RESTORES, l).increment(0);
+    }
+    Uploader {
         remote: p.remote.clone(),
         handle: tokio::runtime::Handle::current(),
         me: p.me,
@@ -621,8 +697,8 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader), RunError> {
         chains,
         progress: Arc::new(RemoteProgress::default()),
         labels,
-    };
-    Ok((recovery, uploader))
+        uploads: 0,
+    }
 }
 
 impl Uploader {
@@ -636,9 +712,10 @@ impl Uploader {
 /// operator's `sluice release`).
 async fn wait_for_release(
     p: &Prepare<'_>,
-    owner: WorkerId,
+    claim: &Claim,
     group: u16,
 ) -> Result<Option<Release>, RunError> {
+    let owner = claim.owner();
     let mut logged = Instant::now() - Duration::from_secs(60);
     loop {
         let release = p.remote.latest_release(owner).await.map_err(remote_error)?;
@@ -653,9 +730,11 @@ async fn wait_for_release(
             if latest.as_ref().is_none_or(|(name, _)| *name <= r.manifest) {
                 return Ok(Some(r));
             }
-        } else if latest.is_none() {
-            // It never completed a checkpoint: it released nothing
-            // upstream, so its key groups hold no state yet.
+        } else if latest.is_none() && claim.from.is_none() {
+            // It never completed a checkpoint and took no state from
+            // anyone: it released nothing upstream, its key groups hold no
+            // state yet. (An owner that took state from another uploads it
+            // before claiming, so it always has a manifest.)
             return Ok(None);
         }
         let text = format!(
@@ -836,3 +915,6 @@ pub async fn release(
         .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -252,13 +252,17 @@ impl RemoteStore {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let (store, prefix): (Arc<dyn ObjectStore>, String) = match scheme {
             "file" => {
-                if !rest.starts_with('/') {
+                // file:///abs/dir, or file://rel/dir relative to the
+                // directory sluice runs in.
+                if rest.is_empty() {
                     return Err(config(
-                        "a file:// URL needs an absolute path (file:///dir)".into(),
+                        "no directory (file:///abs/dir or file://rel/dir)".into(),
                     ));
                 }
-                std::fs::create_dir_all(rest).map_err(|e| config(e.to_string()))?;
-                let fs = object_store::local::LocalFileSystem::new_with_prefix(rest)
+                std::fs::create_dir_all(rest).map_err(|e| config(format!("{rest}: {e}")))?;
+                let dir =
+                    std::fs::canonicalize(rest).map_err(|e| config(format!("{rest}: {e}")))?;
+                let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
                     .map_err(store_error)?;
                 (Arc::new(fs), String::new())
             }
@@ -507,6 +511,7 @@ mod tests {
         assert_eq!(r.latest_claim(3).await.unwrap().unwrap().0, 2);
         assert!(r.latest_claim(4).await.unwrap().is_none());
         assert!(RemoteStore::open("ftp://x").is_err());
-        assert!(RemoteStore::open("file://relative").is_err());
+        assert!(RemoteStore::open("file://").is_err());
+        assert!(RemoteStore::open("s3://").is_err());
     }
 }
