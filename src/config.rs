@@ -38,6 +38,10 @@ pub struct StateSection {
     /// Number of key groups state is partitioned into; fixed for the life of the state.
     #[serde(default = "default_key_groups")]
     pub key_groups: u16,
+    /// The remote copy of the state in object storage: `s3://bucket/prefix`,
+    /// `gs://bucket/prefix`, `az://container/prefix` or `file:///dir`
+    /// (credentials from each cloud's standard environment variables).
+    pub remote: Option<String>,
 }
 
 fn default_key_groups() -> u16 {
@@ -49,6 +53,7 @@ impl Default for StateSection {
         StateSection {
             dir: None,
             key_groups: DEFAULT_KEY_GROUPS,
+            remote: None,
         }
     }
 }

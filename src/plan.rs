@@ -105,6 +105,7 @@ pub fn to_spec(
         retry: RetryPolicy::default(),
         worker,
         cluster: cluster(p, worker)?,
+        remote: p.state.remote.clone(),
     })
 }
 

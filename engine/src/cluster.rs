@@ -13,7 +13,7 @@ use crate::exchange::PeerAddresses;
 use crate::keys::owned_key_groups;
 
 /// This worker's id and the number of workers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WorkerId {
     /// This worker, in `0..workers`.
     pub worker: u32,

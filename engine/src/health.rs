@@ -181,6 +181,8 @@ pub struct SourceReport {
 struct RunState {
     phase: Phase,
     sources: Vec<(Arc<str>, Arc<SourceHealth>)>,
+    /// While restoring: what the run waits for, if anything.
+    waiting: Option<String>,
 }
 
 /// The readiness of a pipeline across its runs (a reload stops one run and
@@ -205,6 +207,7 @@ impl Readiness {
             run: Mutex::new(RunState {
                 phase: Phase::Restoring,
                 sources: Vec::new(),
+                waiting: None,
             }),
         }
     }
@@ -224,6 +227,16 @@ impl Readiness {
         let mut run = lock(&self.run);
         run.phase = Phase::Restoring;
         run.sources.clear();
+        run.waiting = None;
+    }
+
+    /// While restoring, the run waits for something (e.g. another worker
+    /// to release key groups): `/ready` says what.
+    pub(crate) fn waiting(&self, why: &str) {
+        let mut run = lock(&self.run);
+        if run.phase == Phase::Restoring {
+            run.waiting = Some(why.to_string());
+        }
     }
 
     /// State is restored; these sources run.
@@ -231,6 +244,7 @@ impl Readiness {
         let mut run = lock(&self.run);
         run.phase = Phase::Running;
         run.sources = sources;
+        run.waiting = None;
     }
 
     /// The run ended (or is ending).
@@ -245,16 +259,20 @@ impl Readiness {
 
     /// Evaluates readiness now.
     pub fn report(&self) -> ReadyReport {
-        let (phase, sources) = {
+        let (phase, sources, waiting) = {
             let run = lock(&self.run);
             let sources: Vec<SourceStatus> = run
                 .sources
                 .iter()
                 .map(|(name, h)| h.snapshot(name))
                 .collect();
-            (run.phase, sources)
+            (run.phase, sources, run.waiting.clone())
         };
-        decide(phase, &sources, self.max_backlog())
+        let mut report = decide(phase, &sources, self.max_backlog());
+        if let Some(why) = waiting {
+            report.reasons.push(why);
+        }
+        report
     }
 }
 

@@ -114,6 +114,28 @@ pub const HTTP_CONNECTIONS: &str = "sluice_http_connections";
 /// Bytes of request bodies the HTTP source holds in memory (reserved for
 /// requests in flight).
 pub const HTTP_BUFFERED_BYTES: &str = "sluice_http_buffered_bytes";
+/// Checkpoints uploaded to the remote copy (`[state] remote`).
+pub const REMOTE_UPLOADS: &str = "sluice_remote_uploads_total";
+/// Bytes uploaded to the remote copy (segments and manifests).
+pub const REMOTE_UPLOAD_BYTES: &str = "sluice_remote_upload_bytes_total";
+/// Seconds from a checkpoint being durable locally to its upload being
+/// complete, retries included.
+pub const REMOTE_UPLOAD_DURATION: &str = "sluice_remote_upload_duration_seconds";
+/// Failed requests to the remote store (each is retried).
+pub const REMOTE_FAILURES: &str = "sluice_remote_failures_total";
+/// The last epoch whose upload completed.
+pub const REMOTE_EPOCH: &str = "sluice_remote_epoch";
+/// Epochs durable locally but not yet in the remote copy.
+pub const REMOTE_LAG_EPOCHS: &str = "sluice_remote_lag_epochs";
+/// Starts that took state from the remote copy, by `reason`
+/// (`lost_volume`, `rescale`).
+pub const REMOTE_RESTORES: &str = "sluice_remote_restores_total";
+/// Bytes read from the remote copy by restores.
+pub const REMOTE_RESTORE_BYTES: &str = "sluice_remote_restore_bytes_total";
+/// Seconds the last restore from the remote copy took.
+pub const REMOTE_RESTORE_DURATION: &str = "sluice_remote_restore_duration_seconds";
+/// Key groups this worker took over from other workers at its start.
+pub const REMOTE_KEY_GROUPS_MOVED: &str = "sluice_remote_key_groups_moved";
 
 /// Every metric name above, for the exporter's descriptions and the
 /// dashboard consistency test.
@@ -157,6 +179,16 @@ pub const ALL: &[&str] = &[
     HTTP_BUFFERED_BYTES,
     SOURCE_BACKLOG,
     RESTORE_SECONDS,
+    REMOTE_UPLOADS,
+    REMOTE_UPLOAD_BYTES,
+    REMOTE_UPLOAD_DURATION,
+    REMOTE_FAILURES,
+    REMOTE_EPOCH,
+    REMOTE_LAG_EPOCHS,
+    REMOTE_RESTORES,
+    REMOTE_RESTORE_BYTES,
+    REMOTE_RESTORE_DURATION,
+    REMOTE_KEY_GROUPS_MOVED,
 ];
 
 /// Labels identifying one component.

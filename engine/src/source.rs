@@ -360,6 +360,11 @@ pub struct SourceContext {
     /// checkpoint) without a restored position may go on. Otherwise it must
     /// refuse to start rather than lose or repeat input silently.
     pub accept_empty_state: bool,
+    /// The state was restored from the remote copy because the state
+    /// directory was lost (`[state] remote`): files a source kept in the
+    /// state directory (the HTTP journal) are gone with it, and its
+    /// restored positions point into them.
+    pub restored_remotely: bool,
     /// Turns true when the source must stop (see [`wait_shutdown`]).
     pub shutdown: Shutdown,
     /// Checkpoint completions, to release upstream.

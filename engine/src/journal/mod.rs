@@ -319,6 +319,22 @@ impl Journal {
     /// I/O errors, [`JournalError::Locked`] if the directory is in use,
     /// [`JournalError::Corrupt`] for damage other than a torn tail.
     pub fn open(dir: &Path, opts: JournalOptions) -> Result<Journal, JournalError> {
+        Journal::open_from(dir, opts, 0)
+    }
+
+    /// [`Journal::open`], except that a journal created here (the
+    /// directory holds none) numbers its first record `start` rather than
+    /// 0: a journal that replaces one lost with its volume continues its
+    /// numbering, so that positions and the ids derived from them never
+    /// repeat.
+    ///
+    /// # Errors
+    /// As [`Journal::open`].
+    pub fn open_from(
+        dir: &Path,
+        opts: JournalOptions,
+        start: u64,
+    ) -> Result<Journal, JournalError> {
         std::fs::create_dir_all(dir)
             .map_err(JournalError::io(format!("cannot create {}", dir.display())))?;
         let lock_path = dir.join("LOCK");
@@ -344,7 +360,7 @@ impl Journal {
                 ))(e))
             }
         }
-        let segments = recover(dir, opts.fsync, existed)?;
+        let segments = recover(dir, opts.fsync, existed, start)?;
         let (&active_first, active) = segments.iter().next_back().ok_or(JournalError::Closed)?;
         let next_seq = active.end_seq;
         let active = active.clone();

@@ -245,6 +245,7 @@ pub(crate) fn recover(
     dir: &Path,
     fsync: bool,
     existed: bool,
+    start: u64,
 ) -> Result<BTreeMap<u64, SegmentMeta>, JournalError> {
     let mut firsts = Vec::new();
     let entries = std::fs::read_dir(dir)
@@ -278,7 +279,7 @@ pub(crate) fn recover(
                 ),
             });
         }
-        let path = segment_path(dir, 0);
+        let path = segment_path(dir, start);
         File::create(&path).map_err(JournalError::io(format!(
             "cannot create {}",
             path.display()
@@ -286,8 +287,8 @@ pub(crate) fn recover(
         if fsync {
             sync_dir(dir)?;
         }
-        write_head(dir, 0, fsync)?;
-        segments.insert(0, SegmentMeta::empty(0));
+        write_head(dir, start, fsync)?;
+        segments.insert(start, SegmentMeta::empty(start));
         return Ok(segments);
     }
     let newest = *firsts.last().expect("not empty");

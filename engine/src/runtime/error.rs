@@ -18,6 +18,9 @@ pub enum RunError {
     /// address, a peer link).
     #[error("exchange between workers: {0}")]
     Exchange(String),
+    /// The remote copy of the state (`[state] remote`) could not be used.
+    #[error("remote state: {0}")]
+    Remote(String),
     /// The pipeline's graph or options cannot run (user).
     #[error("invalid pipeline: {0}")]
     Plan(String),
@@ -112,7 +115,9 @@ impl Classify for RunError {
             | RunError::Build(_)
             | RunError::StateMismatch { .. }
             | RunError::StateLost { .. } => ErrorClass::User,
-            RunError::StateDir { .. } | RunError::Exchange(_) => ErrorClass::External,
+            RunError::StateDir { .. } | RunError::Exchange(_) | RunError::Remote(_) => {
+                ErrorClass::External
+            }
             RunError::Store(e) => e.class(),
             RunError::Marker(e) => e.class(),
             RunError::Source { error, .. } => error.class(),
@@ -135,6 +140,9 @@ pub enum CheckpointError {
     /// The task writing checkpoints is gone, so none can complete (internal).
     #[error("the checkpoint writer stopped")]
     WriterStopped,
+    /// Uploading the checkpoint to the remote copy failed for good.
+    #[error("uploading the checkpoint to the remote copy failed: {0}")]
+    Remote(String),
     /// The processor thread panicked; its join error is the cause (internal).
     #[error("processor thread panicked")]
     ProcessorPanicked(#[source] tokio::task::JoinError),
@@ -145,6 +153,7 @@ impl Classify for CheckpointError {
         match self {
             CheckpointError::Store(e) => e.class(),
             CheckpointError::Marker(e) => e.class(),
+            CheckpointError::Remote(_) => ErrorClass::External,
             CheckpointError::WriterStopped | CheckpointError::ProcessorPanicked(_) => {
                 ErrorClass::Internal
             }

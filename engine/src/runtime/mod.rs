@@ -16,6 +16,7 @@ mod error;
 pub mod marker;
 mod processor;
 mod progress;
+pub mod remote;
 pub mod store;
 pub mod watermark;
 
@@ -129,6 +130,8 @@ pub struct PipelineSpec {
     pub worker: WorkerId,
     /// The `[cluster]` section: required when `worker.workers > 1`.
     pub cluster: Option<ClusterSpec>,
+    /// `[state] remote`: the URL of the remote copy of the state, if any.
+    pub remote: Option<String>,
 }
 
 /// How to run.
@@ -159,6 +162,11 @@ pub struct RunReport {
     pub dead_letters: u64,
     /// True when every source reached the end of its input.
     pub input_exhausted: bool,
+    /// True when the run ended with a final checkpoint that every sink
+    /// acknowledged and, with several workers, after every other worker's
+    /// input ended too and all it sent was applied: nothing of this
+    /// worker's key groups is anywhere but in that checkpoint.
+    pub clean_stop: bool,
 }
 
 /// Runs `spec` to completion (bounded input exhausted, or shutdown). Every
@@ -243,7 +251,25 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
     let started = std::time::Instant::now();
     let pipeline: Arc<str> = Arc::from(spec.name.as_str());
     register_metrics(&spec);
-    let (store, mut restored) = restore(&spec, &signatures, &mut operators)?;
+    let store = open_store(&spec)?;
+    let uploader = match &spec.remote {
+        Some(url) => Some(
+            prepare_remote(
+                (spec.worker, spec.key_groups, &spec.name),
+                url,
+                &store,
+                &signatures,
+                &opts,
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let remote_progress = uploader.as_ref().map(|(_, u)| u.progress());
+    let restored_remotely = uploader
+        .as_ref()
+        .is_some_and(|(r, _)| *r == remote::Recovery::LostVolume);
+    let (store, mut restored) = restore(&spec, store, &signatures, &mut operators)?;
     let cluster_state = cluster::check_cluster_state(&spec, &restored)?;
     let mut all_sinks: Vec<SinkSpec> = spec.sinks;
     all_sinks.push(spec.dead_letter);
@@ -331,11 +357,31 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
         &spec.source_dir,
         spec.channel_capacity,
         me,
+        restored_remotely,
     );
 
     let (ckpt_done_tx, ckpt_done_rx) = mpsc::unbounded_channel();
     let (job_tx, job_rx) = std::sync::mpsc::channel();
-    let writer = store::spawn_writer(store, spec.state_dir.clone(), job_rx, ckpt_done_tx);
+    let writer = store::spawn_writer(
+        store,
+        spec.state_dir.clone(),
+        job_rx,
+        ckpt_done_tx,
+        uploader.map(|(_, u)| u),
+    );
+    if let Some(progress) = &remote_progress {
+        // Once a stop is requested, uploads that keep failing give up
+        // after a while instead of holding the stop forever.
+        let progress = progress.clone();
+        let mut shutdown = opts.shutdown.clone();
+        tokio::spawn(async move {
+            if shutdown.wait_for(|&s| s).await.is_ok() {
+                progress
+                    .stopping
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+    }
     let parts = ProcessorParts {
         pipeline: pipeline.clone(),
         graph,
@@ -354,6 +400,7 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
         stop: sources.stop,
         health: sources.healths.iter().map(|(_, h)| h.clone()).collect(),
         cluster,
+        drain_peers_on_stop: spec.remote.is_some(),
     };
     let mut healths = sources.healths;
     if let Some(c) = &parts.cluster {
@@ -380,7 +427,76 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
         writer,
     )
     .await;
+    if let (Ok(report), Some(progress), Some(url)) = (&result, &remote_progress, &spec.remote) {
+        release_if_clean(report, progress, url, me).await;
+    }
     result
+}
+
+/// At a clean stop, writes the release of the last uploaded checkpoint so
+/// that other workers may take over this worker's key groups (a rescale).
+async fn release_if_clean(
+    report: &RunReport,
+    progress: &remote::RemoteProgress,
+    url: &str,
+    me: WorkerId,
+) {
+    let last = progress.last.lock().expect("not poisoned").clone();
+    let Some((epoch, manifest)) = last.filter(|(e, _)| *e == report.epoch) else {
+        tracing::info!(
+            epoch = report.epoch,
+            "the last checkpoint is not in the remote copy: not releasing this worker's key groups"
+        );
+        return;
+    };
+    if !report.clean_stop {
+        tracing::info!(
+            epoch,
+            "not a clean stop (a sink did not acknowledge, or other workers were still sending): not releasing this worker's key groups"
+        );
+        return;
+    }
+    let result = match crate::state::remote::RemoteStore::open(url) {
+        Ok(r) => remote::release(&r, me, &manifest, epoch, false).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => {
+            tracing::info!(epoch, %manifest, "released this worker's key groups (a clean stop): they may move to other workers")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot write the release of this worker's key groups; a rescale will wait for it")
+        }
+    }
+}
+
+/// Takes what the local state lacks from the remote copy (see
+/// [`remote::prepare`]) and builds the uploader.
+async fn prepare_remote(
+    (me, key_groups, pipeline): (WorkerId, u16, &str),
+    url: &str,
+    store: &Arc<SledBackend>,
+    signatures: &[(String, String)],
+    opts: &RunOptions,
+) -> Result<(remote::Recovery, remote::Uploader), RunError> {
+    let remote_store = crate::state::remote::RemoteStore::open(url)
+        .map_err(|e| RunError::Remote(e.to_string()))?;
+    let nodes: Vec<Arc<str>> = signatures
+        .iter()
+        .map(|(n, _)| Arc::from(n.as_str()))
+        .collect();
+    let ready = opts.ready.clone();
+    let waiting = move |text: &str| ready.waiting(text);
+    remote::prepare(remote::Prepare {
+        remote: &remote_store,
+        store: store.as_ref(),
+        me,
+        key_groups,
+        nodes: &nodes,
+        pipeline,
+        waiting: &waiting,
+    })
+    .await
 }
 
 fn register_metrics(spec: &PipelineSpec) {
@@ -405,18 +521,23 @@ fn register_metrics(spec: &PipelineSpec) {
     );
 }
 
-/// Opens the state directory, reads back the last checkpoint, checks that
-/// it was written for this pipeline, and restores the operators from it.
-fn restore(
-    spec: &PipelineSpec,
-    signatures: &[(String, String)],
-    operators: &mut [Option<Box<dyn Operator>>],
-) -> Result<(Arc<dyn StateBackend>, Restored), RunError> {
+/// Opens (creating it if needed) the state directory.
+fn open_store(spec: &PipelineSpec) -> Result<Arc<SledBackend>, RunError> {
     std::fs::create_dir_all(&spec.state_dir).map_err(|source| RunError::StateDir {
         dir: spec.state_dir.display().to_string(),
         source,
     })?;
-    let store = Arc::new(SledBackend::open(&spec.state_dir)?);
+    Ok(Arc::new(SledBackend::open(&spec.state_dir)?))
+}
+
+/// Reads back the last checkpoint, checks that it was written for this
+/// pipeline, and restores the operators from it.
+fn restore(
+    spec: &PipelineSpec,
+    store: Arc<SledBackend>,
+    signatures: &[(String, String)],
+    operators: &mut [Option<Box<dyn Operator>>],
+) -> Result<(Arc<dyn StateBackend>, Restored), RunError> {
     let mut restored = store.restore()?;
     let dir = spec.state_dir.display().to_string();
     if let Some(kg) = restored.key_groups {
@@ -618,6 +739,7 @@ fn start_sources(
     source_dir: &Path,
     channel_capacity: usize,
     worker: WorkerId,
+    restored_remotely: bool,
 ) -> RunningSources {
     let (data_tx, data) = mpsc::channel::<SourceEvent>(channel_capacity.max(1));
     let (stop, stop_rx) = watch::channel(false);
@@ -662,6 +784,7 @@ fn start_sources(
             restored: restored.positions.remove(&s.name).unwrap_or_default(),
             bounded: opts.bounded,
             accept_empty_state: opts.accept_empty_state,
+            restored_remotely,
             shutdown: stop_rx.clone(),
             commits: commit_rx,
             output,

@@ -54,6 +54,8 @@ pub(super) struct ProcessorParts {
     pub health: Vec<Arc<SourceHealth>>,
     /// The other workers, in a run of more than one.
     pub cluster: Option<ClusterRun>,
+    /// See [`Processor::drain_peers_on_stop`].
+    pub drain_peers_on_stop: bool,
 }
 
 pub(super) struct Processor {
@@ -106,6 +108,15 @@ pub(super) struct Processor {
     draining_since: Option<Instant>,
     /// When to log again what an ended input waits for.
     next_wait_log: Duration,
+    /// A stopping worker first waits (up to the drain grace) for every
+    /// other worker to stop sending, so that its final checkpoint holds
+    /// everything of its key groups (needed to release them for a rescale).
+    drain_peers_on_stop: bool,
+    /// At the end of the input (or stop): whether nothing more could come
+    /// from other workers (set once, when the final checkpoint is asked for).
+    quiescent_at_end: Option<bool>,
+    /// The protocol finished with every sink's epochs acknowledged.
+    all_acked: bool,
 }
 
 impl Processor {
@@ -128,6 +139,7 @@ impl Processor {
             stop,
             health,
             cluster,
+            drain_peers_on_stop,
         } = parts;
         let names: Vec<Arc<str>> = graph
             .nodes
@@ -197,6 +209,9 @@ impl Processor {
             cluster,
             inflight_inbound: None,
             gate_failures: mpsc::unbounded_channel(),
+            drain_peers_on_stop,
+            quiescent_at_end: None,
+            all_acked: false,
             draining_since: None,
             next_wait_log: Duration::from_secs(5),
         }
@@ -275,6 +290,10 @@ impl Processor {
                 // All sources are gone: flush (end of input fires every
                 // window), commit, and wait for the sinks.
                 self.advance_watermarks();
+                if self.quiescent_at_end.is_none() {
+                    self.quiescent_at_end =
+                        Some(self.cluster.as_ref().is_none_or(ClusterRun::peers_finished));
+                }
                 let now = Instant::now();
                 let actions = self.protocol.handle(Event::InputFinished { now });
                 self.execute(actions);
@@ -305,6 +324,7 @@ impl Processor {
             events_in: self.events_in,
             dead_letters: self.dead_letters,
             input_exhausted: self.sources_finished == self.sources.len() && !stopping,
+            clean_stop: self.finished && self.all_acked && self.quiescent_at_end == Some(true),
         })
     }
 
@@ -468,9 +488,26 @@ impl Processor {
             return true;
         };
         if stopping {
-            c.flush(false, &mut |s| tracker.source_watermark(s, now));
             let since = *self.draining_since.get_or_insert_with(Instant::now);
-            return c.all_delivered() || since.elapsed() >= super::SINK_DRAIN_GRACE;
+            if self.drain_peers_on_stop && since.elapsed() < super::SINK_DRAIN_GRACE {
+                // Say this worker sends nothing more, and wait a while for
+                // the others to say so too (all stopping: a rescale).
+                c.input_finished(&mut |s| tracker.source_watermark(s, now));
+                let all = c.peers_finished() && {
+                    c.flush(false, &mut |s| tracker.source_watermark(s, now));
+                    c.all_delivered()
+                };
+                if !all && since.elapsed() >= self.next_wait_log {
+                    self.next_wait_log += Duration::from_secs(5);
+                    tracing::info!(waiting = %c.waiting_for(), "stopping; waiting for the other workers to stop sending (their key groups are released only then)");
+                }
+                return all;
+            }
+            // Only this worker stops (or the others did not answer in
+            // time): wait for its own deliveries only.
+            let grace = if self.drain_peers_on_stop { 2 } else { 1 } * super::SINK_DRAIN_GRACE;
+            c.flush(false, &mut |s| tracker.source_watermark(s, now));
+            return c.all_delivered() || since.elapsed() >= grace;
         }
         c.input_finished(&mut |s| tracker.source_watermark(s, now));
         let since = *self.draining_since.get_or_insert_with(Instant::now);

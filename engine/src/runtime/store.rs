@@ -36,17 +36,25 @@ pub struct CheckpointDone {
 /// Processing continues while a checkpoint is being written. After each
 /// durable checkpoint, and before reporting it (so before any sink sees
 /// its epoch), the state marker in `marker_dir` is updated to its epoch.
+///
+/// With a remote copy (`uploader`), the checkpoint is also uploaded before
+/// it is reported: what sinks and sources are told is committed is always
+/// in the remote copy too.
 pub fn spawn_writer(
     store: Arc<dyn StateBackend>,
     marker_dir: std::path::PathBuf,
     jobs: std::sync::mpsc::Receiver<CheckpointJob>,
     done: tokio::sync::mpsc::UnboundedSender<CheckpointDone>,
+    mut uploader: Option<super::remote::Uploader>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name("sluice-checkpoint".into())
         .spawn(move || {
             while let Ok(job) = jobs.recv() {
                 let bytes = job.writes.bytes;
+                let deltas = uploader
+                    .as_ref()
+                    .map(|_| super::remote::Uploader::draft(&job.writes));
                 let result = store
                     .apply(job.writes)
                     .map_err(super::CheckpointError::from);
@@ -54,6 +62,12 @@ pub fn spawn_writer(
                     super::marker::write(&marker_dir, super::marker::Marker { epoch: job.epoch })
                         .map_err(super::CheckpointError::from)
                 });
+                let result = match (result, &mut uploader, deltas) {
+                    (Ok(()), Some(up), Some(deltas)) => up
+                        .upload(job.epoch, deltas, store.as_ref())
+                        .map_err(super::CheckpointError::Remote),
+                    (result, _, _) => result,
+                };
                 let msg = CheckpointDone {
                     epoch: job.epoch,
                     bytes,

@@ -107,6 +107,9 @@ pub enum Key {
         /// The checkpoint epoch the records belong to.
         epoch: u64,
     },
+    /// A key given by its stored bytes, as read back from a copy of the
+    /// store (the remote copy, [`super::remote`]).
+    Raw(Vec<u8>),
 }
 
 impl Key {
@@ -123,6 +126,7 @@ impl Key {
             Key::MaxEventTime { source, partition } => key::watermark(source, *partition),
             Key::Ack(sink) => key::ack(sink),
             Key::Outbox { sink, epoch } => key::outbox(sink, *epoch),
+            Key::Raw(bytes) => bytes.clone(),
         }
     }
 
@@ -139,6 +143,7 @@ impl Key {
             Key::State { node, key, .. } => named(node) + 2 + key.len(),
             Key::Position { source, .. } | Key::MaxEventTime { source, .. } => named(source) + 4,
             Key::Outbox { sink, .. } => named(sink) + 8,
+            Key::Raw(bytes) => bytes.len(),
         }
     }
 }
@@ -202,6 +207,26 @@ pub mod key {
         let mut k = named(b'a', sink, 0);
         k.pop();
         k
+    }
+
+    /// The prefixes of every entry that is not operator state (`s\0`).
+    pub const NOT_STATE: [&[u8]; 6] = [b"m\0", b"g\0", b"p\0", b"w\0", b"a\0", b"o\0"];
+
+    /// `s\0{node}\0{kg:u16 BE}`: the prefix of a node's entries in one key group.
+    pub fn state_group_prefix(node: &str, kg: u16) -> Vec<u8> {
+        let mut k = named(b's', node, 2);
+        k.extend_from_slice(&kg.to_be_bytes());
+        k
+    }
+
+    /// Splits an operator state key into (node, key group, key).
+    pub fn parse_state(k: &[u8]) -> Option<(&str, u16, &[u8])> {
+        let rest = k.strip_prefix(b"s\0")?;
+        let nul = rest.iter().position(|&b| b == 0)?;
+        let node = std::str::from_utf8(&rest[..nul]).ok()?;
+        let tail = &rest[nul + 1..];
+        let kg = u16::from_be_bytes([*tail.first()?, *tail.get(1)?]);
+        Some((node, kg, &tail[2..]))
     }
 
     /// `o\0{sink}\0{epoch:u64 BE}`: a sink's records of one epoch.

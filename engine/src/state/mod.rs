@@ -9,6 +9,7 @@
 
 pub mod layout;
 mod memory;
+pub mod remote;
 mod sled;
 
 pub use layout::{encode, key, Key, Restored, SinkAck, FORMAT_VERSION};
@@ -90,6 +91,18 @@ impl WriteSet {
 pub trait StateBackend: Send + Sync {
     /// Calls `f` with every stored entry, in key order.
     fn for_each(&self, f: &mut EntryVisitor<'_>) -> Result<(), StoreError>;
+
+    /// Calls `f` with every stored entry whose key starts with `prefix`,
+    /// in key order.
+    fn for_each_prefix(&self, prefix: &[u8], f: &mut EntryVisitor<'_>) -> Result<(), StoreError> {
+        self.for_each(&mut |k, v| {
+            if k.starts_with(prefix) {
+                f(k, v)
+            } else {
+                Ok(())
+            }
+        })
+    }
 
     /// Applies `writes` atomically; returns once they are durable.
     fn apply(&self, writes: WriteSet) -> Result<(), StoreError>;

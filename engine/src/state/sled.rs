@@ -91,6 +91,14 @@ impl StateBackend for SledBackend {
         Ok(())
     }
 
+    fn for_each_prefix(&self, prefix: &[u8], f: &mut EntryVisitor<'_>) -> Result<(), StoreError> {
+        for item in self.db.scan_prefix(prefix) {
+            let (k, v) = item.map_err(io)?;
+            f(&k, &v)?;
+        }
+        Ok(())
+    }
+
     fn apply(&self, writes: WriteSet) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         for w in writes.writes {

@@ -91,8 +91,23 @@ async fn run(config: HttpSourceConfig, mut ctx: SourceContext) -> Result<(), Sou
         metric_labels: labels.clone(),
         retain_segments: config.retain_segments,
     };
+    // The state came from the remote copy after the state directory was
+    // lost: so was the journal in it. A new one continues the numbering
+    // at the restored position (records and the ids derived from them
+    // never repeat); what it held after that checkpoint is gone with it.
+    let lost_journal_from = if ctx.restored_remotely && !dir.join("LOCK").exists() {
+        ctx.restored.get(&0).and_then(|raw| decode_position(raw))
+    } else {
+        None
+    };
+    if let Some(pos) = lost_journal_from {
+        tracing::warn!(source = %name, journal = %dir.display(), position = pos,
+            "the journal was lost with the state directory; a new one continues at the restored position (records acknowledged after the last checkpoint in the remote copy were in the lost journal)");
+    }
     let open_dir = dir.clone();
-    let journal = tokio::task::spawn_blocking(move || Journal::open(&open_dir, opts))
+    let journal = tokio::task::spawn_blocking(move || {
+        Journal::open_from(&open_dir, opts, lost_journal_from.unwrap_or(0))
+    })
         .await
         .map_err(|e| {
             SourceError::Internal(format!("source `{name}`: journal recovery panicked: {e}"))

@@ -212,6 +212,7 @@ fn start_with(
             .unwrap_or_default(),
         bounded,
         accept_empty_state,
+        restored_remotely: false,
         shutdown: shutdown_rx,
         commits: commit_rx,
         output: SourceOutput::new(0, decoder, tx, Arc::new(Progress::default())),

@@ -144,6 +144,7 @@ fn start(config: KafkaSourceConfig, restored: BTreeMap<u32, Vec<u8>>, bounded: b
         restored,
         bounded,
         accept_empty_state: false,
+        restored_remotely: false,
         shutdown,
         commits: commit_rx,
         output,

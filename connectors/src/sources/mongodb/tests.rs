@@ -199,6 +199,7 @@ fn start<S: Source>(source: S, restored: BTreeMap<u32, Vec<u8>>, bounded: bool) 
         restored,
         bounded,
         accept_empty_state: false,
+        restored_remotely: false,
         shutdown,
         commits: commit_rx,
         output: SourceOutput::new(0, decoder, tx, Arc::default()),

@@ -73,7 +73,7 @@ const MAX_QUEUED: u64 = 16;
 const MAX_INBOUND_BACKLOG: u64 = 512;
 
 /// What is stored with each checkpoint under `m\0cluster`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct ClusterState {
     pub worker: u32,
     pub workers: u32,

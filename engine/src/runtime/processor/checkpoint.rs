@@ -82,6 +82,7 @@ impl Processor {
                     .set(now_ms() as f64 / 1000.0);
                 }
                 Action::Finish { unacked } => {
+                    self.all_acked = unacked.is_empty();
                     for (sink, epochs) in unacked {
                         tracing::warn!(sink = %self.sink_names[sink], epochs = ?epochs,
                             "stopping before the sink acknowledged these epochs; they are in the checkpoint and will be re-delivered at the next start");

@@ -66,7 +66,13 @@ fn start(store: &MemoryBackend, marker_dir: &std::path::Path) -> (Harness, Vec<A
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let (jobs, jobs_rx) = std::sync::mpsc::channel();
     let (shutdown, shutdown_rx) = watch::channel(false);
-    spawn_writer(Arc::new(store), marker_dir.to_path_buf(), jobs_rx, done_tx);
+    spawn_writer(
+        Arc::new(store),
+        marker_dir.to_path_buf(),
+        jobs_rx,
+        done_tx,
+        None,
+    );
     let parts = ProcessorParts {
         pipeline: Arc::from("test"),
         upstream: graph.upstream_sources(),
@@ -89,6 +95,7 @@ fn start(store: &MemoryBackend, marker_dir: &std::path::Path) -> (Harness, Vec<A
         stop: watch::channel(false).0,
         health: vec![Arc::new(SourceHealth::default())],
         cluster: None,
+        drain_peers_on_stop: false,
     };
     let handle = tokio::runtime::Handle::current();
     let result = tokio::task::spawn_blocking(move || {
