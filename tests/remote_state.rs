@@ -344,6 +344,7 @@ fn ten_seconds_without_the_store_lose_nothing_and_the_uploads_catch_up() {
     });
     let failures = w.metric("sluice_remote_failures_total");
     let waited = w.metric("sluice_remote_upload_duration_seconds_sum");
+    eprintln!("{test}: {failures} failed uploads, {waited} s spent uploading");
     assert!(
         failures > 0.0 || waited >= FREEZE.as_secs_f64() / 2.0,
         "the outage shows neither in sluice_remote_failures_total ({failures}) \
