@@ -122,55 +122,27 @@ impl ClusterBuilder {
         } else {
             Vec::new()
         };
-        let mut text = self.pipeline.clone();
-        if self.cluster {
-            text.push_str(&cluster_section(&exchange, self.peers));
-        }
+        let spec = Spec {
+            text: self.pipeline,
+            cluster: self.cluster,
+            peers: self.peers,
+            env: self.env,
+            ports: self.ports,
+            worker_env: self.worker_env,
+        };
         let pipeline = dir.path().join("pipeline.toml");
-        std::fs::write(&pipeline, &text).unwrap();
+        std::fs::write(&pipeline, spec.pipeline_text(&exchange)).unwrap();
         let mut workers = Vec::new();
         let mut ports = Vec::new();
         for i in 0..n {
-            let wdir = dir.path().join(format!("worker-{i}"));
-            std::fs::create_dir_all(&wdir).unwrap();
-            let mut mine = BTreeMap::new();
-            mine.insert("ADMIN_PORT".to_string(), free_port());
-            for name in &self.ports {
-                mine.insert(name.clone(), free_port());
-            }
-            if self.cluster {
-                mine.insert("EXCHANGE_PORT".to_string(), exchange[i as usize]);
-            }
-            let mut w = Worker::new(&pipeline, &wdir.join("sluice.log"))
-                .envs(&self.env)
-                .env("WORK_DIR", dir.path().display().to_string())
-                .env("WORKER_DIR", wdir.display().to_string())
-                .env_remove("SLUICE_WORKERS")
-                .env_remove("SLUICE_WORKER_ID");
-            for (k, v) in &mine {
-                w = w.env(k, v.to_string());
-            }
-            if let Some(extra) = self.worker_env.get(&i) {
-                w = w.envs(extra);
-            }
-            if self.cluster {
-                w = if i % 2 == 0 {
-                    w.arg("--workers")
-                        .arg(&n.to_string())
-                        .arg("--worker")
-                        .arg(&i.to_string())
-                } else {
-                    w.env("SLUICE_WORKERS", n.to_string())
-                        .env("SLUICE_WORKER_ID", i.to_string())
-                };
-            }
-            workers.push(w);
+            let mine = spec.worker_ports(i, &exchange, None);
+            workers.push(spec.worker(dir.path(), &pipeline, i, n, &mine));
             ports.push(mine);
         }
         eprintln!(
             "{}: {} in {} (pipeline {}, exchange ports {exchange:?})",
             self.name,
-            if self.cluster {
+            if spec.cluster {
                 format!("{n} workers")
             } else {
                 "one worker, no [cluster]".to_string()
@@ -185,8 +157,89 @@ impl ClusterBuilder {
             workers,
             ports,
             exchange,
+            spec,
             keep: std::env::var_os("SLUICE_KEEP_CLUSTER").is_some(),
         }
+    }
+}
+
+/// What every worker of a cluster is made from, kept to make the workers
+/// of another N ([`Cluster::rescale`]).
+struct Spec {
+    /// The pipeline text, without `[cluster]`.
+    text: String,
+    cluster: bool,
+    peers: Peers,
+    env: Vec<(String, String)>,
+    ports: Vec<String>,
+    worker_env: BTreeMap<u32, Vec<(String, String)>>,
+}
+
+impl Spec {
+    /// The pipeline file's text for workers on the `exchange` ports.
+    fn pipeline_text(&self, exchange: &[u16]) -> String {
+        let mut text = self.text.clone();
+        if self.cluster {
+            text.push_str(&cluster_section(exchange, self.peers));
+        }
+        text
+    }
+
+    /// Worker `i`'s ports: those it had (`before`), else free ones, and
+    /// its exchange port.
+    fn worker_ports(
+        &self,
+        i: u32,
+        exchange: &[u16],
+        before: Option<&BTreeMap<String, u16>>,
+    ) -> BTreeMap<String, u16> {
+        let mut mine = before.cloned().unwrap_or_default();
+        mine.entry("ADMIN_PORT".to_string())
+            .or_insert_with(free_port);
+        for name in &self.ports {
+            mine.entry(name.clone()).or_insert_with(free_port);
+        }
+        if self.cluster {
+            mine.insert("EXCHANGE_PORT".to_string(), exchange[i as usize]);
+        }
+        mine
+    }
+
+    /// Worker `i` of `n`, in `<dir>/worker-<i>` (made if missing).
+    fn worker(
+        &self,
+        dir: &Path,
+        pipeline: &Path,
+        i: u32,
+        n: u32,
+        ports: &BTreeMap<String, u16>,
+    ) -> Worker {
+        let wdir = dir.join(format!("worker-{i}"));
+        std::fs::create_dir_all(&wdir).unwrap();
+        let mut w = Worker::new(pipeline, &wdir.join("sluice.log"))
+            .envs(&self.env)
+            .env("WORK_DIR", dir.display().to_string())
+            .env("WORKER_DIR", wdir.display().to_string())
+            .env_remove("SLUICE_WORKERS")
+            .env_remove("SLUICE_WORKER_ID");
+        for (k, v) in ports {
+            w = w.env(k, v.to_string());
+        }
+        if let Some(extra) = self.worker_env.get(&i) {
+            w = w.envs(extra);
+        }
+        if self.cluster {
+            w = if i.is_multiple_of(2) {
+                w.arg("--workers")
+                    .arg(&n.to_string())
+                    .arg("--worker")
+                    .arg(&i.to_string())
+            } else {
+                w.env("SLUICE_WORKERS", n.to_string())
+                    .env("SLUICE_WORKER_ID", i.to_string())
+            };
+        }
+        w
     }
 }
 
@@ -246,6 +299,7 @@ pub struct Cluster {
     workers: Vec<Worker>,
     ports: Vec<BTreeMap<String, u16>>,
     exchange: Vec<u16>,
+    spec: Spec,
     /// Keep the directory (SLUICE_KEEP_CLUSTER) to look at after the test.
     keep: bool,
 }
@@ -418,6 +472,70 @@ impl Cluster {
         }
     }
 
+    /// Makes this cluster one of `n` workers on the same directories
+    /// (issue 13's rescale): worker `i` below both counts keeps its
+    /// directory (state, outputs, log) and its ports; new workers get new
+    /// ones. Nothing is started. The pipeline file keeps its text when the
+    /// exchange ports of the new count are free at the same base (the
+    /// template then names them all), else it names new ones.
+    ///
+    /// # Panics
+    /// When a worker still runs (stop them all first: [`stop_all`](Self::stop_all)),
+    /// or for the single-worker baseline, which has no `[cluster]`.
+    pub fn rescale(&mut self, n: u32) {
+        assert!(
+            self.spec.cluster,
+            "{}: the single-worker baseline cannot be rescaled",
+            self.name
+        );
+        for i in 0..self.workers.len() {
+            assert!(
+                !self.workers[i].is_running(),
+                "{}: rescale: worker {i} still runs",
+                self.name
+            );
+        }
+        let base = self.exchange[0] / 10;
+        let same_base: Vec<u16> = (0..n as u16).map(|i| base * 10 + i).collect();
+        let free = same_base.iter().all(|p| {
+            self.exchange.contains(p) || std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()
+        });
+        let exchange = if free && self.spec.peers == Peers::Template {
+            same_base
+        } else {
+            consecutive_free_ports(n)
+        };
+        std::fs::write(&self.pipeline, self.spec.pipeline_text(&exchange)).unwrap();
+        let mut workers = Vec::new();
+        let mut ports = Vec::new();
+        for i in 0..n {
+            let mine = self
+                .spec
+                .worker_ports(i, &exchange, self.ports.get(i as usize));
+            workers.push(
+                self.spec
+                    .worker(self.dir.path(), &self.pipeline, i, n, &mine),
+            );
+            ports.push(mine);
+        }
+        eprintln!(
+            "{}: rescaled from {} to {n} workers (exchange ports {exchange:?})",
+            self.name,
+            self.workers.len()
+        );
+        self.workers = workers;
+        self.ports = ports;
+        self.exchange = exchange;
+    }
+
+    /// Starts every worker at once and waits until each is ready.
+    pub fn start_all(&mut self) {
+        for w in &mut self.workers {
+            w.start();
+        }
+        self.wait_ready();
+    }
+
     /// Fails the test, with the logs, if a worker exited with an error.
     pub fn check_exits(&mut self) {
         for i in 0..self.workers.len() {
@@ -484,23 +602,7 @@ impl Cluster {
     /// The value of the series of metric `name` with these labels on
     /// worker `i`'s `/metrics` (None: no answer, or no such series).
     pub fn metric(&self, i: usize, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let (status, body) =
-            super::http_request(self.admin_port(i), "GET", "/metrics", &[], b"").ok()?;
-        if status != 200 {
-            return None;
-        }
-        body.lines()
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with('{'))
-            })
-            .find(|l| {
-                labels
-                    .iter()
-                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-            })
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
+        super::metric_series(self.admin_port(i), name, labels)
     }
 
     /// The last lines of every worker's log, for failure messages.

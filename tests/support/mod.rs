@@ -19,6 +19,7 @@ pub mod cluster_workload;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod markdown;
+pub mod s3;
 pub mod services;
 pub mod w1;
 pub mod worker;
@@ -264,6 +265,27 @@ pub fn metric_total(port: u16, name: &str) -> Option<f64> {
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse().ok()))
         .collect();
     (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// The value of the series of metric `name` whose labels include these,
+/// on the admin `/metrics` at `port` (None: no answer, or no such series).
+pub fn metric_series(port: u16, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let (status, body) = http_request(port, "GET", "/metrics", &[], b"").ok()?;
+    if status != 200 {
+        return None;
+    }
+    body.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{'))
+        })
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 /// A minimal HTTP/1.1 request over a plain socket: (status, body). Errors

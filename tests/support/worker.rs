@@ -101,6 +101,20 @@ impl Worker {
         log_from(&self.log, self.log_start)
     }
 
+    /// `sluice <args...> <pipeline>` with this worker's environment (not
+    /// its `run` arguments), e.g. an operator's command about its pipeline.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = sluice();
+        cmd.args(args).arg(&self.pipeline);
+        for k in &self.unset {
+            cmd.env_remove(k);
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
     /// Starts the process (a restart when it ran before: same state).
     ///
     /// # Panics

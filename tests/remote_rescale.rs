@@ -1,0 +1,493 @@
+//! Rescaling through the remote copy of the state (issue 13): the cluster
+//! workload (tests/support/cluster_workload.rs) with `[state] remote` on
+//! the shared S3 API (tests/s3.sh), scaled 1 -> 3 -> 2 -> 1 on the same
+//! worker directories (`Cluster::rescale`) while HTTP or AMQP input keeps
+//! arriving: at every step the sinks hold what the oracle computed from
+//! the input so far, and at the end what a single worker leaves for the
+//! same input. Each worker that gains key groups restores them from the
+//! remote copy and says so (log line, `sluice_remote_restores_total{reason="rescale"}`).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use support::cluster::Cluster;
+use support::cluster_workload as wl;
+use support::s3::Bucket;
+
+/// How long the sinks may take to hold what the oracle says.
+const SETTLE: Duration = Duration::from_secs(30);
+/// What the log says when a worker restores from the remote copy.
+const RESTORED: &str = "restored the state from the remote copy";
+
+/// The worker counts of the rescale tests, in order.
+const STEPS: [u32; 4] = [1, 3, 2, 1];
+/// Events of a rescale test (a quarter per step).
+const RESCALE_EVENTS: u64 = 4_000;
+
+/// The cluster workload's pipeline text with `remote = "${REMOTE}"`.
+fn with_remote(text: &str) -> String {
+    let state = "dir = \"${WORKER_DIR}/state\"\n";
+    assert!(text.contains(state), "the workload's [state] changed");
+    text.replace(state, &format!("{state}remote = \"${{REMOTE}}\"\n"))
+}
+
+/// The key groups worker `w` of `n` owns (docs/scaling.md: 128 groups,
+/// contiguous ranges).
+fn owned(w: u32, n: u32) -> std::ops::Range<u32> {
+    128 * w / n..128 * (w + 1) / n
+}
+
+/// Whether worker `w` of `n` owns a key group that worker `w` of `before`
+/// did not: it must restore that group from another worker's copy.
+fn gains(w: u32, before: u32, n: u32) -> bool {
+    if w >= before {
+        return true;
+    }
+    let (old, new) = (owned(w, before), owned(w, n));
+    new.start < old.start || new.end > old.end
+}
+
+/// `workers` workers (None: the single-worker baseline, no `[cluster]`)
+/// of `text`, with the remote copy under `name` in `bucket`.
+fn remote_cluster(
+    name: &str,
+    text: &str,
+    workers: Option<u32>,
+    bucket: &Bucket,
+) -> support::cluster::ClusterBuilder {
+    let builder = match workers {
+        Some(n) => Cluster::of(name, text, n),
+        None => Cluster::single(name, text),
+    };
+    bucket
+        .env()
+        .into_iter()
+        .fold(builder, |b, (k, v)| b.env(&k, v))
+        .env("REMOTE", bucket.url(name))
+}
+
+/// After the start of `n` workers that were `before`: each worker that
+/// gained key groups restored them from the remote copy, and says so in
+/// its log and `sluice_remote_restores_total{reason="rescale"}`.
+fn assert_rescale_restores(c: &mut Cluster, before: u32, n: u32) {
+    for w in (0..n).filter(|&w| gains(w, before, n)) {
+        let restores = c.metric(
+            w as usize,
+            "sluice_remote_restores_total",
+            &[("reason", "rescale")],
+        );
+        assert_eq!(
+            restores,
+            Some(1.0),
+            "{before} -> {n}: worker {w} gained key groups but its \
+             sluice_remote_restores_total{{reason=\"rescale\"}} is not 1\n{}",
+            c.context()
+        );
+        let log = c.worker(w as usize).log_since_start();
+        assert!(
+            log.lines()
+                .any(|l| l.contains(RESTORED) && l.contains("rescale")),
+            "{before} -> {n}: worker {w} does not log `{RESTORED}` for a rescale"
+        );
+    }
+}
+
+/// Waits until `read` (a sink) holds the all-time results of the events
+/// sent so far (`so_far`), then checks that every window it holds is
+/// final (`oracle`: no event is late, so a closed window is complete).
+fn settle_so_far(
+    c: &mut Cluster,
+    what: &str,
+    so_far: &wl::Results,
+    oracle: &wl::Results,
+    mut read: impl FnMut() -> wl::Results,
+) {
+    let all = c.wait_for_result(&so_far.all, SETTLE, || read().normalized().all);
+    let only_all = |all: &BTreeMap<String, serde_json::Value>| wl::Results {
+        all: all.clone(),
+        windows: BTreeMap::new(),
+    };
+    assert!(
+        all == so_far.all,
+        "{what}: the all-time results differ:\n{}\n{}",
+        only_all(&all).diff(&only_all(&so_far.all)),
+        c.context()
+    );
+    for (key, got) in &read().normalized().windows {
+        assert_eq!(
+            Some(got),
+            oracle.windows.get(key),
+            "{what}: window {key} was emitted before it was complete"
+        );
+    }
+}
+
+/// The dead letters of every worker directory the rescale used.
+fn all_dead_letters(c: &Cluster) -> Vec<String> {
+    let dirs: Vec<PathBuf> = (0..*STEPS.iter().max().unwrap())
+        .map(|i| c.dir().join(format!("worker-{i}")))
+        .collect();
+    wl::dead_letters(&dirs)
+}
+
+/// Scale 1 -> 3 -> 2 -> 1 while HTTP input keeps arriving. In each step
+/// the workers get a quarter of the input round-robin: the first half,
+/// then the sinks must hold the oracle's all-time results for everything
+/// sent so far (and any window already closed must be final); then the
+/// second half, and every worker is stopped with SIGTERM at once, with
+/// records still in journals and exchange (a worker that is removed must
+/// drain them first). The last step ends the input with a flush event.
+/// The final results in Redis and PostgreSQL equal the oracle's and a
+/// single worker's over the same input.
+#[cfg(all(feature = "http", feature = "redis", feature = "postgres"))]
+#[test]
+fn a_rescale_1_3_2_1_under_http_input_equals_one_worker() {
+    use support::services::{postgres_url, redis_url, unique};
+    let test = "remote_rescale_http";
+    let mut rng = support::rng(test);
+    let events = wl::generate(&mut rng, RESCALE_EVENTS);
+    let oracle = wl::oracle(&events).normalized();
+    let lines = wl::lines(&events);
+    let sinks = format!("{}{}", wl::REDIS_SINKS, wl::POSTGRES_SINKS);
+    let text = with_remote(&wl::pipeline("remote_rescale", &wl::http_source(), &sinks));
+    let bucket = Bucket::shared("rescale-http");
+    let read = |prefix: &str| wl::read_redis(&redis_url(), prefix).normalized();
+    // Each run's sinks: a Redis prefix and a PostgreSQL table.
+    let run = |name: &str, workers: Option<u32>| {
+        let prefix = format!("sluice-it:{}:", unique(name));
+        let table = format!("sluice_it_{}", unique(name));
+        let c = remote_cluster(name, &text, workers, &bucket)
+            .port("HTTP_PORT")
+            .env("REDIS_URL", redis_url())
+            .env("PREFIX", prefix.as_str())
+            .env("POSTGRES_URL", postgres_url())
+            .env("TABLE", table.as_str())
+            .start();
+        (c, prefix, table)
+    };
+
+    // The baseline: one worker, no [cluster], the whole input at once.
+    let (single_redis, single_pg) = {
+        let (mut c, prefix, table) = run(&format!("{test}_single"), None);
+        for chunk in lines.chunks(200) {
+            wl::post_ndjson(c.port(0, "HTTP_PORT"), chunk, SETTLE);
+        }
+        wl::post_ndjson(c.port(0, "HTTP_PORT"), &[wl::flush_line()], SETTLE);
+        let got = c.wait_for_result(&oracle, SETTLE, || read(&prefix));
+        assert!(got == oracle, "single worker:\n{}", got.diff(&oracle));
+        c.stop_all();
+        let pg = wl::read_postgres(&postgres_url(), &table).normalized();
+        assert!(
+            pg == oracle,
+            "single worker, postgres:\n{}",
+            pg.diff(&oracle)
+        );
+        wl::clean_redis(&redis_url(), &prefix);
+        wl::clean_postgres(&postgres_url(), &table);
+        (got, pg)
+    };
+
+    let (mut c, prefix, table) = run(&format!("{test}_steps"), Some(STEPS[0]));
+    let quarter = lines.len() / STEPS.len();
+    for (step, &n) in STEPS.iter().enumerate() {
+        if step > 0 {
+            c.stop_all();
+            c.rescale(n);
+            c.start_all();
+            assert_rescale_restores(&mut c, STEPS[step - 1], n);
+        }
+        let slice = &lines[step * quarter..(step + 1) * quarter];
+        let (first, second) = slice.split_at(quarter / 2);
+        for (k, batch) in first.chunks(100).enumerate() {
+            wl::post_ndjson(c.port(k % n as usize, "HTTP_PORT"), batch, SETTLE);
+        }
+        let sent = step * quarter + first.len();
+        let so_far = wl::oracle(&events[..sent]).normalized();
+        let what = format!("{n} workers, {sent} events sent");
+        settle_so_far(&mut c, &what, &so_far, &oracle, || read(&prefix));
+        for (k, batch) in second.chunks(100).enumerate() {
+            wl::post_ndjson(c.port(k % n as usize, "HTTP_PORT"), batch, SETTLE);
+        }
+    }
+    wl::post_ndjson(c.port(0, "HTTP_PORT"), &[wl::flush_line()], SETTLE);
+    let got = c.wait_for_result(&oracle, SETTLE, || read(&prefix));
+    assert!(
+        got == oracle,
+        "after 1 -> 3 -> 2 -> 1:\n{}\n{}",
+        got.diff(&oracle),
+        c.context()
+    );
+    c.stop_all();
+    let dead = all_dead_letters(&c);
+    assert!(
+        dead.is_empty(),
+        "{} dead letters: {:?}",
+        dead.len(),
+        &dead[..dead.len().min(3)]
+    );
+    let pg = wl::read_postgres(&postgres_url(), &table).normalized();
+    assert!(
+        pg == oracle,
+        "postgres after 1 -> 3 -> 2 -> 1:\n{}",
+        pg.diff(&oracle)
+    );
+    assert!(
+        got == single_redis,
+        "redis: the rescaled run differs from one worker:\n{}",
+        got.diff(&single_redis)
+    );
+    assert!(
+        pg == single_pg,
+        "postgres: the rescaled run differs from one worker:\n{}",
+        pg.diff(&single_pg)
+    );
+    wl::clean_redis(&redis_url(), &prefix);
+    wl::clean_postgres(&postgres_url(), &table);
+}
+
+/// An AMQP source on `${QUEUE}` (competing consumers).
+#[cfg(feature = "amqp")]
+fn amqp_source() -> String {
+    format!(
+        r#"
+[sources.events]
+type = "amqp"
+url = "${{AMQP_URL}}"
+queue = "${{QUEUE}}"
+prefetch = 500
+{}
+"#,
+        wl::event_time()
+    )
+}
+
+/// The events as AMQP messages, each with its message id.
+#[cfg(feature = "amqp")]
+fn amqp_messages(events: &[wl::Event]) -> Vec<(Option<String>, Vec<u8>)> {
+    events
+        .iter()
+        .map(|e| (Some(format!("e{}", e.id)), e.line().into_bytes()))
+        .collect()
+}
+
+/// Publishes a flush event every 300 ms (each consumer must get one for
+/// its watermark to pass the last window) until `read` holds `oracle`;
+/// returns what it holds then.
+#[cfg(feature = "amqp")]
+fn finish(
+    c: &mut Cluster,
+    rt: &tokio::runtime::Runtime,
+    client: &support::amqp::Client,
+    queue: &str,
+    oracle: &wl::Results,
+    mut read: impl FnMut() -> wl::Results,
+) -> wl::Results {
+    let mut flushes = 0;
+    let mut last = Instant::now() - Duration::from_secs(1);
+    let got = c.wait_for_result(oracle, SETTLE, || {
+        if last.elapsed() >= Duration::from_millis(300) {
+            let flush = (
+                Some(format!("flush{flushes}")),
+                wl::flush_line().into_bytes(),
+            );
+            rt.block_on(client.publish(queue, &[flush]));
+            flushes += 1;
+            last = Instant::now();
+        }
+        read()
+    });
+    assert!(got == *oracle, "{}\n{}", got.diff(oracle), c.context());
+    got
+}
+
+/// Scale 1 -> 3 -> 2 -> 1 with the workers as competing consumers of one
+/// AMQP queue: a quarter of the input is published in each step; the
+/// PostgreSQL sinks must hold the oracle's all-time results for what was
+/// published so far before the workers are stopped (SIGTERM) and started
+/// as the next set. At the end flush events are published every 300 ms
+/// until the last windows have closed. The final tables equal the
+/// oracle's and a single worker's over the same input.
+#[cfg(all(feature = "amqp", feature = "postgres"))]
+#[test]
+fn a_rescale_1_3_2_1_under_amqp_input_equals_one_worker() {
+    use support::amqp::{rt, shared_broker, Cleanup, Client};
+    use support::services::{postgres_url, unique};
+    let test = "remote_rescale_amqp";
+    let mut rng = support::rng(test);
+    let events = wl::generate(&mut rng, RESCALE_EVENTS);
+    let oracle = wl::oracle(&events).normalized();
+    let url = shared_broker();
+    let rt = rt();
+    let client = rt.block_on(Client::connect(&url));
+    let text = with_remote(&wl::pipeline(
+        "remote_rescale_amqp",
+        &amqp_source(),
+        wl::POSTGRES_SINKS,
+    ));
+    let bucket = Bucket::shared("rescale-amqp");
+    let messages = amqp_messages(&events);
+    let mut queues = Vec::new();
+    let mut run = |name: &str, workers: Option<u32>| {
+        let queue = unique(name);
+        let table = format!("sluice_it_{}", unique(name));
+        rt.block_on(client.durable_queue(&queue, None));
+        queues.push(queue.clone());
+        let c = remote_cluster(name, &text, workers, &bucket)
+            .env("AMQP_URL", url.as_str())
+            .env("QUEUE", queue.as_str())
+            .env("POSTGRES_URL", postgres_url())
+            .env("TABLE", table.as_str())
+            .start();
+        (c, queue, table)
+    };
+    let read = |table: &str| wl::read_postgres(&postgres_url(), table).normalized();
+    let consumers = |c: &mut Cluster, queue: &str, n: u32| {
+        c.wait_until("a consumer per worker", SETTLE, || {
+            rt.block_on(client.depth(queue)).1 >= n
+        });
+    };
+    let single = {
+        let (mut c, queue, table) = run(&format!("{test}_single"), None);
+        consumers(&mut c, &queue, 1);
+        rt.block_on(client.publish(&queue, &messages));
+        let got = finish(&mut c, &rt, &client, &queue, &oracle, || read(&table));
+        c.stop_all();
+        wl::clean_postgres(&postgres_url(), &table);
+        got
+    };
+
+    let (mut c, queue, table) = run(&format!("{test}_steps"), Some(STEPS[0]));
+    let quarter = messages.len() / STEPS.len();
+    for (step, &n) in STEPS.iter().enumerate() {
+        if step > 0 {
+            c.stop_all();
+            c.rescale(n);
+            c.start_all();
+            assert_rescale_restores(&mut c, STEPS[step - 1], n);
+        }
+        consumers(&mut c, &queue, n);
+        rt.block_on(client.publish(&queue, &messages[step * quarter..(step + 1) * quarter]));
+        let sent = (step + 1) * quarter;
+        let so_far = wl::oracle(&events[..sent]).normalized();
+        let what = format!("{n} workers, {sent} events published");
+        settle_so_far(&mut c, &what, &so_far, &oracle, || read(&table));
+    }
+    let got = finish(&mut c, &rt, &client, &queue, &oracle, || read(&table));
+    c.stop_all();
+    let dead = all_dead_letters(&c);
+    assert!(
+        dead.is_empty(),
+        "{} dead letters: {:?}",
+        dead.len(),
+        &dead[..dead.len().min(3)]
+    );
+    assert!(
+        got == single,
+        "postgres: the rescaled run differs from one worker:\n{}",
+        got.diff(&single)
+    );
+    wl::clean_postgres(&postgres_url(), &table);
+    drop(Cleanup {
+        url: url.clone(),
+        queues,
+        exchanges: Vec::new(),
+    });
+}
+
+/// A worker killed with SIGKILL releases nothing: after a rescale 1 -> 2
+/// the new workers wait for it (not ready; the log names the worker and
+/// what to do) until the operator runs `sluice release --worker 0
+/// --workers 1` (docs/scaling.md); then they take over from its last
+/// uploaded checkpoint, the AMQP messages it had not acknowledged come
+/// again, and the results are exact.
+#[cfg(all(feature = "amqp", feature = "postgres"))]
+#[test]
+fn a_killed_owner_holds_its_key_groups_until_the_operator_releases_them() {
+    use support::amqp::{rt, shared_broker, Cleanup, Client};
+    use support::services::{postgres_url, unique};
+    const WAITING: &str = "waiting for worker 0 of 1 to release key group";
+    let test = "remote_release_after_sigkill";
+    let mut rng = support::rng(test);
+    let events = wl::generate(&mut rng, RESCALE_EVENTS);
+    let oracle = wl::oracle(&events).normalized();
+    let url = shared_broker();
+    let rt = rt();
+    let client = rt.block_on(Client::connect(&url));
+    let text = with_remote(&wl::pipeline(
+        "remote_release",
+        &amqp_source(),
+        wl::POSTGRES_SINKS,
+    ));
+    let bucket = Bucket::shared("release");
+    let messages = amqp_messages(&events);
+    let queue = unique(test);
+    let table = format!("sluice_it_{}", unique(test));
+    rt.block_on(client.durable_queue(&queue, None));
+    let read = || wl::read_postgres(&postgres_url(), &table).normalized();
+    let mut c = remote_cluster(test, &text, Some(1), &bucket)
+        .env("AMQP_URL", url.as_str())
+        .env("QUEUE", queue.as_str())
+        .env("POSTGRES_URL", postgres_url())
+        .env("TABLE", table.as_str())
+        .start();
+    let half = messages.len() / 2;
+    let quarter = messages.len() / 4;
+    rt.block_on(client.publish(&queue, &messages[..half]));
+    let so_far = wl::oracle(&events[..half]).normalized();
+    settle_so_far(&mut c, "1 worker", &so_far, &oracle, read);
+    // More input, and the owner dies while it reads it.
+    rt.block_on(client.publish(&queue, &messages[half..half + quarter]));
+    let admin = c.admin_port(0);
+    c.wait_until("the worker to read some of it", SETTLE, || {
+        support::metric_series(admin, "sluice_events_in_total", &[("component", "events")])
+            .is_some_and(|n| n > half as f64)
+    });
+    assert!(c.kill(0), "the worker was not running");
+
+    c.rescale(2);
+    c.start_worker(0);
+    c.start_worker(1);
+    for w in 0..2 {
+        c.worker(w).wait_log(WAITING, 1);
+    }
+    let ready =
+        |c: &Cluster, w: usize| support::http_request(c.admin_port(w), "GET", "/ready", &[], b"");
+    let w1 = ready(&c, 1);
+    assert!(
+        w1.as_ref().is_ok_and(|(s, _)| *s == 503),
+        "worker 1 of 2 must wait for the killed owner, /ready: {w1:?}"
+    );
+    let out = c
+        .worker(0)
+        .command(&["release", "--worker", "0", "--workers", "1"])
+        .output()
+        .expect("run sluice release");
+    assert!(
+        out.status.success(),
+        "sluice release failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.wait_ready();
+    assert_rescale_restores(&mut c, 1, 2);
+
+    rt.block_on(client.publish(&queue, &messages[half + quarter..]));
+    let got = finish(&mut c, &rt, &client, &queue, &oracle, read);
+    assert!(got == oracle, "after the release:\n{}", got.diff(&oracle));
+    c.stop_all();
+    let dead = all_dead_letters(&c);
+    assert!(
+        dead.is_empty(),
+        "{} dead letters: {:?}",
+        dead.len(),
+        &dead[..dead.len().min(3)]
+    );
+    wl::clean_postgres(&postgres_url(), &table);
+    drop(Cleanup {
+        url: url.clone(),
+        queues: vec![queue],
+        exchanges: Vec::new(),
+    });
+}
