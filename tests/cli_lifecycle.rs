@@ -283,3 +283,110 @@ fn replay_rebuilds_state_into_a_fresh_directory() {
     let table = materialize(&dir.path().join("out.ndjson"));
     assert_eq!(table["US"]["n"], 300);
 }
+
+/// CPU seconds (user + system) a process has used so far, from
+/// /proc/<pid>/stat (assumes 100 clock ticks per second, as on Linux).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15, i.e. 12 and 13 after the state.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
+/// After SIGTERM, while the run drains (here: waiting for a sink whose
+/// Redis is unreachable to acknowledge, up to its 10 s grace), sluice
+/// waits idle. It used to spin: once the signal handler had sent its
+/// request and ended, the command's loop kept receiving "the sender is
+/// gone" at once, using a whole core for the whole drain.
+#[test]
+fn a_draining_run_does_not_spin_after_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = free_port();
+    let http = free_port();
+    let addr = format!("127.0.0.1:{admin}");
+    let pipeline = dir.path().join("p.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"
+[pipeline]
+name = "drain"
+[state]
+dir = "{state}"
+[checkpoint]
+interval = "200ms"
+[admin]
+address = "{addr}"
+[sources.in]
+type = "http"
+address = "127.0.0.1:{http}"
+[transforms.counts]
+type = "aggregate"
+inputs = ["in"]
+group_by = ["k"]
+aggregates = {{ n = "count" }}
+[sinks.out]
+type = "redis"
+inputs = ["counts"]
+url = "redis://127.0.0.1:1"
+mode = "hash"
+key = "drain"
+field = "{{k}}"
+value_field = "n"
+"#,
+            state = dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let mut child = sluice()
+        .arg("run")
+        .arg(&pipeline)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(
+        || TcpStream::connect(("127.0.0.1", http)).is_ok(),
+        "the HTTP source",
+    );
+    let (status, _) =
+        http_request(http, "POST", "/ingest", &[], br#"{"k":"a"}"#).expect("post an event");
+    assert_eq!(status, 202);
+    // A committed epoch the sink cannot acknowledge: the drain waits for it.
+    wait_for(
+        || metric_total(admin, "sluice_checkpoint_epoch").is_some_and(|e| e >= 1.0),
+        "a checkpoint",
+    );
+    let pid = child.id();
+    send_sigterm(pid);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "sluice did not wait for the sink"
+    );
+    let before = cpu_seconds(pid);
+    std::thread::sleep(Duration::from_secs(3));
+    let used = cpu_seconds(pid) - before;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "sluice did not wait for the sink"
+    );
+    assert!(
+        used < 1.0,
+        "sluice used {used:.2} CPU seconds in 3 s of waiting for a sink after SIGTERM"
+    );
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
+
+/// SIGTERM through the `kill` command.
+fn send_sigterm(pid: u32) {
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}

@@ -491,3 +491,94 @@ fn a_killed_owner_holds_its_key_groups_until_the_operator_releases_them() {
         exchanges: Vec::new(),
     });
 }
+
+/// A former owner that froze (SIGSTOP) during a rescale is a zombie: the
+/// new workers wait for it until the operator releases it (`sluice
+/// release`), then take over from its last uploaded checkpoint and write
+/// with new write generations. When the zombie resumes (SIGCONT) and is
+/// given more input, every write it makes to a key the new owners wrote is
+/// refused and counted (`sluice_sink_fenced_writes_total`), and the
+/// all-time results stay the new owners'. (Keys the new owners have not
+/// written since the takeover have no newer value to protect: the fence
+/// compares per key, so the zombie's windows are not checked here.)
+#[cfg(all(feature = "http", feature = "redis"))]
+#[test]
+fn a_zombie_former_owner_is_fenced_after_the_operator_releases_it() {
+    use support::services::{redis_url, unique};
+    const WAITING: &str = "waiting for worker 0 of 1 to release key group";
+    let test = "remote_zombie";
+    let mut rng = support::rng(test);
+    let events = wl::generate(&mut rng, 2_000);
+    let lines = wl::lines(&events);
+    let text = with_remote(&wl::pipeline(
+        "remote_zombie",
+        &wl::http_source(),
+        wl::REDIS_SINKS,
+    ));
+    let bucket = Bucket::shared("zombie");
+    let prefix = format!("sluice-it:{}:", unique(test));
+    let read = || wl::read_redis(&redis_url(), &prefix).normalized();
+    // The old owner and the new workers share one remote copy and one
+    // Redis prefix, but not directories or ports (the zombie keeps its own).
+    let cluster = |name: &str, n: u32| {
+        remote_cluster(name, &text, Some(n), &bucket)
+            .env("REMOTE", bucket.url(test))
+            .port("HTTP_PORT")
+            .env("REDIS_URL", redis_url())
+            .env("PREFIX", prefix.as_str())
+    };
+    let half = lines.len() / 2;
+    let mut old = cluster(&format!("{test}_old"), 1).start();
+    for chunk in lines[..half].chunks(200) {
+        wl::post_ndjson(old.port(0, "HTTP_PORT"), chunk, SETTLE);
+    }
+    let first = wl::oracle(&events[..half]).normalized();
+    let all_of = |r: &wl::Results| r.all.clone();
+    let got = old.wait_for_result(&first.all, SETTLE, || all_of(&read()));
+    assert_eq!(got, first.all, "the old owner's results");
+    old.pause(0);
+
+    let mut new = cluster(&format!("{test}_new"), 2).launch();
+    for w in 0..2 {
+        new.worker(w).wait_log(WAITING, 1);
+    }
+    let out = new
+        .worker(0)
+        .command(&["release", "--worker", "0", "--workers", "1"])
+        .output()
+        .expect("run sluice release");
+    assert!(
+        out.status.success(),
+        "sluice release failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    new.wait_ready();
+    assert_rescale_restores(&mut new, 1, 2);
+    for (k, chunk) in lines[half..].chunks(100).enumerate() {
+        wl::post_ndjson(new.port(k % 2, "HTTP_PORT"), chunk, SETTLE);
+    }
+    let oracle = wl::oracle(&events).normalized();
+    let got = new.wait_for_result(&oracle.all, SETTLE, || all_of(&read()));
+    assert_eq!(got, oracle.all, "the new owners' results");
+
+    // The zombie wakes up and is given input again: each of its writes to
+    // a key the new owners wrote is fenced.
+    old.resume(0);
+    for chunk in lines[half..].chunks(200) {
+        wl::post_ndjson(old.port(0, "HTTP_PORT"), chunk, SETTLE);
+    }
+    let admin = old.admin_port(0);
+    old.wait_until("the zombie's writes to be fenced", SETTLE, || {
+        support::metric_total(admin, "sluice_sink_fenced_writes_total").is_some_and(|n| n > 0.0)
+    });
+    // Its writes are all refused: the all-time results are the new
+    // owners' still, after the zombie committed at least one epoch more.
+    let epoch = support::metric_total(admin, "sluice_checkpoint_epoch").unwrap_or(0.0);
+    old.wait_until("the zombie to commit another epoch", SETTLE, || {
+        support::metric_total(admin, "sluice_checkpoint_epoch").is_some_and(|e| e > epoch)
+    });
+    assert_eq!(all_of(&read()), oracle.all, "the zombie changed results");
+    old.stop_all();
+    new.stop_all();
+    wl::clean_redis(&redis_url(), &prefix);
+}

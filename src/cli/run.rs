@@ -156,11 +156,16 @@ async fn run_reloading(
                 super::Start { mode, worker },
             );
             tokio::pin!(run);
+            // Once the signal task has said stop (and ended, dropping its
+            // sender), `changed()` would answer at once forever: a busy
+            // loop for the whole drain. Watch it only until then.
+            let mut signalled = *signals.borrow();
             loop {
                 tokio::select! {
                     report = &mut run => break report?,
-                    changed = signals.changed() => {
+                    changed = signals.changed(), if !signalled => {
                         if changed.is_err() || *signals.borrow() {
+                            signalled = true;
                             let _ = stop.send(true);
                         }
                     }

@@ -22,6 +22,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::{StreamExt, TryStreamExt};
+
 use crate::cluster::WorkerId;
 use crate::exchange::marks::MAX_RECENT_IDS;
 use crate::metrics as m;
@@ -481,8 +483,15 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader), RunError> {
     let owned: Vec<u16> = p.me.owned(p.key_groups).collect();
     let mut moves: Vec<(u16, u64, Claim)> = Vec::new();
     let mut first_claims: Vec<u16> = Vec::new();
-    for &g in &owned {
-        match p.remote.latest_claim(g).await.map_err(remote_error)? {
+    // Every owned group's newest claim, a few requests at a time.
+    let claims: Vec<Option<(u64, Claim)>> = futures::stream::iter(owned.iter().copied())
+        .map(|g| p.remote.latest_claim(g))
+        .buffered(16)
+        .try_collect()
+        .await
+        .map_err(remote_error)?;
+    for (&g, latest) in owned.iter().zip(claims) {
+        match latest {
             Some((_, c)) if c.owner() == p.me => {
                 // Ours already; after a rescale our local copy must hold it.
                 if local_owner.is_some_and(|o| o != p.me) {
@@ -558,6 +567,8 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader), RunError> {
     if !moves.is_empty() {
         // Build the new local state: drop groups no longer owned, put the
         // moved groups' state, merge what receivers remember of replays.
+        let phase = Instant::now();
+        let waited_ms = started.elapsed().as_millis() as u64;
         let mut cache = SegmentCache::default();
         let mut writes = WriteSet::default();
         let owned_set: BTreeSet<u16> = owned.iter().copied().collect();
@@ -603,7 +614,12 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader), RunError> {
             merge_marks(&mut state, &marks);
             writes.put(Key::Cluster, crate::state::encode(&state));
         }
+        let fetched_ms = phase.elapsed().as_millis() as u64;
+        let phase = Instant::now();
+        let entries = writes.writes.len();
         p.store.apply(writes)?;
+        let applied_ms = phase.elapsed().as_millis() as u64;
+        let phase = Instant::now();
         // Upload what this worker now holds (full bases of every group it
         // owns) before claiming: a claimed group is always in its owner's
         // manifests, so a later move never mistakes it for empty.
@@ -613,11 +629,22 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader), RunError> {
             .await
             .map_err(RunError::Remote)?;
         moved_uploader = Some(up);
+        let uploaded_ms = phase.elapsed().as_millis() as u64;
+        let phase = Instant::now();
         // Claim only once the state is here: a start interrupted before
         // this point redoes the move.
         for (g, generation, from) in &moved {
             claim(p.remote, *g, generation + 1, p.me, from.clone()).await?;
         }
+        tracing::info!(
+            entries,
+            waited_ms,
+            fetched_ms,
+            applied_ms,
+            uploaded_ms,
+            claimed_ms = phase.elapsed().as_millis() as u64,
+            "key groups taken over: time per phase"
+        );
         if recovery == Recovery::Local {
             recovery = Recovery::Rescale;
         }
