@@ -8,6 +8,8 @@
 #        AMQP_BENCH_PREFETCH        sluice's prefetch (default 60000)
 #        AMQP_BENCH_CHECKPOINT      sluice's checkpoint interval (default 1s)
 #        BASELINE_PREFETCH          the baseline consumer's prefetch (default 1000)
+#        BENCH_BIN_DIR              take sluice and amqp_baseline from this
+#                                   directory instead of `cargo build --release`
 #
 # Each engine consumes its own freshly published queue (persistent messages
 # with message_id); the time measured is from the consumer's start until it
@@ -27,11 +29,17 @@ OUT="bench/out/amqp-$N"
 mkdir -p bench/data "$OUT"
 
 bash tests/rabbitmq.sh >/dev/null
-cargo build --release -q -p sluice -p sluice-bench --features sluice-bench/amqp
+if [[ -n ${BENCH_BIN_DIR:-} ]]; then
+    BIN=$(cd "$BENCH_BIN_DIR" && pwd)
+else
+    cargo build --release -q -p sluice -p sluice-bench --features sluice-bench/amqp
+    BIN=target/release
+fi
+[[ -x $BIN/sluice && -x $BIN/amqp_baseline ]] || { echo "no sluice and amqp_baseline in $BIN" >&2; exit 2; }
 [[ -f $DATA ]] || python3 "$SHARED/gen_weather.py" "$N" 42 "$DATA"
 python3 "$SHARED/ref_counts.py" "$DATA" "$OUT/oracle" >/dev/null
 
-BASE=target/release/amqp_baseline
+BASE="$BIN/amqp_baseline"
 SUFFIX="$$_$(date +%s)"
 Q_BASE="sluice_bench_baseline_$SUFFIX"
 Q_SLUICE="sluice_bench_sluice_$SUFFIX"
@@ -57,7 +65,7 @@ rm -rf "$OUT/state" "$OUT/sluice.ndjson"
 t2=$(now)
 BENCH_STATE="$OUT/state" BENCH_QUEUE="$Q_SLUICE" BENCH_OUTPUT="$OUT/sluice.ndjson" \
     /usr/bin/time -f "%M" -o "$OUT/sluice.rss" \
-    target/release/sluice run --once bench/pipelines/w1a-amqp.toml 2>"$OUT/sluice.log"
+    "$BIN/sluice" run --once bench/pipelines/w1a-amqp.toml 2>"$OUT/sluice.log"
 t3=$(now)
 python3 bench/compare.py "$OUT/sluice.ndjson" "$OUT/oracle/w1a.csv" w1a || { echo "sluice output differs from the oracle" >&2; exit 1; }
 left=$(rabbitmqctl -q list_queues name messages | awk -v q="$Q_SLUICE" '$1 == q {print $2}')

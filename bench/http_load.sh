@@ -10,13 +10,21 @@
 # with fsync on, then again with fsync off. After each run it reads the
 # counts back over HTTP and checks that sluice counted exactly the events it
 # accepted (202). Prints one table; exits non-zero on a count mismatch.
+#   env: BENCH_BIN_DIR   take sluice and loadgen from this directory instead
+#                        of `cargo build --release`
 set -euo pipefail
 REQUESTS=${1:-200000}
 BATCH_REQUESTS=${2:-2000}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 ((REQUESTS <= 2000000 && BATCH_REQUESTS <= 20000)) || { echo "bounded: REQUESTS <= 2M, BATCH_REQUESTS <= 20k"; exit 2; }
-cargo build --release -q -p sluice -p sluice-bench
+if [[ -n ${BENCH_BIN_DIR:-} ]]; then
+    BIN=$(cd "$BENCH_BIN_DIR" && pwd)
+else
+    cargo build --release -q -p sluice -p sluice-bench
+    BIN=target/release
+fi
+[[ -x $BIN/sluice && -x $BIN/loadgen ]] || { echo "no sluice and loadgen in $BIN"; exit 2; }
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -49,11 +57,11 @@ aggregates = { n = "count" }
 type = "table"
 inputs = ["by_country"]
 TOML
-    target/release/sluice run "$dir/p.toml" 2>"$dir/log" &
+    "$BIN/sluice" run "$dir/p.toml" 2>"$dir/log" &
     local pid=$!
     for _ in $(seq 100); do curl -sf "127.0.0.1:$admin/ready" >/dev/null && break; sleep 0.1; done
     local result
-    result=$(target/release/loadgen --url "http://127.0.0.1:$ingest/ingest" --connections "$conns" --requests "$reqs" --batch "$batch" --seconds 120 | tail -1)
+    result=$("$BIN/loadgen" --url "http://127.0.0.1:$ingest/ingest" --connections "$conns" --requests "$reqs" --batch "$batch" --seconds 120 | tail -1)
     local accepted counted=0
     accepted=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["accepted_events"])' "$result")
     for _ in $(seq 100); do

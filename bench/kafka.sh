@@ -27,6 +27,9 @@
 #        KAFKA_BENCH_SESSION_TIMEOUT_MS   session.timeout.ms of both consumers
 #                                   (default 10000): how long a consumer
 #                                   restarted after SIGKILL waits for the dead one
+#        BENCH_BIN_DIR              take sluice and kafka_baseline (built with
+#                                   --features sluice-bench/kafka) from this
+#                                   directory instead of `cargo build --release`
 #
 # The data (bench/data/w1-N.jsonl, gen_weather.py seed 42) is produced ONCE
 # into one fresh topic (one record per batch: tansu mishandles multi-record
@@ -113,11 +116,18 @@ timeout 300 bash tests/services.sh >/dev/null || die "Redis did not start (tests
 rcli() { timeout 10 redis-cli -u "$REDIS_URL" "$@"; }
 [[ $(rcli ping) == PONG ]] || die "Redis at $REDIS_URL does not answer"
 
-echo "== build (release; may wait for the cargo lock)"
-timeout 1800 cargo build --release -q -p sluice -p sluice-bench --features sluice-bench/kafka ||
-    die "build failed"
-BASE=target/release/kafka_baseline
-SLUICE=target/release/sluice
+if [[ -n ${BENCH_BIN_DIR:-} ]]; then
+    BIN=$(cd "$BENCH_BIN_DIR" && pwd)
+    echo "== using the binaries in $BIN (BENCH_BIN_DIR; nothing is built)"
+else
+    echo "== build (release; may wait for the cargo lock)"
+    timeout 1800 cargo build --release -q -p sluice -p sluice-bench --features sluice-bench/kafka ||
+        die "build failed"
+    BIN=target/release
+fi
+BASE=$BIN/kafka_baseline
+SLUICE=$BIN/sluice
+[[ -x $BASE && -x $SLUICE ]] || die "no sluice and kafka_baseline in $BIN"
 
 echo "== data and oracle"
 if [[ -f $DATA ]]; then

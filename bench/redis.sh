@@ -12,6 +12,9 @@
 #        AMQP_BENCH_PREFETCH        sluice's prefetch (default 60000)
 #        AMQP_BENCH_CHECKPOINT      sluice's checkpoint interval (default 1s)
 #        BASELINE_PREFETCH          the baseline consumer's prefetch (default 1000)
+#        BENCH_BIN_DIR              take sluice and amqp_baseline (built with
+#                                   --features sluice-bench/redis) from this
+#                                   directory instead of `cargo build --release`
 #
 # Same data for both (bench/data/w1-N.jsonl, gen_weather.py seed 42), each
 # run on its own freshly published queue (persistent messages, message_id).
@@ -67,11 +70,18 @@ timeout 300 bash tests/services.sh >/dev/null || die "Redis did not start (tests
 rcli() { timeout 10 redis-cli -u "$REDIS_URL" "$@"; }
 [[ $(rcli ping) == PONG ]] || die "Redis at $REDIS_URL does not answer"
 
-echo "== build (release; may wait for the cargo lock)"
-timeout 1800 cargo build --release -q -p sluice -p sluice-bench --features sluice-bench/redis ||
-    die "build failed"
-BASE=target/release/amqp_baseline
-SLUICE=target/release/sluice
+if [[ -n ${BENCH_BIN_DIR:-} ]]; then
+    BIN=$(cd "$BENCH_BIN_DIR" && pwd)
+    echo "== using the binaries in $BIN (BENCH_BIN_DIR; nothing is built)"
+else
+    echo "== build (release; may wait for the cargo lock)"
+    timeout 1800 cargo build --release -q -p sluice -p sluice-bench --features sluice-bench/redis ||
+        die "build failed"
+    BIN=target/release
+fi
+BASE=$BIN/amqp_baseline
+SLUICE=$BIN/sluice
+[[ -x $BASE && -x $SLUICE ]] || die "no sluice and amqp_baseline in $BIN"
 
 echo "== data and oracle"
 if [[ -f $DATA ]]; then

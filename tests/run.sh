@@ -63,3 +63,12 @@ bash tests/readme.sh
 # 5. Deployment manifests, dashboards and alert rules.
 echo "==> deploy/validate.sh"
 bash deploy/validate.sh
+
+# 6. Benchmark scripts: syntax (and shellcheck on bench/all.sh when
+# installed), and bench/all.sh's report on canned output. The benchmarks
+# themselves are not run here (`bench/all.sh --quick` takes minutes).
+echo "==> bench scripts"
+for f in bench/*.sh; do bash -n "$f"; done
+python3 -c 'import ast, sys; [ast.parse(open(f).read(), f) for f in sys.argv[1:]]' bench/*.py
+if command -v shellcheck >/dev/null; then shellcheck bench/all.sh; fi
+python3 tests/bench_all_report.py
