@@ -564,6 +564,21 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader), RunError> {
         moved.push((*g, *generation, sources.get(&owner).map(|s| s.0.clone())));
     }
 
+    // Groups whose previous owner wrote this very directory, released at
+    // the local epoch: the local copy is that checkpoint already.
+    let kept: BTreeSet<u16> = match sources.get(&local_by) {
+        Some((_, man))
+            if recovery == Recovery::Local && local_epoch > 0 && man.epoch == local_epoch =>
+        {
+            moves
+                .iter()
+                .filter(|(_, _, c)| c.owner() == local_by)
+                .map(|(g, _, _)| *g)
+                .collect()
+        }
+        _ => BTreeSet::new(),
+    };
+
     if !moves.is_empty() {
         // Build the new local state: drop groups no longer owned, put the
         // moved groups' state, merge what receivers remember of replays.
@@ -576,15 +591,26 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader), RunError> {
             let prefix = key::state_prefix(node);
             p.store.for_each_prefix(&prefix, &mut |k, _| {
                 if let Some((_, g, _)) = key::parse_state(k) {
-                    if !owned_set.contains(&g) || moves.iter().any(|(mg, _, _)| *mg == g) {
+                    let replaced = !kept.contains(&g) && moves.iter().any(|(mg, _, _)| *mg == g);
+                    if !owned_set.contains(&g) || replaced {
                         writes.delete(Key::Raw(k.to_vec()));
                     }
                 }
                 Ok(())
             })?;
         }
+        // The outboxes this directory holds are the previous owner's
+        // output for the key groups it owned then: re-delivered under this
+        // worker's new write generation, they would overwrite (and fence)
+        // what the new owners of those groups write. A released owner's
+        // sinks acknowledged all of it; after a forced release, what they
+        // had not is not delivered again (docs/scaling.md).
+        p.store.for_each_prefix(b"o\0", &mut |k, _| {
+            writes.delete(Key::Raw(k.to_vec()));
+            Ok(())
+        })?;
         let mut marks: Vec<ClusterState> = Vec::new();
-        for (g, _, claim) in &moves {
+        for (g, _, claim) in moves.iter().filter(|(g, _, _)| !kept.contains(g)) {
             let from = if claim.owner() == p.me {
                 claim
                     .from
@@ -648,10 +674,11 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader), RunError> {
         if recovery == Recovery::Local {
             recovery = Recovery::Rescale;
         }
-        tracing::warn!(moved = moved.len(), owned = owned.len(), from = ?sources.keys().map(|w| w.to_string()).collect::<Vec<_>>(),
+        tracing::warn!(moved = moved.len().saturating_sub(kept.len()), kept = kept.len(), owned = owned.len(), from = ?sources.keys().map(|w| w.to_string()).collect::<Vec<_>>(),
             remote = %p.remote.url(), reason = "rescale",
             "took over key groups from their previous owners: restored the state from the remote copy");
-        metrics::gauge!(m::REMOTE_KEY_GROUPS_MOVED, labels.clone()).set(moved.len() as f64);
+        metrics::gauge!(m::REMOTE_KEY_GROUPS_MOVED, labels.clone())
+            .set(moved.len().saturating_sub(kept.len()) as f64);
     }
     for g in first_claims {
         claim(p.remote, g, 1, p.me, None).await?;

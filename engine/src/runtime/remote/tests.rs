@@ -303,3 +303,56 @@ fn a_stale_worker_of_the_old_count_waits_instead_of_taking_groups_back() {
     });
     assert!(r.is_err(), "the stale worker must wait");
 }
+
+#[test]
+fn a_worker_keeps_the_groups_its_own_directory_already_holds() {
+    let f = fixture();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+    let single = MemoryBackend::new();
+    let (_, mut up) = f.prepare(&single, WorkerId::SINGLE).unwrap();
+    for epoch in 1..=5 {
+        let mut w = random_writes(&mut rng, 40);
+        // The sink's output of the epoch, as the protocol stores it.
+        w.put(
+            Key::Outbox {
+                sink: Arc::from("out"),
+                epoch,
+            },
+            crate::state::encode(&Vec::<crate::sink::SinkRecord>::new()),
+        );
+        f.checkpoint(&mut up, &single, epoch, w);
+    }
+    let state = entries(&single, b"s\0");
+    assert!(!entries(&single, b"o\0").is_empty());
+    f.release(WorkerId::SINGLE);
+    // Worker 0 of 2 starts on the single worker's directory: it keeps its
+    // half as it is and drops the other half. It reads no segment back:
+    // with them all gone from the remote copy, the start still works.
+    let w0 = WorkerId::new(0, 2).unwrap();
+    let segments_before = f.rt.block_on(f.remote.list("segments/")).unwrap();
+    for name in &segments_before {
+        f.rt.block_on(f.remote.delete(name)).unwrap();
+    }
+    let (r, _) = f.prepare(&single, w0).unwrap();
+    assert_eq!(r, Recovery::Rescale);
+    let mine: BTreeMap<Vec<u8>, Vec<u8>> = state
+        .iter()
+        .filter(|(k, _)| w0.owned(GROUPS).contains(&key::parse_state(k).unwrap().1))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    assert!(!mine.is_empty() && mine.len() < state.len());
+    assert_eq!(entries(&single, b"s\0"), mine);
+    // The previous owner's outboxes (its output for every key group it
+    // owned) are not re-delivered under the new owner's write generation.
+    assert!(entries(&single, b"o\0").is_empty());
+    // Its groups are claimed anew (generation 2) and uploaded as bases.
+    for g in w0.owned(GROUPS) {
+        let (generation, claim) = f.rt.block_on(f.remote.latest_claim(g)).unwrap().unwrap();
+        assert_eq!((generation, claim.owner()), (2, w0), "group {g}");
+    }
+    let segments_after = f.rt.block_on(f.remote.list("segments/")).unwrap();
+    assert!(
+        !segments_after.is_empty(),
+        "its groups are uploaded as bases"
+    );
+}
