@@ -137,6 +137,19 @@ fn scratch() -> tempfile::TempDir {
     dir
 }
 
+/// Runs `lines` at once in `dir`, each as `sh -c`, and waits until every
+/// one exits successfully.
+fn run_together(dir: &Path, lines: &[String]) {
+    let mut children: Vec<_> = lines
+        .iter()
+        .map(|line| (line, shell(dir, line, &[]).spawn().unwrap()))
+        .collect();
+    for (line, child) in &mut children {
+        let status = child.wait().unwrap();
+        assert!(status.success(), "`{line}`: {status}");
+    }
+}
+
 /// The example's three workers, started as the page shows, together count
 /// every report of examples/data/weather.ndjson once per country, each
 /// country at exactly one worker: what one worker counts alone.
@@ -145,14 +158,7 @@ fn the_three_local_workers_count_like_one() {
     let runs = sh_lines(&page("scaling.md"), "sluice run --workers 3");
     assert_eq!(runs.len(), 3, "{runs:?}");
     let dir = scratch();
-    let mut children: Vec<_> = runs
-        .iter()
-        .map(|line| (line, shell(dir.path(), line, &[]).spawn().unwrap()))
-        .collect();
-    for (line, child) in &mut children {
-        let status = child.wait().unwrap();
-        assert!(status.success(), "`{line}`: {status}");
-    }
+    run_together(dir.path(), &runs);
     let mut expected = std::collections::BTreeMap::<String, u64>::new();
     let input = std::fs::read_to_string(repo().join("examples/data/weather.ndjson")).unwrap();
     for line in input.lines() {
@@ -201,17 +207,7 @@ fn the_local_workers_rescale_from_three_to_two_and_count_on() {
     let two = sh_lines(&page, "sluice run --workers 2");
     assert_eq!((three.len(), two.len()), (3, 2), "{three:?} {two:?}");
     let dir = scratch();
-    let run_all = |lines: &[String]| {
-        let mut children: Vec<_> = lines
-            .iter()
-            .map(|line| (line, shell(dir.path(), line, &[]).spawn().unwrap()))
-            .collect();
-        for (line, child) in &mut children {
-            let status = child.wait().unwrap();
-            assert!(status.success(), "`{line}`: {status}");
-        }
-    };
-    run_all(&three);
+    run_together(dir.path(), &three);
     // The page's `sluice release` line, as written: the three stopped
     // cleanly, so worker 2 of 3 has released its key groups already.
     let release = sh_lines(&page, "sluice release");
@@ -248,7 +244,7 @@ fn the_local_workers_rescale_from_three_to_two_and_count_on() {
             .map_or(0, |m| m.len())
         })
         .collect();
-    run_all(&two);
+    run_together(dir.path(), &two);
     // What the two wrote: the changes after the three runs' output.
     let mut counted = std::collections::BTreeMap::<String, u64>::new();
     for (w, size) in sizes.iter().enumerate() {
