@@ -571,11 +571,14 @@ fn a_zombie_former_owner_is_fenced_after_the_operator_releases_it() {
     old.wait_until("the zombie's writes to be fenced", SETTLE, || {
         support::metric_total(admin, "sluice_sink_fenced_writes_total").is_some_and(|n| n > 0.0)
     });
-    // Its writes are all refused: the all-time results are the new
-    // owners' still, after the zombie committed at least one epoch more.
-    let epoch = support::metric_total(admin, "sluice_checkpoint_epoch").unwrap_or(0.0);
-    old.wait_until("the zombie to commit another epoch", SETTLE, || {
-        support::metric_total(admin, "sluice_checkpoint_epoch").is_some_and(|e| e > epoch)
+    // Its writes are all refused: once it has read everything it was
+    // given and its sinks have nothing pending, the all-time results are
+    // still the new owners'.
+    let given = lines.len() as f64;
+    old.wait_until("the zombie to deliver all it read", SETTLE, || {
+        support::metric_series(admin, "sluice_events_in_total", &[("component", "events")])
+            .is_some_and(|n| n >= given)
+            && support::metric_total(admin, "sluice_sink_pending_epochs") == Some(0.0)
     });
     assert_eq!(all_of(&read()), oracle.all, "the zombie changed results");
     old.stop_all();
