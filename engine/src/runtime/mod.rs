@@ -256,6 +256,7 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
         Some(url) => Some(
             prepare_remote(
                 (spec.worker, spec.key_groups, &spec.name),
+                &spec.state_dir,
                 url,
                 &store,
                 &signatures,
@@ -474,6 +475,7 @@ async fn release_if_clean(
 /// [`remote::prepare`]) and builds the uploader.
 async fn prepare_remote(
     (me, key_groups, pipeline): (WorkerId, u16, &str),
+    state_dir: &Path,
     url: &str,
     store: &Arc<SledBackend>,
     signatures: &[(String, String)],
@@ -495,6 +497,7 @@ async fn prepare_remote(
         nodes: &nodes,
         pipeline,
         waiting: &waiting,
+        marker_dir: Some(state_dir),
     })
     .await
 }

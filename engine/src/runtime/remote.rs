@@ -422,6 +422,8 @@ pub struct Prepare<'a> {
     pub pipeline: &'a str,
     /// Called while waiting for other workers to release key groups.
     pub waiting: &'a (dyn Fn(&str) + Sync),
+    /// The state directory (its marker follows a rolled-back checkpoint).
+    pub marker_dir: Option<&'a std::path::Path>,
 }
 
 /// Takes what the local state lacks from the remote copy and claims this
@@ -587,6 +589,36 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader), RunError> {
         let mut cache = SegmentCache::default();
         let mut writes = WriteSet::default();
         let owned_set: BTreeSet<u16> = owned.iter().copied().collect();
+        // This directory's own writer was released (by an operator) at an
+        // older checkpoint than the directory holds: what it did after that
+        // checkpoint was never released upstream and is read again, so the
+        // directory's positions, acknowledgements and the like go back to
+        // that checkpoint too (with newer ones, input applied only in the
+        // discarded state would be skipped as already seen).
+        let rollback = match sources.get(&local_by) {
+            Some((_, man))
+                if recovery == Recovery::Local
+                    && local_epoch > 0
+                    && local_by != p.me
+                    && man.epoch != local_epoch =>
+            {
+                Some((man.epoch, man.meta.clone()))
+            }
+            _ => None,
+        };
+        if let Some((epoch, meta)) = &rollback {
+            tracing::warn!(local_epoch, released_epoch = epoch,
+                "this directory holds a newer checkpoint than its previous owner's release: going back to the released one");
+            for prefix in key::NOT_STATE {
+                p.store.for_each_prefix(prefix, &mut |k, _| {
+                    writes.delete(Key::Raw(k.to_vec()));
+                    Ok(())
+                })?;
+            }
+            for (k, v) in meta {
+                writes.put(Key::Raw(k.clone()), v.clone());
+            }
+        }
         for node in p.nodes {
             let prefix = key::state_prefix(node);
             p.store.for_each_prefix(&prefix, &mut |k, _| {
@@ -644,6 +676,9 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader), RunError> {
         let phase = Instant::now();
         let entries = writes.writes.len();
         p.store.apply(writes)?;
+        if let (Some((epoch, _)), Some(dir)) = (&rollback, p.marker_dir) {
+            crate::runtime::marker::write(dir, crate::runtime::marker::Marker { epoch: *epoch })?;
+        }
         let applied_ms = phase.elapsed().as_millis() as u64;
         let phase = Instant::now();
         // Upload what this worker now holds (full bases of every group it

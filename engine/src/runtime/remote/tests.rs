@@ -49,6 +49,7 @@ impl Fixture {
             nodes: &nodes,
             pipeline: "test",
             waiting: &|_| {},
+            marker_dir: None,
         }))
     }
 
@@ -212,6 +213,7 @@ fn key_groups_move_to_their_new_owners_only_once_released() {
                 nodes: &nodes,
                 pipeline: "test",
                 waiting: &|t| *waited.lock().unwrap() = t.to_string(),
+                marker_dir: None,
             }),
         )
         .await
@@ -297,6 +299,7 @@ fn a_stale_worker_of_the_old_count_waits_instead_of_taking_groups_back() {
                 nodes: &nodes,
                 pipeline: "test",
                 waiting: &|_| {},
+                marker_dir: None,
             }),
         )
         .await
@@ -355,4 +358,39 @@ fn a_worker_keeps_the_groups_its_own_directory_already_holds() {
         !segments_after.is_empty(),
         "its groups are uploaded as bases"
     );
+}
+
+#[test]
+fn a_directory_ahead_of_its_forced_release_goes_back_to_it() {
+    let f = fixture();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(23);
+    let single = MemoryBackend::new();
+    let (_, mut up) = f.prepare(&single, WorkerId::SINGLE).unwrap();
+    for epoch in 1..=5 {
+        f.checkpoint(&mut up, &single, epoch, random_writes(&mut rng, 40));
+    }
+    let released_state = entries(&single, b"s\0");
+    let released_meta = entries(&single, b"p\0");
+    // A sixth checkpoint is durable locally, then the worker is killed
+    // before uploading it; the operator releases what was uploaded.
+    let mut w = random_writes(&mut rng, 40);
+    w.put(Key::Epoch, 6u64.to_be_bytes().to_vec());
+    single.apply(w).unwrap();
+    assert_ne!(entries(&single, b"p\0"), released_meta);
+    f.release(WorkerId::SINGLE);
+    // Worker 0 of 2 on that directory: state and positions both as of the
+    // released checkpoint (epoch 5), never positions of epoch 6 with the
+    // state of epoch 5.
+    let w0 = WorkerId::new(0, 2).unwrap();
+    f.prepare(&single, w0).unwrap();
+    assert_eq!(entries(&single, b"p\0"), released_meta);
+    assert_eq!(
+        entries(&single, key::EPOCH).into_values().next(),
+        Some(5u64.to_be_bytes().to_vec())
+    );
+    let mine: BTreeMap<Vec<u8>, Vec<u8>> = released_state
+        .into_iter()
+        .filter(|(k, _)| w0.owned(GROUPS).contains(&key::parse_state(k).unwrap().1))
+        .collect();
+    assert_eq!(entries(&single, b"s\0"), mine);
 }
