@@ -10,7 +10,7 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 
 use super::*;
-use crate::state::{MemoryBackend, StateBackend};
+use crate::state::{Key, MemoryBackend, StateBackend, WriteSet};
 
 const GROUPS: u16 = 8;
 
