@@ -1,17 +1,37 @@
 //! From a loaded pipeline file to a runnable engine spec.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_connectors::sinks::file::{FileSink, FileSinkConfig};
 use sluice_engine::cluster::{ClusterSpec, WorkerId};
-use sluice_engine::connector::ConnectorContext;
+use sluice_engine::connector::{ConnectorContext, SinkConfig};
 use sluice_engine::decode::EventTimeSpec;
-use sluice_engine::runtime::{PipelineSpec, SinkSpec, SourceSpec, TransformSpec};
+use sluice_engine::runtime::{FormerSink, PipelineSpec, SinkSpec, SourceSpec, TransformSpec};
 use sluice_engine::sink::RetryPolicy;
 use sluice_engine::value::parse_path;
 
 use crate::config::Pipeline;
+
+/// Builds a sink of the pipeline as another worker (see
+/// [`SinkSpec::former`]).
+fn former_sink(pipeline: &str, name: &str, state_dir: &Path, config: &SinkConfig) -> FormerSink {
+    let (pipeline, name, state_dir) = (
+        pipeline.to_string(),
+        name.to_string(),
+        state_dir.to_path_buf(),
+    );
+    let config = config.clone();
+    Arc::new(move |worker| {
+        config.build(&ConnectorContext {
+            pipeline: &pipeline,
+            name: &name,
+            state_dir: &state_dir,
+            worker,
+        })
+    })
+}
 
 /// Builds the engine spec. `state_dir` overrides `[state] dir`; with
 /// `replay`, only the operator state moves there and sources keep reading
@@ -74,6 +94,7 @@ pub fn to_spec(
                 state_dir: &state_dir,
                 worker,
             }),
+            former: Some(former_sink(&p.name, &s.name, &state_dir, &s.config)),
         })
         .collect();
     let dead_letter_ctx = ConnectorContext {
@@ -89,6 +110,10 @@ pub fn to_spec(
             Some(config) => config.build(&dead_letter_ctx),
             None => Box::new(FileSink::new(default_dead_letter(&state_dir))),
         },
+        former: p
+            .dead_letter
+            .as_ref()
+            .map(|config| former_sink(&p.name, "dead_letter", &state_dir, config)),
     };
     Ok(PipelineSpec {
         name: p.name.clone(),

@@ -402,10 +402,10 @@ fn a_rescale_1_3_2_1_under_amqp_input_equals_one_worker() {
 /// what to do) until the operator runs `sluice release --worker 0
 /// --workers 1` (docs/scaling.md); then they take over from its last
 /// uploaded checkpoint, the AMQP messages it had not acknowledged come
-/// again, and the results are exact.
+/// again, the output of its last checkpoint that its sinks had not
+/// acknowledged is written for it, and the results are exact.
 #[cfg(all(feature = "amqp", feature = "postgres"))]
 #[test]
-#[ignore = "known bug (issue 13 note): after a forced release the new owners do not deliver the killed owner's unacknowledged outboxes, so windows it closed in its last checkpoint can be missing; run with --run-ignored to see it"]
 fn a_killed_owner_holds_its_key_groups_until_the_operator_releases_them() {
     use support::amqp::{rt, shared_broker, Cleanup, Client};
     use support::services::{postgres_url, unique};
@@ -491,6 +491,88 @@ fn a_killed_owner_holds_its_key_groups_until_the_operator_releases_them() {
         queues: vec![queue],
         exchanges: Vec::new(),
     });
+}
+
+/// A worker whose sink never acknowledged anything (its Redis was
+/// unreachable) is killed after a checkpoint covered all its input (the
+/// HTTP journal is released, so the input is never read again); the only
+/// copy of its results is the output stored with that checkpoint. After the
+/// operator releases it, the new owner of its first key group writes that
+/// output before taking over, and the results are exact without any
+/// further input; then more input goes to the new workers.
+#[cfg(all(feature = "http", feature = "redis"))]
+#[test]
+fn a_killed_owners_undelivered_output_is_written_by_its_successor() {
+    use support::services::{redis_url, unique};
+    const WAITING: &str = "waiting for worker 0 of 1 to release key group";
+    let test = "remote_undelivered";
+    let mut rng = support::rng(test);
+    let events = wl::generate(&mut rng, 2_000);
+    let lines = wl::lines(&events);
+    let text = with_remote(&wl::pipeline(test, &wl::http_source(), wl::REDIS_SINKS));
+    let bucket = Bucket::shared("undelivered");
+    let prefix = format!("sluice-it:{}:", unique(test));
+    let read = || wl::read_redis(&redis_url(), &prefix).normalized();
+    let cluster = |name: &str, n: u32, redis: &str| {
+        remote_cluster(name, &text, Some(n), &bucket)
+            .env("REMOTE", bucket.url(test))
+            .port("HTTP_PORT")
+            .env("REDIS_URL", redis)
+            .env("PREFIX", prefix.as_str())
+    };
+    let half = lines.len() / 2;
+    // Nothing listens on the discard port: every write is retried, none
+    // is acknowledged.
+    let mut old = cluster(&format!("{test}_old"), 1, "redis://127.0.0.1:9").start();
+    for chunk in lines[..half].chunks(200) {
+        wl::post_ndjson(old.port(0, "HTTP_PORT"), chunk, SETTLE);
+    }
+    let admin = old.admin_port(0);
+    old.wait_until("a checkpoint to cover all the input", SETTLE, || {
+        support::metric_series(admin, "sluice_events_in_total", &[("component", "events")])
+            .is_some_and(|n| n >= half as f64)
+            && support::metric_total(admin, "sluice_journal_backlog_events") == Some(0.0)
+            && support::metric_total(admin, "sluice_sink_pending_epochs").is_some_and(|n| n >= 1.0)
+    });
+    assert!(old.kill(0), "the old worker was not running");
+    assert!(
+        read().all.is_empty(),
+        "the old worker wrote to Redis although it was unreachable"
+    );
+
+    let mut new = cluster(&format!("{test}_new"), 2, &redis_url()).launch();
+    for w in 0..2 {
+        new.worker(w).wait_log(WAITING, 1);
+    }
+    let out = new
+        .worker(0)
+        .command(&["release", "--worker", "0", "--workers", "1"])
+        .output()
+        .expect("run sluice release");
+    assert!(
+        out.status.success(),
+        "sluice release failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    new.wait_ready();
+    new.worker(0).wait_log(
+        "wrote the output the gone worker's sink never acknowledged",
+        1,
+    );
+    let first = wl::oracle(&events[..half]).normalized();
+    let all_of = |r: &wl::Results| r.all.clone();
+    let got = new.wait_for_result(&first.all, SETTLE, || all_of(&read()));
+    assert_eq!(got, first.all, "the killed worker's results");
+    for (k, chunk) in lines[half..].chunks(100).enumerate() {
+        wl::post_ndjson(new.port(k % 2, "HTTP_PORT"), chunk, SETTLE);
+    }
+    let oracle = wl::oracle(&events).normalized();
+    let got = new.wait_for_result(&oracle.all, SETTLE, || all_of(&read()));
+    assert_eq!(got, oracle.all, "the new owners' results");
+    new.stop_all();
+    let dead = all_dead_letters(&new);
+    assert!(dead.is_empty(), "{} dead letters", dead.len());
+    wl::clean_redis(&redis_url(), &prefix);
 }
 
 /// A former owner that froze (SIGSTOP) during a rescale is a zombie: the

@@ -174,6 +174,25 @@ pub trait Sink: Send + 'static {
         Box::pin(async { Ok(None) })
     }
 
+    /// Prepares the sink, instead of [`restore`](Self::restore), to write
+    /// the committed but unacknowledged epochs of a former owner of key
+    /// groups that is gone (a forced release, see `sluice release`), as
+    /// that owner would have written them: with `progress`, the owner's
+    /// last acknowledged progress (None if it acknowledged nothing), and
+    /// never drawing anything new. The sink is built as that owner
+    /// ([`crate::connector::ConnectorContext::worker`]). Returns false when
+    /// the sink cannot do this safely (the default): only a destination
+    /// where writing a record again leaves the same result, and where a
+    /// write under the former owner's fence never replaces a newer owner's
+    /// value, may return true.
+    fn restore_former<'a>(
+        &'a mut self,
+        progress: Option<&'a [u8]>,
+    ) -> BoxFuture<'a, Result<bool, SinkError>> {
+        let _ = progress;
+        Box::pin(async { Ok(false) })
+    }
+
     /// Writes one epoch's records; must be idempotent for the same epoch.
     /// Returns once the records are durable at the destination.
     fn write<'a>(

@@ -131,6 +131,18 @@ pub fn restored(progress: Option<&[u8]>, worker: WorkerId) -> Option<Restored> {
     }
 }
 
+/// The generation a former owner of key groups wrote with, from its last
+/// acknowledged progress ([`sluice_engine::sink::Sink::restore_former`]):
+/// 0 when it acknowledged nothing (below every drawn generation, so its
+/// output only fills keys nobody wrote since); None when the progress
+/// cannot be read.
+pub fn former_generation(progress: Option<&[u8]>) -> Option<u64> {
+    match progress {
+        None => Some(0),
+        Some(bytes) => Progress::decode(bytes).map(|p| p.generation),
+    }
+}
+
 /// Who writes through a fenced sink: recorded at the destination beside
 /// every generation a worker of a multi-worker run draws.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

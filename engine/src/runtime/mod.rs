@@ -93,7 +93,14 @@ pub struct SinkSpec {
     pub inputs: Vec<String>,
     /// The connector that writes the records.
     pub sink: Box<dyn Sink>,
+    /// Builds the connector again as another worker: used to write the
+    /// unacknowledged output of a former owner of key groups that is gone
+    /// (see [`Sink::restore_former`]). None where that cannot be built.
+    pub former: Option<FormerSink>,
 }
+
+/// Builds a sink as the given worker (see [`SinkSpec::former`]).
+pub type FormerSink = Arc<dyn Fn(WorkerId) -> Box<dyn Sink> + Send + Sync>;
 
 /// A whole pipeline, ready to run.
 pub struct PipelineSpec {
@@ -254,13 +261,14 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
     let store = open_store(&spec)?;
     let uploader = match &spec.remote {
         Some(url) => Some(
-            prepare_remote(
+            remote::prepare_run(
                 (spec.worker, spec.key_groups, &spec.name),
                 &spec.state_dir,
                 url,
                 &store,
                 &signatures,
-                &opts,
+                &remote::former_sinks(&spec),
+                &opts.ready,
             )
             .await?,
         ),
@@ -429,77 +437,9 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
     )
     .await;
     if let (Ok(report), Some(progress), Some(url)) = (&result, &remote_progress, &spec.remote) {
-        release_if_clean(report, progress, url, me).await;
+        remote::release_if_clean(report, progress, url, me).await;
     }
     result
-}
-
-/// At a clean stop, writes the release of the last uploaded checkpoint so
-/// that other workers may take over this worker's key groups (a rescale).
-async fn release_if_clean(
-    report: &RunReport,
-    progress: &remote::RemoteProgress,
-    url: &str,
-    me: WorkerId,
-) {
-    let last = progress.last.lock().expect("not poisoned").clone();
-    let Some((epoch, manifest)) = last.filter(|(e, _)| *e == report.epoch) else {
-        tracing::info!(
-            epoch = report.epoch,
-            "the last checkpoint is not in the remote copy: not releasing this worker's key groups"
-        );
-        return;
-    };
-    if !report.clean_stop {
-        tracing::info!(
-            epoch,
-            "not a clean stop (a sink did not acknowledge, or other workers were still sending): not releasing this worker's key groups"
-        );
-        return;
-    }
-    let result = match crate::state::remote::RemoteStore::open(url) {
-        Ok(r) => remote::release(&r, me, &manifest, epoch, false).await,
-        Err(e) => Err(e),
-    };
-    match result {
-        Ok(()) => {
-            tracing::info!(epoch, %manifest, "released this worker's key groups (a clean stop): they may move to other workers")
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot write the release of this worker's key groups; a rescale will wait for it")
-        }
-    }
-}
-
-/// Takes what the local state lacks from the remote copy (see
-/// [`remote::prepare`]) and builds the uploader.
-async fn prepare_remote(
-    (me, key_groups, pipeline): (WorkerId, u16, &str),
-    state_dir: &Path,
-    url: &str,
-    store: &Arc<SledBackend>,
-    signatures: &[(String, String)],
-    opts: &RunOptions,
-) -> Result<(remote::Recovery, remote::Uploader), RunError> {
-    let remote_store = crate::state::remote::RemoteStore::open(url)
-        .map_err(|e| RunError::Remote(e.to_string()))?;
-    let nodes: Vec<Arc<str>> = signatures
-        .iter()
-        .map(|(n, _)| Arc::from(n.as_str()))
-        .collect();
-    let ready = opts.ready.clone();
-    let waiting = move |text: &str| ready.waiting(text);
-    remote::prepare(remote::Prepare {
-        remote: &remote_store,
-        store: store.as_ref(),
-        me,
-        key_groups,
-        nodes: &nodes,
-        pipeline,
-        waiting: &waiting,
-        marker_dir: Some(state_dir),
-    })
-    .await
 }
 
 fn register_metrics(spec: &PipelineSpec) {

@@ -273,7 +273,7 @@ pub(super) fn check_format(value: Option<&[u8]>) -> Result<(), StoreError> {
 impl Restored {
     /// Adds one stored entry; entries are expected in key order (outbox
     /// epochs come out in order). Unknown keys are ignored.
-    pub(super) fn add(&mut self, k: &[u8], v: &[u8]) -> Result<(), StoreError> {
+    pub(crate) fn add(&mut self, k: &[u8], v: &[u8]) -> Result<(), StoreError> {
         if k == key::EPOCH {
             self.epoch = u64::from_be_bytes(fixed(k, v)?);
             return Ok(());

@@ -200,6 +200,27 @@ impl<C: MongoClient> MongoSink<C> {
 }
 
 impl<C: MongoClient> Sink for MongoSink<C> {
+    fn restore_former<'a>(
+        &'a mut self,
+        progress: Option<&'a [u8]>,
+    ) -> BoxFuture<'a, Result<bool, SinkError>> {
+        Box::pin(async move {
+            if self.config.mode == MongoSinkMode::Append {
+                // Appends are keyed by the record's id (`_id`).
+                self.generation = Some(0);
+                return Ok(true);
+            }
+            // Every write is fenced (and keyed by the record's id): the
+            // former owner's epochs, under its generation, only fill keys
+            // no newer owner wrote since.
+            let generation = fence::former_generation(progress).ok_or_else(|| {
+                SinkError::Fatal(format!("mongodb sink `{}`: corrupt progress", self.name))
+            })?;
+            self.generation = Some(generation);
+            Ok(true)
+        })
+    }
+
     fn restore<'a>(
         &'a mut self,
         progress: Option<&'a [u8]>,

@@ -638,6 +638,30 @@ async fn execute(
 }
 
 impl Sink for PostgresSink {
+    fn restore_former<'a>(
+        &'a mut self,
+        progress: Option<&'a [u8]>,
+    ) -> BoxFuture<'a, Result<bool, SinkError>> {
+        Box::pin(async move {
+            self.table()?;
+            if self.config.mode == PostgresMode::Append {
+                // Appends are keyed by the record's id: writing one again
+                // changes nothing.
+                self.generation = Some(0);
+                self.connection().await?;
+                return Ok(true);
+            }
+            // Every write is fenced (and keyed by the record's id): the
+            // former owner's epochs, under its generation, only fill keys
+            // no newer owner wrote since.
+            let generation = fence::former_generation(progress).ok_or_else(|| {
+                SinkError::Fatal(format!("postgres sink `{}`: corrupt progress", self.name))
+            })?;
+            self.generation = Some(generation);
+            Ok(true)
+        })
+    }
+
     fn restore<'a>(
         &'a mut self,
         progress: Option<&'a [u8]>,

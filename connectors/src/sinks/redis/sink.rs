@@ -306,6 +306,22 @@ impl RedisSink {
 }
 
 impl Sink for RedisSink {
+    fn restore_former<'a>(
+        &'a mut self,
+        progress: Option<&'a [u8]>,
+    ) -> BoxFuture<'a, Result<bool, SinkError>> {
+        Box::pin(async move {
+            // Every write is fenced (and keyed by the record's id): the
+            // former owner's epochs, under its generation, only fill keys
+            // no newer owner wrote since.
+            let generation = crate::sinks::fence::former_generation(progress).ok_or_else(|| {
+                SinkError::Fatal(format!("redis sink `{}`: corrupt progress", self.name))
+            })?;
+            self.generation = Some(generation);
+            Ok(true)
+        })
+    }
+
     fn restore<'a>(
         &'a mut self,
         progress: Option<&'a [u8]>,

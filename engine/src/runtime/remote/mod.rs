@@ -23,16 +23,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::cluster::WorkerId;
+use crate::health::Readiness;
 use crate::runtime::cluster::ClusterState;
-use crate::runtime::RunError;
+use crate::runtime::{PipelineSpec, RunError, RunReport};
 use crate::state::layout::key;
 use crate::state::remote::{encode_object, worker_dir, Release, RemoteError, RemoteStore};
-use crate::state::{StateBackend, StoreError};
+use crate::state::{SledBackend, StateBackend, StoreError};
 use crate::time::now_ms;
 
+mod handover;
 mod start;
 mod upload;
 
+pub use handover::FormerSinkSpec;
 pub use start::{prepare, Prepare};
 
 /// A group whose chain has this many segments gets a new base.
@@ -160,6 +163,87 @@ pub async fn release(
         )
         .await?;
     Ok(())
+}
+
+/// At a clean stop, writes the release of the last uploaded checkpoint so
+/// that other workers may take over this worker's key groups (a rescale).
+pub(crate) async fn release_if_clean(
+    report: &RunReport,
+    progress: &RemoteProgress,
+    url: &str,
+    me: WorkerId,
+) {
+    let last = progress.last.lock().expect("not poisoned").clone();
+    let Some((epoch, manifest)) = last.filter(|(e, _)| *e == report.epoch) else {
+        tracing::info!(
+            epoch = report.epoch,
+            "the last checkpoint is not in the remote copy: not releasing this worker's key groups"
+        );
+        return;
+    };
+    if !report.clean_stop {
+        tracing::info!(
+            epoch,
+            "not a clean stop (a sink did not acknowledge, or other workers were still sending): not releasing this worker's key groups"
+        );
+        return;
+    }
+    let result = match crate::state::remote::RemoteStore::open(url) {
+        Ok(r) => release(&r, me, &manifest, epoch, false).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => {
+            tracing::info!(epoch, %manifest, "released this worker's key groups (a clean stop): they may move to other workers")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot write the release of this worker's key groups; a rescale will wait for it")
+        }
+    }
+}
+
+/// The sinks of `spec`, as [`prepare_run`] needs them.
+pub(crate) fn former_sinks(spec: &PipelineSpec) -> Vec<FormerSinkSpec> {
+    spec.sinks
+        .iter()
+        .chain([&spec.dead_letter])
+        .map(|s| FormerSinkSpec {
+            name: s.name.clone(),
+            build: s.former.clone(),
+        })
+        .collect()
+}
+
+/// Takes what the local state lacks from the remote copy (see
+/// [`prepare`]) and builds the uploader.
+pub(crate) async fn prepare_run(
+    (me, key_groups, pipeline): (WorkerId, u16, &str),
+    state_dir: &std::path::Path,
+    url: &str,
+    store: &Arc<SledBackend>,
+    signatures: &[(String, String)],
+    sinks: &[FormerSinkSpec],
+    ready: &Arc<Readiness>,
+) -> Result<(Recovery, Uploader), RunError> {
+    let remote_store = RemoteStore::open(url).map_err(|e| RunError::Remote(e.to_string()))?;
+    let nodes: Vec<Arc<str>> = signatures
+        .iter()
+        .map(|(n, _)| Arc::from(n.as_str()))
+        .collect();
+    let ready = ready.clone();
+    let waiting = move |text: &str| ready.waiting(text);
+    prepare(Prepare {
+        remote: &remote_store,
+        store: store.as_ref(),
+        me,
+        key_groups,
+        nodes: &nodes,
+        pipeline,
+        waiting: &waiting,
+        marker_dir: Some(state_dir),
+        sinks,
+    })
+    .await
 }
 
 #[cfg(test)]

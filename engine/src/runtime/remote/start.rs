@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 
+use super::handover::{self, FormerSinkSpec};
 use super::upload::new_uploader;
 use super::{decode_cluster, local_writer, remote_error, Chain, Recovery, Uploader};
 use crate::cluster::WorkerId;
@@ -39,6 +40,9 @@ pub struct Prepare<'a> {
     pub waiting: &'a (dyn Fn(&str) + Sync),
     /// The state directory (its marker follows a rolled-back checkpoint).
     pub marker_dir: Option<&'a std::path::Path>,
+    /// The pipeline's sinks, to write a gone owner's unacknowledged output
+    /// (see [`super::handover`]).
+    pub sinks: &'a [FormerSinkSpec],
 }
 
 /// Takes what the local state lacks from the remote copy and claims this
@@ -196,7 +200,25 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader), RunError> {
         _ => BTreeSet::new(),
     };
 
+    // The checkpoint a moved group's state comes from: its previous
+    // owner's release, or for a group this worker claimed in an earlier,
+    // interrupted start, the manifest its claim names.
+    let source_of = |claim: &Claim| -> Option<&Manifest> {
+        if claim.owner() == p.me {
+            let from = claim.from.as_ref()?;
+            sources.values().find(|(n, _)| n == from).map(|(_, m)| m)
+        } else {
+            sources.get(&claim.owner()).map(|(_, m)| m)
+        }
+    };
     if !moves.is_empty() {
+        // What gone owners committed but their sinks never acknowledged,
+        // written on their behalf before the takeover is recorded.
+        for (owner, (_, man)) in &sources {
+            if *owner != p.me && handover::delivers_for(p.me, man.writer(), p.key_groups) {
+                handover::deliver(&p, man).await?;
+            }
+        }
         // Build the new local state: drop groups no longer owned, put the
         // moved groups' state, merge what receivers remember of replays.
         let phase = Instant::now();
@@ -251,21 +273,14 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader), RunError> {
         // worker's new write generation, they would overwrite (and fence)
         // what the new owners of those groups write. A released owner's
         // sinks acknowledged all of it; after a forced release, what they
-        // had not is not delivered again (docs/scaling.md).
+        // had not was written above, under the owner's own generation.
         p.store.for_each_prefix(b"o\0", &mut |k, _| {
             writes.delete(Key::Raw(k.to_vec()));
             Ok(())
         })?;
         let mut marks: Vec<ClusterState> = Vec::new();
         for (g, _, claim) in moves.iter().filter(|(g, _, _)| !kept.contains(g)) {
-            let from = if claim.owner() == p.me {
-                claim
-                    .from
-                    .as_ref()
-                    .and_then(|f| sources.values().find(|(n, _)| n == f).map(|(_, m)| m))
-            } else {
-                sources.get(&claim.owner()).map(|(_, m)| m)
-            };
+            let from = source_of(claim);
             let Some(man) = from else { continue };
             let chain = man.chains.get(g).cloned().unwrap_or_default();
             for e in cache.rebuild(p.remote, &chain, *g).await? {
@@ -296,11 +311,29 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader), RunError> {
         }
         let applied_ms = phase.elapsed().as_millis() as u64;
         let phase = Instant::now();
-        // Upload what this worker now holds (full bases of every group it
-        // owns) before claiming: a claimed group is always in its owner's
-        // manifests, so a later move never mistakes it for empty.
+        // Upload a manifest of what this worker now holds before claiming:
+        // a claimed group is always in its owner's manifests, so a later
+        // move never mistakes it for empty. A group taken from a previous
+        // owner continues that owner's chain (its segments are written
+        // once and stay while a manifest of a running worker names them:
+        // each worker removes only segments of its own that none of its
+        // kept manifests needs, and the workers of one count never share
+        // a directory); other groups get a base.
         let (epoch_now, _) = local_writer(p.store)?;
-        let mut up = new_uploader(&p, owned.clone(), BTreeMap::new());
+        let mut chains: BTreeMap<u16, Chain> = BTreeMap::new();
+        for (g, _, claim) in &moves {
+            let from = source_of(claim);
+            if let Some(segments) = from.and_then(|m| m.chains.get(g)).filter(|s| !s.is_empty()) {
+                chains.insert(
+                    *g,
+                    Chain {
+                        segments: segments.clone(),
+                        ..Default::default()
+                    },
+                );
+            }
+        }
+        let mut up = new_uploader(&p, owned.clone(), chains);
         up.upload_async(epoch_now, BTreeMap::new(), p.store)
             .await
             .map_err(RunError::Remote)?;

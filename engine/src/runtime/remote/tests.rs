@@ -40,6 +40,15 @@ impl Fixture {
         store: &dyn StateBackend,
         me: WorkerId,
     ) -> Result<(Recovery, Uploader), RunError> {
+        self.prepare_with(store, me, &[])
+    }
+
+    fn prepare_with(
+        &self,
+        store: &dyn StateBackend,
+        me: WorkerId,
+        sinks: &[FormerSinkSpec],
+    ) -> Result<(Recovery, Uploader), RunError> {
         let nodes = nodes();
         self.rt.block_on(prepare(Prepare {
             remote: &self.remote,
@@ -50,6 +59,7 @@ impl Fixture {
             pipeline: "test",
             waiting: &|_| {},
             marker_dir: None,
+            sinks,
         }))
     }
 
@@ -214,6 +224,7 @@ fn key_groups_move_to_their_new_owners_only_once_released() {
                 pipeline: "test",
                 waiting: &|t| *waited.lock().unwrap() = t.to_string(),
                 marker_dir: None,
+                sinks: &[],
             }),
         )
         .await
@@ -300,6 +311,7 @@ fn a_stale_worker_of_the_old_count_waits_instead_of_taking_groups_back() {
                 pipeline: "test",
                 waiting: &|_| {},
                 marker_dir: None,
+                sinks: &[],
             }),
         )
         .await
@@ -329,14 +341,15 @@ fn a_worker_keeps_the_groups_its_own_directory_already_holds() {
     assert!(!entries(&single, b"o\0").is_empty());
     f.release(WorkerId::SINGLE);
     // Worker 0 of 2 starts on the single worker's directory: it keeps its
-    // half as it is and drops the other half. It reads no segment back:
-    // with them all gone from the remote copy, the start still works.
+    // half as it is and drops the other half. It reads no segment back
+    // and uploads none: its groups continue the released chains.
     let w0 = WorkerId::new(0, 2).unwrap();
     let segments_before = f.rt.block_on(f.remote.list("segments/")).unwrap();
-    for name in &segments_before {
-        f.rt.block_on(f.remote.delete(name)).unwrap();
-    }
-    let (r, _) = f.prepare(&single, w0).unwrap();
+    let (_, released) =
+        f.rt.block_on(f.remote.latest_manifest(WorkerId::SINGLE))
+            .unwrap()
+            .unwrap();
+    let (r, mut up0) = f.prepare(&single, w0).unwrap();
     assert_eq!(r, Recovery::Rescale);
     let mine: BTreeMap<Vec<u8>, Vec<u8>> = state
         .iter()
@@ -348,16 +361,45 @@ fn a_worker_keeps_the_groups_its_own_directory_already_holds() {
     // The previous owner's outboxes (its output for every key group it
     // owned) are not re-delivered under the new owner's write generation.
     assert!(entries(&single, b"o\0").is_empty());
-    // Its groups are claimed anew (generation 2) and uploaded as bases.
+    // Its groups are claimed anew (generation 2); its first manifest names
+    // the released chains, and no segment was written.
     for g in w0.owned(GROUPS) {
         let (generation, claim) = f.rt.block_on(f.remote.latest_claim(g)).unwrap().unwrap();
         assert_eq!((generation, claim.owner()), (2, w0), "group {g}");
     }
-    let segments_after = f.rt.block_on(f.remote.list("segments/")).unwrap();
-    assert!(
-        !segments_after.is_empty(),
-        "its groups are uploaded as bases"
+    let (_, first) =
+        f.rt.block_on(f.remote.latest_manifest(w0))
+            .unwrap()
+            .unwrap();
+    for g in w0.owned(GROUPS) {
+        assert_eq!(first.chains.get(&g), released.chains.get(&g), "group {g}");
+    }
+    assert_eq!(
+        f.rt.block_on(f.remote.list("segments/")).unwrap(),
+        segments_before
     );
+    // It goes on (deltas on the borrowed chains, re-bases, removal of its
+    // own old objects); a lost volume then comes back exact.
+    for epoch in 6..=40 {
+        let mut w = WriteSet::default();
+        for write in random_writes(&mut rng, 40).writes {
+            let keep = match &write {
+                crate::state::Write::Put(Key::State { group, .. }, _)
+                | crate::state::Write::Delete(Key::State { group, .. }) => {
+                    w0.owned(GROUPS).contains(group)
+                }
+                _ => true,
+            };
+            if keep {
+                w.writes.push(write);
+            }
+        }
+        f.checkpoint(&mut up0, &single, epoch, w);
+    }
+    let fresh = MemoryBackend::new();
+    let (r, _) = f.prepare(&fresh, w0).unwrap();
+    assert_eq!(r, Recovery::LostVolume);
+    assert_eq!(entries(&fresh, b"s\0"), entries(&single, b"s\0"));
 }
 
 #[test]
@@ -393,4 +435,149 @@ fn a_directory_ahead_of_its_forced_release_goes_back_to_it() {
         .filter(|(k, _)| w0.owned(GROUPS).contains(&key::parse_state(k).unwrap().1))
         .collect();
     assert_eq!(entries(&single, b"s\0"), mine);
+}
+
+/// A sink that says what it was asked to do.
+struct Recording {
+    built_as: WorkerId,
+    able: bool,
+    log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl crate::sink::Sink for Recording {
+    fn restore_former<'a>(
+        &'a mut self,
+        progress: Option<&'a [u8]>,
+    ) -> crate::source::BoxFuture<'a, Result<bool, crate::sink::SinkError>> {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("as {}: restore_former {progress:?}", self.built_as));
+        let able = self.able;
+        Box::pin(async move { Ok(able) })
+    }
+
+    fn write<'a>(
+        &'a mut self,
+        epoch: u64,
+        records: &'a [crate::sink::SinkRecord],
+    ) -> crate::source::BoxFuture<'a, Result<crate::sink::WriteOutcome, crate::sink::SinkError>>
+    {
+        let ids: Vec<&str> = records.iter().map(|r| &*r.id).collect();
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("as {}: write {epoch} {ids:?}", self.built_as));
+        Box::pin(async { Ok(crate::sink::WriteOutcome::default()) })
+    }
+}
+
+fn recording(name: &str, able: bool, log: &Arc<std::sync::Mutex<Vec<String>>>) -> FormerSinkSpec {
+    let log = log.clone();
+    FormerSinkSpec {
+        name: name.to_string(),
+        build: Some(Arc::new(move |built_as| {
+            Box::new(Recording {
+                built_as,
+                able,
+                log: log.clone(),
+            })
+        })),
+    }
+}
+
+fn outbox(sink: &str, epoch: u64, ids: &[&str]) -> (Key, Vec<u8>) {
+    let records: Vec<crate::sink::SinkRecord> = ids
+        .iter()
+        .map(|id| crate::sink::SinkRecord {
+            kind: crate::batch::RowKind::Upsert,
+            id: crate::value::Str::from(*id),
+            value: crate::value::Value::Null,
+            time: 0,
+        })
+        .collect();
+    let key = Key::Outbox {
+        sink: Arc::from(sink),
+        epoch,
+    };
+    (key, crate::state::encode(&records))
+}
+
+/// A worker killed after a checkpoint whose output its sinks had not all
+/// acknowledged, then released by the operator: the new owner of its
+/// first key group (and only that worker) writes the unacknowledged
+/// epochs through each sink built as the gone worker and restored with
+/// its acknowledged progress, once, before taking the groups over. A sink
+/// that cannot do so safely is not asked to write.
+#[test]
+fn a_gone_owners_unacknowledged_output_is_written_once_as_that_owner() {
+    let f = fixture();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let single = MemoryBackend::new();
+    let (_, mut up) = f.prepare(&single, WorkerId::SINGLE).unwrap();
+    f.checkpoint(&mut up, &single, 1, random_writes(&mut rng, 20));
+    let mut w = random_writes(&mut rng, 20);
+    // Sink `out` acknowledged epoch 1 (progress "g7") but not 2 or 3;
+    // `file` acknowledged nothing; `done` acknowledged all it had.
+    w.put(
+        Key::Ack(Arc::from("out")),
+        crate::state::encode(&crate::state::SinkAck {
+            epoch: 1,
+            progress: Some(b"g7".to_vec()),
+        }),
+    );
+    w.put(
+        Key::Ack(Arc::from("done")),
+        crate::state::encode(&crate::state::SinkAck {
+            epoch: 2,
+            progress: None,
+        }),
+    );
+    for (k, v) in [
+        outbox("out", 2, &["a|1", "b|1"]),
+        outbox("file", 2, &["c|1"]),
+        outbox("done", 2, &["d|1"]),
+    ] {
+        w.put(k, v);
+    }
+    f.checkpoint(&mut up, &single, 2, w);
+    let mut w = WriteSet::default();
+    let (k, v) = outbox("out", 3, &["a|2"]);
+    w.put(k, v);
+    f.checkpoint(&mut up, &single, 3, w);
+    // Killed here; the operator releases its last checkpoint.
+    f.release(WorkerId::SINGLE);
+
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sinks = [
+        recording("out", true, &log),
+        recording("file", false, &log),
+        recording("done", true, &log),
+    ];
+    let w0 = WorkerId::new(0, 2).unwrap();
+    let w1 = WorkerId::new(1, 2).unwrap();
+    let store1 = MemoryBackend::new();
+    f.prepare_with(&store1, w1, &sinks).unwrap();
+    assert!(
+        log.lock().unwrap().is_empty(),
+        "worker 1 of 2 does not own group 0: {:?}",
+        log.lock().unwrap()
+    );
+    f.prepare_with(&single, w0, &sinks).unwrap();
+    assert_eq!(
+        *log.lock().unwrap(),
+        vec![
+            "as worker 0 of 1: restore_former None".to_string(),
+            "as worker 0 of 1: restore_former Some([103, 55])".to_string(),
+            r#"as worker 0 of 1: write 2 ["a|1", "b|1"]"#.to_string(),
+            r#"as worker 0 of 1: write 3 ["a|2"]"#.to_string(),
+        ],
+        "file (unable) is not written, out writes its epochs 2 and 3, done has nothing left"
+    );
+    // The takeover dropped the directory's own outboxes (they were
+    // written above) and the next start writes nothing again.
+    assert!(entries(&single, b"o\0").is_empty());
+    log.lock().unwrap().clear();
+    f.prepare_with(&single, w0, &sinks).unwrap();
+    assert!(log.lock().unwrap().is_empty(), "{:?}", log.lock().unwrap());
 }
