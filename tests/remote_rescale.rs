@@ -668,3 +668,91 @@ fn a_zombie_former_owner_is_fenced_after_the_operator_releases_it() {
     new.stop_all();
     wl::clean_redis(&redis_url(), &prefix);
 }
+
+/// A count per key over a file source (worker 0 reads every key; the
+/// others read empty files), with the remote copy.
+const KEYS_ONCE: &str = r#"
+[pipeline]
+name = "keys-once"
+
+[state]
+dir = "${WORKER_DIR}/state"
+remote = "${REMOTE}"
+
+[checkpoint]
+interval = "200ms"
+
+[admin]
+address = "127.0.0.1:${ADMIN_PORT}"
+
+[sources.events]
+type = "file"
+path = "${INPUT_DIR}/part-${SLUICE_WORKER_ID}.ndjson"
+follow = true
+
+[transforms.per_key]
+type = "aggregate"
+inputs = ["events"]
+group_by = ["k"]
+aggregates = { n = "count" }
+
+[sinks.out]
+type = "null"
+inputs = ["per_key"]
+"#;
+
+/// After each rescale every key is held by exactly one worker: a worker's
+/// directory may still hold key groups it no longer owns (they are removed
+/// after the start, and the log says so), but they are never restored, so
+/// `sluice_state_keys` summed over the workers is the number of keys.
+#[test]
+fn each_key_is_held_by_one_worker_after_a_rescale() {
+    const KEYS: usize = 3_000;
+    let test = "remote_keys_once";
+    let input = tempfile::tempdir().expect("tempdir");
+    let lines: String = (0..KEYS)
+        .map(|i| format!("{{\"k\":\"key-{i}\"}}\n"))
+        .collect();
+    std::fs::write(input.path().join("part-0.ndjson"), lines).expect("write input");
+    for w in 1..3 {
+        std::fs::write(input.path().join(format!("part-{w}.ndjson")), "").expect("write input");
+    }
+    let bucket = Bucket::shared("keysonce");
+    let mut c = remote_cluster(test, KEYS_ONCE, Some(1), &bucket)
+        .env("INPUT_DIR", input.path().display().to_string())
+        .start();
+    let held = |ports: &[u16]| -> f64 {
+        ports
+            .iter()
+            .map(|&p| support::metric_total(p, "sluice_state_keys").unwrap_or(0.0))
+            .sum()
+    };
+    let ports = [c.admin_port(0)];
+    c.wait_until("the worker to count every key", SETTLE, || {
+        held(&ports) == KEYS as f64
+    });
+    for n in [2u32, 3, 1] {
+        c.stop_all();
+        c.rescale(n);
+        for w in 0..n as usize {
+            c.start_worker(w);
+        }
+        c.wait_ready();
+        let ports: Vec<u16> = (0..n as usize).map(|w| c.admin_port(w)).collect();
+        let got = held(&ports);
+        assert_eq!(
+            got,
+            KEYS as f64,
+            "after the rescale to {n}: keys held over the workers\n{}",
+            c.context()
+        );
+    }
+    // Worker 0 of 2 (1 -> 2) started on the single worker's directory,
+    // which held the other half too.
+    let log = std::fs::read_to_string(c.worker_dir(0).join("sluice.log")).unwrap_or_default();
+    assert!(
+        log.contains("removed the state of key groups this worker no longer owns"),
+        "worker 0 did not remove the groups it gave away"
+    );
+    c.stop_all();
+}

@@ -279,6 +279,9 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
         .as_ref()
         .is_some_and(|(r, _)| *r == remote::Recovery::LostVolume);
     let (store, mut restored) = restore(&spec, store, &signatures, &mut operators)?;
+    if spec.remote.is_some() && !me.is_single() {
+        drop_unowned_in_background(store.clone(), &signatures, me, spec.key_groups);
+    }
     let cluster_state = cluster::check_cluster_state(&spec, &restored)?;
     let mut all_sinks: Vec<SinkSpec> = spec.sinks;
     all_sinks.push(spec.dead_letter);
@@ -442,6 +445,30 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
     result
 }
 
+/// Removes what the store holds of key groups this worker does not own
+/// (left by a rescale), without delaying the start.
+fn drop_unowned_in_background(
+    store: Arc<dyn StateBackend>,
+    signatures: &[(String, String)],
+    me: WorkerId,
+    key_groups: u16,
+) {
+    let nodes: Vec<Arc<str>> = signatures
+        .iter()
+        .map(|(n, _)| Arc::from(n.as_str()))
+        .collect();
+    let spawned = std::thread::Builder::new()
+        .name("sluice-drop-unowned".into())
+        .spawn(move || match remote::drop_unowned(store.as_ref(), &nodes, me, key_groups) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(entries = n, "removed the state of key groups this worker no longer owns"),
+            Err(e) => tracing::warn!(error = %Report(&e), "cannot remove the state of key groups this worker no longer owns (done again at the next start)"),
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start removing the state of key groups this worker no longer owns");
+    }
+}
+
 fn register_metrics(spec: &PipelineSpec) {
     crate::metrics::register_pipeline(
         &spec.name,
@@ -504,8 +531,12 @@ fn restore(
             }
         }
     }
+    // Only the key groups this worker owns: after a rescale the store may
+    // still hold others until they are removed (remote::drop_unowned).
+    let owned = spec.worker.owned(spec.key_groups);
     for (t, tspec) in spec.transforms.iter().enumerate() {
-        if let Some(entries) = restored.state.remove(&tspec.name) {
+        if let Some(mut entries) = restored.state.remove(&tspec.name) {
+            entries.retain(|(g, _, _)| owned.contains(g));
             let op = operators[t].as_mut().expect("built above");
             op.restore(entries).map_err(|error| RunError::Restore {
                 name: tspec.name.clone(),

@@ -107,6 +107,14 @@ pub trait StateBackend: Send + Sync {
     /// Applies `writes` atomically; returns once they are durable.
     fn apply(&self, writes: WriteSet) -> Result<(), StoreError>;
 
+    /// Applies `writes` in parts, not atomically (faster for many writes);
+    /// returns once all are durable. Only for writes that a start
+    /// interrupted meanwhile does again (taking key groups over), never for
+    /// a checkpoint.
+    fn apply_in_parts(&self, writes: WriteSet) -> Result<(), StoreError> {
+        self.apply(writes)
+    }
+
     /// Bytes the store takes on disk (approximate; 0 in memory).
     fn size_on_disk(&self) -> u64;
 

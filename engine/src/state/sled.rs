@@ -51,6 +51,9 @@ fn sled_config(dir: &Path) -> sled::Config {
         .mode(sled::Mode::HighThroughput)
 }
 
+/// Writes per sled batch in [`StateBackend::apply_in_parts`].
+const PART: usize = 10_000;
+
 /// The sled database of one pipeline.
 pub struct SledBackend {
     db: sled::Db,
@@ -105,6 +108,31 @@ impl StateBackend for SledBackend {
             match w {
                 Write::Put(k, v) => batch.insert(k.encode(), v),
                 Write::Delete(k) => batch.remove(k.encode()),
+            }
+        }
+        self.db.apply_batch(batch).map_err(io)?;
+        self.db.flush().map_err(io)?;
+        Ok(())
+    }
+
+    fn apply_in_parts(&self, writes: WriteSet) -> Result<(), StoreError> {
+        // One sled batch of hundreds of thousands of writes is much slower
+        // than the same writes in batches of a few thousand (600,000 inserts
+        // on this 2-core machine, busy: 8.0 s in one batch, 5.0 s in
+        // batches of 10,000).
+        let mut batch = sled::Batch::default();
+        let mut in_batch = 0;
+        for w in writes.writes {
+            match w {
+                Write::Put(k, v) => batch.insert(k.encode(), v),
+                Write::Delete(k) => batch.remove(k.encode()),
+            }
+            in_batch += 1;
+            if in_batch == PART {
+                self.db
+                    .apply_batch(std::mem::take(&mut batch))
+                    .map_err(io)?;
+                in_batch = 0;
             }
         }
         self.db.apply_batch(batch).map_err(io)?;

@@ -67,13 +67,18 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader), RunError> {
                 reason = "lost_volume",
                 "the state directory is empty but the remote copy holds this worker's checkpoints: restored the state from the remote copy");
             let mut cache = SegmentCache::default();
-            let mut writes = WriteSet::default();
+            let mut state = WriteSet::default();
             for (&g, chain) in &manifest.chains {
                 for e in cache.rebuild(p.remote, chain, g).await? {
                     let k = key::state(&e.0, g, &e.1);
-                    writes.put(Key::Raw(k), e.2);
+                    state.put(Key::Raw(k), e.2);
                 }
             }
+            // The state first, in parts; then the checkpoint's epoch and
+            // the rest at once: a start interrupted in between finds the
+            // directory without an epoch and does it all again.
+            p.store.apply_in_parts(state)?;
+            let mut writes = WriteSet::default();
             for (k, v) in &manifest.meta {
                 let v = if k == key::CLUSTER {
                     // The inbound journal went with the volume: read it from its start.
@@ -224,8 +229,11 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader), RunError> {
         let phase = Instant::now();
         let waited_ms = started.elapsed().as_millis() as u64;
         let mut cache = SegmentCache::default();
+        // Operator state (applied in parts) and the rest (applied at once,
+        // last: until then the directory still shows its previous writer,
+        // so a start interrupted in between redoes the move).
+        let mut state = WriteSet::default();
         let mut writes = WriteSet::default();
-        let owned_set: BTreeSet<u16> = owned.iter().copied().collect();
         // This directory's own writer was released (by an operator) at an
         // older checkpoint than the directory holds: what it did after that
         // checkpoint was never released upstream and is read again, so the
@@ -256,17 +264,18 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader), RunError> {
                 writes.put(Key::Raw(k.clone()), v.clone());
             }
         }
-        for node in p.nodes {
-            let prefix = key::state_prefix(node);
-            p.store.for_each_prefix(&prefix, &mut |k, _| {
-                if let Some((_, g, _)) = key::parse_state(k) {
-                    let replaced = !kept.contains(&g) && moves.iter().any(|(mg, _, _)| *mg == g);
-                    if !owned_set.contains(&g) || replaced {
-                        writes.delete(Key::Raw(k.to_vec()));
-                    }
-                }
-                Ok(())
-            })?;
+        // A group that arrives replaces what this directory holds of it
+        // (a copy from an earlier ownership). Groups no longer owned are
+        // left to [`drop_unowned`] after the start (restore reads only
+        // owned groups).
+        for (g, _, _) in moves.iter().filter(|(g, _, _)| !kept.contains(g)) {
+            for node in p.nodes {
+                p.store
+                    .for_each_prefix(&key::state_group_prefix(node, *g), &mut |k, _| {
+                        state.delete(Key::Raw(k.to_vec()));
+                        Ok(())
+                    })?;
+            }
         }
         // The outboxes this directory holds are the previous owner's
         // output for the key groups it owned then: re-delivered under this
@@ -284,7 +293,7 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader), RunError> {
             let Some(man) = from else { continue };
             let chain = man.chains.get(g).cloned().unwrap_or_default();
             for e in cache.rebuild(p.remote, &chain, *g).await? {
-                writes.put(Key::Raw(key::state(&e.0, *g, &e.1)), e.2);
+                state.put(Key::Raw(key::state(&e.0, *g, &e.1)), e.2);
             }
         }
         for (_, man) in sources.values() {
@@ -304,7 +313,8 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader), RunError> {
         }
         let fetched_ms = phase.elapsed().as_millis() as u64;
         let phase = Instant::now();
-        let entries = writes.writes.len();
+        let entries = state.writes.len() + writes.writes.len();
+        p.store.apply_in_parts(state)?;
         p.store.apply(writes)?;
         if let (Some((epoch, _)), Some(dir)) = (&rollback, p.marker_dir) {
             crate::runtime::marker::write(dir, crate::runtime::marker::Marker { epoch: *epoch })?;
@@ -404,6 +414,34 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader), RunError> {
     };
     let uploader = new_uploader(&p, owned, chains);
     Ok((recovery, uploader))
+}
+
+/// Removes what the local store holds of key groups `me` does not own: a
+/// rescale leaves them (see [`prepare`]; restore reads only owned groups).
+/// Meant for a background thread after the start; one interrupted is done
+/// again at the next start. Returns the number of entries removed.
+pub fn drop_unowned(
+    store: &dyn StateBackend,
+    nodes: &[Arc<str>],
+    me: WorkerId,
+    key_groups: u16,
+) -> Result<usize, crate::state::StoreError> {
+    let owned = me.owned(key_groups);
+    let mut removed = 0;
+    for g in (0..key_groups).filter(|g| !owned.contains(g)) {
+        let mut writes = WriteSet::default();
+        for node in nodes {
+            store.for_each_prefix(&key::state_group_prefix(node, g), &mut |k, _| {
+                writes.delete(Key::Raw(k.to_vec()));
+                Ok(())
+            })?;
+        }
+        if !writes.writes.is_empty() {
+            removed += writes.writes.len();
+            store.apply_in_parts(writes)?;
+        }
+    }
+    Ok(removed)
 }
 
 /// Waits until `owner` released its key groups (a clean stop, or an

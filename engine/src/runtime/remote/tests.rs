@@ -357,7 +357,12 @@ fn a_worker_keeps_the_groups_its_own_directory_already_holds() {
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     assert!(!mine.is_empty() && mine.len() < state.len());
+    // The other half stays until it is removed after the start.
+    assert_eq!(entries(&single, b"s\0"), state);
+    let removed = drop_unowned(&single, &nodes(), w0, GROUPS).unwrap();
+    assert_eq!(removed, state.len() - mine.len());
     assert_eq!(entries(&single, b"s\0"), mine);
+    assert_eq!(drop_unowned(&single, &nodes(), w0, GROUPS).unwrap(), 0);
     // The previous owner's outboxes (its output for every key group it
     // owned) are not re-delivered under the new owner's write generation.
     assert!(entries(&single, b"o\0").is_empty());
@@ -434,6 +439,8 @@ fn a_directory_ahead_of_its_forced_release_goes_back_to_it() {
         .into_iter()
         .filter(|(k, _)| w0.owned(GROUPS).contains(&key::parse_state(k).unwrap().1))
         .collect();
+    // (The groups it no longer owns go after the start.)
+    drop_unowned(&single, &nodes(), w0, GROUPS).unwrap();
     assert_eq!(entries(&single, b"s\0"), mine);
 }
 
