@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # sourced: FILE_* are read by the sourcing script
 # Shared by bench/redis.sh and bench/postgres.sh (sourced, not run): the
 # reference rate of their sink comparisons. Sluice runs W1a from a RabbitMQ
 # queue into its file sink (bench/pipelines/w1a-amqp.toml, the pipeline of
@@ -12,7 +13,7 @@
 # or its output differs from the oracle.
 file_reference() { # queue
     local t0 t1 out="$OUT/sluice-file.ndjson" log="$OUT/sluice-file.log"
-    FILE_SECS= FILE_EXACT=
+    FILE_SECS='' FILE_EXACT=''
     new_state
     rm -f -- "$out"
     : >"$log"
