@@ -6,14 +6,15 @@
 # usage: bench/all.sh [--quick] [--only NAME,...] [--no-docs]
 #   --quick      small counts (a smoke check, ~3 minutes): every benchmark
 #                runs and checks its results, the figures mean nothing
-#   --only       run only these steps: w1 duckdb http redis amqp kafka cluster rescale
+#   --only       run only these steps: w1 duckdb http redis postgres amqp kafka cluster rescale
 #   --no-docs    do not rewrite the generated section of docs/BENCHMARKS.md
 #   env: BENCH_BIN_DIR   take every binary from this directory (sluice,
-#                        baseline, loadgen; amqp_baseline and kafka_baseline
-#                        for the broker steps, which are skipped without
-#                        them). Without it, one `cargo build --release -p
-#                        sluice -p sluice-bench --features
-#                        sluice-bench/redis,sluice-bench/kafka` first.
+#                        baseline, loadgen, http_null; amqp_baseline and
+#                        kafka_baseline for the broker steps, which are
+#                        skipped without them). Without it, one `cargo build
+#                        --release -p sluice -p sluice-bench --features
+#                        sluice-bench/redis,sluice-bench/postgres,sluice-bench/kafka`
+#                        first.
 #        DUCKDB_VERSION  pip install duckdb==DUCKDB_VERSION (default: latest)
 #
 # Steps and sizes (default = the sizes of issue 15; --quick in brackets):
@@ -23,12 +24,13 @@
 #            (bench/duckdb_w1.py, in the virtualenv bench/out/venv)
 #   http     bench/http_load.sh 200000 2000      [20000 200]
 #   redis    bench/redis.sh 100000               [20000]
+#   postgres bench/postgres.sh 100000            [20000]
 #   amqp     bench/amqp.sh 200000                [20000]
 #   kafka    bench/kafka.sh 100000               [20000, kill-run checkpoint 50ms]
 #   cluster  CLUSTER_BENCH_RUNS=3 bench/cluster.sh 2000000  [1 run, 200000]
 #   rescale  bench/rescale.sh 1000000            [20000]
 # A step whose script, binary or service (RabbitMQ 127.0.0.1:5672, Redis
-# 127.0.0.1:6379, Kafka 127.0.0.1:19092) is missing gives one row
+# 127.0.0.1:6379, PostgreSQL 127.0.0.1:5432, Kafka 127.0.0.1:19092) is missing gives one row
 # "skipped: <why>"; this script starts no service. Each step runs under
 # `timeout` (default 3600 s, --quick 300 s) on top of its script's own limits.
 #
@@ -44,7 +46,7 @@
 set -euo pipefail
 
 QUICK=0
-ONLY="w1,duckdb,http,redis,amqp,kafka,cluster,rescale"
+ONLY="w1,duckdb,http,redis,postgres,amqp,kafka,cluster,rescale"
 DOCS=1
 usage() { sed -n '6,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 while [[ $# -gt 0 ]]; do
@@ -70,16 +72,16 @@ if git status --porcelain --untracked-files=no | grep -q .; then GIT+=+dirty; fi
 DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
 COMMAND=bench/all.sh
 ((!QUICK)) || COMMAND+=" --quick"
-[[ $ONLY == w1,duckdb,http,redis,amqp,kafka,cluster,rescale ]] || COMMAND+=" --only $ONLY"
+[[ $ONLY == w1,duckdb,http,redis,postgres,amqp,kafka,cluster,rescale ]] || COMMAND+=" --only $ONLY"
 
 if ((QUICK)); then
     # Kafka: 20000 with 50 ms checkpoints in the kill run, so that the kill
     # lands mid-stream (with fewer, one checkpoint held them all).
-    W1_N=200000 W1_RUNS=3 HTTP_ARGS="20000 200" REDIS_N=20000 AMQP_N=20000
+    W1_N=200000 W1_RUNS=3 HTTP_ARGS="20000 200" REDIS_N=20000 POSTGRES_N=20000 AMQP_N=20000
     KAFKA="KAFKA_BENCH_KILL_CHECKPOINT=50ms bash bench/kafka.sh 20000"
     CLUSTER_N=200000 CLUSTER_RUNS=1 RESCALE_K=20000 LIMIT=300
 else
-    W1_N=5000000 W1_RUNS=5 HTTP_ARGS="200000 2000" REDIS_N=100000 AMQP_N=200000
+    W1_N=5000000 W1_RUNS=5 HTTP_ARGS="200000 2000" REDIS_N=100000 POSTGRES_N=100000 AMQP_N=200000
     KAFKA="bash bench/kafka.sh 100000"
     CLUSTER_N=2000000 CLUSTER_RUNS=3 RESCALE_K=1000000 LIMIT=3600
 fi
@@ -91,6 +93,7 @@ declare -A CMD=(
     [duckdb]="$VENV/bin/python bench/duckdb_w1.py bench/data/w1-$W1_N.jsonl $ORACLE 5 2 $OUT/duckdb"
     [http]="bash bench/http_load.sh $HTTP_ARGS"
     [redis]="bash bench/redis.sh $REDIS_N"
+    [postgres]="bash bench/postgres.sh $POSTGRES_N"
     [amqp]="bash bench/amqp.sh $AMQP_N"
     [kafka]=$KAFKA
     [cluster]="CLUSTER_BENCH_RUNS=$CLUSTER_RUNS bash bench/cluster.sh $CLUSTER_N"
@@ -100,8 +103,8 @@ declare -A CMD=(
 if [[ -n ${BENCH_BIN_DIR:-} ]]; then
     BIN=$(cd "$BENCH_BIN_DIR" && pwd)
 else
-    echo "== build: cargo build --release -p sluice -p sluice-bench --features sluice-bench/redis,sluice-bench/kafka"
-    cargo build --release -p sluice -p sluice-bench --features sluice-bench/redis,sluice-bench/kafka \
+    echo "== build: cargo build --release -p sluice -p sluice-bench --features sluice-bench/redis,sluice-bench/postgres,sluice-bench/kafka"
+    cargo build --release -p sluice -p sluice-bench --features sluice-bench/redis,sluice-bench/postgres,sluice-bench/kafka \
         >"$OUT/build.log" 2>&1 || { tail -n 20 "$OUT/build.log" >&2; echo "all.sh: build failed" >&2; exit 2; }
     BIN="$(cargo metadata --no-deps --format-version 1 | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/release"
 fi
@@ -115,6 +118,10 @@ port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 # it, that subcommand is the usage error).
 has_consume_redis() {
     [[ -x $BIN/amqp_baseline ]] && ! "$BIN/amqp_baseline" consume-redis x x x x x 2>&1 | grep -q '^amqp_baseline: usage'
+}
+# Likewise `consume-postgres` with feature `postgres`.
+has_consume_postgres() {
+    [[ -x $BIN/amqp_baseline ]] && ! "$BIN/amqp_baseline" consume-postgres x x x x x x 2>&1 | grep -q '^amqp_baseline: usage'
 }
 skip() { # step why
     local load
@@ -167,16 +174,17 @@ if wanted duckdb; then
 fi
 
 if wanted http; then
-    if [[ -x $BIN/loadgen ]]; then
+    if [[ -x $BIN/loadgen && -x $BIN/http_null ]]; then
         step http
     else
-        skip http "no loadgen binary in $BIN"
+        skip http "no loadgen and http_null binaries in $BIN"
     fi
 fi
 
-AMQP_UP=0 REDIS_UP=0 KAFKA_UP=0
+AMQP_UP=0 REDIS_UP=0 POSTGRES_UP=0 KAFKA_UP=0
 port_open 127.0.0.1 5672 && AMQP_UP=1
 port_open 127.0.0.1 6379 && REDIS_UP=1
+port_open 127.0.0.1 5432 && POSTGRES_UP=1
 port_open 127.0.0.1 19092 && KAFKA_UP=1
 
 if wanted redis; then
@@ -185,6 +193,15 @@ if wanted redis; then
     elif ((!AMQP_UP)); then skip redis "RabbitMQ does not answer on 127.0.0.1:5672 (bash tests/rabbitmq.sh)"
     elif ((!REDIS_UP)); then skip redis "Redis does not answer on 127.0.0.1:6379 (bash tests/services.sh)"
     else step redis
+    fi
+fi
+
+if wanted postgres; then
+    if ! script postgres.sh; then skip postgres "bench/postgres.sh not present"
+    elif ! has_consume_postgres; then skip postgres "no amqp_baseline with feature postgres in $BIN (cargo build --release -p sluice-bench --features sluice-bench/postgres)"
+    elif ((!AMQP_UP)); then skip postgres "RabbitMQ does not answer on 127.0.0.1:5672 (bash tests/rabbitmq.sh)"
+    elif ((!POSTGRES_UP)); then skip postgres "PostgreSQL does not answer on 127.0.0.1:5432 (bash tests/services.sh)"
+    else step postgres
     fi
 fi
 

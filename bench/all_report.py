@@ -8,8 +8,8 @@ usage: all_report.py add KIND LOG ROWS.jsonl key=value...   rows of one sub-benc
 `add` reads what one sub-benchmark printed (LOG: its stdout and stderr) or
 wrote, and appends one JSON row per measured figure to ROWS.jsonl. KIND is
 w1 (bench/run.sh; the figures come from its results.jsonl, key `w1_results`),
-duckdb (bench/duckdb_w1.py's JSON line), http (bench/http_load.sh's table),
-redis, amqp, kafka (their tables), cluster (the CLUSTER_BENCH line) or
+duckdb (bench/duckdb_w1.py's JSON line), http (bench/http_load.sh's table,
+sluice and the trivial server), redis, postgres, amqp, kafka (their tables), cluster (the CLUSTER_BENCH line) or
 rescale (the RESCALE_BENCH line). The key=value pairs (command, exit,
 load_start, load_end, seconds, log, ...) go into every row. A sub-benchmark
 that printed no figure gives one row with status "failed".
@@ -127,15 +127,29 @@ def duckdb_rows(text, meta):
 
 
 def http_rows(text, meta):
+    """Sluice's rows and, from http_load.sh's trivial server, the HTTP
+    stack's own limit; sluice's ratio is to that server in the same case."""
     rows = []
     for r in table_with(text, "count check"):
         single = r.get("case", "").startswith("single")
         value = number(r.get("requests/s" if single else "events/s"))
-        rows.append(row(f"HTTP {r.get('case')} ({r.get('durability')})", "sluice", value,
-                        "requests/s" if single else "events/s",
-                        status="ok" if r.get("count check") == "exact" else r.get("count check"),
+        trivial = r.get("server", "sluice") != "sluice"
+        if trivial:
+            workload, engine = f"HTTP {r.get('case')}", "trivial axum server (202, nothing else)"
+            ok = r.get("count check") == "all accepted"
+        else:
+            workload, engine = f"HTTP {r.get('case')} ({r.get('durability')})", "sluice"
+            ok = r.get("count check") == "exact"
+        ratio = None if trivial else number(r.get("requests/s vs trivial" if single else "events/s vs trivial"))
+        p99_ratio = None if trivial else number(r.get("p99 vs trivial"))
+        rows.append(row(workload, engine, value, "requests/s" if single else "events/s",
+                        status="ok" if ok else r.get("count check"),
                         p50_ms=number(r.get("p50 ms")), p99_ms=number(r.get("p99 ms")),
-                        notes=f"p99 {r.get('p99 ms')} ms; {r.get('count check')}"))
+                        ratio=ratio, ratio_to="trivial axum server, same run" if ratio is not None else None,
+                        p99_vs_trivial=p99_ratio,
+                        notes=f"p99 {r.get('p99 ms')} ms" + (f" ({p99_ratio:.2f}× the trivial server's)"
+                                                             if p99_ratio is not None else "")
+                        + f"; {r.get('count check')}"))
     return rows
 
 
@@ -151,6 +165,47 @@ def consumer_rows(text, meta, title, rate_column):
         rows.append(row(title, engine, number(r.get(rate_column)), "events/s",
                         status="ok" if ok and number(r.get(rate_column)) is not None else "not exact or failed",
                         notes="; ".join(exact) if exact else r.get("notes", "")))
+    return rows
+
+
+def redis_rows(text, meta):
+    """redis.sh: sluice and the hand-written consumer, plus the file-sink
+    reference on the same queue size (the Redis sink's rate as a ratio of it)."""
+    rows = consumer_rows(text, meta, "W1a RabbitMQ -> Redis", "events/s (clean)")
+    for r in table_with(text, "Redis sink / file sink"):
+        vs_file = number(r.get("Redis sink / file sink"))
+        rows.append(row("W1a RabbitMQ -> file (reference of redis.sh)", "sluice",
+                        number(r.get("events/s")), "events/s",
+                        status="ok" if r.get("exact") == "yes" else f"not exact or failed: {r.get('exact')}",
+                        notes="same queue size, same run"))
+        for x in rows:
+            if x["workload"] == "W1a RabbitMQ -> Redis" and x["engine"] == "sluice" and vs_file is not None:
+                x["ratio_vs_file"] = vs_file
+    return rows
+
+
+def postgres_rows(text, meta):
+    """postgres.sh: one row per (workload, engine); sluice's rows carry the
+    ratio to its file sink of the same run (`ratio_vs_file`); the ratio to
+    the hand-written consumer is added by `finish`."""
+    rows = []
+    for r in table_with(text, "vs file sink"):
+        label = r.get("engine", "")
+        engine = "hand-written consumer" if label.startswith("hand-written") else \
+            "sluice" if label.startswith("sluice") else label
+        exact, value = r.get("exact", ""), number(r.get("events/s"))
+        if engine == "sluice":
+            status = "ok" if exact == "yes" and value is not None else f"not exact or failed: {exact}"
+        else:  # the baseline's inexactness is reported, not a failure (as in redis.sh)
+            status = "ok" if value is not None else f"failed: {exact}"
+        workload = r.get("workload", "?")
+        reference = "file" in workload
+        if reference:  # not amqp.sh's row of the same name
+            workload = "W1a RabbitMQ -> file (reference of postgres.sh)"
+        x = row(workload, engine, value, "events/s", status=status, notes=f"{label}; exact: {exact}")
+        if engine == "sluice" and not reference and number(r.get("vs file sink")) is not None:
+            x["ratio_vs_file"] = number(r.get("vs file sink"))
+        rows.append(x)
     return rows
 
 
@@ -186,7 +241,8 @@ def rescale_rows(text, meta):
 PARSERS = {
     "duckdb": duckdb_rows,
     "http": http_rows,
-    "redis": lambda t, m: consumer_rows(t, m, "W1a RabbitMQ -> Redis", "events/s (clean)"),
+    "redis": redis_rows,
+    "postgres": postgres_rows,
     "amqp": lambda t, m: consumer_rows(t, m, "W1a RabbitMQ -> file", "messages/s"),
     "kafka": lambda t, m: consumer_rows(t, m, "W1a Kafka -> Redis", "events/s (clean)"),
     "cluster": cluster_rows,
@@ -285,6 +341,8 @@ def markdown(result):
             ratio = f"{r['ratio']:.2f}× {r['ratio_to'].split(',')[0]}"
         if r.get("ratio_vs_duckdb") is not None:
             ratio += f"; {r['ratio_vs_duckdb']:.2f}× DuckDB"
+        if r.get("ratio_vs_file") is not None:
+            ratio = ("" if ratio == "-" else ratio + "; ") + f"{r['ratio_vs_file']:.2f}× file sink"
         status = r["status"] + (f": {r['notes']}" if r.get("notes") else "")
         load = f"{r.get('load_start', '?').split()[0]} → {r.get('load_end', '?').split()[0]}" \
             if r.get("load_start") else "-"

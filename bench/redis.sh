@@ -26,6 +26,10 @@
 #      (the baseline with N = what the broker still holds once the killed
 #      connection is gone; sluice with `run --once` on the same state).
 #      Final Redis values vs the oracle, and by how much they differ.
+#  (c) reference, run right after (a): sluice W1a from a fresh queue into
+#      its file sink (bench/pipelines/w1a-amqp.toml, bench/amqp_file_ref.sh),
+#      timed the same way and checked with compare.py; the Redis sink's
+#      rate is reported as a ratio of it (is the Redis sink the bottleneck?).
 # Keys: bench:baseline:, bench:sluice: (clean) and bench:baseline:kill:,
 # bench:sluice:kill: (kill runs), deleted before each run and left for
 # inspection afterwards. Queues are deleted on exit.
@@ -102,6 +106,7 @@ cleanup() {
 trap cleanup EXIT
 
 source "$ROOT/bench/redis_common.sh"
+source "$ROOT/bench/amqp_file_ref.sh"
 
 # A fresh queue holding the N messages, named in $Q.
 fresh_queue() { # tag
@@ -181,6 +186,7 @@ fi
 echo "  baseline: ${RATE[baseline]} events/s, ${EXACT_CLEAN[baseline]}"
 
 P=bench:sluice:
+SLUICE_SECS=
 fresh_queue sluice
 reset_keys "$P"
 new_state
@@ -189,6 +195,7 @@ t0=$(now)
 if run_sluice "$S" "$Q" "$P" "$OUT/sluice.log"; then
     t1=$(now)
     RATE[sluice]=$(rate "$t0" "$t1")
+    SLUICE_SECS=$(python3 -c "print(f'{$t1 - $t0:.3f}')")
     HALF_SLUICE=$(python3 -c "print(round(($t1 - $t0) / 2, 2))")
     NOTE[sluice]="clean run $(secs "$t0" "$t1") s"
     if d=$(check "$P"); then EXACT_CLEAN[sluice]=yes; else EXACT_CLEAN[sluice]="NO: $d"; sluice_wrong; fi
@@ -198,6 +205,12 @@ else
     sluice_wrong
 fi
 echo "  sluice: ${RATE[sluice]} events/s, ${EXACT_CLEAN[sluice]}"
+
+echo "== (c) reference: sluice into its file sink"
+fresh_queue file
+if ! file_reference "$Q"; then sluice_wrong; fi
+FILE_RATE=$( [[ -n $FILE_SECS ]] && python3 -c "print(f'{$N / $FILE_SECS:,.0f}')" || echo failed)
+echo "  sluice, file sink: $FILE_RATE events/s, $FILE_EXACT"
 
 echo "== (b) kill -9 runs"
 P=bench:baseline:kill:
@@ -275,6 +288,10 @@ echo "| engine | events/s (clean) | exact after clean run | exact after kill -9 
 echo "|---|---|---|---|---|"
 echo "| hand-written consumer (HINCRBY + INCR + ack per message) | ${RATE[baseline]} | ${EXACT_CLEAN[baseline]} | ${EXACT_KILL[baseline]} | ${DIFF_KILL[baseline]:--} |"
 echo "| sluice (amqp -> aggregate -> redis hash + totals) | ${RATE[sluice]} | ${EXACT_CLEAN[sluice]} | ${EXACT_KILL[sluice]} | ${DIFF_KILL[sluice]:--} |"
+echo
+echo "| reference on the same queue size, same run | events/s | exact | Redis sink / file sink |"
+echo "|---|---|---|---|"
+echo "| sluice, RabbitMQ -> file (amqp -> aggregate -> file) | $FILE_RATE | $FILE_EXACT | $(ratio "$SLUICE_SECS" "$FILE_SECS") |"
 echo
 echo "- baseline: ${NOTE[baseline]:-}"
 echo "- sluice: ${NOTE[sluice]:-}"

@@ -17,6 +17,16 @@
 //!   messages. A crash between the Redis writes and the ack makes the broker
 //!   redeliver messages whose increments are already in Redis: they are
 //!   counted twice.
+//! - `consume-postgres URL QUEUE N POSTGRES_URL TABLE upsert|append
+//!   [PREFETCH]` (feature `postgres`, `bench/postgres.sh`): the same
+//!   consumer writing to PostgreSQL, one statement (one round trip, in its
+//!   own implicit transaction) per message, then the ack of that message.
+//!   `upsert`: `INSERT INTO TABLE (country, count) VALUES ($1, 1) ON
+//!   CONFLICT (country) DO UPDATE SET count = TABLE.count + 1` (TABLE needs
+//!   a unique `country`); `append`: `INSERT INTO TABLE (event_id, id, ts,
+//!   country, weather)` with the message's `message_id` as `event_id`, one
+//!   row per message. Stops after N messages. A crash between the statement
+//!   and the ack counts (or stores) the redelivered messages twice.
 
 use std::error::Error;
 use std::io::{BufRead, Write};
@@ -39,6 +49,18 @@ type Result<T> = std::result::Result<T, Box<dyn Error>>;
 struct Event<'a> {
     #[serde(borrow)]
     country: &'a str,
+}
+
+/// The fields `consume-postgres append` stores.
+#[cfg(feature = "postgres")]
+#[derive(Deserialize)]
+struct Row<'a> {
+    id: i64,
+    ts: i64,
+    #[serde(borrow)]
+    country: &'a str,
+    #[serde(borrow)]
+    weather: &'a str,
 }
 
 async fn channel(url: &str, queue: &str) -> Result<(Connection, Channel)> {
@@ -199,6 +221,85 @@ async fn consume_redis(
     Ok(())
 }
 
+#[cfg(feature = "postgres")]
+async fn consume_postgres(
+    url: &str,
+    queue: &str,
+    n: u64,
+    postgres_url: &str,
+    table: &str,
+    mode: &str,
+    prefetch: u16,
+) -> Result<()> {
+    if table.is_empty()
+        || !table
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return Err(format!("table name `{table}`: letters, digits and _ only").into());
+    }
+    let sql = match mode {
+        "upsert" => format!(
+            "INSERT INTO {table} (country, count) VALUES ($1, 1) \
+             ON CONFLICT (country) DO UPDATE SET count = {table}.count + 1"
+        ),
+        "append" => format!(
+            "INSERT INTO {table} (event_id, id, ts, country, weather) VALUES ($1, $2, $3, $4, $5)"
+        ),
+        other => return Err(format!("mode `{other}`: upsert or append").into()),
+    };
+    let (client, connection) = tokio_postgres::connect(postgres_url, tokio_postgres::NoTls).await?;
+    let driver = tokio::spawn(connection);
+    let stmt = client.prepare(&sql).await?;
+    let (_conn, ch) = channel(url, queue).await?;
+    ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+    let mut consumer = ch
+        .basic_consume(
+            queue.into(),
+            "baseline-postgres".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let started = Instant::now();
+    let mut seen = 0u64;
+    let mut redelivered = 0u64;
+    while seen < n {
+        let Some(delivery) = consumer.next().await else {
+            return Err("the consumer was cancelled".into());
+        };
+        let d = delivery?;
+        if d.redelivered {
+            redelivered += 1;
+        }
+        if mode == "upsert" {
+            if let Ok(e) = serde_json::from_slice::<Event>(&d.data) {
+                client.execute(&stmt, &[&e.country]).await?;
+            }
+        } else if let Ok(r) = serde_json::from_slice::<Row>(&d.data) {
+            let message_id = d
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|m| m.as_str().to_string())
+                .unwrap_or_default();
+            client
+                .execute(&stmt, &[&message_id, &r.id, &r.ts, &r.country, &r.weather])
+                .await?;
+        }
+        d.ack(BasicAckOptions::default()).await?;
+        seen += 1;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "consumed {seen} messages ({redelivered} redelivered) into PostgreSQL ({mode}) in {secs:.2} s ({:.0}/s)",
+        seen as f64 / secs
+    );
+    drop(client);
+    let _ = driver.await;
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -225,7 +326,13 @@ fn main() -> ExitCode {
                 let prefetch = args.get(7).map_or(Ok(1000), |p| p.parse())?;
                 consume_redis(&args[2], &args[3], n, &args[5], &args[6], prefetch).await
             }
-            _ => Err("usage: amqp_baseline publish URL QUEUE INPUT.jsonl | consume URL QUEUE N OUT.csv [PREFETCH] | consume-redis URL QUEUE N REDIS_URL KEY_PREFIX [PREFETCH] (feature redis)".into()),
+            #[cfg(feature = "postgres")]
+            Some("consume-postgres") if args.len() == 8 || args.len() == 9 => {
+                let n = args[4].parse()?;
+                let prefetch = args.get(8).map_or(Ok(1000), |p| p.parse())?;
+                consume_postgres(&args[2], &args[3], n, &args[5], &args[6], &args[7], prefetch).await
+            }
+            _ => Err("usage: amqp_baseline publish URL QUEUE INPUT.jsonl | consume URL QUEUE N OUT.csv [PREFETCH] | consume-redis URL QUEUE N REDIS_URL KEY_PREFIX [PREFETCH] (feature redis) | consume-postgres URL QUEUE N POSTGRES_URL TABLE upsert|append [PREFETCH] (feature postgres)".into()),
         }
     });
     match result {
