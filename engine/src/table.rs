@@ -194,6 +194,10 @@ pub fn decode_bincode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StateError
 pub trait StateTable {
     /// Whether the entry stored under `key` belongs here.
     fn owns(&self, key: &[u8]) -> bool;
+    /// Makes room for `additional` entries about to be restored.
+    fn reserve(&mut self, additional: usize) {
+        let _ = additional;
+    }
     /// Loads one entry that [`StateTable::owns`].
     fn restore_entry(
         &mut self,
@@ -212,6 +216,17 @@ pub fn restore_tables(
     entries: Vec<StateEntry>,
     tables: &mut [&mut dyn StateTable],
 ) -> Result<(), StateError> {
+    // Room for each table's entries first: a table growing one entry at a
+    // time rehashes all it holds at every doubling.
+    let mut counts = vec![0usize; tables.len()];
+    for (_, key, _) in &entries {
+        if let Some(i) = tables.iter().position(|t| t.owns(key)) {
+            counts[i] += 1;
+        }
+    }
+    for (table, n) in tables.iter_mut().zip(counts) {
+        table.reserve(n);
+    }
     for (kg, key, value) in entries {
         let Some(table) = tables.iter_mut().find(|t| t.owns(&key)) else {
             return Err(StateError::Corrupt(format!(
@@ -422,6 +437,10 @@ impl<K: TableKey, V> KeyedTable<K, V> {
 impl<K: TableKey, V> StateTable for KeyedTable<K, V> {
     fn owns(&self, key: &[u8]) -> bool {
         key.first() == Some(&self.spec.tag)
+    }
+
+    fn reserve(&mut self, additional: usize) {
+        self.entries.reserve(additional);
     }
 
     /// Loads one entry, upgrading it from an older version (it is then

@@ -258,7 +258,9 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
     let started = std::time::Instant::now();
     let pipeline: Arc<str> = Arc::from(spec.name.as_str());
     register_metrics(&spec);
+    let opened = std::time::Instant::now();
     let store = open_store(&spec)?;
+    let open_ms = opened.elapsed().as_millis() as u64;
     let uploader = match &spec.remote {
         Some(url) => Some(
             remote::prepare_run(
@@ -278,7 +280,7 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
     let restored_remotely = uploader
         .as_ref()
         .is_some_and(|(r, _)| *r == remote::Recovery::LostVolume);
-    let (store, mut restored) = restore(&spec, store, &signatures, &mut operators)?;
+    let (store, mut restored) = restore(&spec, store, &signatures, &mut operators, open_ms)?;
     if spec.remote.is_some() && !me.is_single() {
         drop_unowned_in_background(store.clone(), &signatures, me, spec.key_groups);
     }
@@ -507,8 +509,16 @@ fn restore(
     store: Arc<SledBackend>,
     signatures: &[(String, String)],
     operators: &mut [Option<Box<dyn Operator>>],
+    open_ms: u64,
 ) -> Result<(Arc<dyn StateBackend>, Restored), RunError> {
-    let mut restored = store.restore()?;
+    let read = std::time::Instant::now();
+    // Only the key groups this worker owns: after a rescale the store may
+    // still hold others until they are removed (remote::drop_unowned).
+    let nodes: Vec<&str> = signatures.iter().map(|(n, _)| n.as_str()).collect();
+    let mut restored =
+        crate::state::restore_groups(store.as_ref(), &nodes, spec.worker.owned(spec.key_groups))?;
+    let read_ms = read.elapsed().as_millis() as u64;
+    let rebuilt = std::time::Instant::now();
     let dir = spec.state_dir.display().to_string();
     if let Some(kg) = restored.key_groups {
         if kg != spec.key_groups {
@@ -531,12 +541,8 @@ fn restore(
             }
         }
     }
-    // Only the key groups this worker owns: after a rescale the store may
-    // still hold others until they are removed (remote::drop_unowned).
-    let owned = spec.worker.owned(spec.key_groups);
     for (t, tspec) in spec.transforms.iter().enumerate() {
-        if let Some(mut entries) = restored.state.remove(&tspec.name) {
-            entries.retain(|(g, _, _)| owned.contains(g));
+        if let Some(entries) = restored.state.remove(&tspec.name) {
             let op = operators[t].as_mut().expect("built above");
             op.restore(entries).map_err(|error| RunError::Restore {
                 name: tspec.name.clone(),
@@ -545,7 +551,8 @@ fn restore(
         }
     }
     if restored.epoch > 0 {
-        tracing::info!(epoch = restored.epoch, dir = %spec.state_dir.display(), "restored checkpoint");
+        let operators_ms = rebuilt.elapsed().as_millis() as u64;
+        tracing::info!(epoch = restored.epoch, dir = %spec.state_dir.display(), open_ms, read_ms, operators_ms, "restored checkpoint");
     }
     Ok((store, restored))
 }

@@ -126,5 +126,48 @@ pub trait StateBackend: Send + Sync {
     }
 }
 
+/// Reads back the last committed checkpoint like [`StateBackend::restore`],
+/// but only the state of `nodes` in key groups `groups` (the groups a
+/// worker owns; its store may hold others for a while after a rescale),
+/// read by two threads, each over half of the groups.
+pub fn restore_groups(
+    store: &dyn StateBackend,
+    nodes: &[&str],
+    groups: std::ops::Range<u16>,
+) -> Result<Restored, StoreError> {
+    let mut restored = Restored::default();
+    for prefix in key::NOT_STATE {
+        store.for_each_prefix(prefix, &mut |k, v| restored.add(k, v))?;
+    }
+    let mid = groups.start + (groups.end - groups.start) / 2;
+    let read =
+        |range: std::ops::Range<u16>| -> Result<Vec<Vec<crate::operator::StateEntry>>, StoreError> {
+            let mut out = vec![Vec::new(); nodes.len()];
+            for g in range {
+                for (n, node) in nodes.iter().enumerate() {
+                    let prefix = key::state_group_prefix(node, g);
+                    store.for_each_prefix(&prefix, &mut |k, v| {
+                        out[n].push((g, k[prefix.len()..].to_vec(), v.to_vec()));
+                        Ok(())
+                    })?;
+                }
+            }
+            Ok(out)
+        };
+    let (low, high) = std::thread::scope(|scope| {
+        let high = scope.spawn(|| read(mid..groups.end));
+        let low = read(groups.start..mid);
+        (low, high.join().expect("the restore thread does not panic"))
+    });
+    for (n, (mut a, b)) in low?.into_iter().zip(high?).enumerate() {
+        if a.is_empty() && b.is_empty() {
+            continue;
+        }
+        a.extend(b);
+        restored.state.insert(nodes[n].to_string(), a);
+    }
+    Ok(restored)
+}
+
 #[cfg(test)]
 mod tests;

@@ -176,3 +176,60 @@ proptest! {
         agrees_with_a_btreemap(MemoryBackend::new(), |old| old.reopen().unwrap(), checkpoints)?;
     }
 }
+
+/// Reading only some key groups (a worker's own) gives what a full read
+/// gives, minus the state of the other groups; nothing else is left out.
+#[test]
+fn restoring_some_key_groups_leaves_out_only_the_others_state() {
+    let store = MemoryBackend::new();
+    let mut w = WriteSet::default();
+    w.put(Key::Epoch, 4u64.to_be_bytes().to_vec());
+    w.put(Key::KeyGroups, 16u16.to_be_bytes().to_vec());
+    w.put(Key::Signature(name("agg")), b"sig".to_vec());
+    w.put(
+        Key::Position {
+            source: name("src"),
+            partition: 0,
+        },
+        b"pos".to_vec(),
+    );
+    for g in 0..16u16 {
+        for node in ["agg", "win"] {
+            for k in 0..3u8 {
+                w.put(
+                    Key::State {
+                        node: name(node),
+                        group: g,
+                        key: vec![b'k', k],
+                    },
+                    vec![g as u8, k],
+                );
+            }
+        }
+    }
+    store.apply(w).unwrap();
+    let full = store.restore().unwrap();
+    let all = super::restore_groups(&store, &["agg", "win"], 0..16).unwrap();
+    assert_eq!(all.state, full.state);
+    assert_eq!(
+        (all.epoch, all.key_groups, &all.signatures, &all.positions),
+        (
+            full.epoch,
+            full.key_groups,
+            &full.signatures,
+            &full.positions
+        )
+    );
+    for range in [5..11u16, 0..1, 15..16] {
+        let some = super::restore_groups(&store, &["agg", "win"], range.clone()).unwrap();
+        for node in ["agg", "win"] {
+            let expected: Vec<_> = full.state[node]
+                .iter()
+                .filter(|(g, _, _)| range.contains(g))
+                .cloned()
+                .collect();
+            assert_eq!(some.state[node], expected, "{node} {range:?}");
+        }
+        assert_eq!(some.positions, full.positions);
+    }
+}
