@@ -249,6 +249,18 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader), RunError> {
             {
                 Some((man.epoch, man.meta.clone()))
             }
+            // Its writer never uploaded a checkpoint (its groups move
+            // without a release): none of its input was released upstream
+            // and all of it is read again, so no position of the directory
+            // counts either (an AMQP source would skip the redeliveries of
+            // messages it holds as read, their effect gone with the state).
+            None if recovery == Recovery::Local
+                && local_epoch > 0
+                && local_by != p.me
+                && empty_owners.contains(&local_by) =>
+            {
+                Some((0, Vec::new()))
+            }
             _ => None,
         };
         if let Some((epoch, meta)) = &rollback {
@@ -260,7 +272,9 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader), RunError> {
                     Ok(())
                 })?;
             }
-            for (k, v) in meta {
+            // Not its outboxes: they are dropped with the directory's own
+            // below (what its sinks had not acknowledged was written above).
+            for (k, v) in meta.iter().filter(|(k, _)| !k.starts_with(b"o\0")) {
                 writes.put(Key::Raw(k.clone()), v.clone());
             }
         }

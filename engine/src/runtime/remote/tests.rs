@@ -444,6 +444,39 @@ fn a_directory_ahead_of_its_forced_release_goes_back_to_it() {
     assert_eq!(entries(&single, b"s\0"), mine);
 }
 
+#[test]
+fn a_directory_whose_owner_never_uploaded_a_checkpoint_keeps_no_positions() {
+    let f = fixture();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(29);
+    let single = MemoryBackend::new();
+    // The first start claims every group; a checkpoint is durable locally,
+    // then the worker is killed before its first upload. Its groups hold
+    // no state in the remote copy: they move without a release.
+    f.prepare(&single, WorkerId::SINGLE).unwrap();
+    let mut w = random_writes(&mut rng, 40);
+    w.put(Key::Epoch, 1u64.to_be_bytes().to_vec());
+    single.apply(w).unwrap();
+    assert!(f
+        .rt
+        .block_on(f.remote.latest_manifest(WorkerId::SINGLE))
+        .unwrap()
+        .is_none());
+    assert!(!entries(&single, b"p\0").is_empty());
+    // Worker 0 of 2 on that directory takes its groups empty: nothing of
+    // the discarded checkpoint was released upstream, so its positions
+    // (read input, messages to skip when redelivered) go with its state.
+    let w0 = WorkerId::new(0, 2).unwrap();
+    f.prepare(&single, w0).unwrap();
+    // (The groups it does not own are removed after the start.)
+    let owned_state = entries(&single, b"s\0")
+        .into_keys()
+        .filter(|k| w0.owned(GROUPS).contains(&key::parse_state(k).unwrap().1))
+        .count();
+    assert_eq!(owned_state, 0);
+    assert_eq!(entries(&single, b"p\0"), BTreeMap::new());
+    assert_eq!(entries(&single, key::EPOCH).into_values().next(), None);
+}
+
 /// A sink that says what it was asked to do.
 struct Recording {
     built_as: WorkerId,
@@ -516,6 +549,44 @@ fn outbox(sink: &str, epoch: u64, ids: &[&str]) -> (Key, Vec<u8>) {
 /// epochs through each sink built as the gone worker and restored with
 /// its acknowledged progress, once, before taking the groups over. A sink
 /// that cannot do so safely is not asked to write.
+#[test]
+fn a_directory_going_back_to_its_forced_release_keeps_none_of_its_outboxes() {
+    let f = fixture();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(31);
+    let single = MemoryBackend::new();
+    let (_, mut up) = f.prepare(&single, WorkerId::SINGLE).unwrap();
+    // Three uploaded checkpoints whose output the sink had not
+    // acknowledged yet.
+    for epoch in 1..=3 {
+        let mut w = random_writes(&mut rng, 40);
+        let (k, v) = outbox("out", epoch, &["a", "b"]);
+        w.put(k, v);
+        f.checkpoint(&mut up, &single, epoch, w);
+    }
+    // A fourth is durable locally (the sink acknowledged the three, their
+    // outboxes are gone from the directory), then the worker is killed
+    // before uploading it; the operator releases what was uploaded.
+    let mut w = random_writes(&mut rng, 40);
+    for epoch in 1..=3 {
+        w.delete(outbox("out", epoch, &[]).0);
+    }
+    w.put(Key::Epoch, 4u64.to_be_bytes().to_vec());
+    single.apply(w).unwrap();
+    assert!(entries(&single, b"o\0").is_empty());
+    f.release(WorkerId::SINGLE);
+    // Worker 0 of 2 on that directory goes back to epoch 3 without its
+    // outboxes: output of every group the released worker owned, which
+    // re-delivered under worker 0 of 2's new write generation would
+    // overwrite (and fence) what worker 1 of 2 writes for its groups.
+    let w0 = WorkerId::new(0, 2).unwrap();
+    f.prepare(&single, w0).unwrap();
+    assert_eq!(
+        entries(&single, key::EPOCH).into_values().next(),
+        Some(3u64.to_be_bytes().to_vec())
+    );
+    assert_eq!(entries(&single, b"o\0"), BTreeMap::new());
+}
+
 #[test]
 fn a_gone_owners_unacknowledged_output_is_written_once_as_that_owner() {
     let f = fixture();
