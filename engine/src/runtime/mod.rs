@@ -261,7 +261,7 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
     let opened = std::time::Instant::now();
     let store = open_store(&spec)?;
     let open_ms = opened.elapsed().as_millis() as u64;
-    let uploader = match &spec.remote {
+    let mut uploader = match &spec.remote {
         Some(url) => Some(
             remote::prepare_run(
                 (spec.worker, spec.key_groups, &spec.name),
@@ -276,11 +276,21 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
         ),
         None => None,
     };
-    let remote_progress = uploader.as_ref().map(|(_, u)| u.progress());
+    let remote_progress = uploader.as_ref().map(|(_, u, _)| u.progress());
     let restored_remotely = uploader
         .as_ref()
-        .is_some_and(|(r, _)| *r == remote::Recovery::LostVolume);
-    let (store, mut restored) = restore(&spec, store, &signatures, &mut operators, open_ms)?;
+        .is_some_and(|(r, _, _)| *r == remote::Recovery::LostVolume);
+    let fetched = uploader
+        .as_mut()
+        .map(|(_, _, f)| std::mem::take(f))
+        .unwrap_or_default();
+    let (store, mut restored) = restore(
+        &spec,
+        store,
+        &signatures,
+        &mut operators,
+        (open_ms, fetched),
+    )?;
     if spec.remote.is_some() && !me.is_single() {
         drop_unowned_in_background(store.clone(), &signatures, me, spec.key_groups);
     }
@@ -381,7 +391,7 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
         spec.state_dir.clone(),
         job_rx,
         ckpt_done_tx,
-        uploader.map(|(_, u)| u),
+        uploader.map(|(_, u, _)| u),
     );
     if let Some(progress) = &remote_progress {
         // Once a stop is requested, uploads that keep failing give up
@@ -509,14 +519,23 @@ fn restore(
     store: Arc<SledBackend>,
     signatures: &[(String, String)],
     operators: &mut [Option<Box<dyn Operator>>],
-    open_ms: u64,
+    (open_ms, fetched): (u64, remote::Fetched),
 ) -> Result<(Arc<dyn StateBackend>, Restored), RunError> {
     let read = std::time::Instant::now();
     // Only the key groups this worker owns: after a rescale the store may
     // still hold others until they are removed (remote::drop_unowned).
+    // Groups this start took from the remote copy come from there, not
+    // read back from the store that was just written.
     let nodes: Vec<&str> = signatures.iter().map(|(n, _)| n.as_str()).collect();
-    let mut restored =
-        crate::state::restore_groups(store.as_ref(), &nodes, spec.worker.owned(spec.key_groups))?;
+    let mut restored = crate::state::restore_groups(
+        store.as_ref(),
+        &nodes,
+        spec.worker.owned(spec.key_groups),
+        &fetched.groups,
+    )?;
+    for (node, entries) in fetched.state {
+        restored.state.entry(node).or_default().extend(entries);
+    }
     let read_ms = read.elapsed().as_millis() as u64;
     let rebuilt = std::time::Instant::now();
     let dir = spec.state_dir.display().to_string();

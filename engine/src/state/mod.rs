@@ -129,11 +129,12 @@ pub trait StateBackend: Send + Sync {
 /// Reads back the last committed checkpoint like [`StateBackend::restore`],
 /// but only the state of `nodes` in key groups `groups` (the groups a
 /// worker owns; its store may hold others for a while after a rescale),
-/// read by two threads, each over half of the groups.
+/// but those in `skip`, read by two threads, each over half of the groups.
 pub fn restore_groups(
     store: &dyn StateBackend,
     nodes: &[&str],
     groups: std::ops::Range<u16>,
+    skip: &std::collections::BTreeSet<u16>,
 ) -> Result<Restored, StoreError> {
     let mut restored = Restored::default();
     for prefix in key::NOT_STATE {
@@ -143,7 +144,7 @@ pub fn restore_groups(
     let read =
         |range: std::ops::Range<u16>| -> Result<Vec<Vec<crate::operator::StateEntry>>, StoreError> {
             let mut out = vec![Vec::new(); nodes.len()];
-            for g in range {
+            for g in range.filter(|g| !skip.contains(g)) {
                 for (n, node) in nodes.iter().enumerate() {
                     let prefix = key::state_group_prefix(node, g);
                     store.for_each_prefix(&prefix, &mut |k, v| {

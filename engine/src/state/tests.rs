@@ -209,7 +209,7 @@ fn restoring_some_key_groups_leaves_out_only_the_others_state() {
     }
     store.apply(w).unwrap();
     let full = store.restore().unwrap();
-    let all = super::restore_groups(&store, &["agg", "win"], 0..16).unwrap();
+    let all = super::restore_groups(&store, &["agg", "win"], 0..16, &Default::default()).unwrap();
     assert_eq!(all.state, full.state);
     assert_eq!(
         (all.epoch, all.key_groups, &all.signatures, &all.positions),
@@ -221,7 +221,9 @@ fn restoring_some_key_groups_leaves_out_only_the_others_state() {
         )
     );
     for range in [5..11u16, 0..1, 15..16] {
-        let some = super::restore_groups(&store, &["agg", "win"], range.clone()).unwrap();
+        let some =
+            super::restore_groups(&store, &["agg", "win"], range.clone(), &Default::default())
+                .unwrap();
         for node in ["agg", "win"] {
             let expected: Vec<_> = full.state[node]
                 .iter()

@@ -36,7 +36,7 @@ mod start;
 mod upload;
 
 pub use handover::FormerSinkSpec;
-pub use start::{drop_unowned, prepare, Prepare};
+pub use start::{drop_unowned, prepare, Fetched, Prepare};
 
 /// A group whose chain has this many segments gets a new base.
 const MAX_CHAIN: usize = 8;
@@ -224,7 +224,7 @@ pub(crate) async fn prepare_run(
     signatures: &[(String, String)],
     sinks: &[FormerSinkSpec],
     ready: &Arc<Readiness>,
-) -> Result<(Recovery, Uploader), RunError> {
+) -> Result<(Recovery, Uploader, Fetched), RunError> {
     let remote_store = RemoteStore::open(url).map_err(|e| RunError::Remote(e.to_string()))?;
     let nodes: Vec<Arc<str>> = signatures
         .iter()

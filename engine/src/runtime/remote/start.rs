@@ -13,6 +13,7 @@ use super::{decode_cluster, local_writer, remote_error, Chain, Recovery, Uploade
 use crate::cluster::WorkerId;
 use crate::exchange::marks::MAX_RECENT_IDS;
 use crate::metrics as m;
+use crate::operator::StateEntry;
 use crate::runtime::cluster::ClusterState;
 use crate::runtime::RunError;
 use crate::state::layout::key;
@@ -45,10 +46,33 @@ pub struct Prepare<'a> {
     pub sinks: &'a [FormerSinkSpec],
 }
 
+/// The operator state this start took from the remote copy (it is also in
+/// the local store): the run restores its operators from it rather than
+/// reading it back (a store just written is slow to read).
+#[derive(Debug, Default)]
+pub struct Fetched {
+    /// The key groups whose whole state is here.
+    pub groups: BTreeSet<u16>,
+    /// Per stateful node: (key group, key, value).
+    pub state: HashMap<String, Vec<StateEntry>>,
+}
+
+impl Fetched {
+    fn add(&mut self, g: u16, entries: &[(String, Vec<u8>, Vec<u8>)]) {
+        self.groups.insert(g);
+        for (node, k, v) in entries {
+            self.state
+                .entry(node.clone())
+                .or_default()
+                .push((g, k.clone(), v.clone()));
+        }
+    }
+}
+
 /// Takes what the local state lacks from the remote copy and claims this
-/// worker's key groups; returns what was done and the uploader's starting
-/// chains.
-pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader), RunError> {
+/// worker's key groups; returns what was done, the uploader (its starting
+/// chains) and the state taken.
+pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader, Fetched), RunError> {
     let started = Instant::now();
     let labels = m::pipeline_labels(p.pipeline);
     let (local_epoch, local_cluster) = local_writer(p.store)?;
@@ -58,6 +82,7 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader), RunError> {
     };
     let mut recovery = Recovery::Local;
     let mut restored_bytes = 0u64;
+    let mut fetched = Fetched::default();
     let mine = p.remote.latest_manifest(p.me).await.map_err(remote_error)?;
     if local_epoch == 0 {
         if let Some((name, manifest)) = &mine {
@@ -69,7 +94,9 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader), RunError> {
             let mut cache = SegmentCache::default();
             let mut state = WriteSet::default();
             for (&g, chain) in &manifest.chains {
-                for e in cache.rebuild(p.remote, chain, g).await? {
+                let entries = cache.rebuild(p.remote, chain, g).await?;
+                fetched.add(g, &entries);
+                for e in entries {
                     let k = key::state(&e.0, g, &e.1);
                     state.put(Key::Raw(k), e.2);
                 }
@@ -306,7 +333,9 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader), RunError> {
             let from = source_of(claim);
             let Some(man) = from else { continue };
             let chain = man.chains.get(g).cloned().unwrap_or_default();
-            for e in cache.rebuild(p.remote, &chain, *g).await? {
+            let entries = cache.rebuild(p.remote, &chain, *g).await?;
+            fetched.add(*g, &entries);
+            for e in entries {
                 state.put(Key::Raw(key::state(&e.0, *g, &e.1)), e.2);
             }
         }
@@ -408,7 +437,7 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader), RunError> {
     // over, which uploaded full bases above) it starts them anew.
     let (local_epoch, _) = local_writer(p.store)?;
     if let Some(up) = moved_uploader {
-        return Ok((recovery, up));
+        return Ok((recovery, up, fetched));
     }
     let chains = match &mine {
         Some((_, man)) if man.epoch == local_epoch => man
@@ -427,7 +456,7 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader), RunError> {
         _ => BTreeMap::new(),
     };
     let uploader = new_uploader(&p, owned, chains);
-    Ok((recovery, uploader))
+    Ok((recovery, uploader, fetched))
 }
 
 /// Removes what the local store holds of key groups `me` does not own: a

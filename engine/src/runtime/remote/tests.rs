@@ -49,6 +49,16 @@ impl Fixture {
         me: WorkerId,
         sinks: &[FormerSinkSpec],
     ) -> Result<(Recovery, Uploader), RunError> {
+        self.prepare_fetched(store, me, sinks)
+            .map(|(r, up, _)| (r, up))
+    }
+
+    fn prepare_fetched(
+        &self,
+        store: &dyn StateBackend,
+        me: WorkerId,
+        sinks: &[FormerSinkSpec],
+    ) -> Result<(Recovery, Uploader, Fetched), RunError> {
         let nodes = nodes();
         self.rt.block_on(prepare(Prepare {
             remote: &self.remote,
@@ -147,9 +157,17 @@ fn uploads_rebuild_exactly_what_the_store_holds() {
         // What a lost volume would get back now equals the store.
         if epoch % 13 == 0 || epoch == 40 {
             let fresh = MemoryBackend::new();
-            let (recovery, _) = f.prepare(&fresh, WorkerId::SINGLE).unwrap();
+            let (recovery, _, fetched) = f.prepare_fetched(&fresh, WorkerId::SINGLE, &[]).unwrap();
             assert_eq!(recovery, Recovery::LostVolume, "epoch {epoch}");
             assert_eq!(all(&fresh), all(&store), "epoch {epoch}");
+            // What the run restores its operators from is that state too.
+            let mut from_fetched = BTreeMap::new();
+            for (node, entries) in fetched.state {
+                for (g, k, v) in entries {
+                    from_fetched.insert(key::state(&node, g, &k), v);
+                }
+            }
+            assert_eq!(from_fetched, entries(&store, b"s\0"), "epoch {epoch}");
         }
     }
     let (_, m) =
