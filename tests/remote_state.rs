@@ -12,7 +12,8 @@
 //!
 //! The pipeline counts HTTP events by account; the oracle is a fold over
 //! the generated events. Rescaling through the remote copy is in
-//! tests/remote_rescale.rs.
+//! tests/remote_rescale.rs, tests/remote_release.rs and
+//! tests/remote_sigkill.rs.
 
 mod support;
 

@@ -19,6 +19,7 @@ pub mod cluster_workload;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod markdown;
+pub mod remote;
 pub mod s3;
 pub mod services;
 pub mod w1;
