@@ -202,3 +202,118 @@ async fn a_stop_and_restart_from_the_checkpoint_gives_the_results_of_a_straight_
     assert_eq!(windows(&out.lock().unwrap()), expected);
     assert!(dead.lock().unwrap().epochs.values().all(Vec::is_empty));
 }
+
+/// A clean stop leaves the operators' state in a restart snapshot for the
+/// next start; a restart from it gives the same results as a restart that
+/// reads the state store, and a snapshot of another checkpoint than the
+/// store's last one is not used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_from_the_restart_snapshot_equals_one_from_the_store() {
+    use sluice_engine::state::restart;
+
+    let events = events();
+    let expected = fold(&events);
+    let dir = tempfile::tempdir().unwrap();
+    let first_out = Arc::new(Mutex::new(Collected::default()));
+    let dead = Arc::new(Mutex::new(Collected::default()));
+    let (stop_tx, stop) = watch::channel(false);
+    let first = tokio::spawn(run_once(
+        dir.path().into(),
+        lines(&events[..events.len() / 2]),
+        first_out.clone(),
+        dead.clone(),
+        false,
+        stop,
+    ));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while first_out.lock().unwrap().table().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no window came out of the first run"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop_tx.send(true).unwrap();
+    let first = first.await.unwrap();
+    assert!(first.epoch > 0);
+    let snapshot_file = dir.path().join(restart::FILE);
+    assert!(
+        snapshot_file.exists(),
+        "a clean stop writes the restart snapshot"
+    );
+    let bytes = std::fs::read(&snapshot_file).unwrap();
+    let snap = restart::decode(&bytes).unwrap();
+    assert_eq!(snap.epoch, first.epoch);
+    assert!(
+        snap.nodes.iter().any(|n| !n.entries.is_empty()),
+        "the snapshot holds the aggregate's state"
+    );
+
+    // Three copies of the stopped directory: as left (restored from the
+    // snapshot), without the snapshot (restored from the store), and with
+    // a snapshot of an older checkpoint that holds nothing (must not be
+    // used: the store's newer state is the truth).
+    let copy = |name: &str| {
+        let to = dir.path().parent().unwrap().join(format!(
+            "{}-{name}",
+            dir.path().file_name().unwrap().to_str().unwrap()
+        ));
+        let _ = std::fs::remove_dir_all(&to);
+        copy_dir(dir.path(), &to);
+        to
+    };
+    let from_store = copy("store");
+    std::fs::remove_file(from_store.join(restart::FILE)).unwrap();
+    let stale = copy("stale");
+    let mut old = snap.clone();
+    old.epoch -= 1;
+    for n in &mut old.nodes {
+        n.entries.clear();
+    }
+    restart::write(&stale, &old).unwrap();
+
+    for (case, state_dir) in [
+        ("restart snapshot", dir.path().to_path_buf()),
+        ("state store", from_store.clone()),
+        ("stale snapshot", stale.clone()),
+    ] {
+        let out = Arc::new(Mutex::new(first_out.lock().unwrap().clone()));
+        let dead = Arc::new(Mutex::new(Collected::default()));
+        let (_keep, never) = watch::channel(false);
+        let report = run_once(
+            state_dir.clone(),
+            lines(&events),
+            out.clone(),
+            dead.clone(),
+            true,
+            never,
+        )
+        .await;
+        assert!(report.epoch > first.epoch, "{case}");
+        assert_eq!(
+            windows(&out.lock().unwrap()),
+            expected,
+            "restarted from the {case}"
+        );
+        assert!(
+            dead.lock().unwrap().epochs.values().all(Vec::is_empty),
+            "{case}"
+        );
+    }
+    for d in [from_store, stale] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}

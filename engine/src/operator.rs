@@ -335,6 +335,16 @@ pub trait Operator: Send {
     /// Writes the state changed since the last snapshot.
     fn snapshot(&mut self, _writer: &mut StateWriter) {}
 
+    /// Writes all of the state, exactly as the snapshots so far left it in
+    /// the store, and returns true; or returns false if it cannot (the
+    /// state changed since the last snapshot, or the operator does not
+    /// support it, the default). A clean stop writes this for the next
+    /// start to restore from ([`crate::state::restart`]); what is written
+    /// is read back by [`Operator::restore`].
+    fn snapshot_all(&self, _writer: &mut StateWriter) -> bool {
+        false
+    }
+
     /// Loads state written by earlier snapshots (called once, before any batch).
     fn restore(&mut self, _entries: Vec<StateEntry>) -> Result<(), StateError> {
         Ok(())

@@ -411,6 +411,22 @@ impl<K: TableKey, V> KeyedTable<K, V> {
         }
     }
 
+    /// Writes every entry as the store holds it after the last snapshot,
+    /// if nothing changed since (see [`crate::operator::Operator::snapshot_all`]);
+    /// false, writing nothing, otherwise.
+    pub fn snapshot_all(&self, w: &mut StateWriter) -> bool {
+        if !(self.dirty.is_empty() && self.removed.is_empty() && self.stale.is_empty()) {
+            return false;
+        }
+        w.entries.reserve(self.entries.len());
+        for (key, slot) in &self.entries {
+            let mut value = vec![self.spec.version];
+            (self.spec.encode)(&slot.value, &mut value);
+            w.put(self.key_group(key), self.stored_key(key), value);
+        }
+        true
+    }
+
     /// Entries, and key and value bytes as of the last snapshot.
     pub fn stats(&self) -> StateStats {
         StateStats {
@@ -553,6 +569,18 @@ impl<T: MetaValue> MetaCell<T> {
     /// the stored one).
     pub fn set(&mut self, value: T) {
         self.value = value;
+    }
+
+    /// Writes the value as the store holds it after the last snapshot
+    /// (not a newer one set since: a watermark moves without a checkpoint
+    /// when nothing else changes); always true.
+    pub fn snapshot_all(&self, w: &mut StateWriter) -> bool {
+        w.put(
+            META_KEY_GROUP,
+            self.key.to_vec(),
+            self.stored.to_bytes().to_vec(),
+        );
+        true
     }
 
     /// Writes the value if it changed since it was last written or restored.

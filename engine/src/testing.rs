@@ -99,7 +99,7 @@ impl Source for MemorySource {
 }
 
 /// What a [`MemorySink`] was given, by epoch.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Collected {
     /// The records of every written epoch (a re-delivery replaces them).
     pub epochs: BTreeMap<u64, Vec<SinkRecord>>,

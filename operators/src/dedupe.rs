@@ -315,6 +315,10 @@ impl Operator for Dedupe {
         self.next_seq.snapshot(w);
     }
 
+    fn snapshot_all(&self, w: &mut StateWriter) -> bool {
+        self.seen.snapshot_all(w) && self.next_seq.snapshot_all(w)
+    }
+
     fn restore(&mut self, entries: Vec<StateEntry>) -> Result<(), StateError> {
         restore_tables(entries, &mut [&mut self.seen, &mut self.next_seq])?;
         let mut next_seq = self.next_seq.get();

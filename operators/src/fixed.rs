@@ -143,6 +143,11 @@ impl Slot {
 }
 
 /// An open window: the group keys with a slot in it.
+///
+/// All-time results (one window that never closes) keep no set of group
+/// keys: every slot is in that window, so the slot table is the set. A
+/// second copy of every key would double the memory of a large all-time
+/// aggregate and the time to restore it.
 #[derive(Default)]
 struct Window {
     fired: bool,
@@ -381,8 +386,11 @@ impl Operator for FixedAggregate {
                 let aggregates = &self.c.aggregates;
                 let retractable = self.c.input.is_changelog();
                 self.lookup.set(start, key);
+                let windowed = self.window.is_some();
                 let slot = self.slots.get_or_insert_with(&self.lookup, || {
-                    window.groups.insert(key.clone());
+                    if windowed {
+                        window.groups.insert(key.clone());
+                    }
                     let accs = if retractable {
                         aggregates.iter().map(|a| a.init_retractable()).collect()
                     } else {
@@ -448,7 +456,11 @@ impl Operator for FixedAggregate {
             if self.c.emit == EmitMode::Updates {
                 continue; // its changes were emitted as they came
             }
-            let mut groups: Vec<GroupKey> = w.groups.iter().cloned().collect();
+            let mut groups: Vec<GroupKey> = if self.window.is_some() {
+                w.groups.iter().cloned().collect()
+            } else {
+                self.slots.iter().map(|(k, _)| k.group.clone()).collect()
+            };
             groups.sort_unstable();
             for group in groups {
                 let key = SlotKey { start, group };
@@ -504,6 +516,10 @@ impl Operator for FixedAggregate {
         self.watermark.snapshot(w);
     }
 
+    fn snapshot_all(&self, w: &mut StateWriter) -> bool {
+        self.slots.snapshot_all(w) && self.prev.snapshot_all(w) && self.watermark.snapshot_all(w)
+    }
+
     fn restore(&mut self, entries: Vec<StateEntry>) -> Result<(), StateError> {
         let mut tables: Vec<&mut dyn StateTable> = vec![&mut self.slots, &mut self.watermark];
         if self.c.input.is_changelog() {
@@ -511,9 +527,13 @@ impl Operator for FixedAggregate {
         }
         restore_tables(entries, &mut tables)?;
         let watermark = self.watermark.get();
-        for (key, _) in self.slots.iter() {
-            let window = self.windows.entry(key.start).or_default();
-            window.groups.insert(key.group.clone());
+        if self.window.is_some() {
+            for (key, _) in self.slots.iter() {
+                let window = self.windows.entry(key.start).or_default();
+                window.groups.insert(key.group.clone());
+            }
+        } else if !self.slots.is_empty() {
+            self.windows.entry(GLOBAL).or_default();
         }
         for (&start, window) in self.windows.iter_mut() {
             window.fired = window_end(self.window, start) <= watermark;

@@ -262,6 +262,10 @@ impl Operator for SessionAggregate {
         self.watermark.snapshot(w);
     }
 
+    fn snapshot_all(&self, w: &mut StateWriter) -> bool {
+        self.sessions.snapshot_all(w) && self.watermark.snapshot_all(w)
+    }
+
     fn restore(&mut self, entries: Vec<StateEntry>) -> Result<(), StateError> {
         restore_tables(entries, &mut [&mut self.sessions, &mut self.watermark])
     }

@@ -258,6 +258,11 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
     let started = std::time::Instant::now();
     let pipeline: Arc<str> = Arc::from(spec.name.as_str());
     register_metrics(&spec);
+    // Read while the store opens (see `restore`).
+    let restart_snapshot = {
+        let dir = spec.state_dir.clone();
+        std::thread::spawn(move || crate::state::restart::take(&dir))
+    };
     let opened = std::time::Instant::now();
     let store = open_store(&spec)?;
     let open_ms = opened.elapsed().as_millis() as u64;
@@ -290,6 +295,7 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
         &signatures,
         &mut operators,
         (open_ms, fetched),
+        restart_snapshot,
     )?;
     if spec.remote.is_some() && !me.is_single() {
         drop_unowned_in_background(store.clone(), &signatures, me, spec.key_groups);
@@ -435,12 +441,19 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
     let monitor = tokio::spawn(
         progress::monitor(opts.ready.clone(), pipeline, started, monitor_stopped).in_current_span(),
     );
+    let restart = RestartTarget {
+        dir: spec.state_dir.clone(),
+        key_groups: spec.key_groups,
+        groups: me.owned(spec.key_groups),
+        signatures: signatures.clone(),
+    };
     let result = run_processor(
         parts,
         sources.data,
         sinks.events,
         ckpt_done_rx,
         opts.shutdown,
+        restart,
     )
     .await;
     opts.ready.stopped();
@@ -520,21 +533,39 @@ fn restore(
     signatures: &[(String, String)],
     operators: &mut [Option<Box<dyn Operator>>],
     (open_ms, fetched): (u64, remote::Fetched),
+    restart_snapshot: std::thread::JoinHandle<Option<crate::state::restart::RestartSnapshot>>,
 ) -> Result<(Arc<dyn StateBackend>, Restored), RunError> {
     let read = std::time::Instant::now();
     // Only the key groups this worker owns: after a rescale the store may
     // still hold others until they are removed (remote::drop_unowned).
     // Groups this start took from the remote copy come from there, not
     // read back from the store that was just written.
+    // Groups a clean stop left in the restart snapshot come from there:
+    // one sequential read instead of the store's entries one by one.
     let nodes: Vec<&str> = signatures.iter().map(|(n, _)| n.as_str()).collect();
-    let mut restored = crate::state::restore_groups(
-        store.as_ref(),
-        &nodes,
-        spec.worker.owned(spec.key_groups),
-        &fetched.groups,
-    )?;
+    let owned = spec.worker.owned(spec.key_groups);
+    let mut restored = crate::state::restore_meta(store.as_ref())?;
+    let snapshot = restart_snapshot
+        .join()
+        .expect("reading the restart snapshot does not panic")
+        .filter(|s| s.matches(restored.epoch, spec.key_groups, signatures));
+    // Only groups whose local state this start left as it was.
+    let from_snapshot =
+        |g: &u16| owned.contains(g) && !fetched.replaced.contains(g) && !fetched.groups.contains(g);
+    let mut skip = fetched.groups.clone();
+    if let Some(s) = &snapshot {
+        skip.extend(s.groups.clone().filter(from_snapshot));
+    }
+    crate::state::read_groups(store.as_ref(), &mut restored, &nodes, owned.clone(), &skip)?;
     for (node, entries) in fetched.state {
         restored.state.entry(node).or_default().extend(entries);
+    }
+    let used_snapshot = snapshot.is_some();
+    if let Some(s) = snapshot {
+        for n in s.nodes {
+            let entries = restored.state.entry(n.node).or_default();
+            entries.extend(n.entries.into_iter().filter(|(g, _, _)| from_snapshot(g)));
+        }
     }
     let read_ms = read.elapsed().as_millis() as u64;
     let rebuilt = std::time::Instant::now();
@@ -571,7 +602,7 @@ fn restore(
     }
     if restored.epoch > 0 {
         let operators_ms = rebuilt.elapsed().as_millis() as u64;
-        tracing::info!(epoch = restored.epoch, dir = %spec.state_dir.display(), open_ms, read_ms, operators_ms, "restored checkpoint");
+        tracing::info!(epoch = restored.epoch, dir = %spec.state_dir.display(), open_ms, read_ms, operators_ms, from_snapshot = used_snapshot, "restored checkpoint");
     }
     Ok((store, restored))
 }
@@ -808,22 +839,59 @@ fn start_sources(
 }
 
 /// Runs the processor on a thread of its own until the run ends.
+/// Where and for what a finished run leaves its restart snapshot.
+struct RestartTarget {
+    dir: PathBuf,
+    key_groups: u16,
+    groups: std::ops::Range<u16>,
+    signatures: Vec<(String, String)>,
+}
+
 async fn run_processor(
     parts: ProcessorParts,
     data: mpsc::Receiver<SourceEvent>,
     sink_events: mpsc::UnboundedReceiver<SinkEvent>,
     checkpoints: mpsc::UnboundedReceiver<store::CheckpointDone>,
     shutdown: watch::Receiver<bool>,
+    restart: RestartTarget,
 ) -> Result<RunReport, RunError> {
     let handle = tokio::runtime::Handle::current();
     let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || {
         let _span = span.enter();
         let mut processor = Processor::new(parts);
-        handle.block_on(processor.run(data, sink_events, checkpoints, shutdown))
+        let result = handle.block_on(processor.run(data, sink_events, checkpoints, shutdown));
+        if result.is_ok() {
+            write_restart_snapshot(&processor, &restart);
+        }
+        result
     })
     .await
     .map_err(|e| RunError::Checkpoint(CheckpointError::ProcessorPanicked(e)))?
+}
+
+/// Leaves the operators' state of a finished run in the state directory
+/// for the next start (see [`crate::state::restart`]); a failure costs only
+/// that start's speed.
+fn write_restart_snapshot(processor: &Processor, target: &RestartTarget) {
+    let began = std::time::Instant::now();
+    let Some(snap) =
+        processor.restart_snapshot(target.key_groups, target.groups.clone(), &target.signatures)
+    else {
+        return;
+    };
+    let entries: usize = snap.nodes.iter().map(|n| n.entries.len()).sum();
+    match crate::state::restart::write(&target.dir, &snap) {
+        Ok(()) => tracing::info!(
+            epoch = snap.epoch,
+            entries,
+            ms = began.elapsed().as_millis() as u64,
+            "wrote the restart snapshot"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot write the restart snapshot (the next start reads the state store instead)")
+        }
+    }
 }
 
 /// Waits for the sources and sinks to end and the checkpoint writer to

@@ -226,6 +226,52 @@ impl Processor {
         }
     }
 
+    /// The operators' whole state as of the last checkpoint, for the next
+    /// start ([`crate::state::restart`]): only once the protocol finished
+    /// (the final checkpoint is durable) and if no operator changed its
+    /// state since that checkpoint's snapshot; None otherwise.
+    pub(super) fn restart_snapshot(
+        &self,
+        key_groups: u16,
+        groups: std::ops::Range<u16>,
+        signatures: &[(String, String)],
+    ) -> Option<crate::state::restart::RestartSnapshot> {
+        use crate::state::restart::{NodeState, RestartSnapshot};
+        if !self.finished || self.failure.is_some() || self.protocol.epoch() == 0 {
+            return None;
+        }
+        let mut nodes = Vec::new();
+        for (t, op) in self.operators.iter().enumerate() {
+            if !self.stateful[t] {
+                continue;
+            }
+            let op = op.as_ref()?;
+            let name = &self.names[self.n_sources + t];
+            let signature = signatures.iter().find(|(n, _)| **n == **name)?.1.clone();
+            let mut w = crate::operator::StateWriter::default();
+            if !op.snapshot_all(&mut w) {
+                return None;
+            }
+            let entries = w
+                .entries
+                .into_iter()
+                .filter(|(g, _, _)| groups.contains(g))
+                .map(|(g, k, v)| v.map(|v| (g, k, v)))
+                .collect::<Option<Vec<_>>>()?;
+            nodes.push(NodeState {
+                node: name.to_string(),
+                signature,
+                entries,
+            });
+        }
+        Some(RestartSnapshot {
+            epoch: self.protocol.epoch(),
+            key_groups,
+            groups,
+            nodes,
+        })
+    }
+
     /// The main loop. Returns when all sources are done (or stopped) and
     /// every committed epoch has been acknowledged by the sinks (or the
     /// drain grace after a shutdown has passed).

@@ -10,6 +10,7 @@
 pub mod layout;
 mod memory;
 pub mod remote;
+pub mod restart;
 mod sled;
 
 pub use layout::{encode, key, Key, Restored, SinkAck, FORMAT_VERSION};
@@ -136,10 +137,30 @@ pub fn restore_groups(
     groups: std::ops::Range<u16>,
     skip: &std::collections::BTreeSet<u16>,
 ) -> Result<Restored, StoreError> {
+    let mut restored = restore_meta(store)?;
+    read_groups(store, &mut restored, nodes, groups, skip)?;
+    Ok(restored)
+}
+
+/// Reads back everything of the last committed checkpoint but the
+/// operators' state.
+pub fn restore_meta(store: &dyn StateBackend) -> Result<Restored, StoreError> {
     let mut restored = Restored::default();
     for prefix in key::NOT_STATE {
         store.for_each_prefix(prefix, &mut |k, v| restored.add(k, v))?;
     }
+    Ok(restored)
+}
+
+/// Adds to `restored` the state of `nodes` in key groups `groups` but those
+/// in `skip` (see [`restore_groups`]).
+pub fn read_groups(
+    store: &dyn StateBackend,
+    restored: &mut Restored,
+    nodes: &[&str],
+    groups: std::ops::Range<u16>,
+    skip: &std::collections::BTreeSet<u16>,
+) -> Result<(), StoreError> {
     let mid = groups.start + (groups.end - groups.start) / 2;
     let read =
         |range: std::ops::Range<u16>| -> Result<Vec<Vec<crate::operator::StateEntry>>, StoreError> {
@@ -160,14 +181,15 @@ pub fn restore_groups(
         let low = read(groups.start..mid);
         (low, high.join().expect("the restore thread does not panic"))
     });
-    for (n, (mut a, b)) in low?.into_iter().zip(high?).enumerate() {
+    for (n, (a, b)) in low?.into_iter().zip(high?).enumerate() {
         if a.is_empty() && b.is_empty() {
             continue;
         }
-        a.extend(b);
-        restored.state.insert(nodes[n].to_string(), a);
+        let entries = restored.state.entry(nodes[n].to_string()).or_default();
+        entries.extend(a);
+        entries.extend(b);
     }
-    Ok(restored)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -398,6 +398,24 @@ fn a_meta_cell_is_written_when_it_changed() {
     assert!(cell.restore_entry(0, b"\0seq".to_vec(), vec![1]).is_err());
 }
 
+/// The whole of a meta cell is the value the store holds: a newer value
+/// set since the last snapshot is not in the store.
+#[test]
+fn a_meta_cell_dumps_its_stored_value() {
+    let mut cell = MetaCell::new("watermark", b"\0wm", 0u64);
+    let all = |cell: &MetaCell<u64>| {
+        let mut w = StateWriter::default();
+        assert!(cell.snapshot_all(&mut w));
+        w.entries
+    };
+    let entry = |v: u64| vec![(0, b"\0wm".to_vec(), Some(v.to_be_bytes().to_vec()))];
+    assert_eq!(all(&cell), entry(0));
+    cell.set(5);
+    assert_eq!(all(&cell), entry(0), "5 is not stored yet");
+    cell.snapshot(&mut StateWriter::default());
+    assert_eq!(all(&cell), entry(5));
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Insert(u8, u64),
@@ -438,6 +456,7 @@ proptest! {
             Ok(())
         };
         for op in ops {
+            let op_was_snapshot = matches!(op, Op::Snapshot);
             match op {
                 Op::Insert(k, v) => {
                     let k = GroupKey::from_slice(&[k]);
@@ -461,6 +480,19 @@ proptest! {
                 Op::Snapshot => apply(&mut store, &mut table)?,
             }
             prop_assert_eq!(table.len(), model.len());
+            // The whole table, when it can be had, is exactly the store;
+            // right after a snapshot it can.
+            let mut all = StateWriter::default();
+            if table.snapshot_all(&mut all) {
+                let dumped: BTreeMap<(u16, Vec<u8>), Vec<u8>> = all
+                    .entries
+                    .into_iter()
+                    .map(|(kg, k, v)| ((kg, k), v.expect("puts only")))
+                    .collect();
+                prop_assert_eq!(&dumped, &store);
+            } else {
+                prop_assert!(!op_was_snapshot, "refused right after a snapshot");
+            }
         }
         apply(&mut store, &mut table)?;
         let stored_bytes: usize = store.iter().map(|((_, k), v)| k.len() + v.len()).sum();

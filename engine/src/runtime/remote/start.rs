@@ -53,6 +53,10 @@ pub struct Prepare<'a> {
 pub struct Fetched {
     /// The key groups whose whole state is here.
     pub groups: BTreeSet<u16>,
+    /// The key groups whose local state this start replaced (the fetched
+    /// ones, and those that arrived empty): no older reading of the
+    /// directory, such as a restart snapshot, holds them.
+    pub replaced: BTreeSet<u16>,
     /// Per stateful node: (key group, key, value).
     pub state: HashMap<String, Vec<StateEntry>>,
 }
@@ -310,6 +314,7 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader, Fetched), Ru
         // left to [`drop_unowned`] after the start (restore reads only
         // owned groups).
         for (g, _, _) in moves.iter().filter(|(g, _, _)| !kept.contains(g)) {
+            fetched.replaced.insert(*g);
             for node in p.nodes {
                 p.store
                     .for_each_prefix(&key::state_group_prefix(node, *g), &mut |k, _| {
