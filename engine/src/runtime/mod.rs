@@ -285,10 +285,11 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
     let restored_remotely = uploader
         .as_ref()
         .is_some_and(|(r, _, _)| *r == remote::Recovery::LostVolume);
-    let fetched = uploader
+    let mut fetched = uploader
         .as_mut()
         .map(|(_, _, f)| std::mem::take(f))
         .unwrap_or_default();
+    let import = fetched.import.take();
     let (store, mut restored) = restore(
         &spec,
         store,
@@ -398,6 +399,7 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
         job_rx,
         ckpt_done_tx,
         uploader.map(|(_, u, _)| u),
+        import,
     );
     if let Some(progress) = &remote_progress {
         // Once a stop is requested, uploads that keep failing give up

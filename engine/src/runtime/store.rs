@@ -40,17 +40,43 @@ pub struct CheckpointDone {
 /// With a remote copy (`uploader`), the checkpoint is also uploaded before
 /// it is reported: what sinks and sources are told is committed is always
 /// in the remote copy too.
+///
+/// State the start took from the remote copy (`import`) is written first,
+/// before any checkpoint; if that fails, so does the first checkpoint.
 pub fn spawn_writer(
     store: Arc<dyn StateBackend>,
     marker_dir: std::path::PathBuf,
     jobs: std::sync::mpsc::Receiver<CheckpointJob>,
     done: tokio::sync::mpsc::UnboundedSender<CheckpointDone>,
     mut uploader: Option<super::remote::Uploader>,
+    import: Option<WriteSet>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name("sluice-checkpoint".into())
         .spawn(move || {
+            let mut import_error = None;
+            if let Some(state) = import {
+                let began = Instant::now();
+                let entries = state.writes.len();
+                match super::remote::finish_import(store.as_ref(), state) {
+                    Ok(()) => tracing::info!(
+                        entries,
+                        ms = began.elapsed().as_millis() as u64,
+                        "wrote the state taken from the remote copy into the state directory"
+                    ),
+                    Err(e) => import_error = Some(e),
+                }
+            }
             while let Ok(job) = jobs.recv() {
+                if let Some(e) = import_error.take() {
+                    let _ = done.send(CheckpointDone {
+                        epoch: job.epoch,
+                        bytes: 0,
+                        duration: job.started.elapsed(),
+                        result: Err(super::CheckpointError::from(e)),
+                    });
+                    break;
+                }
                 let bytes = job.writes.bytes;
                 let deltas = uploader
                     .as_ref()

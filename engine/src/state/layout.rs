@@ -158,6 +158,10 @@ pub mod key {
     pub const KEY_GROUPS: &[u8] = b"m\0key_groups";
     /// Holds the worker's cluster state (bincode).
     pub const CLUSTER: &[u8] = b"m\0cluster";
+    /// Lists key groups taken from the remote copy whose state is still
+    /// being written into the store (bincode; see
+    /// `runtime::remote::PendingImport`). Never uploaded.
+    pub const IMPORT: &[u8] = b"m\0import";
 
     fn named(tag: u8, name: &str, extra: usize) -> Vec<u8> {
         let mut k = Vec::with_capacity(name.len() + 3 + extra);

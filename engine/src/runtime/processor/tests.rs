@@ -72,6 +72,7 @@ fn start(store: &MemoryBackend, marker_dir: &std::path::Path) -> (Harness, Vec<A
         jobs_rx,
         done_tx,
         None,
+        None,
     );
     let parts = ProcessorParts {
         pipeline: Arc::from("test"),

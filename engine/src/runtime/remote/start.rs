@@ -20,7 +20,7 @@ use crate::state::layout::key;
 use crate::state::remote::{
     claim_name, encode_object, Claim, Manifest, Put, Release, RemoteStore, Segment,
 };
-use crate::state::{Key, StateBackend, WriteSet};
+use crate::state::{Key, StateBackend, StoreError, WriteSet};
 use crate::time::now_ms;
 
 /// Everything the start needs to know to take state from the remote copy.
@@ -59,6 +59,60 @@ pub struct Fetched {
     pub replaced: BTreeSet<u16>,
     /// Per stateful node: (key group, key, value).
     pub state: HashMap<String, Vec<StateEntry>>,
+    /// The same state as writes for the local store, which the checkpoint
+    /// writer applies before its first checkpoint ([`finish_import`]) so
+    /// that the start need not wait for them; the store lists the groups
+    /// until then ([`key::IMPORT`]). None when there is nothing to write.
+    pub import: Option<WriteSet>,
+}
+
+/// The key groups whose state a start took from the remote copy and has
+/// not yet written into the local store completely: each group's chain of
+/// segments. Stored under [`key::IMPORT`] together with the rest of the
+/// takeover; removed once the state is written. A start that finds it
+/// (the run ended before) writes those groups again from their chains.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct PendingImport {
+    groups: BTreeMap<u16, Vec<String>>,
+}
+
+/// Writes the state a start took from the remote copy into the local store
+/// (in parts), then removes the list of pending groups: called by the
+/// checkpoint writer before its first checkpoint.
+pub fn finish_import(store: &dyn StateBackend, state: WriteSet) -> Result<(), StoreError> {
+    store.apply_in_parts(state)?;
+    let mut done = WriteSet::default();
+    done.delete(Key::Raw(key::IMPORT.to_vec()));
+    store.apply(done)
+}
+
+/// The groups a previous start left to write, if any.
+fn pending_import(store: &dyn StateBackend) -> Result<Option<PendingImport>, RunError> {
+    let mut found = None;
+    store.for_each_prefix(key::IMPORT, &mut |k, v| {
+        if k == key::IMPORT {
+            found = Some(v.to_vec());
+        }
+        Ok(())
+    })?;
+    match found {
+        None => Ok(None),
+        Some(bytes) => bincode::serde::decode_from_slice(&bytes, bincode::config::standard())
+            .map(|(p, _)| Some(p))
+            .map_err(|e| {
+                RunError::Remote(format!(
+                    "the list of key groups being imported is damaged: {e}"
+                ))
+            }),
+    }
+}
+
+/// The list of `groups` (with their chains) as the write that records it.
+fn record_import(writes: &mut WriteSet, groups: BTreeMap<u16, Vec<String>>) {
+    writes.put(
+        Key::Raw(key::IMPORT.to_vec()),
+        crate::state::encode(&PendingImport { groups }),
+    );
 }
 
 impl Fetched {
@@ -87,6 +141,32 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader, Fetched), Ru
     let mut recovery = Recovery::Local;
     let mut restored_bytes = 0u64;
     let mut fetched = Fetched::default();
+    if let Some(pending) = pending_import(p.store)? {
+        // An earlier start took these groups over (or restored a lost
+        // volume) and the run ended before their state was all written:
+        // write it again, now.
+        tracing::warn!(groups = pending.groups.len(),
+            "the previous run ended before the key groups it took from the remote copy were written into the state directory: writing them again");
+        let mut cache = SegmentCache::default();
+        let mut state = WriteSet::default();
+        for (&g, chain) in &pending.groups {
+            for node in p.nodes {
+                p.store
+                    .for_each_prefix(&key::state_group_prefix(node, g), &mut |k, _| {
+                        state.delete(Key::Raw(k.to_vec()));
+                        Ok(())
+                    })?;
+            }
+            let entries = cache.rebuild(p.remote, chain, g).await?;
+            fetched.add(g, &entries);
+            fetched.replaced.insert(g);
+            for e in entries {
+                state.put(Key::Raw(key::state(&e.0, g, &e.1)), e.2);
+            }
+        }
+        restored_bytes += cache.bytes;
+        finish_import(p.store, state)?;
+    }
     let mine = p.remote.latest_manifest(p.me).await.map_err(remote_error)?;
     if local_epoch == 0 {
         if let Some((name, manifest)) = &mine {
@@ -105,11 +185,12 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader, Fetched), Ru
                     state.put(Key::Raw(k), e.2);
                 }
             }
-            // The state first, in parts; then the checkpoint's epoch and
-            // the rest at once: a start interrupted in between finds the
-            // directory without an epoch and does it all again.
-            p.store.apply_in_parts(state)?;
+            // The checkpoint's epoch and the rest at once, with the list
+            // of groups whose state is yet to be written (by the
+            // checkpoint writer, before its first checkpoint; a start that
+            // finds the list writes them again).
             let mut writes = WriteSet::default();
+            record_import(&mut writes, manifest.chains.clone());
             for (k, v) in &manifest.meta {
                 let v = if k == key::CLUSTER {
                     // The inbound journal went with the volume: read it from its start.
@@ -123,6 +204,7 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader, Fetched), Ru
             }
             restored_bytes += cache.bytes;
             p.store.apply(writes)?;
+            fetched.import = Some(state);
             recovery = Recovery::LostVolume;
         }
     }
@@ -260,11 +342,15 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader, Fetched), Ru
         let phase = Instant::now();
         let waited_ms = started.elapsed().as_millis() as u64;
         let mut cache = SegmentCache::default();
-        // Operator state (applied in parts) and the rest (applied at once,
-        // last: until then the directory still shows its previous writer,
-        // so a start interrupted in between redoes the move).
-        let mut state = WriteSet::default();
+        // What this directory holds of arriving groups (removed in parts),
+        // the rest (applied at once, after: until then the directory still
+        // shows its previous writer, so a start interrupted in between
+        // redoes the move), and the arriving state (written by the
+        // checkpoint writer; the rest lists its groups until then).
+        let mut stale = WriteSet::default();
         let mut writes = WriteSet::default();
+        let mut state = WriteSet::default();
+        let mut importing: BTreeMap<u16, Vec<String>> = BTreeMap::new();
         // This directory's own writer was released (by an operator) at an
         // older checkpoint than the directory holds: what it did after that
         // checkpoint was never released upstream and is read again, so the
@@ -318,7 +404,7 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader, Fetched), Ru
             for node in p.nodes {
                 p.store
                     .for_each_prefix(&key::state_group_prefix(node, *g), &mut |k, _| {
-                        state.delete(Key::Raw(k.to_vec()));
+                        stale.delete(Key::Raw(k.to_vec()));
                         Ok(())
                     })?;
             }
@@ -339,6 +425,7 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader, Fetched), Ru
             let Some(man) = from else { continue };
             let chain = man.chains.get(g).cloned().unwrap_or_default();
             let entries = cache.rebuild(p.remote, &chain, *g).await?;
+            importing.insert(*g, chain);
             fetched.add(*g, &entries);
             for e in entries {
                 state.put(Key::Raw(key::state(&e.0, *g, &e.1)), e.2);
@@ -361,8 +448,12 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader, Fetched), Ru
         }
         let fetched_ms = phase.elapsed().as_millis() as u64;
         let phase = Instant::now();
-        let entries = state.writes.len() + writes.writes.len();
-        p.store.apply_in_parts(state)?;
+        let entries = state.writes.len() + stale.writes.len() + writes.writes.len();
+        p.store.apply_in_parts(stale)?;
+        if !importing.is_empty() {
+            record_import(&mut writes, importing);
+            fetched.import = Some(state);
+        }
         p.store.apply(writes)?;
         if let (Some((epoch, _)), Some(dir)) = (&rollback, p.marker_dir) {
             crate::runtime::marker::write(dir, crate::runtime::marker::Marker { epoch: *epoch })?;

@@ -59,6 +59,21 @@ impl Fixture {
         me: WorkerId,
         sinks: &[FormerSinkSpec],
     ) -> Result<(Recovery, Uploader, Fetched), RunError> {
+        let (r, up, mut fetched) = self.prepare_unfinished(store, me, sinks)?;
+        // What the checkpoint writer does before its first checkpoint.
+        if let Some(state) = fetched.import.take() {
+            finish_import(store, state).unwrap();
+        }
+        Ok((r, up, fetched))
+    }
+
+    /// A start whose run ends before the state it took is written.
+    fn prepare_unfinished(
+        &self,
+        store: &dyn StateBackend,
+        me: WorkerId,
+        sinks: &[FormerSinkSpec],
+    ) -> Result<(Recovery, Uploader, Fetched), RunError> {
         let nodes = nodes();
         self.rt.block_on(prepare(Prepare {
             remote: &self.remote,
@@ -676,4 +691,69 @@ fn a_gone_owners_unacknowledged_output_is_written_once_as_that_owner() {
     log.lock().unwrap().clear();
     f.prepare_with(&single, w0, &sinks).unwrap();
     assert!(log.lock().unwrap().is_empty(), "{:?}", log.lock().unwrap());
+}
+
+/// The state a start takes from the remote copy is written into the store
+/// after the start (by the checkpoint writer); a run that ends before that
+/// leaves the list of those groups, and the next start writes them again:
+/// for a lost volume and for groups that moved in a rescale.
+#[test]
+fn a_start_finishes_writing_state_its_previous_run_took_but_did_not_write() {
+    let f = fixture();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+    let single = MemoryBackend::new();
+    let (_, mut up) = f.prepare(&single, WorkerId::SINGLE).unwrap();
+    for epoch in 1..=3 {
+        f.checkpoint(&mut up, &single, epoch, random_writes(&mut rng, 40));
+    }
+    let whole = all(&single);
+
+    // Lost volume, the run ends at once.
+    let fresh = MemoryBackend::new();
+    let (r, _, fetched) = f.prepare_unfinished(&fresh, WorkerId::SINGLE, &[]).unwrap();
+    assert_eq!(r, Recovery::LostVolume);
+    assert!(fetched.import.is_some());
+    assert!(
+        entries(&fresh, b"s\0").is_empty(),
+        "the state is written later"
+    );
+    assert_eq!(entries(&fresh, key::IMPORT).len(), 1);
+    let (r, _, fetched) = f.prepare_unfinished(&fresh, WorkerId::SINGLE, &[]).unwrap();
+    assert_eq!(r, Recovery::Local);
+    assert!(fetched.import.is_none());
+    assert_eq!(all(&fresh), whole, "the next start wrote it");
+    assert!(!fetched.groups.is_empty() && fetched.replaced == fetched.groups);
+
+    // A rescale 1 -> 2: worker 1's run ends before the moved state is written.
+    f.release(WorkerId::SINGLE);
+    let w0 = WorkerId::new(0, 2).unwrap();
+    let w1 = WorkerId::new(1, 2).unwrap();
+    let store1 = MemoryBackend::new();
+    f.prepare(&single, w0).unwrap();
+    let (r, _, fetched) = f.prepare_unfinished(&store1, w1, &[]).unwrap();
+    assert_eq!(r, Recovery::Rescale);
+    assert!(fetched.import.is_some());
+    assert!(entries(&store1, b"s\0").is_empty());
+    assert!(
+        !f.rt
+            .block_on(f.remote.list("manifests/"))
+            .unwrap()
+            .is_empty(),
+        "claims were made before the state was written"
+    );
+    f.prepare(&store1, w1).unwrap();
+    let expected: BTreeMap<Vec<u8>, Vec<u8>> = whole
+        .iter()
+        .filter(|(k, _)| key::parse_state(k).is_some_and(|(_, g, _)| w1.owned(GROUPS).contains(&g)))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    assert!(!expected.is_empty());
+    assert_eq!(entries(&store1, b"s\0"), expected);
+    assert!(entries(&store1, key::IMPORT).is_empty());
+    // And nothing of the list reached the remote copy.
+    let (_, m) =
+        f.rt.block_on(f.remote.latest_manifest(w1))
+            .unwrap()
+            .unwrap();
+    assert!(m.meta.iter().all(|(k, _)| k != key::IMPORT));
 }

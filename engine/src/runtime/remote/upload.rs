@@ -286,7 +286,10 @@ fn scan_meta(store: &dyn StateBackend) -> Result<Vec<RawEntry>, StoreError> {
     let mut meta = Vec::new();
     for prefix in key::NOT_STATE {
         store.for_each_prefix(prefix, &mut |k, v| {
-            meta.push((k.to_vec(), v.to_vec()));
+            // A start's list of groups still being written is local only.
+            if k != key::IMPORT {
+                meta.push((k.to_vec(), v.to_vec()));
+            }
             Ok(())
         })?;
     }
