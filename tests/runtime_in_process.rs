@@ -159,28 +159,7 @@ async fn a_stop_and_restart_from_the_checkpoint_gives_the_results_of_a_straight_
     // Stopped (as at SIGTERM) once some windows are out, while the first
     // half of the input is all there is; then restarted with all of it.
     let dir = tempfile::tempdir().unwrap();
-    let out = Arc::new(Mutex::new(Collected::default()));
-    let dead = Arc::new(Mutex::new(Collected::default()));
-    let (stop_tx, stop) = watch::channel(false);
-    let first_half = lines(&events[..events.len() / 2]);
-    let first = tokio::spawn(run_once(
-        dir.path().into(),
-        first_half,
-        out.clone(),
-        dead.clone(),
-        false,
-        stop,
-    ));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while out.lock().unwrap().table().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "no window came out of the first run"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    stop_tx.send(true).unwrap();
-    let first = first.await.unwrap();
+    let (first, out, dead) = stopped_after_the_first_window(dir.path(), &events).await;
     assert!(!first.input_exhausted);
     let partial = windows(&out.lock().unwrap());
     assert!(
@@ -214,27 +193,7 @@ async fn a_restart_from_the_restart_snapshot_equals_one_from_the_store() {
     let events = events();
     let expected = fold(&events);
     let dir = tempfile::tempdir().unwrap();
-    let first_out = Arc::new(Mutex::new(Collected::default()));
-    let dead = Arc::new(Mutex::new(Collected::default()));
-    let (stop_tx, stop) = watch::channel(false);
-    let first = tokio::spawn(run_once(
-        dir.path().into(),
-        lines(&events[..events.len() / 2]),
-        first_out.clone(),
-        dead.clone(),
-        false,
-        stop,
-    ));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while first_out.lock().unwrap().table().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "no window came out of the first run"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    stop_tx.send(true).unwrap();
-    let first = first.await.unwrap();
+    let (first, first_out, _) = stopped_after_the_first_window(dir.path(), &events).await;
     assert!(first.epoch > 0);
     let snapshot_file = dir.path().join(restart::FILE);
     assert!(
@@ -303,6 +262,35 @@ async fn a_restart_from_the_restart_snapshot_equals_one_from_the_store() {
     for d in [from_store, stale] {
         let _ = std::fs::remove_dir_all(d);
     }
+}
+
+/// Runs the first half of `events` on `dir` and stops it (as at SIGTERM)
+/// once some windows are out: the report, the output and dead letters.
+async fn stopped_after_the_first_window(
+    dir: &Path,
+    events: &[(i64, &str, i64)],
+) -> (RunReport, Arc<Mutex<Collected>>, Arc<Mutex<Collected>>) {
+    let out = Arc::new(Mutex::new(Collected::default()));
+    let dead = Arc::new(Mutex::new(Collected::default()));
+    let (stop_tx, stop) = watch::channel(false);
+    let first = tokio::spawn(run_once(
+        dir.into(),
+        lines(&events[..events.len() / 2]),
+        out.clone(),
+        dead.clone(),
+        false,
+        stop,
+    ));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while out.lock().unwrap().table().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no window came out of the first run"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop_tx.send(true).unwrap();
+    (first.await.unwrap(), out, dead)
 }
 
 fn copy_dir(from: &Path, to: &Path) {
