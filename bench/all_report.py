@@ -234,7 +234,9 @@ def rescale_rows(text, meta):
     return [row(f"rescale: {step}", "sluice", secs, "s to ready",
                 status="ok" if meta.get("exit") == 0 else "keys not exact",
                 notes=f"{r['keys']:,} keys, remote {r['remote']}; "
-                      f"{r['restore_bytes'].get(step, 0):,} bytes from the remote copy")
+                      f"{r['restore_bytes'].get(step, 0):,} bytes from the remote copy"
+                      + (f"; the previous workers stopped in {r['stop_seconds'][step]} s"
+                         if step in r.get("stop_seconds", {}) else ""))
             for step, secs in r["seconds"].items()]
 
 

@@ -17,11 +17,16 @@
 # new step answers /ready 200":
 #   load    1 worker reads all K events from a fresh state (the naive
 #           alternative to a rescale: replaying the whole input), timed
-#           until its checkpointed state holds all K keys
+#           until a checkpoint holding all K keys is durable and uploaded
 #   1->3, 3->2, 2->1   rescales
 #   restart-local      worker 0 of 1 restarted on its state directory
 #   restart-remote     the same after deleting its state directory (a lost
 #                      volume: restored from the remote copy only)
+# Beside it: the time until the state taken from the remote copy is also
+# written into the workers' directories (sluice_remote_import_entries back
+# to 0; this happens after ready, before the first checkpoint), and the
+# time the previous step's workers took to stop (SIGTERM to exit: final
+# checkpoint, upload, release, restart snapshot).
 # After each step the keys held across workers (sluice_state_keys) must be
 # exactly K, each key at one worker; bytes read from the remote copy
 # (sluice_remote_restore_bytes_total) are reported per step.
@@ -134,13 +139,17 @@ restored_bytes() { # N
     done
     echo "$total"
 }
-stop_all() {
+LAST_STOP=-
+stop_all() { # SIGTERM to every worker; LAST_STOP: seconds until all exited
+    local t0
+    t0=$(now)
     kill -TERM "${PIDS[@]}" 2>/dev/null || true
     for p in "${PIDS[@]}"; do wait "$p" || true; done
+    LAST_STOP=$(python3 -c "print(f'{$(now) - $t0:.3f}')")
 }
 now() { date +%s.%N; }
 
-declare -A SECS BYTES
+declare -A SECS BYTES STOPS WRITTEN
 status=0
 step() { # name, N, timeout[, "keys": time until the keys are held, not until ready]
     local name=$1 n=$2 t0 t1
@@ -150,8 +159,33 @@ step() { # name, N, timeout[, "keys": time until the keys are held, not until re
     t1=$(now)
     # The state is checkpointed within the interval: wait for the keys.
     if ! check_keys "$n"; then status=1; fi
-    [[ ${4:-} == keys ]] && t1=$(now)
+    if [[ ${4:-} == keys ]]; then
+        # The gauge is set when a checkpoint's snapshot is taken; the one
+        # that holds every key is durable (and uploaded) once the durable
+        # epoch passes the one seen now (one checkpoint is written at a time).
+        local e0 deadline=$((SECONDS + 600))
+        e0=$(metric 0 sluice_checkpoint_epoch)
+        until (($(metric 0 sluice_checkpoint_epoch) > e0)); do
+            ((SECONDS < deadline)) || die "no checkpoint after epoch $e0 in 600 s"
+            sleep 0.05
+        done
+        t1=$(now)
+    fi
     SECS[$name]=$(python3 -c "print(f'{$t1 - $t0:.3f}')")
+    STOPS[$name]=$LAST_STOP
+    # The state taken from the remote copy is written into the workers'
+    # directories after they are ready (before their first checkpoint).
+    local deadline=$((SECONDS + 120)) left
+    while :; do
+        left=0
+        for ((i = 0; i < n; i++)); do
+            left=$((left + $(metric "$i" sluice_remote_import_entries)))
+        done
+        ((left == 0)) && break
+        ((SECONDS < deadline)) || die "state still being written after 120 s"
+        sleep 0.05
+    done
+    WRITTEN[$name]=$(python3 -c "print(f'{$(now) - $t0:.3f}')")
     BYTES[$name]=$(restored_bytes "$n")
     echo "step $name: ${SECS[$name]} s to ready, ${BYTES[$name]} bytes from the remote copy" >&2
 }
@@ -174,12 +208,12 @@ stop_all
 
 GIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 echo
-echo "| step | seconds to ready | bytes read from the remote copy |"
-echo "|---|---|---|"
+echo "| step | seconds to ready | seconds until the taken state is also in the local directories | seconds the previous workers took to stop (SIGTERM to exit) | bytes read from the remote copy |"
+echo "|---|---|---|---|---|"
 for s in load "1->3" "3->2" "2->1" restart-local restart-remote; do
-    echo "| $s | ${SECS[$s]} | ${BYTES[$s]} |"
+    echo "| $s | ${SECS[$s]} | ${WRITTEN[$s]} | ${STOPS[$s]} | ${BYTES[$s]} |"
 done
-python3 - "$K" "$GIT" "$LOAD" "$REMOTE" "${SECS[load]}" "${SECS[1->3]}" "${SECS[3->2]}" "${SECS[2->1]}" "${SECS[restart-local]}" "${SECS[restart-remote]}" "${BYTES[1->3]}" "${BYTES[3->2]}" "${BYTES[2->1]}" "${BYTES[restart-remote]}" <<'EOF'
+python3 - "$K" "$GIT" "$LOAD" "$REMOTE" "${SECS[load]}" "${SECS[1->3]}" "${SECS[3->2]}" "${SECS[2->1]}" "${SECS[restart-local]}" "${SECS[restart-remote]}" "${BYTES[1->3]}" "${BYTES[3->2]}" "${BYTES[2->1]}" "${BYTES[restart-remote]}" "${STOPS[1->3]}" "${STOPS[3->2]}" "${STOPS[2->1]}" "${STOPS[restart-local]}" "${STOPS[restart-remote]}" "${WRITTEN[1->3]}" "${WRITTEN[3->2]}" "${WRITTEN[2->1]}" "${WRITTEN[restart-local]}" "${WRITTEN[restart-remote]}" <<'EOF'
 import json, sys
 a = sys.argv[1:]
 names = ["load", "1->3", "3->2", "2->1", "restart-local", "restart-remote"]
@@ -187,6 +221,8 @@ print("RESCALE_BENCH " + json.dumps({
     "keys": int(a[0]), "git": a[1], "loadavg_start": float(a[2]), "remote": a[3].split("://")[0],
     "seconds": dict(zip(names, map(float, a[4:10]))),
     "restore_bytes": dict(zip(["1->3", "3->2", "2->1", "restart-remote"], map(int, a[10:14]))),
+    "stop_seconds": dict(zip(names[1:], map(float, a[14:19]))),
+    "written_seconds": dict(zip(names[1:], map(float, a[19:24]))),
 }))
 EOF
 exit $status

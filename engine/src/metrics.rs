@@ -138,6 +138,10 @@ pub const REMOTE_RESTORE_BYTES: &str = "sluice_remote_restore_bytes_total";
 pub const REMOTE_RESTORE_DURATION: &str = "sluice_remote_restore_duration_seconds";
 /// Key groups this worker took over from other workers at its start.
 pub const REMOTE_KEY_GROUPS_MOVED: &str = "sluice_remote_key_groups_moved";
+/// Entries of the state a start took from the remote copy that are still
+/// to be written into the state directory (0 once written; the first
+/// checkpoint waits for them).
+pub const REMOTE_IMPORT_ENTRIES: &str = "sluice_remote_import_entries";
 
 /// Every metric name above, for the exporter's descriptions and the
 /// dashboard consistency test.
@@ -191,6 +195,7 @@ pub const ALL: &[&str] = &[
     REMOTE_RESTORE_BYTES,
     REMOTE_RESTORE_DURATION,
     REMOTE_KEY_GROUPS_MOVED,
+    REMOTE_IMPORT_ENTRIES,
 ];
 
 /// Labels identifying one component.

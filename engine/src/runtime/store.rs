@@ -58,7 +58,14 @@ pub fn spawn_writer(
             if let Some(state) = import {
                 let began = Instant::now();
                 let entries = state.writes.len();
-                match super::remote::finish_import(store.as_ref(), state) {
+                let labels = uploader.as_ref().map(|u| u.labels()).unwrap_or_default();
+                let pending = metrics::gauge!(crate::metrics::REMOTE_IMPORT_ENTRIES, labels);
+                pending.set(entries as f64);
+                let result = super::remote::finish_import(store.as_ref(), state);
+                if result.is_ok() {
+                    pending.set(0.0);
+                }
+                match result {
                     Ok(()) => tracing::info!(
                         entries,
                         ms = began.elapsed().as_millis() as u64,

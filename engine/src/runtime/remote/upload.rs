@@ -337,4 +337,9 @@ impl Uploader {
     pub fn progress(&self) -> Arc<RemoteProgress> {
         self.progress.clone()
     }
+
+    /// The labels of this worker's remote metrics.
+    pub fn labels(&self) -> Vec<metrics::Label> {
+        self.labels.clone()
+    }
 }
