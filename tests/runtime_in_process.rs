@@ -305,3 +305,59 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// A directory whose start took key groups from the remote copy and ended
+/// before writing them all is incomplete: a run without `[state] remote`
+/// (which could not finish the write) refuses it instead of starting on
+/// part of the state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_with_an_unfinished_import_needs_the_remote_copy() {
+    use sluice_engine::state::{key, Key, SledBackend, StateBackend, WriteSet};
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = SledBackend::open(dir.path()).unwrap();
+        let mut w = WriteSet::default();
+        w.put(Key::Epoch, 3u64.to_be_bytes().to_vec());
+        w.put(Key::Raw(key::IMPORT.to_vec()), vec![0]);
+        store.apply(w).unwrap();
+    }
+    let pipeline = sluice::load_str(Path::new("in_process.toml"), PIPELINE, |_| None).unwrap();
+    let attempt = || {
+        let mut spec = sluice::plan::to_spec(
+            &pipeline,
+            Some(dir.path().to_path_buf()),
+            false,
+            sluice_engine::cluster::WorkerId::SINGLE,
+        )
+        .unwrap();
+        feed(&mut spec, "events", MemorySource::new(lines(&events()), 50));
+        collect(&mut spec, "out", Arc::new(Mutex::new(Collected::default())));
+        collect(
+            &mut spec,
+            "dead_letter",
+            Arc::new(Mutex::new(Collected::default())),
+        );
+        let (_keep, never) = watch::channel(false);
+        let opts = RunOptions {
+            bounded: true,
+            shutdown: never,
+            ready: Arc::new(Readiness::default()),
+            progress: Vec::new(),
+            accept_empty_state: false,
+        };
+        run(spec, opts)
+    };
+    // sled lets go of the directory shortly after its handle is dropped.
+    let mut last = String::new();
+    for _ in 0..100 {
+        match attempt().await {
+            Ok(report) => panic!("started on an incomplete directory: {report:?}"),
+            Err(e) => last = e.to_string(),
+        }
+        if last.contains("ended before it wrote them") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(last.contains("ended before it wrote them"), "{last}");
+}

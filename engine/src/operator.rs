@@ -340,7 +340,9 @@ pub trait Operator: Send {
     /// state changed since the last snapshot, or the operator does not
     /// support it, the default). A clean stop writes this for the next
     /// start to restore from ([`crate::state::restart`]); what is written
-    /// is read back by [`Operator::restore`].
+    /// is read back by [`Operator::restore`]. Flags that the store learns
+    /// only with a key's next change (a session's "emitted") may be newer
+    /// here than in the store.
     fn snapshot_all(&self, _writer: &mut StateWriter) -> bool {
         false
     }

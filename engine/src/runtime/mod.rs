@@ -266,6 +266,12 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
     let opened = std::time::Instant::now();
     let store = open_store(&spec)?;
     let open_ms = opened.elapsed().as_millis() as u64;
+    if spec.remote.is_none() && remote::import_pending(store.as_ref())? {
+        return Err(RunError::StateMismatch {
+            dir: spec.state_dir.display().to_string(),
+            reason: "a run with `[state] remote` took key groups from the remote copy and ended before it wrote them into this directory; start it again with the same `[state] remote` (it finishes the write)".into(),
+        });
+    }
     let mut uploader = match &spec.remote {
         Some(url) => Some(
             remote::prepare_run(

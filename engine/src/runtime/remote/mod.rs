@@ -36,7 +36,7 @@ mod start;
 mod upload;
 
 pub use handover::FormerSinkSpec;
-pub use start::{drop_unowned, finish_import, prepare, Fetched, Prepare};
+pub use start::{drop_unowned, finish_import, import_pending, prepare, Fetched, Prepare};
 
 /// A group whose chain has this many segments gets a new base.
 const MAX_CHAIN: usize = 8;

@@ -86,6 +86,18 @@ pub fn finish_import(store: &dyn StateBackend, state: WriteSet) -> Result<(), St
     store.apply(done)
 }
 
+/// Whether a start took key groups from the remote copy that are not yet
+/// all written into `store` (a run without the remote copy must not start
+/// on it: its state is incomplete).
+pub fn import_pending(store: &dyn StateBackend) -> Result<bool, StoreError> {
+    let mut found = false;
+    store.for_each_prefix(key::IMPORT, &mut |k, _| {
+        found |= k == key::IMPORT;
+        Ok(())
+    })?;
+    Ok(found)
+}
+
 /// The groups a previous start left to write, if any.
 fn pending_import(store: &dyn StateBackend) -> Result<Option<PendingImport>, RunError> {
     let mut found = None;
