@@ -353,6 +353,13 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader, Fetched), Ru
         // moved groups' state, merge what receivers remember of replays.
         let phase = Instant::now();
         let waited_ms = started.elapsed().as_millis() as u64;
+        // A lost volume restored above while groups still move (a start
+        // that lost its volume in the middle of a takeover): what it took
+        // goes into the store now, so that what follows reads the store
+        // whole (what arriving groups held, the bases of groups that stay).
+        if let Some(restored) = fetched.import.take() {
+            finish_import(p.store, restored)?;
+        }
         let mut cache = SegmentCache::default();
         // What this directory holds of arriving groups (removed in parts),
         // the rest (applied at once, after: until then the directory still

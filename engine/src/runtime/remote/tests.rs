@@ -757,3 +757,50 @@ fn a_start_finishes_writing_state_its_previous_run_took_but_did_not_write() {
             .unwrap();
     assert!(m.meta.iter().all(|(k, _)| k != key::IMPORT));
 }
+
+/// A worker whose volume is lost in the middle of a takeover (some of its
+/// groups claimed, others not yet) gets all of them back: those it had
+/// claimed from its own manifest, the others from their previous owner.
+#[test]
+fn a_volume_lost_in_the_middle_of_a_takeover_comes_back_whole() {
+    let f = fixture();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(23);
+    let single = MemoryBackend::new();
+    let (_, mut up) = f.prepare(&single, WorkerId::SINGLE).unwrap();
+    for epoch in 1..=3 {
+        f.checkpoint(&mut up, &single, epoch, random_writes(&mut rng, 40));
+    }
+    let whole = all(&single);
+    f.release(WorkerId::SINGLE);
+    let w0 = WorkerId::new(0, 2).unwrap();
+    let w1 = WorkerId::new(1, 2).unwrap();
+    f.prepare(&single, w0).unwrap();
+    let lost = MemoryBackend::new();
+    f.prepare_unfinished(&lost, w1, &[]).unwrap();
+    // Its run ended after claiming only the first half of its groups.
+    let groups: Vec<u16> = w1.owned(GROUPS).collect();
+    let unclaimed = &groups[groups.len() / 2..];
+    for &g in unclaimed {
+        let path = f._dir.path().join(crate::state::remote::claim_name(g, 2));
+        std::fs::remove_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+    // And its volume is gone.
+    let fresh = MemoryBackend::new();
+    let (r, _, _) = f.prepare_fetched(&fresh, w1, &[]).unwrap();
+    assert_eq!(r, Recovery::LostVolume);
+    let expected: BTreeMap<Vec<u8>, Vec<u8>> = whole
+        .iter()
+        .filter(|(k, _)| key::parse_state(k).is_some_and(|(_, g, _)| w1.owned(GROUPS).contains(&g)))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    assert!(!expected.is_empty());
+    assert_eq!(entries(&fresh, b"s\0"), expected, "the state directory");
+    for &g in &groups {
+        let (_, c) = f.rt.block_on(f.remote.latest_claim(g)).unwrap().unwrap();
+        assert_eq!(c.owner(), w1, "group {g}");
+    }
+    // What it uploaded holds them too: another lost volume gets them back.
+    let again = MemoryBackend::new();
+    f.prepare(&again, w1).unwrap();
+    assert_eq!(entries(&again, b"s\0"), expected, "the remote copy");
+}
