@@ -103,7 +103,6 @@ fn claims(bucket: &Bucket, prefix: &str, groups: &std::ops::Range<u32>) -> usize
 /// letters, after at least 5 kills.
 #[cfg(all(feature = "amqp", feature = "redis", feature = "postgres"))]
 #[test]
-#[ignore = "known bug, open in issue 13: after 1 -> N, AMQP messages in the killed single worker's last checkpoint that it had not acknowledged are skipped only by the worker that keeps its directory; a redelivery that reaches another worker is applied again (over-count of about the 500 skipped messages, seen in 2 of about 13 runs once takeovers became fast)"]
 fn a_rescale_1_3_2_1_with_sigkills_during_the_handovers_equals_the_oracle() {
     use rand::Rng;
     use support::remote::{amqp_source, AmqpInput};

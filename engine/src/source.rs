@@ -385,7 +385,27 @@ pub trait Source: Send + 'static {
     fn distribution(&self) -> Distribution {
         Distribution::PerWorker
     }
+
+    /// For a [`Distribution::SharedQueue`] source: how a worker that takes
+    /// key groups over merges the positions its predecessors released into
+    /// its own (see [`MergePositions`]). `None`: positions stay with the
+    /// worker that wrote them.
+    fn merge_positions(&self) -> Option<MergePositions> {
+        None
+    }
 }
+
+/// Merges source positions at a rescale: `mine` (the position this
+/// worker's state directory holds, if any) and `released` (the positions
+/// other workers released, one per worker) into one position that holds
+/// every message any of them holds as read but possibly not yet
+/// acknowledged upstream (a message held by two of them, two publishes of
+/// one content, is held twice). Such a message may be redelivered to any
+/// worker of the new count, and its effect is already in the state the
+/// new owners took: the worker it reaches must skip it, as it would skip
+/// a redelivery of its own. The engine merges each set of released
+/// positions once (a start that redoes a takeover does not merge again).
+pub type MergePositions = fn(mine: Option<&[u8]>, released: &[&[u8]]) -> Result<Vec<u8>, String>;
 
 /// How the workers of a multi-worker run share a source's input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

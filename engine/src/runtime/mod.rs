@@ -282,7 +282,7 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
                 url,
                 &store,
                 &signatures,
-                &remote::former_sinks(&spec),
+                &remote::Connectors::of(&spec),
                 &opts.ready,
             )
             .await?,

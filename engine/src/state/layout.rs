@@ -162,6 +162,10 @@ pub mod key {
     /// being written into the store (bincode; see
     /// `runtime::remote::PendingImport`). Never uploaded.
     pub const IMPORT: &[u8] = b"m\0import";
+    /// Names the released manifests whose source positions a takeover
+    /// merged into this directory's (bincode list): a start that redoes
+    /// the takeover does not merge them twice.
+    pub const POSITIONS_MERGED: &[u8] = b"m\0positions_merged";
 
     fn named(tag: u8, name: &str, extra: usize) -> Vec<u8> {
         let mut k = Vec::with_capacity(name.len() + 3 + extra);

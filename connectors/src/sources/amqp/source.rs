@@ -54,6 +54,10 @@ impl Source for AmqpSource {
         sluice_engine::source::Distribution::SharedQueue
     }
 
+    fn merge_positions(&self) -> Option<sluice_engine::source::MergePositions> {
+        Some(|mine, released| super::tracker::merge_positions(mine, released).map_err(|e| e.to_string()))
+    }
+
     fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), SourceError>> {
         Box::pin(run(self.config, ctx))
     }

@@ -330,3 +330,42 @@ fn positions_of_other_runs_and_garbage_are_rejected() {
     assert!(Tracker::restore(Some(&bad), 1).is_err());
     assert!(Tracker::restore(Some(&p), 1).is_ok());
 }
+
+/// A position holding `ids` (written by a tracker that processed them).
+fn position_of(ids: &[u64], instance: u64) -> Vec<u8> {
+    let mut t = Tracker::restore(None, instance).unwrap();
+    t.new_channel(0);
+    for (tag, &id) in ids.iter().enumerate() {
+        t.on_delivery(tag as u64 + 1, id, false);
+    }
+    commit_of(&mut t)
+}
+
+fn sorted_ids(position: &[u8]) -> Vec<u64> {
+    let mut ids = decode_ids(position).unwrap();
+    ids.sort_unstable();
+    ids
+}
+
+#[test]
+fn a_rescale_gives_every_worker_the_released_workers_unacknowledged_messages() {
+    // Worker A held 1, 2 and a publish of content 7; worker B held 3 and
+    // another publish of content 7; the new worker's directory held 5.
+    let a = position_of(&[1, 2, 7], 1);
+    let b = position_of(&[3, 7], 2);
+    let mine = position_of(&[5], 3);
+    let merged = tracker::merge_positions(Some(&mine), &[&a, &b]).unwrap();
+    assert_eq!(sorted_ids(&merged), vec![1, 2, 3, 5, 7, 7]);
+    // A worker restoring it skips each redelivery once, whoever read it.
+    let mut t = Tracker::restore(Some(&merged), 4).unwrap();
+    t.new_channel(60_000);
+    for (tag, id) in [(1, 3), (2, 7), (3, 7), (4, 1), (5, 5)] {
+        assert_eq!(t.on_delivery(tag, id, true), Verdict::Skip, "{id}");
+    }
+    assert_eq!(t.on_delivery(6, 7, true), Verdict::Process, "held twice only");
+    assert_eq!(t.on_delivery(7, 9, true), Verdict::Process, "never held");
+    // With no position of its own.
+    let fresh = tracker::merge_positions(None, &[&b]).unwrap();
+    assert_eq!(sorted_ids(&fresh), vec![3, 7]);
+    assert!(tracker::merge_positions(None, &[b"junk"]).is_err());
+}

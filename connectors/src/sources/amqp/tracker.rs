@@ -361,6 +361,27 @@ impl Tracker {
     }
 }
 
+/// Merges positions at a rescale (see `sluice_engine::source::MergePositions`):
+/// every id of every position, as often as each holds it (two workers may
+/// each hold a publish of the same content). The result is a version 2
+/// position unless every input is a version 1 one.
+pub(super) fn merge_positions(mine: Option<&[u8]>, released: &[&[u8]]) -> Result<Vec<u8>, PositionError> {
+    let mut t = Tracker::restore(None, 0)?;
+    let mut legacy = true;
+    for bytes in mine.into_iter().chain(released.iter().copied()) {
+        legacy &= bytes.first() == Some(&VERSION_LEGACY_IDS);
+        for id in decode_ids(bytes)? {
+            add(&mut t.live, id);
+            t.live_len += 1;
+        }
+    }
+    let mut out = t.encode(0);
+    if legacy && (mine.is_some() || !released.is_empty()) {
+        out[0] = VERSION_LEGACY_IDS;
+    }
+    Ok(out)
+}
+
 fn decode_header(bytes: &[u8]) -> Result<(u64, u64), PositionError> {
     if bytes.len() < HEADER {
         return Err(PositionError("too short"));

@@ -26,6 +26,7 @@ use crate::cluster::WorkerId;
 use crate::health::Readiness;
 use crate::runtime::cluster::ClusterState;
 use crate::runtime::{PipelineSpec, RunError, RunReport};
+use crate::source::MergePositions;
 use crate::state::layout::key;
 use crate::state::remote::{encode_object, worker_dir, Release, RemoteError, RemoteStore};
 use crate::state::{SledBackend, StateBackend, StoreError};
@@ -202,16 +203,33 @@ pub(crate) async fn release_if_clean(
     }
 }
 
-/// The sinks of `spec`, as [`prepare_run`] needs them.
-pub(crate) fn former_sinks(spec: &PipelineSpec) -> Vec<FormerSinkSpec> {
-    spec.sinks
-        .iter()
-        .chain([&spec.dead_letter])
-        .map(|s| FormerSinkSpec {
-            name: s.name.clone(),
-            build: s.former.clone(),
-        })
-        .collect()
+/// What of the pipeline's connectors a takeover needs (see [`prepare`]).
+pub(crate) struct Connectors {
+    /// The sinks, to write a gone owner's unacknowledged output.
+    sinks: Vec<FormerSinkSpec>,
+    /// The sources whose positions a takeover merges.
+    merged_positions: Vec<(String, MergePositions)>,
+}
+
+impl Connectors {
+    pub(crate) fn of(spec: &PipelineSpec) -> Connectors {
+        Connectors {
+            sinks: spec
+                .sinks
+                .iter()
+                .chain([&spec.dead_letter])
+                .map(|s| FormerSinkSpec {
+                    name: s.name.clone(),
+                    build: s.former.clone(),
+                })
+                .collect(),
+            merged_positions: spec
+                .sources
+                .iter()
+                .filter_map(|s| Some((s.name.clone(), s.source.merge_positions()?)))
+                .collect(),
+        }
+    }
 }
 
 /// Takes what the local state lacks from the remote copy (see
@@ -222,7 +240,7 @@ pub(crate) async fn prepare_run(
     url: &str,
     store: &Arc<SledBackend>,
     signatures: &[(String, String)],
-    sinks: &[FormerSinkSpec],
+    connectors: &Connectors,
     ready: &Arc<Readiness>,
 ) -> Result<(Recovery, Uploader, Fetched), RunError> {
     let remote_store = RemoteStore::open(url).map_err(|e| RunError::Remote(e.to_string()))?;
@@ -241,7 +259,8 @@ pub(crate) async fn prepare_run(
         pipeline,
         waiting: &waiting,
         marker_dir: Some(state_dir),
-        sinks,
+        sinks: &connectors.sinks,
+        merged_positions: &connectors.merged_positions,
     })
     .await
 }

@@ -16,6 +16,7 @@ use crate::metrics as m;
 use crate::operator::StateEntry;
 use crate::runtime::cluster::ClusterState;
 use crate::runtime::RunError;
+use crate::source::MergePositions;
 use crate::state::layout::key;
 use crate::state::remote::{
     claim_name, encode_object, Claim, Manifest, Put, Release, RemoteStore, Segment,
@@ -44,6 +45,9 @@ pub struct Prepare<'a> {
     /// The pipeline's sinks, to write a gone owner's unacknowledged output
     /// (see [`super::handover`]).
     pub sinks: &'a [FormerSinkSpec],
+    /// The sources whose positions a takeover merges (shared queues): name
+    /// and how.
+    pub merged_positions: &'a [(String, MergePositions)],
 }
 
 /// The operator state this start took from the remote copy (it is also in
@@ -414,6 +418,20 @@ pub async fn prepare(p: Prepare<'_>) -> Result<(Recovery, Uploader, Fetched), Ru
                 writes.put(Key::Raw(k.clone()), v.clone());
             }
         }
+        // The positions of shared queues: what the previous owners held as
+        // read but maybe not acknowledged may be redelivered to any worker.
+        let dir_writer = match recovery {
+            Recovery::LostVolume => Some(p.me),
+            _ if local_epoch > 0 => Some(local_by),
+            _ => None,
+        };
+        let released: Vec<(&String, &Manifest)> = sources
+            .iter()
+            .filter(|(w, _)| Some(**w) != dir_writer)
+            .map(|(_, (name, man))| (name, man))
+            .collect();
+        let dir_meta = rollback.as_ref().map(|(_, meta)| meta.as_slice());
+        merge_positions(&p, dir_meta, &released, &mut writes)?;
         // A group that arrives replaces what this directory holds of it
         // (a copy from an earlier ownership). Groups no longer owned are
         // left to [`drop_unowned`] after the start (restore reads only
@@ -678,6 +696,70 @@ async fn claim(
             }
         }
     }
+}
+
+/// The positions of the shared-queue sources after a takeover, into
+/// `writes`: each merges this directory's (`dir_meta` when the directory
+/// goes back to another checkpoint, else the store's) with those of the
+/// `released` manifests (see [`MergePositions`]), once: the directory
+/// records which manifests it merged ([`key::POSITIONS_MERGED`]), and a
+/// start that redoes the takeover finds them there.
+fn merge_positions(
+    p: &Prepare<'_>,
+    dir_meta: Option<&[(Vec<u8>, Vec<u8>)]>,
+    released: &[(&String, &Manifest)],
+    writes: &mut WriteSet,
+) -> Result<(), RunError> {
+    let dir = |prefix: &[u8]| -> Result<BTreeMap<Vec<u8>, Vec<u8>>, RunError> {
+        Ok(match dir_meta {
+            Some(meta) => meta
+                .iter()
+                .filter(|(k, _)| k.starts_with(prefix))
+                .cloned()
+                .collect(),
+            None => {
+                let mut found = BTreeMap::new();
+                p.store.for_each_prefix(prefix, &mut |k, v| {
+                    found.insert(k.to_vec(), v.to_vec());
+                    Ok(())
+                })?;
+                found
+            }
+        })
+    };
+    let mut names: Vec<&str> = released.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort_unstable();
+    let names = crate::state::encode(&names);
+    if p.merged_positions.is_empty()
+        || released.is_empty()
+        || dir(key::POSITIONS_MERGED)?.get(key::POSITIONS_MERGED) == Some(&names)
+    {
+        return Ok(());
+    }
+    for (source, merge) in p.merged_positions {
+        let mut prefix = key::position(source, 0);
+        prefix.truncate(prefix.len() - 4);
+        let mut theirs: BTreeMap<&[u8], Vec<&[u8]>> = BTreeMap::new();
+        for (_, man) in released {
+            for (k, v) in man.meta.iter().filter(|(k, _)| k.starts_with(&prefix)) {
+                theirs.entry(k).or_default().push(v);
+            }
+        }
+        if theirs.is_empty() {
+            continue;
+        }
+        let mine = dir(&prefix)?;
+        for (k, positions) in theirs {
+            let merged = merge(mine.get(k).map(Vec::as_slice), &positions).map_err(|e| {
+                RunError::Remote(format!(
+                    "cannot merge the positions of source `{source}` that the previous workers released: {e}"
+                ))
+            })?;
+            writes.put(Key::Raw(k.to_vec()), merged);
+        }
+    }
+    writes.put(Key::Raw(key::POSITIONS_MERGED.to_vec()), names);
+    Ok(())
 }
 
 /// Merges what other receivers remember of applied records (replays of

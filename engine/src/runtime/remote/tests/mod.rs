@@ -22,6 +22,8 @@ struct Fixture {
     rt: tokio::runtime::Runtime,
     _dir: tempfile::TempDir,
     remote: RemoteStore,
+    /// Source `queue`'s positions merge at a takeover (see positions.rs).
+    merged_positions: Vec<(String, crate::source::MergePositions)>,
 }
 
 fn fixture() -> Fixture {
@@ -31,6 +33,7 @@ fn fixture() -> Fixture {
         rt: tokio::runtime::Runtime::new().unwrap(),
         _dir: dir,
         remote,
+        merged_positions: vec![("queue".to_string(), positions::merge)],
     }
 }
 
@@ -85,6 +88,7 @@ impl Fixture {
             waiting: &|_| {},
             marker_dir: None,
             sinks,
+            merged_positions: &self.merged_positions,
         }))
     }
 
@@ -258,6 +262,7 @@ fn key_groups_move_to_their_new_owners_only_once_released() {
                 waiting: &|t| *waited.lock().unwrap() = t.to_string(),
                 marker_dir: None,
                 sinks: &[],
+                merged_positions: &[],
             }),
         )
         .await
@@ -345,6 +350,7 @@ fn a_stale_worker_of_the_old_count_waits_instead_of_taking_groups_back() {
                 waiting: &|_| {},
                 marker_dir: None,
                 sinks: &[],
+                merged_positions: &[],
             }),
         )
         .await
@@ -694,3 +700,4 @@ fn a_gone_owners_unacknowledged_output_is_written_once_as_that_owner() {
 }
 
 mod import;
+mod positions;
