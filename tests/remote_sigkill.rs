@@ -69,6 +69,95 @@ fn claims(bucket: &Bucket, prefix: &str, groups: &std::ops::Range<u32>) -> usize
         .count()
 }
 
+/// The input of [`rescale_with_kills`].
+#[cfg(all(feature = "redis", feature = "postgres"))]
+enum Input {
+    /// Competing consumers of one queue: messages are published while the
+    /// workers stop and start, and a killed worker's unacknowledged ones
+    /// are redelivered, often to another worker.
+    #[cfg(feature = "amqp")]
+    Amqp {
+        amqp: Box<support::remote::AmqpInput>,
+        queue: String,
+    },
+    /// NDJSON posts (each answered 202 once journaled), round robin over
+    /// the running workers, never in flight while a worker is killed (a
+    /// post without an answer might or might not count): before the old
+    /// workers get SIGTERM, and once the new ones are ready. A killed
+    /// worker's journal holds what it accepted.
+    #[cfg(feature = "http")]
+    Http { lines: Vec<String> },
+}
+
+#[cfg(all(feature = "redis", feature = "postgres"))]
+impl Input {
+    fn len(&self) -> usize {
+        match self {
+            #[cfg(feature = "amqp")]
+            Input::Amqp { amqp, .. } => amqp.messages.len(),
+            #[cfg(feature = "http")]
+            Input::Http { lines } => lines.len(),
+        }
+    }
+
+    /// Sends the events in `range` to the `workers` running workers.
+    fn send(&self, c: &Cluster, range: std::ops::Range<usize>, workers: u32) {
+        match self {
+            #[cfg(feature = "amqp")]
+            Input::Amqp { amqp, queue } => amqp.publish(queue, range),
+            #[cfg(feature = "http")]
+            Input::Http { lines } => {
+                for (k, chunk) in lines[range].chunks(100).enumerate() {
+                    let port = c.port(k % workers as usize, "HTTP_PORT");
+                    wl::post_ndjson(port, chunk, SETTLE);
+                }
+            }
+        }
+    }
+
+    /// Whether events may be sent while new workers start (before they
+    /// are ready, while some are killed).
+    fn while_starting(&self) -> bool {
+        match self {
+            #[cfg(feature = "amqp")]
+            Input::Amqp { .. } => true,
+            #[cfg(feature = "http")]
+            Input::Http { .. } => false,
+        }
+    }
+
+    /// Waits until the `n` workers take input.
+    fn wait_for_workers(&self, c: &mut Cluster, n: u32) {
+        match self {
+            #[cfg(feature = "amqp")]
+            Input::Amqp { amqp, queue } => amqp.wait_for_consumers(c, queue, n),
+            #[cfg(feature = "http")]
+            Input::Http { .. } => c.wait_ready(),
+        }
+    }
+
+    /// Sends what closes the last windows; what `read` holds once it
+    /// equals `oracle`.
+    fn finish(
+        &self,
+        c: &mut Cluster,
+        oracle: &wl::Results,
+        read: impl FnMut() -> wl::Results,
+    ) -> wl::Results {
+        match self {
+            #[cfg(feature = "amqp")]
+            Input::Amqp { amqp, queue } => amqp.finish(c, queue, oracle, read),
+            #[cfg(feature = "http")]
+            Input::Http { .. } => {
+                wl::post_ndjson(c.port(0, "HTTP_PORT"), &[wl::flush_line()], SETTLE);
+                let got = c.wait_for_result(oracle, SETTLE, read);
+                assert!(got == *oracle, "{}\n{}", got.diff(oracle), c.context());
+                got
+            }
+        }
+    }
+}
+
 /// Scale 1 -> 3 -> 2 -> 1 as in the AMQP test of tests/remote_rescale.rs
 /// (competing consumers, Redis and PostgreSQL sinks), with SIGKILLs at
 /// random (seeded) moments of every handover:
@@ -104,43 +193,87 @@ fn claims(bucket: &Bucket, prefix: &str, groups: &std::ops::Range<u32>) -> usize
 #[cfg(all(feature = "amqp", feature = "redis", feature = "postgres"))]
 #[test]
 fn a_rescale_1_3_2_1_with_sigkills_during_the_handovers_equals_the_oracle() {
-    use rand::Rng;
     use support::remote::{amqp_source, AmqpInput};
-    use support::services::{postgres_url, redis_url, unique};
-    /// Starting workers killed per step.
-    const STARTING_KILLS: usize = 3;
     let test = "remote_rescale_kills";
-    let started = Instant::now();
     let mut rng = support::rng(test);
     let events = wl::generate(&mut rng, RESCALE_EVENTS);
-    let oracle = wl::oracle(&events).normalized();
     let amqp = AmqpInput::new(&events);
-    let sinks = format!("{}{}", wl::REDIS_SINKS, wl::POSTGRES_SINKS);
+    let queue = amqp.queue(test);
     let disorder = |d: &str| format!("max_disorder = \"{d}\"");
     let source = amqp_source().replace(&disorder(wl::MAX_DISORDER), &disorder(REDELIVERY_DISORDER));
     assert!(source.contains(&disorder(REDELIVERY_DISORDER)));
-    let text = with_remote(&wl::pipeline(test, &source, &sinks));
+    let env = [("AMQP_URL", amqp.url.clone()), ("QUEUE", queue.clone())];
+    rescale_with_kills(
+        test,
+        rng,
+        &events,
+        &source,
+        &env,
+        Input::Amqp {
+            amqp: Box::new(amqp),
+            queue,
+        },
+    );
+}
+
+/// The same over HTTP (see [`Input::Http`]): the old workers' journals
+/// (drained at a clean stop, read again after a kill) carry what they
+/// accepted; the new workers get input once they are ready.
+#[cfg(all(feature = "http", feature = "redis", feature = "postgres"))]
+#[test]
+fn a_rescale_1_3_2_1_under_http_with_sigkills_during_the_handovers_equals_the_oracle() {
+    let test = "remote_rescale_kills_http";
+    let mut rng = support::rng(test);
+    let events = wl::generate(&mut rng, RESCALE_EVENTS);
+    let lines = wl::lines(&events);
+    rescale_with_kills(
+        test,
+        rng,
+        &events,
+        &wl::http_source(),
+        &[],
+        Input::Http { lines },
+    );
+}
+
+/// The body of the kill tests: `source` (with `env`) reading `input`.
+#[cfg(all(feature = "redis", feature = "postgres"))]
+fn rescale_with_kills(
+    test: &str,
+    mut rng: rand::rngs::StdRng,
+    events: &[wl::Event],
+    source: &str,
+    env: &[(&str, String)],
+    input: Input,
+) {
+    use rand::Rng;
+    use support::services::{postgres_url, redis_url, unique};
+    /// Starting workers killed per step.
+    const STARTING_KILLS: usize = 3;
+    let started = Instant::now();
+    let oracle = wl::oracle(events).normalized();
+    let sinks = format!("{}{}", wl::REDIS_SINKS, wl::POSTGRES_SINKS);
+    let text = with_remote(&wl::pipeline(test, source, &sinks));
     // A private S3 API: the test makes it unreachable for a while.
     let s3 = PrivateS3::start();
-    let bucket = s3.bucket("rescale-kills");
-    let queue = amqp.queue(test);
+    let bucket = s3.bucket(&test.replace('_', "-"));
     let table = format!("sluice_it_{}", unique(test));
     let prefix = format!("sluice-it:{}:", unique(test));
     let read_pg = || wl::read_postgres(&postgres_url(), &table).normalized();
     let read_redis = || wl::read_redis(&redis_url(), &prefix).normalized();
-    let publish = |range: std::ops::Range<usize>| amqp.publish(&queue, range);
-    let consumers = |c: &mut Cluster, n: u32| amqp.wait_for_consumers(c, &queue, n);
     // The cluster's name is also its prefix in the bucket.
-    let mut c = remote_cluster(test, &text, Some(STEPS[0]), &bucket)
-        .env("AMQP_URL", amqp.url.as_str())
-        .env("QUEUE", queue.as_str())
+    let builder = remote_cluster(test, &text, Some(STEPS[0]), &bucket)
+        .port("HTTP_PORT")
         .env("REDIS_URL", redis_url())
         .env("PREFIX", prefix.as_str())
         .env("POSTGRES_URL", postgres_url())
-        .env("TABLE", table.as_str())
+        .env("TABLE", table.as_str());
+    let mut c = env
+        .iter()
+        .fold(builder, |b, (k, v)| b.env(k, v.as_str()))
         .start();
-    let quarter = amqp.messages.len() / STEPS.len();
-    consumers(&mut c, STEPS[0]);
+    let quarter = input.len() / STEPS.len();
+    input.wait_for_workers(&mut c, STEPS[0]);
     // The remote copy may be unreachable when the first worker is killed:
     // since before its first upload, or since it read a random part of
     // the first quarter (its directory then holds checkpoints, and
@@ -149,7 +282,7 @@ fn a_rescale_1_3_2_1_with_sigkills_during_the_handovers_equals_the_oracle() {
     if outage == 0 {
         s3.freeze();
     }
-    publish(0..quarter);
+    input.send(&c, 0..quarter, STEPS[0]);
     if outage == 1 {
         let read = rng.random_range(100..quarter) as f64;
         let admin = c.admin_port(0);
@@ -171,7 +304,7 @@ fn a_rescale_1_3_2_1_with_sigkills_during_the_handovers_equals_the_oracle() {
         let (stopping, starting) = (from + quarter / 8, from + quarter / 4);
         // Input arrives as the old workers stop; one of them is killed
         // on the way.
-        publish(from..stopping);
+        input.send(&c, from..stopping, before);
         for w in 0..before as usize {
             c.worker(w).signal("TERM");
         }
@@ -275,7 +408,12 @@ fn a_rescale_1_3_2_1_with_sigkills_during_the_handovers_equals_the_oracle() {
         for w in 0..n as usize {
             c.start_worker(w);
         }
-        publish(stopping..starting);
+        let early = if input.while_starting() {
+            input.send(&c, stopping..starting, n);
+            starting
+        } else {
+            stopping
+        };
         for _ in 0..STARTING_KILLS {
             let w = gaining[rng.random_range(0..gaining.len())];
             let (groups, i) = (owned(w, n), w as usize);
@@ -307,8 +445,8 @@ fn a_rescale_1_3_2_1_with_sigkills_during_the_handovers_equals_the_oracle() {
             c.start_worker(i);
         }
         c.wait_ready();
-        consumers(&mut c, n);
-        publish(starting..from + quarter);
+        input.wait_for_workers(&mut c, n);
+        input.send(&c, early..from + quarter, n);
         let sent = from + quarter;
         let so_far = wl::oracle(&events[..sent]).normalized();
         let what = format!("{n} workers after the kills, {sent} events published");
@@ -328,7 +466,7 @@ fn a_rescale_1_3_2_1_with_sigkills_during_the_handovers_equals_the_oracle() {
         );
     }
     eprintln!("{test}: {} kills: {kills:#?}", kills.len());
-    let pg = amqp.finish(&mut c, &queue, &oracle, read_pg);
+    let pg = input.finish(&mut c, &oracle, read_pg);
     let redis = c.wait_for_result(&oracle, SETTLE, read_redis);
     c.stop_all();
     let dead = all_dead_letters(&c);
