@@ -1,6 +1,8 @@
 //! The remote copy of the state in object storage (issue 13, `[state]
 //! remote`), through the real binary, on a real S3 API (moto, started by
-//! tests/s3.sh; tests/support/s3.rs) and on a `file://` store:
+//! tests/s3.sh; tests/support/s3.rs), on Azure Blob Storage (Azurite,
+//! started by tests/azurite.sh; tests/support/azure.rs) and on a `file://`
+//! store:
 //!
 //! - a lost volume: a worker stopped with SIGTERM whose state directory is
 //!   then deleted comes back from the remote copy, says so (log line and
@@ -288,6 +290,19 @@ fn a_lost_volume_comes_back_exact_from_a_file_store() {
         &url,
         &[],
         || files_under(remote.path()).len(),
+    );
+}
+
+/// On Azure Blob Storage (`az://`), served by Azurite (tests/azurite.sh).
+#[cfg(feature = "http")]
+#[test]
+fn a_lost_volume_comes_back_exact_from_azure_blob_storage() {
+    let prefix = support::azure::Prefix::new("lost_volume");
+    lost_volume(
+        "a_lost_volume_comes_back_exact_from_azure_blob_storage",
+        &prefix.url(),
+        &prefix.env(),
+        || prefix.blobs(),
     );
 }
 

@@ -24,6 +24,7 @@ command -v python3 >/dev/null || pkgs+=(python3)
 command -v curl >/dev/null || pkgs+=(curl)
 command -v prometheus >/dev/null || pkgs+=(prometheus)   # the observability test runs a real one
 command -v chromium >/dev/null || pkgs+=(chromium)       # the status page test renders it in headless Chromium
+command -v npm >/dev/null || pkgs+=(npm)                 # tests/azurite.sh installs Azurite with it
 python3 -c 'import yaml' 2>/dev/null || pkgs+=(python3-yaml)
 python3 -c 'import venv, ensurepip' 2>/dev/null || pkgs+=(python3-venv)  # tests/s3.sh installs moto in one
 dpkg -s libssl-dev >/dev/null 2>&1 || pkgs+=(libssl-dev)
@@ -44,7 +45,7 @@ fi
 [ "${1:-}" = "--tools-only" ] && exit 0
 
 # 2. Services the integration tests use (each script is idempotent).
-for svc in tests/services.sh tests/rabbitmq.sh tests/s3.sh; do
+for svc in tests/services.sh tests/rabbitmq.sh tests/s3.sh tests/azurite.sh; do
     echo "==> $svc"
     bash "$svc"
 done

@@ -14,6 +14,7 @@ use rand::{Rng, SeedableRng};
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
+pub mod azure;
 pub mod cluster;
 pub mod cluster_workload;
 #[cfg(feature = "kafka")]
