@@ -4,8 +4,6 @@
 
 use std::collections::BTreeMap;
 
-use rand::SeedableRng;
-
 use super::*;
 
 /// The state a start takes from the remote copy is written into the store
@@ -15,12 +13,7 @@ use super::*;
 #[test]
 fn a_start_finishes_writing_state_its_previous_run_took_but_did_not_write() {
     let f = fixture();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(17);
-    let single = MemoryBackend::new();
-    let (_, mut up) = f.prepare(&single, WorkerId::SINGLE).unwrap();
-    for epoch in 1..=3 {
-        f.checkpoint(&mut up, &single, epoch, random_writes(&mut rng, 40));
-    }
+    let (single, _, _) = f.single_worker(17, 3, |_, _| {});
     let whole = all(&single);
 
     // Lost volume, the run ends at once.
@@ -79,12 +72,7 @@ fn a_start_finishes_writing_state_its_previous_run_took_but_did_not_write() {
 #[test]
 fn a_volume_lost_in_the_middle_of_a_takeover_comes_back_whole() {
     let f = fixture();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(23);
-    let single = MemoryBackend::new();
-    let (_, mut up) = f.prepare(&single, WorkerId::SINGLE).unwrap();
-    for epoch in 1..=3 {
-        f.checkpoint(&mut up, &single, epoch, random_writes(&mut rng, 40));
-    }
+    let (single, _, _) = f.single_worker(23, 3, |_, _| {});
     let whole = all(&single);
     f.release(WorkerId::SINGLE);
     let w0 = WorkerId::new(0, 2).unwrap();

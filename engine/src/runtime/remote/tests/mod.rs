@@ -92,6 +92,26 @@ impl Fixture {
         }))
     }
 
+    /// A single worker's directory with `epochs` uploaded checkpoints of
+    /// random writes (from `seed`), each with what `extra` adds for its
+    /// epoch: the directory, its uploader and the random source.
+    fn single_worker(
+        &self,
+        seed: u64,
+        epochs: u64,
+        mut extra: impl FnMut(u64, &mut WriteSet),
+    ) -> (MemoryBackend, Uploader, rand::rngs::StdRng) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let single = MemoryBackend::new();
+        let (_, mut up) = self.prepare(&single, WorkerId::SINGLE).unwrap();
+        for epoch in 1..=epochs {
+            let mut w = random_writes(&mut rng, 40);
+            extra(epoch, &mut w);
+            self.checkpoint(&mut up, &single, epoch, w);
+        }
+        (single, up, rng)
+    }
+
     /// One checkpoint through the writer's steps: draft, apply, upload.
     fn checkpoint(&self, up: &mut Uploader, store: &dyn StateBackend, epoch: u64, w: WriteSet) {
         let mut w = w;
@@ -235,12 +255,7 @@ fn a_restart_with_local_state_takes_nothing_from_the_remote_copy() {
 #[test]
 fn key_groups_move_to_their_new_owners_only_once_released() {
     let f = fixture();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-    let single = MemoryBackend::new();
-    let (_, mut up) = f.prepare(&single, WorkerId::SINGLE).unwrap();
-    for epoch in 1..=12 {
-        f.checkpoint(&mut up, &single, epoch, random_writes(&mut rng, 40));
-    }
+    let (single, _, _) = f.single_worker(11, 12, |_, _| {});
     let state = entries(&single, b"s\0");
 
     // Not released yet: a new worker waits.
@@ -361,21 +376,16 @@ fn a_stale_worker_of_the_old_count_waits_instead_of_taking_groups_back() {
 #[test]
 fn a_worker_keeps_the_groups_its_own_directory_already_holds() {
     let f = fixture();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(17);
-    let single = MemoryBackend::new();
-    let (_, mut up) = f.prepare(&single, WorkerId::SINGLE).unwrap();
-    for epoch in 1..=5 {
-        let mut w = random_writes(&mut rng, 40);
-        // The sink's output of the epoch, as the protocol stores it.
+    // The sink's output of each epoch, as the protocol stores it.
+    let (single, _, mut rng) = f.single_worker(17, 5, |epoch, w| {
         w.put(
             Key::Outbox {
                 sink: Arc::from("out"),
                 epoch,
             },
             crate::state::encode(&Vec::<crate::sink::SinkRecord>::new()),
-        );
-        f.checkpoint(&mut up, &single, epoch, w);
-    }
+        )
+    });
     let state = entries(&single, b"s\0");
     assert!(!entries(&single, b"o\0").is_empty());
     f.release(WorkerId::SINGLE);
@@ -449,12 +459,7 @@ fn a_worker_keeps_the_groups_its_own_directory_already_holds() {
 #[test]
 fn a_directory_ahead_of_its_forced_release_goes_back_to_it() {
     let f = fixture();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(23);
-    let single = MemoryBackend::new();
-    let (_, mut up) = f.prepare(&single, WorkerId::SINGLE).unwrap();
-    for epoch in 1..=5 {
-        f.checkpoint(&mut up, &single, epoch, random_writes(&mut rng, 40));
-    }
+    let (single, _, mut rng) = f.single_worker(23, 5, |_, _| {});
     let released_state = entries(&single, b"s\0");
     let released_meta = entries(&single, b"p\0");
     // A sixth checkpoint is durable locally, then the worker is killed
@@ -591,17 +596,12 @@ fn outbox(sink: &str, epoch: u64, ids: &[&str]) -> (Key, Vec<u8>) {
 #[test]
 fn a_directory_going_back_to_its_forced_release_keeps_none_of_its_outboxes() {
     let f = fixture();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(31);
-    let single = MemoryBackend::new();
-    let (_, mut up) = f.prepare(&single, WorkerId::SINGLE).unwrap();
     // Three uploaded checkpoints whose output the sink had not
     // acknowledged yet.
-    for epoch in 1..=3 {
-        let mut w = random_writes(&mut rng, 40);
+    let (single, _, mut rng) = f.single_worker(31, 3, |epoch, w| {
         let (k, v) = outbox("out", epoch, &["a", "b"]);
         w.put(k, v);
-        f.checkpoint(&mut up, &single, epoch, w);
-    }
+    });
     // A fourth is durable locally (the sink acknowledged the three, their
     // outboxes are gone from the directory), then the worker is killed
     // before uploading it; the operator releases what was uploaded.

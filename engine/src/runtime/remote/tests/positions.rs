@@ -2,8 +2,6 @@
 //! previous owners released: a message one of them read but may not have
 //! acknowledged can be redelivered to any worker of the new count.
 
-use rand::SeedableRng;
-
 use super::*;
 
 /// A position of source `queue` in these tests: one byte per held message
@@ -40,14 +38,9 @@ fn held(store: &dyn StateBackend) -> Vec<u8> {
 #[test]
 fn a_takeover_holds_the_unacknowledged_messages_of_every_previous_owner() {
     let f = fixture();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(31);
-    let single = MemoryBackend::new();
-    let (_, mut up) = f.prepare(&single, WorkerId::SINGLE).unwrap();
-    for epoch in 1..=3 {
-        let mut w = random_writes(&mut rng, 40);
-        w.writes.extend(queue_position(&[1, 2, 3]).writes);
-        f.checkpoint(&mut up, &single, epoch, w);
-    }
+    let (single, _, _) = f.single_worker(31, 3, |_, w| {
+        w.writes.extend(queue_position(&[1, 2, 3]).writes)
+    });
     // Killed before it acknowledged 1, 2 and 3; the operator releases it.
     f.release(WorkerId::SINGLE);
     let three: Vec<WorkerId> = (0..3).map(|w| WorkerId::new(w, 3).unwrap()).collect();
