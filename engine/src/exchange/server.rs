@@ -251,7 +251,7 @@ impl Service {
         }
         // Validate the records before they become durable: a batch the
         // reader cannot decode would stop it for good.
-        if let Err(e) = wire::decode(&body) {
+        if let Err(e) = wire::validate(&body) {
             return answer(StatusCode::BAD_REQUEST, e.to_string());
         }
         let sender = header.sender;

@@ -152,6 +152,93 @@ pub fn decode(bytes: &[u8]) -> Result<Batch, WireError> {
     Ok(Batch { header, partitions })
 }
 
+/// Checks that [`decode`] would accept `bytes`, without building the batch
+/// (nothing is allocated): what a receiver does before it journals a
+/// batch, which it decodes only when it applies it.
+///
+/// # Errors
+/// As [`decode`].
+pub fn validate(bytes: &[u8]) -> Result<(), WireError> {
+    let (_, at) = decode_header(bytes)?;
+    let (_, used): (skip::Seq<skip::Partition<'_>>, usize) =
+        bincode::serde::borrow_decode_from_slice(&bytes[at..], config())
+            .map_err(|e| WireError::Malformed(format!("records: {e}")))?;
+    if at + used != bytes.len() {
+        return Err(WireError::Malformed(format!(
+            "{} bytes after the records",
+            bytes.len() - at - used
+        )));
+    }
+    Ok(())
+}
+
+/// Types with the serialized layout of [`PartitionBatch`], [`Record`] and
+/// [`Value`] (same fields and variants, in the same order) that read and
+/// drop what they decode, borrowing strings from the input.
+mod skip {
+    use std::fmt;
+    use std::marker::PhantomData;
+
+    use serde::de::{Deserializer, SeqAccess, Visitor};
+    use serde::Deserialize;
+
+    /// A sequence of `T`, each decoded and dropped.
+    pub(super) struct Seq<T>(PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>> Deserialize<'de> for Seq<T> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Each<T>(PhantomData<T>);
+            impl<'de, T: Deserialize<'de>> Visitor<'de> for Each<T> {
+                type Value = Seq<T>;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a sequence")
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Seq<T>, A::Error> {
+                    while seq.next_element::<T>()?.is_some() {}
+                    Ok(Seq(PhantomData))
+                }
+            }
+            d.deserialize_seq(Each(PhantomData))
+        }
+    }
+
+    /// [`super::PartitionBatch`].
+    #[derive(Deserialize)]
+    pub(super) struct Partition<'a> {
+        _source: &'a str,
+        _partition: u32,
+        _watermark: i64,
+        #[serde(borrow)]
+        _records: Seq<Record<'a>>,
+    }
+
+    /// [`super::Record`].
+    #[derive(Deserialize)]
+    struct Record<'a> {
+        _offset: u64,
+        _key_group: u16,
+        _key: Seq<u8>,
+        _time: i64,
+        _watermark: i64,
+        #[serde(borrow)]
+        _value: Value<'a>,
+    }
+
+    /// [`crate::value::Value`] (an object is a [`crate::value::Map`], a
+    /// newtype over its fields).
+    #[derive(Deserialize)]
+    enum Value<'a> {
+        Missing,
+        Null,
+        Bool(#[allow(dead_code)] bool),
+        Int(#[allow(dead_code)] i64),
+        Float(#[allow(dead_code)] f64),
+        Str(#[allow(dead_code)] &'a str),
+        Array(#[serde(borrow)] Seq<Value<'a>>),
+        Object(#[serde(borrow)] Seq<(&'a str, Value<'a>)>),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -241,6 +328,27 @@ mod tests {
             let bytes = encode(&header, &partitions);
             let cut = cut.min(bytes.len());
             prop_assert!(decode(&bytes[..bytes.len() - cut]).is_err());
+            prop_assert!(validate(&bytes[..bytes.len() - cut]).is_err());
+        }
+
+        /// What a receiver journals after [`validate`] is what [`decode`]
+        /// accepts: whole batches, and damaged ones (a byte changed, bytes
+        /// added) alike.
+        #[test]
+        fn validate_accepts_exactly_what_decode_accepts(
+            header in header(),
+            partitions in proptest::collection::vec(partition(), 0..4),
+            at in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+            extra in proptest::collection::vec(any::<u8>(), 0..3),
+        ) {
+            let bytes = encode(&header, &partitions);
+            prop_assert!(validate(&bytes).is_ok());
+            let mut damaged = bytes.clone();
+            let i = at.index(damaged.len());
+            damaged[i] = byte;
+            damaged.extend_from_slice(&extra);
+            prop_assert_eq!(validate(&damaged).is_ok(), decode(&damaged).is_ok());
         }
     }
 
