@@ -483,11 +483,6 @@ impl Cluster {
     /// When a worker still runs (stop them all first: [`stop_all`](Self::stop_all)),
     /// or for the single-worker baseline, which has no `[cluster]`.
     pub fn rescale(&mut self, n: u32) {
-        assert!(
-            self.spec.cluster,
-            "{}: the single-worker baseline cannot be rescaled",
-            self.name
-        );
         for i in 0..self.workers.len() {
             assert!(
                 !self.workers[i].is_running(),
@@ -495,6 +490,20 @@ impl Cluster {
                 self.name
             );
         }
+        self.rolling_update(n);
+    }
+
+    /// Makes this cluster one of `n` workers as [`rescale`](Self::rescale)
+    /// does, while the workers of the old count may still run, as in a
+    /// Kubernetes rolling update: returns them (each still running or
+    /// not). A new worker `i` has the ports of the old worker `i`: start
+    /// it only once that one has stopped (as a pod is replaced).
+    pub fn rolling_update(&mut self, n: u32) -> Vec<Worker> {
+        assert!(
+            self.spec.cluster,
+            "{}: the single-worker baseline cannot be rescaled",
+            self.name
+        );
         let base = self.exchange[0] / 10;
         let same_base: Vec<u16> = (0..n as u16).map(|i| base * 10 + i).collect();
         let free = same_base.iter().all(|p| {
@@ -523,9 +532,9 @@ impl Cluster {
             self.name,
             self.workers.len()
         );
-        self.workers = workers;
         self.ports = ports;
         self.exchange = exchange;
+        std::mem::replace(&mut self.workers, workers)
     }
 
     /// Starts every worker at once and waits until each is ready.

@@ -275,18 +275,41 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
         });
     }
     let mut uploader = match &spec.remote {
-        Some(url) => Some(
-            remote::prepare_run(
+        Some(url) => {
+            let connectors = remote::Connectors::of(&spec);
+            let prepared = remote::prepare_run(
                 (spec.worker, spec.key_groups, &spec.name),
                 &spec.state_dir,
                 url,
                 &store,
                 &signatures,
-                &remote::Connectors::of(&spec),
+                &connectors,
                 &opts.ready,
-            )
-            .await?,
-        ),
+            );
+            // A stop requested meanwhile (the start may wait for other
+            // workers' releases for as long as they run) ends the start
+            // where it is: like a crash there, which a later start redoes,
+            // but at once and with a clean exit.
+            let mut stop = opts.shutdown.clone();
+            let stopped = async move {
+                if stop.wait_for(|&s| s).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                prepared = prepared => Some(prepared?),
+                () = stopped => {
+                    tracing::info!("stop requested before the start took its key groups over: stopped without processing anything");
+                    return Ok(RunReport {
+                        epoch: 0,
+                        events_in: 0,
+                        dead_letters: 0,
+                        input_exhausted: false,
+                        clean_stop: false,
+                    });
+                }
+            }
+        }
         None => None,
     };
     let remote_progress = uploader.as_ref().map(|(_, u, _)| u.progress());
