@@ -12,7 +12,7 @@ mod support;
 use support::cluster::Cluster;
 use support::cluster_workload as wl;
 use support::remote::{
-    all_dead_letters, assert_rescale_restores, remote_cluster, settle_so_far, with_remote,
+    assert_no_dead_letters, assert_rescale_restores, remote_cluster, settle_so_far, with_remote,
     RESCALE_EVENTS, SETTLE,
 };
 use support::s3::Bucket;
@@ -104,13 +104,7 @@ fn a_killed_owner_holds_its_key_groups_until_the_operator_releases_them() {
     let got = amqp.finish(&mut c, &queue, &oracle, read);
     assert!(got == oracle, "after the release:\n{}", got.diff(&oracle));
     c.stop_all();
-    let dead = all_dead_letters(&c);
-    assert!(
-        dead.is_empty(),
-        "{} dead letters: {:?}",
-        dead.len(),
-        &dead[..dead.len().min(3)]
-    );
+    assert_no_dead_letters(&c);
     wl::clean_postgres(&postgres_url(), &table);
 }
 
@@ -181,8 +175,7 @@ fn a_killed_owners_undelivered_output_is_written_by_its_successor() {
     let got = new.wait_for_result(&oracle.all, SETTLE, || all_of(&read()));
     assert_eq!(got, oracle.all, "the new owners' results");
     new.stop_all();
-    let dead = all_dead_letters(&new);
-    assert!(dead.is_empty(), "{} dead letters", dead.len());
+    assert_no_dead_letters(&new);
     wl::clean_redis(&redis_url(), &prefix);
 }
 

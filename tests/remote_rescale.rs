@@ -17,7 +17,7 @@ mod support;
 
 use support::cluster_workload as wl;
 use support::remote::{
-    all_dead_letters, assert_rescale_restores, remote_cluster, settle_so_far, with_remote,
+    assert_no_dead_letters, assert_rescale_restores, remote_cluster, settle_so_far, with_remote,
     RESCALE_EVENTS, SETTLE, STEPS,
 };
 use support::s3::Bucket;
@@ -110,13 +110,7 @@ fn a_rescale_1_3_2_1_under_http_input_equals_one_worker() {
         c.context()
     );
     c.stop_all();
-    let dead = all_dead_letters(&c);
-    assert!(
-        dead.is_empty(),
-        "{} dead letters: {:?}",
-        dead.len(),
-        &dead[..dead.len().min(3)]
-    );
+    assert_no_dead_letters(&c);
     let pg = wl::read_postgres(&postgres_url(), &table).normalized();
     assert!(
         pg == oracle,
@@ -200,13 +194,7 @@ fn a_rescale_1_3_2_1_under_amqp_input_equals_one_worker() {
     }
     let got = amqp.finish(&mut c, &queue, &oracle, || read(&table));
     c.stop_all();
-    let dead = all_dead_letters(&c);
-    assert!(
-        dead.is_empty(),
-        "{} dead letters: {:?}",
-        dead.len(),
-        &dead[..dead.len().min(3)]
-    );
+    assert_no_dead_letters(&c);
     assert!(
         got == single,
         "postgres: the rescaled run differs from one worker:\n{}",

@@ -15,7 +15,7 @@ use std::time::Duration;
 use support::cluster::Cluster;
 use support::cluster_workload as wl;
 use support::remote::{
-    all_dead_letters, assert_rescale_restores, remote_cluster, settle_so_far, with_remote,
+    assert_no_dead_letters, assert_rescale_restores, remote_cluster, settle_so_far, with_remote,
     RESCALE_EVENTS, SETTLE,
 };
 use support::s3::Bucket;
@@ -138,12 +138,6 @@ fn a_rolling_update_that_changes_the_count_waits_safely_until_the_documented_rec
     let got = amqp.finish(&mut c, &queue, &oracle, read);
     assert!(got == oracle, "after the recovery:\n{}", got.diff(&oracle));
     c.stop_all();
-    let dead = all_dead_letters(&c);
-    assert!(
-        dead.is_empty(),
-        "{} dead letters: {:?}",
-        dead.len(),
-        &dead[..dead.len().min(3)]
-    );
+    assert_no_dead_letters(&c);
     wl::clean_postgres(&postgres_url(), &table);
 }

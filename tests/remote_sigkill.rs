@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use support::cluster::Cluster;
 use support::cluster_workload as wl;
 use support::remote::{
-    all_dead_letters, gains, owned, remote_cluster, settle_so_far, with_remote, RESCALE_EVENTS,
-    SETTLE, STEPS,
+    assert_no_dead_letters, gains, owned, remote_cluster, settle_so_far, with_remote,
+    RESCALE_EVENTS, SETTLE, STEPS,
 };
 use support::s3::{Bucket, PrivateS3};
 
@@ -469,13 +469,7 @@ fn rescale_with_kills(
     let pg = input.finish(&mut c, &oracle, read_pg);
     let redis = c.wait_for_result(&oracle, SETTLE, read_redis);
     c.stop_all();
-    let dead = all_dead_letters(&c);
-    assert!(
-        dead.is_empty(),
-        "{} dead letters: {:?}",
-        dead.len(),
-        &dead[..dead.len().min(3)]
-    );
+    assert_no_dead_letters(&c);
     assert!(
         pg == oracle,
         "postgres after the kills:\n{}",

@@ -123,6 +123,18 @@ pub fn settle_so_far(
     }
 }
 
+/// Fails the test if a worker directory the rescale used holds a dead
+/// letter (shows the first three).
+pub fn assert_no_dead_letters(c: &Cluster) {
+    let dead = all_dead_letters(c);
+    assert!(
+        dead.is_empty(),
+        "{} dead letters: {:?}",
+        dead.len(),
+        &dead[..dead.len().min(3)]
+    );
+}
+
 /// The dead letters of every worker directory the rescale used.
 pub fn all_dead_letters(c: &Cluster) -> Vec<String> {
     let dirs: Vec<PathBuf> = (0..*STEPS.iter().max().unwrap())
