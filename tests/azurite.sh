@@ -19,12 +19,14 @@ HOST=127.0.0.1
 PORT="${SLUICE_AZURITE_PORT:-10000}"
 ENDPOINT="http://$HOST:$PORT"
 CONTAINER=sluice-tests
-AZURITE_VERSION=3.37.0
+# 3.35.0: the newest release that runs on Debian 12's Node.js 18 (3.36 asks
+# for Node >= 21).
+AZURITE_VERSION=3.35.0
 SDK_VERSION=12.31.1
 TOOLS="${SLUICE_TOOLS:-/root/.cache/sluice-tools}"
 RUN_DIR="${TMPDIR:-/tmp}/sluice-azurite-$PORT"
 PID_FILE="$RUN_DIR/azurite.pid"
-AZURITE="$TOOLS/azurite/node_modules/.bin/azurite-blob"
+AZURITE="$TOOLS/azurite-$AZURITE_VERSION/node_modules/.bin/azurite-blob"
 PYTHON="$TOOLS/azure-sdk/bin/python"
 
 print_env() {
@@ -75,9 +77,9 @@ else
             echo "npm is required to install Azurite" >&2
             exit 1
         }
-        echo "==> installing azurite@$AZURITE_VERSION in $TOOLS/azurite"
-        mkdir -p "$TOOLS/azurite"
-        npm install --silent --no-audit --no-fund --prefix "$TOOLS/azurite" "azurite@$AZURITE_VERSION"
+        echo "==> installing azurite@$AZURITE_VERSION in $TOOLS/azurite-$AZURITE_VERSION"
+        mkdir -p "$TOOLS/azurite-$AZURITE_VERSION"
+        npm install --silent --no-audit --no-fund --prefix "$TOOLS/azurite-$AZURITE_VERSION" "azurite@$AZURITE_VERSION"
     fi
     mkdir -p "$RUN_DIR"
     echo "==> starting azurite on $ENDPOINT"
