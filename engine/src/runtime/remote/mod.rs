@@ -33,6 +33,7 @@ use crate::state::{SledBackend, StateBackend, StoreError};
 use crate::time::now_ms;
 
 mod handover;
+mod merge;
 mod start;
 mod upload;
 

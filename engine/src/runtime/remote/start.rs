@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt};
 
 use super::handover::{self, FormerSinkSpec};
+use super::merge::{merge_marks, merge_positions};
 use super::upload::new_uploader;
 use super::{decode_cluster, local_writer, remote_error, Chain, Recovery, Uploader};
 use crate::cluster::WorkerId;
-use crate::exchange::marks::MAX_RECENT_IDS;
 use crate::metrics as m;
 use crate::operator::StateEntry;
 use crate::runtime::cluster::ClusterState;
@@ -693,105 +693,6 @@ async fn claim(
                     "key group {group} generation {generation} was claimed by {} meanwhile: is another worker running with the same id?",
                     other.map_or("someone".to_string(), |c| c.owner().to_string())
                 ))),
-            }
-        }
-    }
-}
-
-/// The positions of the shared-queue sources after a takeover, into
-/// `writes`: each merges this directory's (`dir_meta` when the directory
-/// goes back to another checkpoint, else the store's) with those of the
-/// `released` manifests (see [`MergePositions`]), once: the directory
-/// records which manifests it merged ([`key::POSITIONS_MERGED`]), and a
-/// start that redoes the takeover finds them there.
-fn merge_positions(
-    p: &Prepare<'_>,
-    dir_meta: Option<&[(Vec<u8>, Vec<u8>)]>,
-    released: &[(&String, &Manifest)],
-    writes: &mut WriteSet,
-) -> Result<(), RunError> {
-    let dir = |prefix: &[u8]| -> Result<BTreeMap<Vec<u8>, Vec<u8>>, RunError> {
-        Ok(match dir_meta {
-            Some(meta) => meta
-                .iter()
-                .filter(|(k, _)| k.starts_with(prefix))
-                .cloned()
-                .collect(),
-            None => {
-                let mut found = BTreeMap::new();
-                p.store.for_each_prefix(prefix, &mut |k, v| {
-                    found.insert(k.to_vec(), v.to_vec());
-                    Ok(())
-                })?;
-                found
-            }
-        })
-    };
-    let mut names: Vec<&str> = released.iter().map(|(n, _)| n.as_str()).collect();
-    names.sort_unstable();
-    let names = crate::state::encode(&names);
-    if p.merged_positions.is_empty()
-        || released.is_empty()
-        || dir(key::POSITIONS_MERGED)?.get(key::POSITIONS_MERGED) == Some(&names)
-    {
-        return Ok(());
-    }
-    for (source, merge) in p.merged_positions {
-        let mut prefix = key::position(source, 0);
-        prefix.truncate(prefix.len() - 4);
-        let mut theirs: BTreeMap<&[u8], Vec<&[u8]>> = BTreeMap::new();
-        for (_, man) in released {
-            for (k, v) in man.meta.iter().filter(|(k, _)| k.starts_with(&prefix)) {
-                theirs.entry(k).or_default().push(v);
-            }
-        }
-        if theirs.is_empty() {
-            continue;
-        }
-        let mine = dir(&prefix)?;
-        for (k, positions) in theirs {
-            let merged = merge(mine.get(k).map(Vec::as_slice), &positions).map_err(|e| {
-                RunError::Remote(format!(
-                    "cannot merge the positions of source `{source}` that the previous workers released: {e}"
-                ))
-            })?;
-            writes.put(Key::Raw(k.to_vec()), merged);
-        }
-    }
-    writes.put(Key::Raw(key::POSITIONS_MERGED.to_vec()), names);
-    Ok(())
-}
-
-/// Merges what other receivers remember of applied records (replays of
-/// records they applied are dropped here too).
-fn merge_marks(into: &mut ClusterState, from: &[ClusterState]) {
-    for other in from {
-        for mark in &other.inbound.partitions {
-            match into
-                .inbound
-                .partitions
-                .iter_mut()
-                .find(|m| m.source == mark.source && m.partition == mark.partition)
-            {
-                Some(m) => m.next_offset = m.next_offset.max(mark.next_offset),
-                None => into.inbound.partitions.push(mark.clone()),
-            }
-        }
-        for ids in &other.inbound.ids {
-            match into
-                .inbound
-                .ids
-                .iter_mut()
-                .find(|i| i.source == ids.source && i.partition == ids.partition)
-            {
-                Some(i) => {
-                    let known: BTreeSet<u64> = i.ids.iter().copied().collect();
-                    i.ids
-                        .extend(ids.ids.iter().filter(|id| !known.contains(id)));
-                    let excess = i.ids.len().saturating_sub(MAX_RECENT_IDS);
-                    i.ids.drain(..excess);
-                }
-                None => into.inbound.ids.push(ids.clone()),
             }
         }
     }
