@@ -281,7 +281,7 @@ impl InboundState {
         for mut part in batch.partitions {
             let id: PartitionId = (part.source.clone(), part.partition);
             let before = part.records.len();
-            part.records.retain(|r| self.marks.admit(&id, r.offset));
+            self.marks.retain_new(&id, &mut part.records, |r| r.offset);
             self.watermarks.observe(
                 &(part.source.clone(), batch.header.sender),
                 part.watermark,

@@ -79,6 +79,34 @@ impl AppliedMarks {
         }
     }
 
+    /// Keeps the items of `items` (records of `partition`, in the order
+    /// they arrived) that [`AppliedMarks::admit`] admits, one after the
+    /// other, looking the partition up once.
+    pub fn retain_new<T>(
+        &mut self,
+        partition: &PartitionId,
+        items: &mut Vec<T>,
+        offset: impl Fn(&T) -> u64,
+    ) {
+        if items.is_empty() {
+            return;
+        }
+        if self.unordered.contains(&partition.0) {
+            let recent = self.recent.entry(partition.clone()).or_default();
+            items.retain(|item| recent.admit(offset(item)));
+            return;
+        }
+        let next = self.next.entry(partition.clone()).or_insert(0);
+        items.retain(|item| {
+            let o = offset(item);
+            if o < *next {
+                return false;
+            }
+            *next = o.saturating_add(1);
+            true
+        });
+    }
+
     /// Takes the records of `streams` (source names as the senders give
     /// them) by id rather than by offset order.
     pub fn set_unordered(&mut self, streams: impl IntoIterator<Item = Str>) {
@@ -309,6 +337,32 @@ mod tests {
             sender,
             session,
             seq,
+        }
+    }
+
+    proptest::proptest! {
+        /// A batch of records taken at once keeps exactly the records that
+        /// admitting them one by one keeps, for ordered and unordered
+        /// streams, and leaves the same marks.
+        #[test]
+        fn retaining_a_batch_equals_admitting_each_record(
+            batches in proptest::collection::vec(proptest::collection::vec(0u64..40, 0..12), 1..6),
+            unordered in proptest::bool::ANY,
+        ) {
+            let p: PartitionId = ("s\0agg".into(), 1);
+            let mut one = AppliedMarks::default();
+            let mut all = AppliedMarks::default();
+            if unordered {
+                one.set_unordered(["s\0agg".into()]);
+                all.set_unordered(["s\0agg".into()]);
+            }
+            for batch in batches {
+                let expected: Vec<u64> = batch.iter().copied().filter(|&o| one.admit(&p, o)).collect();
+                let mut kept = batch.clone();
+                all.retain_new(&p, &mut kept, |&o| o);
+                proptest::prop_assert_eq!(kept, expected);
+                proptest::prop_assert_eq!(&all, &one);
+            }
         }
     }
 

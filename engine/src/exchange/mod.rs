@@ -1,11 +1,12 @@
 //! The exchange between workers: how a record read by one worker reaches
-//! the worker that owns its key group, exactly once. **Not wired into the
-//! runtime yet**: nothing in a pipeline uses it (issue 12 builds on it).
+//! the worker that owns its key group, exactly once. `runtime/cluster/`
+//! wires it into a run.
 //!
 //! - [`wire`]: the versioned batch format: per source partition, its
 //!   records (id = source, partition, offset; key group, key, event time,
 //!   watermark stamp, value) and the sender's watermark (a heartbeat when
-//!   there are no records).
+//!   there are no records), in a compact binary layout (a dozen bytes for
+//!   a one-field record).
 //! - [`sender`]: [`PeerSender`], one HTTP/2 (h2c) connection per peer,
 //!   at most K batches unacknowledged (`send` waits: backpressure), retries
 //!   with capped exponential backoff, reconnects, resolves names at each

@@ -250,9 +250,15 @@ impl Service {
             );
         }
         // Validate the records before they become durable: a batch the
-        // reader cannot decode would stop it for good.
-        if let Err(e) = wire::validate(&body) {
-            return answer(StatusCode::BAD_REQUEST, e.to_string());
+        // reader cannot decode would stop it for good. Only this build's
+        // version is taken from a peer (an earlier one is read only from
+        // this worker's own journal).
+        match wire::validate(&body) {
+            Ok(()) => {}
+            Err(e @ WireError::Version { .. }) => {
+                return answer(StatusCode::CONFLICT, e.to_string())
+            }
+            Err(e) => return answer(StatusCode::BAD_REQUEST, e.to_string()),
         }
         let sender = header.sender;
         match self

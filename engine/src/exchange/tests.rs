@@ -521,3 +521,35 @@ async fn a_sender_s_batches_are_journaled_in_the_order_sent() {
             .collect::<Vec<_>>()
     );
 }
+
+/// A peer running a build with the previous format (version 1, bincode
+/// records) is refused with 409, like another topology: the two wait
+/// instead of exchanging (docs/scaling.md, "Upgrading"); damaged records
+/// of this version are a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_the_previous_format_version_is_refused_with_409() {
+    use super::wire::{encode, BatchHeader, MAGIC};
+    let (_dir, server, _reader) = fresh_receiver().await;
+    let addr = server.local_addr();
+    let header = BatchHeader {
+        signature: SIGNATURE.into(),
+        sender: 0,
+        session: 1,
+        seq: 0,
+    };
+    let parts = vec![part("in", 0, (0..3).map(record).collect())];
+    let mut v1 = Vec::new();
+    v1.extend_from_slice(MAGIC);
+    v1.extend_from_slice(&1u16.to_le_bytes());
+    let config = bincode::config::standard();
+    bincode::serde::encode_into_std_write(&header, &mut v1, config).unwrap();
+    bincode::serde::encode_into_std_write(&parts, &mut v1, config).unwrap();
+    assert_eq!(within("version 1", post(addr, v1)).await, 409);
+    let mut damaged = encode(&header, &parts);
+    damaged.push(0);
+    assert_eq!(within("damaged", post(addr, damaged)).await, 400);
+    assert_eq!(
+        within("whole", post(addr, encode(&header, &parts))).await,
+        200
+    );
+}

@@ -354,6 +354,8 @@ impl ClusterRun {
         let mut keep = vec![true; batch.len()];
         let mut replayed = 0u64;
         let mut moved = 0usize;
+        // the records for each other worker, in offset order
+        let mut moving: Vec<Vec<Record>> = Vec::new();
         for (i, key) in keys.iter().enumerate() {
             let (owner, kg) = match key {
                 Ok(k) => {
@@ -373,25 +375,36 @@ impl ClusterRun {
             }
             keep[i] = false;
             moved += 1;
-            let value = std::mem::replace(&mut batch.rows[i], Value::Null);
-            self.out[owner as usize]
+            if moving.is_empty() {
+                moving.resize_with(self.out.len(), Vec::new);
+            }
+            moving[owner as usize].push(Record {
+                offset: meta.offset,
+                key_group: kg,
+                // the owner computes the key again from the value
+                key: Vec::new(),
+                time: meta.time,
+                watermark: meta.watermark,
+                value: std::mem::replace(&mut batch.rows[i], Value::Null),
+            });
+        }
+        for (owner, records) in moving.into_iter().enumerate() {
+            if records.is_empty() {
+                continue;
+            }
+            let part = self.out[owner]
                 .entry(id.clone())
                 .or_insert_with(|| PartitionBatch {
                     source: stream.clone(),
                     partition: origin.partition,
                     watermark: i64::MIN,
                     records: Vec::new(),
-                })
-                .records
-                .push(Record {
-                    offset: meta.offset,
-                    key_group: kg,
-                    // the owner computes the key again from the value
-                    key: Vec::new(),
-                    time: meta.time,
-                    watermark: meta.watermark,
-                    value,
                 });
+            if part.records.is_empty() {
+                part.records = records;
+            } else {
+                part.records.extend(records);
+            }
         }
         self.out_records += moved;
         if replayed > 0 {

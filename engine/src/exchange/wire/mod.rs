@@ -3,10 +3,17 @@
 //! appends the bytes it received, unchanged).
 //!
 //! Layout: the magic bytes `SLXB`, the format version (`u16`, little
-//! endian), then bincode (standard configuration) of a [`BatchHeader`]
-//! followed by bincode of the partitions (`Vec<PartitionBatch>`). The header
-//! comes first so that a receiver can refuse a batch (other version, other
-//! topology) without decoding its records.
+//! endian), bincode (standard configuration) of a [`BatchHeader`], then the
+//! records section (`Vec<PartitionBatch>`) in the layout of [`codec`]. The
+//! header comes first so that a receiver can refuse a batch (other
+//! version, other topology) without reading its records.
+//!
+//! Version 1 wrote the records section in bincode too. A receiver accepts
+//! only [`WIRE_VERSION`] from its peers, but still reads version 1 batches
+//! from its own inbound journal, so that a worker upgraded with batches
+//! journaled but not yet applied resumes.
+
+mod codec;
 
 use serde::{Deserialize, Serialize};
 
@@ -16,8 +23,12 @@ use crate::value::{Str, Value};
 pub const MAGIC: &[u8; 4] = b"SLXB";
 
 /// The version of the format written by this build. A receiver refuses any
-/// other version (it would mean the two workers run different builds).
-pub const WIRE_VERSION: u16 = 1;
+/// other version from a peer (it would mean the two workers run different
+/// builds).
+pub const WIRE_VERSION: u16 = 2;
+
+/// The bincode records section of version 1, still read from journals.
+const BINCODE_VERSION: u16 = 1;
 
 /// Who sent a batch and where it stands in the sender's stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,19 +116,25 @@ pub fn encode(header: &BatchHeader, partitions: &[PartitionBatch]) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&WIRE_VERSION.to_le_bytes());
-    // Encoding into a Vec cannot fail for these types.
+    // Encoding into a Vec cannot fail for this type.
     bincode::serde::encode_into_std_write(header, &mut out, config())
-        .and_then(|_| bincode::serde::encode_into_std_write(partitions, &mut out, config()))
         .expect("encoding into memory");
+    codec::encode(partitions, &mut out);
     out
 }
 
-/// Decodes only the header; returns it and where the partitions start.
+/// Decodes only the header (of a batch of this version or of version 1);
+/// returns it, the version and where the records section starts.
 ///
 /// # Errors
-/// [`WireError::NoMagic`], [`WireError::Version`] for another version,
-/// [`WireError::Malformed`].
+/// [`WireError::NoMagic`], [`WireError::Version`] for a version this build
+/// cannot read, [`WireError::Malformed`].
 pub fn decode_header(bytes: &[u8]) -> Result<(BatchHeader, usize), WireError> {
+    let (_, header, at) = read_header(bytes)?;
+    Ok((header, at))
+}
+
+fn read_header(bytes: &[u8]) -> Result<(u16, BatchHeader, usize), WireError> {
     let magic = bytes.get(..MAGIC.len()).ok_or(WireError::NoMagic)?;
     if magic != MAGIC {
         return Err(WireError::NoMagic);
@@ -126,117 +143,56 @@ pub fn decode_header(bytes: &[u8]) -> Result<(BatchHeader, usize), WireError> {
         .get(MAGIC.len()..PREFIX)
         .map(|v| u16::from_le_bytes([v[0], v[1]]))
         .ok_or(WireError::NoMagic)?;
-    if version != WIRE_VERSION {
+    if version != WIRE_VERSION && version != BINCODE_VERSION {
         return Err(WireError::Version { found: version });
     }
     let (header, used) = bincode::serde::decode_from_slice(&bytes[PREFIX..], config())
         .map_err(|e| WireError::Malformed(format!("header: {e}")))?;
-    Ok((header, PREFIX + used))
+    Ok((version, header, PREFIX + used))
 }
 
-/// Decodes a whole batch.
+/// Decodes a whole batch (this version or version 1, as journaled by an
+/// earlier build).
 ///
 /// # Errors
 /// As [`decode_header`]; trailing bytes are [`WireError::Malformed`].
 pub fn decode(bytes: &[u8]) -> Result<Batch, WireError> {
-    let (header, at) = decode_header(bytes)?;
-    let (partitions, used): (Vec<PartitionBatch>, usize) =
-        bincode::serde::decode_from_slice(&bytes[at..], config())
-            .map_err(|e| WireError::Malformed(format!("records: {e}")))?;
-    if at + used != bytes.len() {
-        return Err(WireError::Malformed(format!(
-            "{} bytes after the records",
-            bytes.len() - at - used
-        )));
-    }
+    let (version, header, at) = read_header(bytes)?;
+    let partitions = if version == BINCODE_VERSION {
+        decode_bincode(&bytes[at..])?
+    } else {
+        codec::decode(&bytes[at..])?
+    };
     Ok(Batch { header, partitions })
 }
 
-/// Checks that [`decode`] would accept `bytes`, without building the batch
-/// (nothing is allocated): what a receiver does before it journals a
-/// batch, which it decodes only when it applies it.
-///
-/// # Errors
-/// As [`decode`].
-pub fn validate(bytes: &[u8]) -> Result<(), WireError> {
-    let (_, at) = decode_header(bytes)?;
-    let (_, used): (skip::Seq<skip::Partition<'_>>, usize) =
-        bincode::serde::borrow_decode_from_slice(&bytes[at..], config())
+fn decode_bincode(bytes: &[u8]) -> Result<Vec<PartitionBatch>, WireError> {
+    let (partitions, used): (Vec<PartitionBatch>, usize) =
+        bincode::serde::decode_from_slice(bytes, config())
             .map_err(|e| WireError::Malformed(format!("records: {e}")))?;
-    if at + used != bytes.len() {
+    if used != bytes.len() {
         return Err(WireError::Malformed(format!(
             "{} bytes after the records",
-            bytes.len() - at - used
+            bytes.len() - used
         )));
     }
-    Ok(())
+    Ok(partitions)
 }
 
-/// Types with the serialized layout of [`PartitionBatch`], [`Record`] and
-/// [`Value`] (same fields and variants, in the same order) that read and
-/// drop what they decode, borrowing strings from the input.
-mod skip {
-    use std::fmt;
-    use std::marker::PhantomData;
-
-    use serde::de::{Deserializer, SeqAccess, Visitor};
-    use serde::Deserialize;
-
-    /// A sequence of `T`, each decoded and dropped.
-    pub(super) struct Seq<T>(PhantomData<T>);
-
-    impl<'de, T: Deserialize<'de>> Deserialize<'de> for Seq<T> {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct Each<T>(PhantomData<T>);
-            impl<'de, T: Deserialize<'de>> Visitor<'de> for Each<T> {
-                type Value = Seq<T>;
-                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                    f.write_str("a sequence")
-                }
-                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Seq<T>, A::Error> {
-                    while seq.next_element::<T>()?.is_some() {}
-                    Ok(Seq(PhantomData))
-                }
-            }
-            d.deserialize_seq(Each(PhantomData))
-        }
+/// Checks that `bytes` are a batch of this version that [`decode`] accepts,
+/// without building it (no value is allocated): what a receiver does
+/// before it journals a peer's batch, which it decodes only when it
+/// applies it.
+///
+/// # Errors
+/// As [`decode`]; [`WireError::Version`] for any other version than
+/// [`WIRE_VERSION`].
+pub fn validate(bytes: &[u8]) -> Result<(), WireError> {
+    let (version, _, at) = read_header(bytes)?;
+    if version != WIRE_VERSION {
+        return Err(WireError::Version { found: version });
     }
-
-    /// [`super::PartitionBatch`].
-    #[derive(Deserialize)]
-    pub(super) struct Partition<'a> {
-        _source: &'a str,
-        _partition: u32,
-        _watermark: i64,
-        #[serde(borrow)]
-        _records: Seq<Record<'a>>,
-    }
-
-    /// [`super::Record`].
-    #[derive(Deserialize)]
-    struct Record<'a> {
-        _offset: u64,
-        _key_group: u16,
-        _key: Seq<u8>,
-        _time: i64,
-        _watermark: i64,
-        #[serde(borrow)]
-        _value: Value<'a>,
-    }
-
-    /// [`crate::value::Value`] (an object is a [`crate::value::Map`], a
-    /// newtype over its fields).
-    #[derive(Deserialize)]
-    enum Value<'a> {
-        Missing,
-        Null,
-        Bool(#[allow(dead_code)] bool),
-        Int(#[allow(dead_code)] i64),
-        Float(#[allow(dead_code)] f64),
-        Str(#[allow(dead_code)] &'a str),
-        Array(#[serde(borrow)] Seq<Value<'a>>),
-        Object(#[serde(borrow)] Seq<(&'a str, Value<'a>)>),
-    }
+    codec::validate(&bytes[at..])
 }
 
 #[cfg(test)]
@@ -361,12 +317,118 @@ mod tests {
             seq: 3,
         };
         let mut bytes = encode(&header, &[]);
-        bytes[4] = 2;
+        bytes[4] = 3;
         assert!(matches!(
             decode_header(&bytes),
-            Err(WireError::Version { found: 2 })
+            Err(WireError::Version { found: 3 })
         ));
         assert!(matches!(decode(b"JSON{}"), Err(WireError::NoMagic)));
+    }
+
+    /// Version 1 wrote the records with bincode; an upgraded worker still
+    /// reads such batches from its inbound journal, but takes none from a
+    /// peer.
+    #[test]
+    fn version_1_batches_are_read_from_journals_only() {
+        let header = BatchHeader {
+            signature: "sig".into(),
+            sender: 2,
+            session: 9,
+            seq: 4,
+        };
+        let partitions = vec![PartitionBatch {
+            source: "in".into(),
+            partition: 3,
+            watermark: 1_000,
+            records: vec![Record {
+                offset: 7,
+                key_group: 12,
+                key: Vec::new(),
+                time: 1_700_000_000_000,
+                watermark: 990,
+                value: Value::Object(Map(vec![("country".into(), Value::from("NO"))])),
+            }],
+        }];
+        let mut v1 = Vec::new();
+        v1.extend_from_slice(MAGIC);
+        v1.extend_from_slice(&1u16.to_le_bytes());
+        bincode::serde::encode_into_std_write(&header, &mut v1, config()).unwrap();
+        bincode::serde::encode_into_std_write(&partitions, &mut v1, config()).unwrap();
+        assert_eq!(
+            decode(&v1).unwrap(),
+            Batch {
+                header: header.clone(),
+                partitions: partitions.clone()
+            }
+        );
+        assert_eq!(decode_header(&v1).unwrap().0, header);
+        assert!(matches!(
+            validate(&v1),
+            Err(WireError::Version { found: 1 })
+        ));
+        assert_eq!(
+            decode(&encode(&header, &partitions)).unwrap().partitions,
+            partitions
+        );
+    }
+
+    /// More distinct field names than a batch remembers: the later ones
+    /// are written in full each time, and everything comes back.
+    #[test]
+    fn many_field_names_round_trip() {
+        let records = (0..200u64)
+            .map(|i| Record {
+                offset: i,
+                key_group: 0,
+                key: Vec::new(),
+                time: 0,
+                watermark: 0,
+                value: Value::Object(Map(vec![
+                    (format!("field_{}", i % 150).into(), Value::Int(i as i64)),
+                    (
+                        "common".into(),
+                        Value::Array(vec![Value::Float(0.5), Value::Null]),
+                    ),
+                ])),
+            })
+            .collect();
+        let partitions = vec![PartitionBatch {
+            source: "in".into(),
+            partition: 0,
+            watermark: 0,
+            records,
+        }];
+        let header = BatchHeader {
+            signature: "s".into(),
+            sender: 0,
+            session: 0,
+            seq: 0,
+        };
+        let bytes = encode(&header, &partitions);
+        validate(&bytes).unwrap();
+        assert_eq!(decode(&bytes).unwrap().partitions, partitions);
+    }
+
+    #[test]
+    fn deeply_nested_values_are_malformed_not_a_stack_overflow() {
+        let header = BatchHeader {
+            signature: "s".into(),
+            sender: 0,
+            session: 0,
+            seq: 0,
+        };
+        let mut bytes = encode(&header, &[]);
+        bytes.pop(); // no partitions: replace the count
+                     // one partition "p", number 0, watermark 0, one record whose value
+                     // is an array of an array of ... 100,000 deep
+        bytes.extend_from_slice(&[1, 1, b'p', 0, 0, 1, 0, 0, 0, 0, 0]);
+        for _ in 0..100_000 {
+            bytes.extend_from_slice(&[7, 1]);
+        }
+        bytes.push(1);
+        let error = decode(&bytes).unwrap_err().to_string();
+        assert!(error.contains("nested too deeply"), "{error}");
+        assert!(validate(&bytes).is_err());
     }
 
     #[test]
@@ -398,10 +460,42 @@ mod tests {
         let mut many = one.clone();
         many.records = vec![record; 101];
         let per_record = (encode(&header, &[many]).len() - encode(&header, &[one]).len()) / 100;
-        // Varint integers, no field names: well under half the JSON.
+        // Varint integers, field names once per batch: well under half the JSON.
         assert!(
             per_record * 2 < json,
             "{per_record} bytes per record, {json} in JSON"
         );
+    }
+
+    /// A stream as the exchange carries it (W1a: one field, consecutive
+    /// offsets, times a few milliseconds apart) costs 12 bytes a record:
+    /// offset, time and watermark as small differences, the field name as
+    /// a one-byte reference (bincode took 37).
+    #[test]
+    fn a_stream_costs_a_dozen_bytes_a_record() {
+        let header = BatchHeader {
+            signature: "s".into(),
+            sender: 0,
+            session: 0,
+            seq: 0,
+        };
+        let part = |n: u64| PartitionBatch {
+            source: "weather\u{1f}by_country".into(),
+            partition: 1 << 20,
+            watermark: 1_700_000_000_000,
+            records: (0..n)
+                .map(|i| Record {
+                    offset: 5_000_000 + i,
+                    key_group: (i * 37 % 128) as u16,
+                    key: Vec::new(),
+                    time: 1_700_000_000_000 + i as i64 * 7,
+                    watermark: 1_699_999_998_000 + i as i64 * 7,
+                    value: Value::Object(Map(vec![("country".into(), Value::from("NO"))])),
+                })
+                .collect(),
+        };
+        let per_record =
+            (encode(&header, &[part(1001)]).len() - encode(&header, &[part(1)]).len()) / 1000;
+        assert_eq!(per_record, 12);
     }
 }
