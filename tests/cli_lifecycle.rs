@@ -390,3 +390,51 @@ fn send_sigterm(pid: u32) {
         .success();
     assert!(ok);
 }
+
+/// `--threads N` (or `SLUICE_THREADS`) sizes the runtime, and the start
+/// says how many threads it got; 0 is refused.
+#[test]
+fn threads_sets_the_runtime_size() {
+    for (flag, env, expected) in [("--threads 1", None, 1), ("", Some("3"), 3)] {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.ndjson");
+        std::fs::write(&input, lines(30, 0)).unwrap();
+        let admin = free_port();
+        let pipeline = follow_pipeline(dir.path(), &input, admin);
+        let log = dir.path().join("log");
+        let mut cmd = support::sluice();
+        cmd.arg("run").args(flag.split_whitespace()).arg(&pipeline);
+        if let Some(n) = env {
+            cmd.env("SLUICE_THREADS", n);
+        }
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let addr = format!("127.0.0.1:{admin}");
+        wait_for(
+            || {
+                http_get(&addr, "/tables/counts")
+                    .is_some_and(|(s, body)| s == 200 && body.contains("\"n\":10"))
+            },
+            "the counts",
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            text.contains(&format!(
+                "runtime threads for sources, sinks and the exchange: {expected}"
+            )),
+            "{flag} {env:?}: {text}"
+        );
+    }
+    let out = support::sluice()
+        .args(["run", "--threads", "0", "pipeline.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--threads"), "{err}");
+}

@@ -120,10 +120,19 @@ fn load_with(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Pipeli
 
 /// A multi-threaded runtime sized for the machine.
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("sluice-worker")
-        .build()?)
+    runtime_with(None)
+}
+
+/// A multi-threaded runtime with `threads` worker threads, or one per CPU
+/// this process may use (its cgroup's CPU quota counts) when `None`.
+pub(crate) fn runtime_with(
+    threads: Option<std::num::NonZeroUsize>,
+) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        builder.worker_threads(n.get());
+    }
+    Ok(builder.enable_all().thread_name("sluice-worker").build()?)
 }
 
 /// Turns SIGTERM/SIGINT into a graceful-shutdown request.

@@ -34,6 +34,11 @@ pub(crate) struct RunArgs {
     /// docs/operations.md, "Damaged or lost state".
     #[arg(long)]
     pub accept_empty_state: bool,
+    /// Threads that run sources, sinks and the exchange (default: one per
+    /// CPU this process may use). With several workers on one machine,
+    /// give each its share of the CPUs (docs/scaling.md).
+    #[arg(long, env = "SLUICE_THREADS")]
+    pub threads: Option<std::num::NonZeroUsize>,
     /// Which worker of how many this process is (docs/scaling.md).
     #[command(flatten)]
     pub workers: super::workers::WorkerArgs,
@@ -49,7 +54,12 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     let started = Instant::now();
-    let rt = super::runtime()?;
+    let rt = super::runtime_with(args.threads)?;
+    tracing::info!(
+        threads = rt.metrics().num_workers(),
+        "runtime threads for sources, sinks and the exchange: {}",
+        rt.metrics().num_workers()
+    );
     let admin = args.admin.or(pipeline.admin.address);
     let report = rt.block_on(async {
         let shutdown = super::shutdown_on_signals();
