@@ -31,11 +31,7 @@ fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    support::pick_port()
 }
 
 #[test]

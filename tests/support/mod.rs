@@ -189,13 +189,33 @@ pub fn canonical_values<'a>(values: impl Iterator<Item = &'a serde_json::Value>)
     v
 }
 
-/// A port free on 127.0.0.1 right now (bind to port 0, then release it).
+/// A port free on 127.0.0.1 now, for a process the test starts next.
+///
+/// Not from the kernel's ephemeral range (32768-60999 on Linux): binding
+/// port 0 hands out a port from that range, and between the release and
+/// the child's bind any outgoing connection of a running test (to Redis,
+/// a broker, a worker) may take it as its local port. These come from
+/// 20000-31999 instead, starting at a point that differs between test
+/// processes and times, never twice from one process, each checked free
+/// by binding it.
 pub fn pick_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        rand::rng().random_range(0..SPAN),
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::AcqRel) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{}", LOW + SPAN)
 }
 
 /// Starts `sluice run <pipeline>` (unbounded: it runs until signalled).

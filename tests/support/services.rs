@@ -3,7 +3,6 @@
 //! clients, and private throwaway instances on a free port that a test may
 //! stop and restart without disturbing tests running in parallel.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -65,10 +64,7 @@ pub fn psql(url: &str, sql: &str) -> Vec<Vec<String>> {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    super::pick_port()
 }
 
 fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
