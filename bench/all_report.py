@@ -223,6 +223,8 @@ def cluster_rows(text, meta):
                        ratio=r.get("ratio_2w_1w") if w == 2 else None,
                        ratio_to="1 worker, same run" if w == 2 else None,
                        notes=(f"min/median/max {mmm[0]:,.0f} / {mmm[1]:,.0f} / {mmm[2]:,.0f}; p99 median {p99[1]} ms"
+                              + (f"; send-phase ratio to 1 worker {r['send_ratio_2w_1w']}"
+                                 if w == 2 and r.get("send_ratio_2w_1w") is not None else "")
                               if mmm and p99 else "no exact run")))
     return out
 
