@@ -56,6 +56,7 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let rt = super::runtime_with(args.threads)?;
     tracing::info!(
+        pipeline = %pipeline.name,
         threads = rt.metrics().num_workers(),
         "runtime threads for sources, sinks and the exchange: {}",
         rt.metrics().num_workers()
