@@ -11,6 +11,7 @@ pub mod config;
 pub mod connector;
 pub mod dead_letter;
 pub mod decode;
+pub mod decode_pool;
 pub mod error;
 pub mod exchange;
 pub mod graph;

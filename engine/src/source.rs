@@ -242,7 +242,8 @@ impl SourceOutput {
         &self.health
     }
 
-    fn data(&self, raw: RawBatch) -> SourceEvent {
+    /// Decodes a batch into the message for the processor.
+    pub(crate) fn data(&self, raw: RawBatch) -> SourceEvent {
         let (batch, dead) = self.decoder.decode(&raw);
         self.progress.add_done(raw.bytes);
         self.health.emitted(raw.events.len() as u64);
@@ -267,6 +268,18 @@ impl SourceOutput {
     pub fn emit_blocking(&self, raw: RawBatch) -> Result<(), Closed> {
         let msg = self.data(raw);
         self.tx.blocking_send(msg).map_err(|_| Closed)
+    }
+
+    /// Sends an already decoded message (see [`crate::decode_pool`]).
+    pub(crate) fn send_blocking(&self, msg: SourceEvent) -> Result<(), Closed> {
+        self.tx.blocking_send(msg).map_err(|_| Closed)
+    }
+
+    /// A pool decoding this source's batches on `threads` threads and
+    /// sending them in order (see [`crate::decode_pool`]); for sources
+    /// running on their own thread.
+    pub fn decode_pool(&self, threads: usize) -> crate::decode_pool::DecodePool {
+        crate::decode_pool::DecodePool::new(self.clone(), threads)
     }
 
     /// Declares the partitions this source reads.

@@ -38,7 +38,15 @@ pub struct FileSourceConfig {
     /// [`MAX_READ_BYTES`].
     #[serde(default = "default_read_bytes")]
     pub read_bytes: usize,
+    /// Threads decoding the batches read (at most [`MAX_DECODE_THREADS`]).
+    /// Results are the same with any number: batches reach the pipeline in
+    /// read order. Default: one per CPU the process may use, at most 4.
+    #[serde(default)]
+    pub decode_threads: Option<usize>,
 }
+
+/// The most `decode_threads` a file source may have.
+pub(super) const MAX_DECODE_THREADS: usize = 16;
 
 /// The largest `read_bytes` (64 MiB): the read buffer is allocated up front.
 pub(super) const MAX_READ_BYTES: usize = 64 << 20;
@@ -52,7 +60,21 @@ impl FileSourceConfig {
                 self.read_bytes
             )));
         }
+        if let Some(n) = self.decode_threads {
+            if n == 0 || n > MAX_DECODE_THREADS {
+                return Err(Invalid::new(format!(
+                    "`decode_threads` is {n}; it must be between 1 and {MAX_DECODE_THREADS}"
+                )));
+            }
+        }
         Ok(())
+    }
+
+    /// The decoding threads in effect (see `decode_threads`).
+    pub fn decode_threads(&self) -> usize {
+        self.decode_threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+        })
     }
 }
 

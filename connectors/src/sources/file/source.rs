@@ -5,6 +5,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use sluice_engine::decode_pool::DecodePool;
 use sluice_engine::source::{BoxFuture, Source, SourceContext, SourceError, SourceOutput};
 
 use super::config::FileSourceConfig;
@@ -87,6 +88,8 @@ struct Reader<'a> {
     pacer: std::cell::RefCell<Pacer>,
     /// Bytes of the files present at start still to read (readiness).
     initial_left: std::cell::Cell<Option<u64>>,
+    /// Decodes the batches read, on `decode_threads` threads, in order.
+    pool: std::cell::RefCell<DecodePool>,
 }
 
 /// Limits the event rate: sleeps so that events/elapsed stays under the rate.
@@ -147,8 +150,9 @@ impl Reader<'_> {
             }
             let position = encode_position(name, splitter.committed_offset());
             if self
-                .out
-                .emit_blocking(raw_batch(0, buf, events, position, n as u64))
+                .pool
+                .borrow_mut()
+                .emit(raw_batch(0, buf, events, position, n as u64))
                 .is_err()
             {
                 return Ok((splitter.committed_offset(), true));
@@ -159,8 +163,9 @@ impl Reader<'_> {
             if let Some((buf, events)) = splitter.finish() {
                 let position = encode_position(name, splitter.committed_offset());
                 if self
-                    .out
-                    .emit_blocking(raw_batch(0, buf, events, position, 0))
+                    .pool
+                    .borrow_mut()
+                    .emit(raw_batch(0, buf, events, position, 0))
                     .is_err()
                 {
                     return Ok((splitter.committed_offset(), true));
@@ -205,6 +210,7 @@ fn run_blocking(config: FileSourceConfig, mut ctx: SourceContext) -> Result<(), 
             events: 0,
         }),
         initial_left: std::cell::Cell::new(initial_left),
+        pool: std::cell::RefCell::new(ctx.output.decode_pool(config.decode_threads())),
     };
     loop {
         let files = list_files(&config)?;
@@ -226,6 +232,11 @@ fn run_blocking(config: FileSourceConfig, mut ctx: SourceContext) -> Result<(), 
             if stopped {
                 return Ok(());
             }
+        }
+        // What follows (readiness, the end of the partition) comes after
+        // every batch read so far has reached the processor.
+        if reader.pool.borrow().flush().is_err() {
+            return Ok(());
         }
         if reader.initial_left.take().is_some() {
             ctx.output.health().set_initial_read(None);
