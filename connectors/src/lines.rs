@@ -8,6 +8,9 @@ use sluice_engine::source::{RawBatch, RawEvent};
 /// How much of an oversized line is kept for its dead letter.
 pub const OVERSIZED_KEEP: usize = 4096;
 
+/// A batch of lines: the buffer holding them and where each one lies.
+pub type Lines = (Arc<Vec<u8>>, Vec<RawEvent>);
+
 /// Incremental line splitter. Feed it chunks; it returns batches of
 /// complete lines with their byte offsets.
 #[derive(Debug)]
@@ -46,6 +49,35 @@ impl LineSplitter {
     pub fn feed(&mut self, chunk: &[u8]) -> (Arc<Vec<u8>>, Vec<RawEvent>) {
         let mut buf = std::mem::take(&mut self.carry);
         buf.extend_from_slice(chunk);
+        self.split(buf)
+    }
+
+    /// Reads up to `max` bytes from `input` straight behind the carried
+    /// bytes (no copy through a separate chunk) and splits them as
+    /// [`feed`](Self::feed) does. Returns the buffer, the events and the
+    /// number of bytes read, or `None` at the end of the input.
+    pub fn read_from(
+        &mut self,
+        input: &mut impl std::io::Read,
+        max: usize,
+    ) -> std::io::Result<Option<(Lines, usize)>> {
+        use std::io::Read;
+        let mut buf = std::mem::take(&mut self.carry);
+        let carried = buf.len();
+        buf.reserve_exact(max);
+        let read = input.take(max as u64).read_to_end(&mut buf);
+        match read {
+            Ok(0) | Err(_) => {
+                buf.truncate(carried);
+                self.carry = buf;
+                read.map(|_| None)
+            }
+            Ok(n) => Ok(Some((self.split(buf), n))),
+        }
+    }
+
+    /// Splits `buf` (the carried bytes followed by new ones) into lines.
+    fn split(&mut self, mut buf: Vec<u8>) -> (Arc<Vec<u8>>, Vec<RawEvent>) {
         let base = self.carry_offset;
         let mut events = Vec::new();
         let mut extra = Vec::new();
@@ -108,6 +140,7 @@ impl LineSplitter {
             self.carry.clear();
         }
         // Oversized lines: append their kept prefix to the buffer.
+        let has_extra = !extra.is_empty();
         for (offset, full, prefix) in extra {
             events.push(RawEvent {
                 start: buf.len() as u32,
@@ -117,7 +150,9 @@ impl LineSplitter {
             });
             buf.extend_from_slice(&prefix);
         }
-        events.sort_by_key(|e| e.offset);
+        if has_extra {
+            events.sort_by_key(|e| e.offset);
+        }
         (Arc::new(buf), events)
     }
 
@@ -233,5 +268,42 @@ mod tests {
             got,
             vec![(0, "toolongline".into(), true), (12, "ok".into(), false)]
         );
+    }
+
+    /// Reading straight into the batch buffer splits exactly as feeding
+    /// the same bytes in chunks of the same size: lines, offsets, oversized
+    /// lines and the committed offset after each batch.
+    #[test]
+    fn reading_in_place_splits_as_feeding_chunks() {
+        let mut text = Vec::new();
+        for i in 0..300u32 {
+            match i % 11 {
+                3 => text.extend_from_slice(b"\r\n  \n"),
+                7 => text.extend_from_slice(&vec![b'x'; 40 + i as usize]),
+                _ => text.extend_from_slice(format!("{{\"i\":{i}}}").as_bytes()),
+            }
+            text.push(b'\n');
+        }
+        text.extend_from_slice(b"{\"tail\":1}");
+        for max in [1, 7, 64, 1000, 100_000] {
+            let mut fed = LineSplitter::new(5, 30);
+            let mut read = LineSplitter::new(5, 30);
+            let mut input = std::io::Cursor::new(&text);
+            for chunk in text.chunks(max) {
+                let (fb, fe) = fed.feed(chunk);
+                let ((rb, re), n) = read.read_from(&mut input, max).unwrap().unwrap();
+                assert_eq!(n, chunk.len());
+                assert_eq!(lines(&rb, &re), lines(&fb, &fe), "max {max}");
+                assert_eq!(
+                    re.iter().map(|e| e.oversized).collect::<Vec<_>>(),
+                    fe.iter().map(|e| e.oversized).collect::<Vec<_>>()
+                );
+                assert_eq!(read.committed_offset(), fed.committed_offset());
+            }
+            assert!(read.read_from(&mut input, max).unwrap().is_none());
+            let (fb, fe) = fed.finish().unwrap();
+            let (rb, re) = read.finish().unwrap();
+            assert_eq!(lines(&rb, &re), lines(&fb, &fe));
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! Reading files on a dedicated thread and emitting line batches.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -130,18 +130,17 @@ impl Reader<'_> {
         file.seek(SeekFrom::Start(offset))
             .map_err(io(format!("cannot seek in {}", path.display())))?;
         let mut splitter = LineSplitter::new(offset, self.out.max_event_bytes());
-        let mut chunk = vec![0u8; self.config.read_bytes.max(4096)];
+        let read_bytes = self.config.read_bytes.max(4096);
         loop {
             if self.stopping() {
                 return Ok((splitter.committed_offset(), true));
             }
-            let n = file
-                .read(&mut chunk)
-                .map_err(io(format!("cannot read {}", path.display())))?;
-            if n == 0 {
+            let Some(((buf, events), n)) = splitter
+                .read_from(&mut file, read_bytes)
+                .map_err(io(format!("cannot read {}", path.display())))?
+            else {
                 break;
-            }
-            let (buf, events) = splitter.feed(&chunk[..n]);
+            };
             self.pacer.borrow_mut().pace(events.len() as u64);
             if let Some(left) = self.initial_left.get() {
                 let left = left.saturating_sub(n as u64);
