@@ -28,6 +28,8 @@ enum Mode {
     Projected {
         projection: Projection,
         paths: Vec<FieldPath>,
+        /// The slot of the event-time field, if there is one.
+        time_slot: Option<usize>,
     },
 }
 
@@ -59,9 +61,13 @@ impl Decoder {
                 if paths.iter().any(Vec::is_empty) {
                     Mode::Full
                 } else {
+                    let time_slot = event_time
+                        .as_ref()
+                        .and_then(|t| paths.iter().position(|p| *p == t.field));
                     Mode::Projected {
                         projection: Projection::new(&paths),
                         paths,
+                        time_slot,
                     }
                 }
             }
@@ -121,34 +127,33 @@ impl Decoder {
                 ));
                 continue;
             }
-            let row = match self.parse(bytes, &mut slots) {
-                Ok(row) => row,
-                Err(reason) => {
-                    dead.push(reject(ErrorType::MalformedJson, reason));
+            let decoded = match &self.mode {
+                Mode::Full => self.parse_full(bytes).and_then(|row| {
+                    let spec = self.event_time.as_ref();
+                    let time =
+                        spec.map_or(Ok(arrival), |s| event_time(s, row.get_path(&s.field)))?;
+                    Ok((row, time))
+                }),
+                Mode::Projected {
+                    projection,
+                    paths,
+                    time_slot,
+                } => match projection.decode(bytes, &mut slots) {
+                    Err(e) => Err((ErrorType::MalformedJson, e.to_string())),
+                    // Event time straight from its slot, before the row is built.
+                    Ok(()) => match (&self.event_time, time_slot) {
+                        (Some(spec), Some(i)) => event_time(spec, &slots[*i]),
+                        _ => Ok(arrival),
+                    }
+                    .map(|time| (row_of(paths, &mut slots), time)),
+                },
+            };
+            let (row, time) = match decoded {
+                Ok(decoded) => decoded,
+                Err((kind, reason)) => {
+                    dead.push(reject(kind, reason));
                     continue;
                 }
-            };
-            let time = match &self.event_time {
-                None => arrival,
-                Some(spec) => match row.get_path(&spec.field) {
-                    Value::Missing => {
-                        dead.push(reject(
-                            ErrorType::MissingField,
-                            format!("event-time field `{}` is missing", spec.field.join(".")),
-                        ));
-                        continue;
-                    }
-                    v => match event_time_ms(v, spec.format) {
-                        Ok(t) => t,
-                        Err(reason) => {
-                            dead.push(reject(
-                                ErrorType::BadEventTime,
-                                format!("event-time field `{}`: {reason}", spec.field.join(".")),
-                            ));
-                            continue;
-                        }
-                    },
-                },
             };
             batch.rows.push(row);
             batch.meta.push(RowMeta {
@@ -162,34 +167,53 @@ impl Decoder {
         (batch, dead)
     }
 
-    fn parse(&self, bytes: &[u8], slots: &mut [Value]) -> Result<Value, String> {
-        match &self.mode {
-            Mode::Full => match json::parse_value(bytes) {
-                Ok(v @ Value::Object(_)) => Ok(v),
-                Ok(other) => Err(format!(
+    /// Parses a whole event, which must be an object.
+    fn parse_full(&self, bytes: &[u8]) -> Result<Value, (ErrorType, String)> {
+        match json::parse_value(bytes) {
+            Ok(v @ Value::Object(_)) => Ok(v),
+            Ok(other) => Err((
+                ErrorType::MalformedJson,
+                format!(
                     "expected a JSON object, found {}",
                     article(other.type_name())
-                )),
-                Err(e) => Err(e.to_string()),
-            },
-            Mode::Projected { projection, paths } => {
-                projection.decode(bytes, slots).map_err(|e| e.to_string())?;
-                let mut row = Value::Object(Map(Vec::with_capacity(paths.len())));
-                for (path, slot) in paths.iter().zip(slots.iter_mut()) {
-                    if slot.exists() {
-                        if path.len() == 1 {
-                            if let Value::Object(m) = &mut row {
-                                m.0.push((path[0].clone(), std::mem::take(slot)));
-                            }
-                        } else {
-                            row.set_path(path, std::mem::take(slot));
-                        }
-                    }
+                ),
+            )),
+            Err(e) => Err((ErrorType::MalformedJson, e.to_string())),
+        }
+    }
+}
+
+/// The event time in `v`, the value of `spec`'s field.
+fn event_time(spec: &EventTimeSpec, v: &Value) -> Result<i64, (ErrorType, String)> {
+    match v {
+        Value::Missing => Err((
+            ErrorType::MissingField,
+            format!("event-time field `{}` is missing", spec.field.join(".")),
+        )),
+        v => event_time_ms(v, spec.format).map_err(|reason| {
+            (
+                ErrorType::BadEventTime,
+                format!("event-time field `{}`: {reason}", spec.field.join(".")),
+            )
+        }),
+    }
+}
+
+/// The row holding the projected `slots` (taken out) at their `paths`.
+fn row_of(paths: &[FieldPath], slots: &mut [Value]) -> Value {
+    let mut row = Value::Object(Map(Vec::with_capacity(paths.len())));
+    for (path, slot) in paths.iter().zip(slots.iter_mut()) {
+        if slot.exists() {
+            if path.len() == 1 {
+                if let Value::Object(m) = &mut row {
+                    m.0.push((path[0].clone(), std::mem::take(slot)));
                 }
-                Ok(row)
+            } else {
+                row.set_path(path, std::mem::take(slot));
             }
         }
     }
+    row
 }
 
 fn article(type_name: &str) -> String {
@@ -280,5 +304,52 @@ mod tests {
             "{}",
             dead[0].reason
         );
+    }
+
+    /// The projected decoder reads event time from its slot, before the row
+    /// is built; it must judge every event as the full decoder does: same
+    /// times, same dead letters (kind and reason), same projected fields,
+    /// with a nested time field, a repeated key, and bad or missing times.
+    #[test]
+    fn projected_event_time_agrees_with_full_decoding() {
+        let lines = [
+            r#"{"country":"GT","meta":{"ts":5}}"#,
+            r#"{"meta":{"ts":5},"meta":{"ts":9},"country":"NO"}"#,
+            r#"{"meta":{"ts":5},"meta":{"x":1},"country":"NO"}"#,
+            r#"{"meta":{"ts":"2024-11-21T00:00:00Z"},"country":"FR"}"#,
+            r#"{"meta":{"ts":null},"country":"GT"}"#,
+            r#"{"meta":{"ts":"soon"},"country":"GT"}"#,
+            r#"{"meta":7,"country":"GT"}"#,
+            r#"{"country":"GT"}"#,
+            r#"{"country":"GT","meta":{"ts":1e3}}"#,
+            r#"{"country":"GT","meta":{"ts":5}"#,
+        ];
+        let time = || {
+            Some(EventTimeSpec {
+                field: parse_path("meta.ts"),
+                format: TimeFormat::Auto,
+            })
+        };
+        let mut fields = FieldSet::empty();
+        fields.insert(parse_path("country"));
+        let projected = Decoder::new(Arc::from("src"), &fields, time(), 1 << 20);
+        let full = Decoder::new(Arc::from("src"), &FieldSet::All, time(), 1 << 20);
+        assert!(projected.is_projected() && !full.is_projected());
+        let (pb, pd) = projected.decode(&raw(&lines));
+        let (fb, fd) = full.decode(&raw(&lines));
+        let judged = |dead: &[DeadLetter]| {
+            dead.iter()
+                .map(|d| (d.offset, d.error_type, d.reason.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(judged(&pd), judged(&fd));
+        assert_eq!(pd.len(), 6, "{:?}", judged(&pd));
+        assert_eq!(pb.meta, fb.meta);
+        assert_eq!(pb.len(), 4);
+        for (p, f) in pb.rows.iter().zip(&fb.rows) {
+            for path in ["country", "meta.ts"] {
+                assert_eq!(p.get_path(&parse_path(path)), f.get_path(&parse_path(path)));
+            }
+        }
     }
 }
