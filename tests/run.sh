@@ -67,9 +67,14 @@ bash deploy/validate.sh
 
 # 6. Benchmark scripts: syntax (and shellcheck on bench/all.sh when
 # installed), and bench/all.sh's report on canned output. The benchmarks
-# themselves are not run here (`bench/all.sh --quick` takes minutes).
+# themselves are not run here (`bench/all.sh --quick` takes minutes), but
+# for the slow-disk check at a small size.
 echo "==> bench scripts"
 for f in bench/*.sh; do bash -n "$f"; done
 python3 -c 'import ast, sys; [ast.parse(open(f).read(), f) for f in sys.argv[1:]]' bench/*.py
 if command -v shellcheck >/dev/null; then shellcheck bench/all.sh; fi
 python3 tests/bench_all_report.py
+# The slow-disk check at its small size, as bench/README.md shows it (the
+# release binary is built by step 4): W1b with 50 ms added to every fsync,
+# outputs checked against the oracle.
+bash bench/slow_fsync.sh 200000 50 1
