@@ -165,6 +165,16 @@ format = "changes"
     }
 }
 
+/// Worker `me`'s rows folded for the other worker and records sent to it.
+fn folded_and_sent(s: &[Series], me: usize) -> (f64, f64) {
+    let peer = (1 - me).to_string();
+    let labels = [("peer", peer.as_str())];
+    (
+        value(s, "sluice_exchange_folded_rows_total", &labels).unwrap_or(0.0),
+        value(s, "sluice_exchange_sent_records_total", &labels).unwrap_or(0.0),
+    )
+}
+
 #[test]
 fn each_worker_exports_its_identity_key_groups_and_exchange_traffic() {
     let mut c = start();
@@ -324,6 +334,45 @@ fn each_worker_exports_its_identity_key_groups_and_exchange_traffic() {
         owned_total, KEY_GROUPS as f64,
         "the workers own every key group once"
     );
+
+    // A second round, long after every link's first acknowledgement: the
+    // rows bound for the other worker are folded into one partial count
+    // per key before they cross, so fewer records than rows cross.
+    let before: Vec<(f64, f64)> = (0..WORKERS)
+        .map(|me| folded_and_sent(&scrape(c.admin[me]), me))
+        .collect();
+    for port in &c.ingest {
+        let (status, answer) = http_request(
+            *port,
+            "POST",
+            "/ingest",
+            &[("Content-Type", "application/x-ndjson")],
+            body.as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(status, 202, "{answer}");
+    }
+    c.workers[0].wait_until(
+        "every key counted twice over, at one worker",
+        Duration::from_secs(30),
+        || {
+            let mut n = BTreeMap::new();
+            for o in &outs {
+                for r in materialize_so_far(o).values() {
+                    n.insert(r["k"].as_str().unwrap().to_string(), r["n"].as_u64());
+                }
+            }
+            n.len() == KEYS && n.values().all(|v| *v == Some(2 * expected))
+        },
+    );
+    for me in 0..WORKERS {
+        let (folded, sent) = folded_and_sent(&scrape(c.admin[me]), me);
+        let (folded, sent) = (folded - before[me].0, sent - before[me].1);
+        assert!(
+            folded > 0.0 && sent < folded,
+            "worker {me}: {folded} rows folded into {sent} records sent in the second round"
+        );
+    }
     for w in &mut c.workers {
         assert!(
             w.terminate().success(),

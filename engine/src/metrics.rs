@@ -63,6 +63,10 @@ pub const WORKER_INFO: &str = "sluice_worker_info";
 pub const KEY_GROUPS_OWNED: &str = "sluice_key_groups_owned";
 /// Records sent to another worker through the exchange, by `peer` (counter).
 pub const EXCHANGE_SENT_RECORDS: &str = "sluice_exchange_sent_records_total";
+/// Rows bound for another worker that were folded into partial results
+/// (an all-time aggregate's combiner) instead of crossing one by one, by
+/// `peer` (counter; the partial results count as records sent).
+pub const EXCHANGE_FOLDED_ROWS: &str = "sluice_exchange_folded_rows_total";
 /// Bytes of exchange batches sent, by `peer` (counter).
 pub const EXCHANGE_SENT_BYTES: &str = "sluice_exchange_sent_bytes_total";
 /// Exchange batches a peer acknowledged as durable, by `peer` (counter).

@@ -370,4 +370,44 @@ pub trait Operator: Send {
     ) -> bool {
         false
     }
+
+    /// For a keyed stateful operator whose results are the same whether it
+    /// takes rows one by one or partial results folded from them (an
+    /// all-time aggregate of events): a [`Combiner`] that folds the rows
+    /// bound for another worker, so that one partial result per key
+    /// crosses the exchange instead of every row. `None` (the default):
+    /// rows cross as they are.
+    fn combiner(&self) -> Option<Box<dyn Combiner>> {
+        None
+    }
+
+    /// Takes partial results made by this operator's [`Combiner`] on
+    /// another worker: `batch.keys` holds the group keys, `batch.rows` the
+    /// partial values. Called only on operators that return a combiner.
+    fn merge_partials(&mut self, _batch: Batch, _out: &mut Emitter<'_>) {
+        debug_assert!(false, "partial results for an operator without a combiner");
+    }
+}
+
+/// Folds rows into one partial result per key before they cross the
+/// exchange to their owner (see [`Operator::combiner`]), like a combiner
+/// in map-reduce or Flink's local-global aggregation.
+pub trait Combiner: Send {
+    /// Folds row `i` of `batch`, whose group key is `key`, into that key's
+    /// partial result. A row the operator would refuse goes to
+    /// `out.dead_letter` instead, as the same dead letter the operator
+    /// would make of it.
+    fn add(&mut self, key: &[u8], batch: &Batch, i: usize, out: &mut Emitter<'_>);
+
+    /// The number of keys holding a partial result.
+    fn len(&self) -> usize;
+
+    /// True when no key holds a partial result.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Takes every partial result as `(key, value)`, in no particular
+    /// order, leaving the combiner empty.
+    fn drain(&mut self, out: &mut Vec<(crate::keys::GroupKey, crate::value::Value)>);
 }

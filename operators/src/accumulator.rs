@@ -450,6 +450,77 @@ impl Acc {
         }
     }
 
+    /// This accumulator as a value that crosses the exchange (a partial
+    /// result, see [`Acc::from_partial`]): count and sum as their number,
+    /// min and max as their value, avg as `[sum, n]`, count_distinct as
+    /// the sorted hashes, first and last as `[value, time]`. `None` for
+    /// the retractable forms, which never cross.
+    pub fn to_partial(&self) -> Option<Value> {
+        Some(match self {
+            Acc::Count(n) => Value::Int(*n as i64),
+            Acc::Sum { .. } | Acc::Min(_) | Acc::Max(_) => self.result(),
+            Acc::Avg { sum, n } => Value::Array(vec![Value::Float(*sum), Value::Int(*n as i64)]),
+            Acc::Distinct(set) => {
+                let mut hashes: Vec<u64> = set.iter().copied().collect();
+                hashes.sort_unstable();
+                Value::Array(hashes.into_iter().map(|h| Value::Int(h as i64)).collect())
+            }
+            Acc::First { value, time } | Acc::Last { value, time } => {
+                Value::Array(vec![value.clone(), Value::Int(*time)])
+            }
+            Acc::MinOf(_) | Acc::MaxOf(_) | Acc::DistinctOf(_) => return None,
+        })
+    }
+
+    /// The accumulator of `agg` that [`Acc::to_partial`] made `v` from;
+    /// `None` when `v` is not such a value.
+    pub fn from_partial(agg: &Aggregate, v: &Value) -> Option<Acc> {
+        let int = |v: &Value| match v {
+            Value::Int(i) => Some(*i),
+            _ => None,
+        };
+        Some(match (agg.func, v) {
+            (AggFn::Count, Value::Int(n)) => Acc::Count(u64::try_from(*n).ok()?),
+            (AggFn::Sum, Value::Int(i)) => Acc::Sum {
+                int: *i,
+                float: 0.0,
+                is_float: false,
+            },
+            (AggFn::Sum, Value::Float(f)) => Acc::Sum {
+                int: 0,
+                float: *f,
+                is_float: true,
+            },
+            (AggFn::Min, v) => Acc::Min(v.clone()),
+            (AggFn::Max, v) => Acc::Max(v.clone()),
+            (AggFn::Avg, Value::Array(a)) => match a.as_slice() {
+                [Value::Float(sum), n] => Acc::Avg {
+                    sum: *sum,
+                    n: u64::try_from(int(n)?).ok()?,
+                },
+                _ => return None,
+            },
+            (AggFn::CountDistinct, Value::Array(hashes)) => Acc::Distinct(
+                hashes
+                    .iter()
+                    .map(|h| int(h).map(|h| h as u64))
+                    .collect::<Option<_>>()?,
+            ),
+            (AggFn::First | AggFn::Last, Value::Array(a)) => match a.as_slice() {
+                [value, time] => {
+                    let (value, time) = (value.clone(), int(time)?);
+                    if agg.func == AggFn::First {
+                        Acc::First { value, time }
+                    } else {
+                        Acc::Last { value, time }
+                    }
+                }
+                _ => return None,
+            },
+            _ => return None,
+        })
+    }
+
     /// The current result.
     pub fn result(&self) -> Value {
         match self {

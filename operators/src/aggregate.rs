@@ -369,27 +369,41 @@ impl Common {
                 return None;
             }
         };
+        if let Err(dead) = self.check_row(batch, i) {
+            out.dead_letter(dead);
+            return None;
+        }
+        Some((key, self.time_of(batch, i, now)))
+    }
+
+    /// Checks the inputs of row `i` for every aggregate: the dead letter of
+    /// a row of the wrong type.
+    pub fn check_row(&self, batch: &Batch, i: usize) -> Result<(), DeadLetter> {
         let row = &batch.rows[i];
-        if let Some(reason) = self
+        match self
             .aggregates
             .iter()
             .find_map(|a| a.check(a.input(row)).err())
         {
-            out.dead_letter(DeadLetter::from_row(
+            None => Ok(()),
+            Some(reason) => Err(DeadLetter::from_row(
                 batch,
                 i,
                 &self.name,
                 ErrorType::WrongType,
                 String::from(reason),
-            ));
-            return None;
+            )),
         }
-        let t = if self.processing_time {
+    }
+
+    /// The time row `i` counts at: `now` with processing time, else its
+    /// event time.
+    pub fn time_of(&self, batch: &Batch, i: usize, now: i64) -> i64 {
+        if self.processing_time {
             now
         } else {
             batch.meta[i].time
-        };
-        Some((key, t))
+        }
     }
 }
 

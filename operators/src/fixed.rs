@@ -11,7 +11,7 @@ use sluice_engine::batch::{Batch, RowKind};
 use sluice_engine::dead_letter::{DeadLetter, ErrorType};
 use sluice_engine::keys::{decode_key, encode_component, GroupKey};
 use sluice_engine::operator::{
-    Emitter, Operator, StateEntry, StateError, StateStats, StateWriter, Stream,
+    Combiner, Emitter, Operator, StateEntry, StateError, StateStats, StateWriter, Stream,
 };
 use sluice_engine::table::{
     decode_bincode, encode_bincode, restore_tables, KeyedTable, MetaCell, StateTable, TableKey,
@@ -22,6 +22,7 @@ use sluice_engine::value::{Map, Value};
 
 use crate::accumulator::Acc;
 use crate::aggregate::{Common, EmitMode};
+use crate::combine::{partial_accs, AggCombiner};
 use crate::window::assign;
 
 /// The start used for the single all-time "window".
@@ -324,6 +325,41 @@ impl Operator for FixedAggregate {
     fn routing_keys(&self, batch: &Batch, keys: &mut Vec<Result<GroupKey, usize>>) -> bool {
         self.c.keys(batch, keys);
         true
+    }
+
+    fn combiner(&self) -> Option<Box<dyn Combiner>> {
+        // Windows decide lateness per row at the owner, and a changelog's
+        // rows take back earlier ones: only all-time results of events
+        // can be folded before they cross.
+        let plain = self.window.is_none() && !self.changelog();
+        plain.then(|| Box::new(AggCombiner::new(self.c.clone())) as Box<dyn Combiner>)
+    }
+
+    fn merge_partials(&mut self, batch: Batch, _out: &mut Emitter<'_>) {
+        let updates = self.c.emit == EmitMode::Updates;
+        let fired = self.windows.get(&GLOBAL).is_some_and(|w| w.fired);
+        for (key, value) in batch.keys.iter().zip(&batch.rows) {
+            let Some(partial) = partial_accs(&self.c, value) else {
+                // Only a peer running another build could send this; the
+                // topology signature and wire version rule that out.
+                tracing::error!(operator = %self.c.name, partial = %value,
+                    "a partial result from another worker does not match this aggregate; ignored");
+                continue;
+            };
+            self.windows.entry(GLOBAL).or_default();
+            self.lookup.set(GLOBAL, key);
+            let aggregates = &self.c.aggregates;
+            let slot = self.slots.get_or_insert_with(&self.lookup, || {
+                Slot::new(aggregates.iter().map(|a| a.init()).collect(), 0)
+            });
+            for (acc, p) in slot.accs.iter_mut().zip(partial) {
+                acc.merge(p);
+            }
+            if (updates || fired) && !slot.emit_dirty {
+                slot.emit_dirty = true;
+                self.emit_dirty.push(self.lookup.clone());
+            }
+        }
     }
 
     fn process(&mut self, batch: Batch, out: &mut Emitter<'_>) {

@@ -4,6 +4,7 @@
 
 pub mod accumulator;
 pub mod aggregate;
+pub mod combine;
 pub mod dedupe;
 pub mod expr;
 pub mod filter;

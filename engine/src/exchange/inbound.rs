@@ -9,9 +9,12 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::marks::{Admission, AppliedMarks, InboundCheckpoint, PartitionId, SenderCursors};
+use super::marks::{
+    Admission, AppliedMarks, InboundCheckpoint, JournaledMarks, PartitionId, PartitionMark,
+    RangeAdmission, SenderCursors,
+};
 use super::watermarks::InboundWatermarks;
-use super::wire::{self, BatchHeader, PartitionBatch};
+use super::wire::{self, BatchHeader, PartitionBatch, Span};
 use super::ExchangeError;
 use crate::journal::{lock, Journal, JournalError, JournalOptions, JournalReader};
 use crate::value::Str;
@@ -38,9 +41,10 @@ pub fn open_inbound(
             first,
         });
     }
-    // The server's view of the senders is as of the journal's end: replay
-    // the headers journaled after the checkpoint.
+    // The server's view of the senders and partitions is as of the
+    // journal's end: replay the batches journaled after the checkpoint.
     let mut appended = restored.sender_cursors();
+    let mut journaled = JournaledMarks::from_checkpoint(restored);
     let mut scan = journal.reader(restored.position);
     loop {
         let batch = scan.try_next_batch(1024, 16 << 20)?;
@@ -49,12 +53,12 @@ pub fn open_inbound(
         }
         for e in &batch.events {
             let bytes = &batch.buf[e.start as usize..(e.start + e.len) as usize];
-            let (header, _) =
-                wire::decode_header(bytes).map_err(|error| ExchangeError::CorruptInbound {
-                    seq: e.offset,
-                    error,
-                })?;
-            appended.taken(&header);
+            let decoded = wire::decode(bytes).map_err(|error| ExchangeError::CorruptInbound {
+                seq: e.offset,
+                error,
+            })?;
+            appended.taken(&decoded.header);
+            journaled.journaled(&wire::spans_of(&decoded.partitions));
         }
     }
     let (changed, _) = watch::channel(0);
@@ -66,6 +70,7 @@ pub fn open_inbound(
         gate: Arc::new(Gate {
             state: Mutex::new(GateState {
                 cursors: appended,
+                journaled,
                 busy: Vec::new(),
             }),
             changed,
@@ -90,10 +95,13 @@ pub fn open_inbound(
 /// How an append request ended.
 #[derive(Debug)]
 pub(crate) enum Appended {
-    /// Durable in the journal (now or before).
-    Durable,
+    /// Durable in the journal (now or before), with the journaled marks of
+    /// the sender's partitions (see [`JournaledMarks`]).
+    Durable(Vec<PartitionMark>),
     /// From a stale session of its sender.
     Stale,
+    /// Partial results overlapping what is journaled (the reason).
+    Overlap(String),
     /// An earlier batch of the sender did not arrive in time.
     OutOfOrder,
     /// The journal refused it.
@@ -103,6 +111,8 @@ pub(crate) enum Appended {
 struct GateState {
     /// The senders' positions as of the journal's end.
     cursors: SenderCursors,
+    /// The partitions' offsets as of the journal's end.
+    journaled: JournaledMarks,
     /// Senders with an append under way.
     busy: Vec<u32>,
 }
@@ -143,6 +153,7 @@ impl InboundLog {
         &self,
         header: BatchHeader,
         bytes: Vec<u8>,
+        spans: Vec<Span>,
         order_wait: Duration,
     ) -> Appended {
         if let Some(limit) = self.max_unapplied {
@@ -165,10 +176,15 @@ impl InboundLog {
                 if !st.busy.contains(&header.sender) {
                     match st.cursors.admission(&header) {
                         Admission::Take => {
+                            if let Err(reason) = st.journaled.check(&spans) {
+                                return Appended::Overlap(reason);
+                            }
                             st.busy.push(header.sender);
                             break;
                         }
-                        Admission::Duplicate => return Appended::Durable,
+                        Admission::Duplicate => {
+                            return Appended::Durable(st.journaled.of_sender(header.sender))
+                        }
                         Admission::Stale => return Appended::Stale,
                         Admission::NotYet => {}
                     }
@@ -182,18 +198,20 @@ impl InboundLog {
         let log = self.clone();
         let task = tokio::spawn(async move {
             let result = log.journal.append(vec![bytes]).await;
-            {
+            let marks = {
                 let mut st = lock(&log.gate.state);
                 st.busy.retain(|s| *s != header.sender);
                 if result.is_ok() {
                     st.cursors.taken(&header);
+                    st.journaled.journaled(&spans);
                 }
-            }
+                st.journaled.of_sender(header.sender)
+            };
             log.gate.changed.send_modify(|n| *n += 1);
-            result
+            result.map(|_| marks)
         });
         match task.await {
-            Ok(Ok(_)) => Appended::Durable,
+            Ok(Ok(marks)) => Appended::Durable(marks),
             Ok(Err(e)) => Appended::Failed(e),
             Err(e) => Appended::Failed(JournalError::WriteFailed(e.to_string())),
         }
@@ -281,7 +299,19 @@ impl InboundState {
         for mut part in batch.partitions {
             let id: PartitionId = (part.source.clone(), part.partition);
             let before = part.records.len();
-            self.marks.retain_new(&id, &mut part.records, |r| r.offset);
+            match (part.combined_from, part.records.last()) {
+                (Some(first), Some(last)) => {
+                    match self.marks.admit_range(&id, first, last.offset) {
+                        RangeAdmission::New => {}
+                        RangeAdmission::Applied => part.records.clear(),
+                        RangeAdmission::Overlap => tracing::error!(
+                            source = %part.source, partition = part.partition, first, last = last.offset,
+                            "partial results overlap records applied before (the receiver refuses such batches; this one was journaled anyway); applied"
+                        ),
+                    }
+                }
+                _ => self.marks.retain_new(&id, &mut part.records, |r| r.offset),
+            }
             self.watermarks.observe(
                 &(part.source.clone(), batch.header.sender),
                 part.watermark,

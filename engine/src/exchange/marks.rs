@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use super::wire::BatchHeader;
+use super::wire::{BatchHeader, Span};
 use crate::value::Str;
 
 /// A source partition: `(source name, partition)`.
@@ -107,6 +107,31 @@ impl AppliedMarks {
         });
     }
 
+    /// Whether partial results folded from the records at offsets
+    /// `first..=last` of `partition` (an ordered stream's) are new: all of
+    /// them ([`RangeAdmission::New`], then the range counts as applied),
+    /// none ([`RangeAdmission::Applied`]), or some
+    /// ([`RangeAdmission::Overlap`]: the receiver refuses such batches
+    /// before journaling them, see [`JournaledMarks::check`]; the range
+    /// then counts as applied).
+    pub fn admit_range(
+        &mut self,
+        partition: &PartitionId,
+        first: u64,
+        last: u64,
+    ) -> RangeAdmission {
+        let next = self.next.entry(partition.clone()).or_insert(0);
+        let admission = if first >= *next {
+            RangeAdmission::New
+        } else if last < *next {
+            RangeAdmission::Applied
+        } else {
+            RangeAdmission::Overlap
+        };
+        *next = (*next).max(last.saturating_add(1));
+        admission
+    }
+
     /// Takes the records of `streams` (source names as the senders give
     /// them) by id rather than by offset order.
     pub fn set_unordered(&mut self, streams: impl IntoIterator<Item = Str>) {
@@ -158,6 +183,99 @@ impl AppliedMarks {
                 .collect(),
             unordered: BTreeSet::new(),
         }
+    }
+}
+
+/// See [`AppliedMarks::admit_range`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeAdmission {
+    /// Nothing of the range was applied before.
+    New,
+    /// All of it was.
+    Applied,
+    /// Part of it was.
+    Overlap,
+}
+
+/// Per source partition, the offset after the last record journaled: the
+/// receiver's view as of the end of its inbound journal (its applied marks
+/// plus the batches journaled after them).
+///
+/// A sender that folds rows into partial results must not fold rows some
+/// earlier run of it may have sent already: the receiver could hold part
+/// of the range and could take the partial results neither whole nor
+/// apart. So each acknowledgement tells the sender these marks for its
+/// partitions ([`JournaledMarks::of_sender`]); the sender folds only rows
+/// at or above the marks of the first acknowledgement of its session
+/// (after which an earlier session can journal nothing more), and the
+/// receiver refuses a batch whose partial results overlap what it holds
+/// ([`JournaledMarks::check`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JournaledMarks {
+    next: BTreeMap<PartitionId, u64>,
+}
+
+impl JournaledMarks {
+    /// Starts from the applied marks of a checkpoint.
+    pub fn from_checkpoint(checkpoint: &InboundCheckpoint) -> Self {
+        JournaledMarks {
+            next: checkpoint
+                .partitions
+                .iter()
+                .map(|m| ((m.source.clone(), m.partition), m.next_offset))
+                .collect(),
+        }
+    }
+
+    /// Records the offsets of a journaled batch.
+    pub fn journaled(&mut self, spans: &[Span]) {
+        for s in spans {
+            let next = self
+                .next
+                .entry((s.source.clone(), s.partition))
+                .or_insert(0);
+            *next = (*next).max(s.last.saturating_add(1));
+        }
+    }
+
+    /// Checks a batch before it is journaled: an error when partial
+    /// results cover a range of which some, but not all, is journaled.
+    ///
+    /// # Errors
+    /// The reason, for the sender.
+    pub fn check(&self, spans: &[Span]) -> Result<(), String> {
+        for s in spans.iter().filter(|s| s.combined) {
+            let next = self
+                .next
+                .get(&(s.source.clone(), s.partition))
+                .copied()
+                .unwrap_or(0);
+            if s.first < next && s.last >= next {
+                return Err(format!(
+                    "partial results of partition {} of `{}` cover offsets {}..={}, and this worker holds them up to {} already",
+                    s.partition,
+                    s.source.replace('\0', "."),
+                    s.first,
+                    s.last,
+                    next - 1
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The marks of the partitions `sender` numbers for itself (those of a
+    /// source each worker reads for itself: `sender << 20 | p`).
+    pub fn of_sender(&self, sender: u32) -> Vec<PartitionMark> {
+        self.next
+            .iter()
+            .filter(|((_, partition), _)| partition >> 20 == sender)
+            .map(|((source, partition), &next_offset)| PartitionMark {
+                source: source.clone(),
+                partition: *partition,
+                next_offset,
+            })
+            .collect()
     }
 }
 
@@ -435,5 +553,62 @@ mod tests {
         assert_eq!(back, cp);
         assert_eq!(back.applied_marks(), marks);
         assert_eq!(back.sender_cursors(), senders);
+    }
+
+    #[test]
+    fn a_combined_range_is_taken_whole_or_not_at_all() {
+        let p: PartitionId = ("in\0agg".into(), 1 << 20);
+        let mut marks = AppliedMarks::default();
+        assert!(marks.admit(&p, 4));
+        assert_eq!(marks.admit_range(&p, 5, 9), RangeAdmission::New);
+        assert_eq!(marks.next_offset(&p), Some(10));
+        // a replay of the same range, or of a part of it
+        assert_eq!(marks.admit_range(&p, 5, 9), RangeAdmission::Applied);
+        assert_eq!(marks.admit_range(&p, 0, 7), RangeAdmission::Applied);
+        assert!(!marks.admit(&p, 9));
+        // a range straddling the mark
+        assert_eq!(marks.admit_range(&p, 8, 12), RangeAdmission::Overlap);
+        assert_eq!(marks.next_offset(&p), Some(13));
+        assert!(marks.admit(&p, 13));
+    }
+
+    fn span(partition: u32, first: u64, last: u64, combined: bool) -> Span {
+        Span {
+            source: "in\0agg".into(),
+            partition,
+            first,
+            last,
+            combined,
+        }
+    }
+
+    #[test]
+    fn journaled_marks_refuse_partial_results_over_what_is_held() {
+        let mut marks = AppliedMarks::default();
+        marks.admit(&("in\0agg".into(), 1 << 20), 99);
+        let cp = InboundCheckpoint::new(0, &marks, &SenderCursors::default(), Vec::new());
+        let mut j = JournaledMarks::from_checkpoint(&cp);
+        // worker 1's partition holds offsets up to 99
+        assert_eq!(
+            j.of_sender(1),
+            vec![PartitionMark {
+                source: "in\0agg".into(),
+                partition: 1 << 20,
+                next_offset: 100
+            }]
+        );
+        assert!(j.of_sender(2).is_empty());
+        // records below the mark are fine (the marks drop them later)
+        assert!(j.check(&[span(1 << 20, 50, 150, false)]).is_ok());
+        j.journaled(&[span(1 << 20, 50, 150, false)]);
+        assert_eq!(j.of_sender(1)[0].next_offset, 151);
+        // partial results wholly above or wholly below: fine
+        assert!(j.check(&[span(1 << 20, 151, 300, true)]).is_ok());
+        assert!(j.check(&[span(1 << 20, 10, 150, true)]).is_ok());
+        // straddling: refused, with the offsets in the reason
+        let e = j.check(&[span(1 << 20, 140, 300, true)]).unwrap_err();
+        assert!(e.contains("140..=300") && e.contains("150"), "{e}");
+        // another partition is independent
+        assert!(j.check(&[span(2 << 20, 140, 300, true)]).is_ok());
     }
 }

@@ -22,7 +22,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use super::server::BATCH_PATH;
+use super::marks::PartitionMark;
+use super::server::{decode_marks, BATCH_PATH};
 use super::wire::{self, BatchHeader, PartitionBatch};
 use super::SendError;
 use crate::journal::lock;
@@ -137,7 +138,7 @@ pub struct PeerSender {
 
 /// A batch on its way; [`wait`](Self::wait) resolves once the peer holds it durably.
 pub struct Delivery {
-    task: tokio::task::JoinHandle<Result<(), SendError>>,
+    task: tokio::task::JoinHandle<Result<Vec<PartitionMark>, SendError>>,
     bytes: usize,
 }
 
@@ -147,12 +148,14 @@ impl Delivery {
         self.bytes
     }
 
-    /// Waits for the acknowledgement.
+    /// Waits for the acknowledgement; returns the journaled marks of this
+    /// worker's partitions at the peer (see
+    /// [`JournaledMarks`](super::marks::JournaledMarks)).
     ///
     /// # Errors
     /// [`SendError::Refused`] (the peer will not take it),
     /// [`SendError::Closed`] (the sender was dropped first).
-    pub async fn wait(self) -> Result<(), SendError> {
+    pub async fn wait(self) -> Result<Vec<PartitionMark>, SendError> {
         self.task.await.unwrap_or(Err(SendError::Closed))
     }
 }
@@ -236,20 +239,24 @@ impl PeerSender {
 
 /// What one attempt at a request gave.
 enum Attempt {
-    Acked,
+    Acked(Vec<PartitionMark>),
     Refused(String),
     /// Try again after the backoff (or at least `Retry-After`).
     Retry(String),
 }
 
 impl Peer {
-    async fn deliver(&self, body: Bytes, _permit: OwnedSemaphorePermit) -> Result<(), SendError> {
+    async fn deliver(
+        &self,
+        body: Bytes,
+        _permit: OwnedSemaphorePermit,
+    ) -> Result<Vec<PartitionMark>, SendError> {
         let mut failures = 0;
         loop {
             match self.attempt(body.clone()).await {
-                Attempt::Acked => {
+                Attempt::Acked(marks) => {
                     self.stats.acked.fetch_add(1, Ordering::Relaxed);
-                    return Ok(());
+                    return Ok(marks);
                 }
                 Attempt::Refused(reason) => {
                     tracing::error!(peer = %self.address, %reason, "exchange: the peer refuses this worker's batches");
@@ -291,13 +298,16 @@ impl Peer {
             send.ready().await?;
             let response = send.send_request(request).await?;
             let status = response.status();
-            let text = response.into_body().collect().await?.to_bytes();
-            Ok::<_, hyper::Error>((status, String::from_utf8_lossy(&text).into_owned()))
+            let body = response.into_body().collect().await?.to_bytes();
+            Ok::<_, hyper::Error>((status, body))
         };
+        let text = |body: &Bytes| String::from_utf8_lossy(body).into_owned();
         match tokio::time::timeout(self.options.request_timeout, exchange).await {
-            Ok(Ok((StatusCode::OK, _))) => Attempt::Acked,
-            Ok(Ok((StatusCode::CONFLICT, reason))) => Attempt::Refused(reason),
-            Ok(Ok((status, text))) => Attempt::Retry(format!("{status}: {text}")),
+            Ok(Ok((StatusCode::OK, body))) => {
+                Attempt::Acked(decode_marks(&body).unwrap_or_default())
+            }
+            Ok(Ok((StatusCode::CONFLICT, reason))) => Attempt::Refused(text(&reason)),
+            Ok(Ok((status, body))) => Attempt::Retry(format!("{status}: {}", text(&body))),
             Ok(Err(error)) => {
                 self.drop_connection(generation).await;
                 Attempt::Retry(error.to_string())

@@ -2,9 +2,11 @@
 //! batches on `POST /exchange/v1/batch` and answers 200 only once a batch
 //! is durable in the inbound journal.
 //!
-//! Answers: 200 durable (also for a batch journaled before: a retry); 409
-//! with a reason for another topology signature, format version or a stale
-//! sender session (the sender must not retry it); 503 with `Retry-After`
+//! Answers: 200 durable (also for a batch journaled before: a retry), with
+//! the journaled marks of the sender's partitions as its body (see
+//! [`super::marks::JournaledMarks`]); 409 with a reason for another
+//! topology signature, format version, a stale sender session, or partial
+//! results overlapping what is journaled (the sender must not retry it); 503 with `Retry-After`
 //! when the inbound backlog is full or an earlier batch of the same sender
 //! has not arrived yet; 400 for bytes that are not a batch; 413 for a batch
 //! over the size limit.
@@ -24,6 +26,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
 use super::inbound::{Appended, InboundLog};
+use super::marks::PartitionMark;
 use super::wire::{self, WireError};
 use super::ExchangeError;
 use crate::journal::JournalError;
@@ -186,6 +189,19 @@ async fn accept_loop(
     connections.shutdown().await;
 }
 
+/// The body of a 200: the journaled marks of the sender's partitions
+/// (bincode), which tell it from which offsets it may fold rows.
+pub(crate) fn encode_marks(marks: &[PartitionMark]) -> Vec<u8> {
+    bincode::serde::encode_to_vec(marks, bincode::config::standard()).unwrap_or_default()
+}
+
+/// Reads the body of a 200 (an empty or unreadable body: no marks).
+pub(crate) fn decode_marks(body: &[u8]) -> Option<Vec<PartitionMark>> {
+    bincode::serde::decode_from_slice(body, bincode::config::standard())
+        .ok()
+        .map(|(m, _)| m)
+}
+
 fn answer(status: StatusCode, text: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(text)));
     *response.status_mut() = status;
@@ -253,20 +269,25 @@ impl Service {
         // reader cannot decode would stop it for good. Only this build's
         // version is taken from a peer (an earlier one is read only from
         // this worker's own journal).
-        match wire::validate(&body) {
-            Ok(()) => {}
+        let spans = match wire::validate(&body) {
+            Ok(spans) => spans,
             Err(e @ WireError::Version { .. }) => {
                 return answer(StatusCode::CONFLICT, e.to_string())
             }
             Err(e) => return answer(StatusCode::BAD_REQUEST, e.to_string()),
-        }
+        };
         let sender = header.sender;
         match self
             .log
-            .append(header, body.to_vec(), self.options.order_wait)
+            .append(header, body.to_vec(), spans, self.options.order_wait)
             .await
         {
-            Appended::Durable => answer(StatusCode::OK, String::new()),
+            Appended::Durable(marks) => {
+                let mut response = Response::new(Full::new(Bytes::from(encode_marks(&marks))));
+                *response.status_mut() = StatusCode::OK;
+                response
+            }
+            Appended::Overlap(reason) => answer(StatusCode::CONFLICT, reason),
             Appended::Stale => answer(
                 StatusCode::CONFLICT,
                 format!("worker {sender} restarted since this batch was sent: a stale session"),

@@ -97,6 +97,7 @@ fn part(source: &str, partition: u32, records: Vec<Record>) -> PartitionBatch {
         partition,
         watermark,
         records,
+        combined_from: None,
     }
 }
 
@@ -409,6 +410,7 @@ async fn the_watermark_is_the_minimum_over_the_senders_partitions() {
         partition,
         watermark,
         records: Vec::new(),
+        combined_from: None,
     };
     within("sending", async {
         // worker 0: data of kafka/0 up to watermark 1000
@@ -552,4 +554,132 @@ async fn a_batch_of_the_previous_format_version_is_refused_with_409() {
         within("whole", post(addr, encode(&header, &parts))).await,
         200
     );
+}
+
+/// Partial results of the offsets `first..=last` (one per key), as a
+/// sender that folds rows sends them.
+fn combined(source: &str, partition: u32, first: u64, last: u64, keys: &[&str]) -> PartitionBatch {
+    PartitionBatch {
+        source: source.into(),
+        partition,
+        watermark: 0,
+        records: keys
+            .iter()
+            .map(|k| Record {
+                offset: last,
+                key_group: 0,
+                key: k.as_bytes().to_vec(),
+                time: 0,
+                watermark: i64::MIN,
+                value: Value::Array(vec![Value::Int((last - first + 1) as i64)]),
+            })
+            .collect(),
+        combined_from: Some(first),
+    }
+}
+
+/// What the acknowledgements say a sender may fold from: the offsets its
+/// partitions are journaled up to, also across a receiver's restart (from
+/// its checkpoint and the journal after it); partial results that would
+/// overlap what the receiver holds are refused (409), and a range applied
+/// before is dropped whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_results_are_taken_once_and_never_over_what_is_held() {
+    let (dir, server, mut reader) = fresh_receiver().await;
+    let addr = server.local_addr().to_string();
+    let mine = 1u32 << 20;
+    let sender = PeerSender::new(addr.clone(), sender_options(1, 1));
+    let marks = within("sending records", async {
+        let mut last = Vec::new();
+        for d in send_range(&sender, "http", mine, 0..100, 40).await {
+            last = d.wait().await.unwrap();
+        }
+        last
+    })
+    .await;
+    assert_eq!(marks.len(), 1, "{marks:?}");
+    assert_eq!((marks[0].partition, marks[0].next_offset), (mine, 100));
+    // partial results of 100..=199 are taken; the marks move past them
+    let marks = within("sending partials", async {
+        let d = sender
+            .send(&[combined("http", mine, 100, 199, &["a", "b"])])
+            .await
+            .unwrap();
+        d.wait().await.unwrap()
+    })
+    .await;
+    assert_eq!(marks[0].next_offset, 200);
+    // another sender's partitions are not reported to this one
+    let other = PeerSender::new(addr.clone(), sender_options(2, 1));
+    let theirs = within("other sender", async {
+        let d = other
+            .send(&[part("http", 2 << 20, vec![record(5)])])
+            .await
+            .unwrap();
+        d.wait().await.unwrap()
+    })
+    .await;
+    assert!(theirs.iter().all(|m| m.partition == 2 << 20), "{theirs:?}");
+    let checkpoint = {
+        let delivered = within("applying", reader.next(8)).await.unwrap();
+        let partials: Vec<&Record> = delivered
+            .iter()
+            .filter(|d| d.records.combined_from.is_some())
+            .flat_map(|d| &d.records.records)
+            .collect();
+        assert_eq!(partials.len(), 2);
+        reader.checkpoint()
+    };
+    reader.commit(&checkpoint).unwrap();
+    server.shutdown().await;
+    drop(reader);
+
+    // The receiver restarts on its checkpoint; the sender restarts too and
+    // replays from an older position.
+    let (_server, mut reader) = receiver(dir.path(), &addr, checkpoint, journal_options()).await;
+    let replay = PeerSender::new(addr.clone(), sender_options(1, 2));
+    let refused = within("straddling partials", async {
+        let d = replay
+            .send(&[combined("http", mine, 150, 260, &["a"])])
+            .await
+            .unwrap();
+        d.wait().await
+    })
+    .await;
+    match refused {
+        Err(SendError::Refused { reason, .. }) => {
+            assert!(reason.contains("150..=260"), "{reason}")
+        }
+        other => panic!("straddling partial results were not refused: {other:?}"),
+    }
+    let replay = PeerSender::new(addr.clone(), sender_options(1, 3));
+    let marks = within("replaying", async {
+        // an old range again (dropped whole), then new records and partials
+        let d = replay
+            .send(&[combined("http", mine, 100, 199, &["a", "b"])])
+            .await
+            .unwrap();
+        d.wait().await.unwrap();
+        acked(send_range(&replay, "http", mine, 150..260, 50).await).await;
+        let d = replay
+            .send(&[combined("http", mine, 260, 300, &["c"])])
+            .await
+            .unwrap();
+        d.wait().await.unwrap()
+    })
+    .await;
+    assert_eq!(marks[0].next_offset, 301);
+    let mut records = Vec::new();
+    let mut partial_keys = Vec::new();
+    while reader.pending() > 0 {
+        for d in within("draining", reader.next(8)).await.unwrap() {
+            if d.records.combined_from.is_some() {
+                partial_keys.extend(d.records.records.iter().map(|r| r.key.clone()));
+            } else {
+                records.extend(d.records.records.iter().map(|r| r.offset));
+            }
+        }
+    }
+    assert_eq!(records, (200..260).collect::<Vec<_>>());
+    assert_eq!(partial_keys, vec![b"c".to_vec()]);
 }

@@ -501,8 +501,12 @@ impl Processor {
         match read {
             Ok(journaled) => {
                 let (batches, news) = c.take(journaled);
-                for (node, batch) in batches {
-                    self.apply(node, batch);
+                for (node, batch, partial) in batches {
+                    if partial {
+                        self.apply_partials(node, batch);
+                    } else {
+                        self.apply(node, batch);
+                    }
                 }
                 if news {
                     // State and marks moved: the next checkpoint must

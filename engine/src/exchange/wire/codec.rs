@@ -1,4 +1,4 @@
-//! The records section of a version 2 batch: a hand-written binary layout
+//! The records section of a version 3 batch: a hand-written binary layout
 //! that costs a few bytes per record and decodes without a serde visitor
 //! per value (the exchange carries every record that changes worker, so
 //! its cost is the price of scaling out).
@@ -11,7 +11,10 @@
 //! ```text
 //! records section = varint(#partitions) partition*
 //! partition       = str(source) varint(partition) zigzag(watermark)
-//!                   varint(#records) record*
+//!                   combined varint(#records) record*
+//! combined        = varint(0)              records (version 2: absent)
+//!                 | varint(first + 1)      partial results folded from
+//!                                          the offsets first..=offset
 //! record          = zigzag(Δoffset) varint(key_group) bytes(key)
 //!                   zigzag(Δtime) zigzag(Δwatermark) value
 //! value           = 0 missing | 1 null | 2 false | 3 true
@@ -27,7 +30,7 @@
 //! references, the end of the input); [`validate`] runs the same reader
 //! without building values.
 
-use super::{PartitionBatch, Record, WireError};
+use super::{PartitionBatch, Record, Span, WireError};
 use crate::value::{Map, Str, Value};
 
 /// Field names a batch remembers for later references (objects in one
@@ -56,6 +59,7 @@ pub(super) fn encode(partitions: &[PartitionBatch], out: &mut Vec<u8>) {
         string(out, &part.source);
         varint(out, u64::from(part.partition));
         zigzag(out, part.watermark);
+        varint(out, part.combined_from.map_or(0, |f| f.saturating_add(1)));
         varint(out, part.records.len() as u64);
         let (mut offset, mut time, mut watermark) = (0u64, 0i64, 0i64);
         for r in &part.records {
@@ -133,19 +137,28 @@ fn string(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-/// Decodes the records section, which must end `bytes`.
-pub(super) fn decode(bytes: &[u8]) -> Result<Vec<PartitionBatch>, WireError> {
-    read::<true>(bytes)
+/// Decodes the records section, which must end `bytes` (`v3`: of this
+/// version, else of version 2).
+pub(super) fn decode(bytes: &[u8], v3: bool) -> Result<Vec<PartitionBatch>, WireError> {
+    read::<true>(bytes, v3, &mut Vec::new())
 }
 
-/// Checks that [`decode`] accepts `bytes` without building anything.
-pub(super) fn validate(bytes: &[u8]) -> Result<(), WireError> {
-    read::<false>(bytes).map(drop)
+/// Checks that [`decode`] accepts `bytes` (this version) without building
+/// anything; returns the offsets each partition with records covers.
+pub(super) fn validate(bytes: &[u8]) -> Result<Vec<Span>, WireError> {
+    let mut spans = Vec::new();
+    read::<false>(bytes, true, &mut spans)?;
+    Ok(spans)
 }
 
 /// Reads the records section; builds the partitions only with `BUILD`
-/// (otherwise returns an empty vector after the same checks).
-fn read<const BUILD: bool>(bytes: &[u8]) -> Result<Vec<PartitionBatch>, WireError> {
+/// (otherwise returns an empty vector after the same checks, and the
+/// partitions' spans in `spans`).
+fn read<const BUILD: bool>(
+    bytes: &[u8],
+    v3: bool,
+    spans: &mut Vec<Span>,
+) -> Result<Vec<PartitionBatch>, WireError> {
     let mut r = Reader { bytes, at: 0 };
     let mut names = Names::default();
     let count = r.len()?;
@@ -155,11 +168,19 @@ fn read<const BUILD: bool>(bytes: &[u8]) -> Result<Vec<PartitionBatch>, WireErro
         let partition =
             u32::try_from(r.varint()?).map_err(|_| r.malformed("a partition number over u32"))?;
         let watermark = r.zigzag()?;
+        let combined_from = match if v3 { r.varint()? } else { 0 } {
+            0 => None,
+            f => Some(f - 1),
+        };
         let n = r.len()?;
         let mut records = Vec::with_capacity(if BUILD { n } else { 0 });
         let (mut offset, mut time, mut mark) = (0u64, 0i64, 0i64);
-        for _ in 0..n {
+        let mut first = 0;
+        for k in 0..n {
             offset = offset.wrapping_add(r.zigzag()? as u64);
+            if k == 0 {
+                first = offset;
+            }
             let key_group =
                 u16::try_from(r.varint()?).map_err(|_| r.malformed("a key group over u16"))?;
             let key = r.bytes()?;
@@ -183,6 +204,15 @@ fn read<const BUILD: bool>(bytes: &[u8]) -> Result<Vec<PartitionBatch>, WireErro
                 partition,
                 watermark,
                 records,
+                combined_from,
+            });
+        } else if n > 0 {
+            spans.push(Span {
+                source: Str::from(source),
+                partition,
+                first: combined_from.unwrap_or(first),
+                last: offset,
+                combined: combined_from.is_some(),
             });
         }
     }

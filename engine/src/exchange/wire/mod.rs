@@ -8,10 +8,11 @@
 //! header comes first so that a receiver can refuse a batch (other
 //! version, other topology) without reading its records.
 //!
-//! Version 1 wrote the records section in bincode too. A receiver accepts
-//! only [`WIRE_VERSION`] from its peers, but still reads version 1 batches
-//! from its own inbound journal, so that a worker upgraded with batches
-//! journaled but not yet applied resumes.
+//! Version 1 wrote the records section in bincode too; version 2 had no
+//! combined ranges ([`PartitionBatch::combined_from`]). A receiver accepts
+//! only [`WIRE_VERSION`] from its peers, but still reads version 1 and 2
+//! batches from its own inbound journal, so that a worker upgraded with
+//! batches journaled but not yet applied resumes.
 
 mod codec;
 
@@ -25,7 +26,10 @@ pub const MAGIC: &[u8; 4] = b"SLXB";
 /// The version of the format written by this build. A receiver refuses any
 /// other version from a peer (it would mean the two workers run different
 /// builds).
-pub const WIRE_VERSION: u16 = 2;
+pub const WIRE_VERSION: u16 = 3;
+
+/// Version 2: the layout of [`codec`] without combined ranges.
+const V2: u16 = 2;
 
 /// The bincode records section of version 1, still read from journals.
 const BINCODE_VERSION: u16 = 1;
@@ -56,8 +60,32 @@ pub struct PartitionBatch {
     /// The sender's watermark of this partition after these records: a
     /// heartbeat when `records` is empty.
     pub watermark: i64,
-    /// Records in the order of their offsets (strictly increasing).
+    /// Records in the order of their offsets (strictly increasing); or,
+    /// with `combined_from`, partial results.
     pub records: Vec<Record>,
+    /// `Some(first)` when the records are partial results (one per key,
+    /// see [`crate::operator::Combiner`]) folded from the records of this
+    /// partition at offsets `first` through the records' `offset` (all the
+    /// same): the receiver takes them all or, when it applied that range
+    /// before, none.
+    #[serde(skip)]
+    pub combined_from: Option<u64>,
+}
+
+/// The offsets one partition of a batch covers (from [`validate`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Span {
+    /// The partition's source (stream) name.
+    pub source: Str,
+    /// The partition.
+    pub partition: u32,
+    /// The first offset covered: the first record's, or the start of the
+    /// combined range.
+    pub first: u64,
+    /// The last record's offset.
+    pub last: u64,
+    /// The records are partial results.
+    pub combined: bool,
 }
 
 /// One keyed record. Its id is `(source, partition, offset)`: a position in
@@ -143,7 +171,7 @@ fn read_header(bytes: &[u8]) -> Result<(u16, BatchHeader, usize), WireError> {
         .get(MAGIC.len()..PREFIX)
         .map(|v| u16::from_le_bytes([v[0], v[1]]))
         .ok_or(WireError::NoMagic)?;
-    if version != WIRE_VERSION && version != BINCODE_VERSION {
+    if version != WIRE_VERSION && version != V2 && version != BINCODE_VERSION {
         return Err(WireError::Version { found: version });
     }
     let (header, used) = bincode::serde::decode_from_slice(&bytes[PREFIX..], config())
@@ -151,8 +179,8 @@ fn read_header(bytes: &[u8]) -> Result<(u16, BatchHeader, usize), WireError> {
     Ok((version, header, PREFIX + used))
 }
 
-/// Decodes a whole batch (this version or version 1, as journaled by an
-/// earlier build).
+/// Decodes a whole batch (this version or version 1 or 2, as journaled by
+/// an earlier build).
 ///
 /// # Errors
 /// As [`decode_header`]; trailing bytes are [`WireError::Malformed`].
@@ -161,7 +189,7 @@ pub fn decode(bytes: &[u8]) -> Result<Batch, WireError> {
     let partitions = if version == BINCODE_VERSION {
         decode_bincode(&bytes[at..])?
     } else {
-        codec::decode(&bytes[at..])?
+        codec::decode(&bytes[at..], version == WIRE_VERSION)?
     };
     Ok(Batch { header, partitions })
 }
@@ -187,12 +215,32 @@ fn decode_bincode(bytes: &[u8]) -> Result<Vec<PartitionBatch>, WireError> {
 /// # Errors
 /// As [`decode`]; [`WireError::Version`] for any other version than
 /// [`WIRE_VERSION`].
-pub fn validate(bytes: &[u8]) -> Result<(), WireError> {
+///
+/// Returns the offsets each partition with records covers.
+pub fn validate(bytes: &[u8]) -> Result<Vec<Span>, WireError> {
     let (version, _, at) = read_header(bytes)?;
     if version != WIRE_VERSION {
         return Err(WireError::Version { found: version });
     }
     codec::validate(&bytes[at..])
+}
+
+/// The offsets each partition of a decoded batch with records covers (as
+/// [`validate`] returns them).
+pub fn spans_of(partitions: &[PartitionBatch]) -> Vec<Span> {
+    partitions
+        .iter()
+        .filter_map(|p| {
+            let (first, last) = (p.records.first()?.offset, p.records.last()?.offset);
+            Some(Span {
+                source: p.source.clone(),
+                partition: p.partition,
+                first: p.combined_from.unwrap_or(first),
+                last,
+                combined: p.combined_from.is_some(),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -249,12 +297,16 @@ mod tests {
             any::<u32>(),
             any::<i64>(),
             proptest::collection::vec(record(), 0..8),
+            proptest::option::of(0..u64::MAX - 1),
         )
-            .prop_map(|(source, partition, watermark, records)| PartitionBatch {
-                source: source.into(),
-                partition,
-                watermark,
-                records,
+            .prop_map(|(source, partition, watermark, records, combined_from)| {
+                PartitionBatch {
+                    source: source.into(),
+                    partition,
+                    watermark,
+                    records,
+                    combined_from,
+                }
             })
     }
 
@@ -275,6 +327,7 @@ mod tests {
             let bytes = encode(&header, &partitions);
             let (h, _) = decode_header(&bytes).unwrap();
             prop_assert_eq!(&h, &header);
+            prop_assert_eq!(validate(&bytes).unwrap(), spans_of(&partitions));
             let batch = decode(&bytes).unwrap();
             prop_assert_eq!(batch, Batch { header, partitions });
         }
@@ -317,10 +370,10 @@ mod tests {
             seq: 3,
         };
         let mut bytes = encode(&header, &[]);
-        bytes[4] = 3;
+        bytes[4] = 4;
         assert!(matches!(
             decode_header(&bytes),
-            Err(WireError::Version { found: 3 })
+            Err(WireError::Version { found: 4 })
         ));
         assert!(matches!(decode(b"JSON{}"), Err(WireError::NoMagic)));
     }
@@ -348,6 +401,7 @@ mod tests {
                 watermark: 990,
                 value: Value::Object(Map(vec![("country".into(), Value::from("NO"))])),
             }],
+            combined_from: None,
         }];
         let mut v1 = Vec::new();
         v1.extend_from_slice(MAGIC);
@@ -369,6 +423,89 @@ mod tests {
         assert_eq!(
             decode(&encode(&header, &partitions)).unwrap().partitions,
             partitions
+        );
+        // Version 2: the same layout without the combined range.
+        let v3 = encode(&header, &partitions);
+        let (_, at) = decode_header(&v3).unwrap();
+        // count, source "in", partition 3, watermark 1000 (2 bytes), then the range
+        let range = at + 1 + 3 + 1 + 2;
+        assert_eq!(v3[range], 0);
+        let mut v2 = v3.clone();
+        v2.remove(range);
+        v2[MAGIC.len()..PREFIX].copy_from_slice(&2u16.to_le_bytes());
+        assert_eq!(decode(&v2).unwrap().partitions, partitions);
+        assert!(matches!(
+            validate(&v2),
+            Err(WireError::Version { found: 2 })
+        ));
+    }
+
+    /// A combined partition comes back with its range, and its span starts
+    /// at the range's first offset.
+    #[test]
+    fn combined_ranges_round_trip_and_span_their_offsets() {
+        let header = BatchHeader {
+            signature: "s".into(),
+            sender: 1,
+            session: 0,
+            seq: 0,
+        };
+        let partial = |key: &[u8]| Record {
+            offset: 900,
+            key_group: 3,
+            key: key.to_vec(),
+            time: 0,
+            watermark: i64::MIN,
+            value: Value::Array(vec![Value::Int(41)]),
+        };
+        let partitions = vec![
+            PartitionBatch {
+                source: "in\0agg".into(),
+                partition: 1 << 20,
+                watermark: 5,
+                records: vec![Record {
+                    offset: 99,
+                    ..partial(b"")
+                }],
+                combined_from: None,
+            },
+            PartitionBatch {
+                source: "in\0agg".into(),
+                partition: 1 << 20,
+                watermark: 5,
+                records: vec![partial(b"a"), partial(b"b")],
+                combined_from: Some(100),
+            },
+            PartitionBatch {
+                source: "in".into(),
+                partition: u32::MAX,
+                watermark: 5,
+                records: Vec::new(),
+                combined_from: None,
+            },
+        ];
+        let bytes = encode(&header, &partitions);
+        assert_eq!(decode(&bytes).unwrap().partitions, partitions);
+        let spans = validate(&bytes).unwrap();
+        assert_eq!(spans, spans_of(&partitions));
+        assert_eq!(
+            spans,
+            vec![
+                Span {
+                    source: "in\0agg".into(),
+                    partition: 1 << 20,
+                    first: 99,
+                    last: 99,
+                    combined: false
+                },
+                Span {
+                    source: "in\0agg".into(),
+                    partition: 1 << 20,
+                    first: 100,
+                    last: 900,
+                    combined: true
+                }
+            ]
         );
     }
 
@@ -397,6 +534,7 @@ mod tests {
             partition: 0,
             watermark: 0,
             records,
+            combined_from: None,
         }];
         let header = BatchHeader {
             signature: "s".into(),
@@ -419,9 +557,9 @@ mod tests {
         };
         let mut bytes = encode(&header, &[]);
         bytes.pop(); // no partitions: replace the count
-                     // one partition "p", number 0, watermark 0, one record whose value
+                     // one partition "p", number 0, watermark 0, not combined, one record whose value
                      // is an array of an array of ... 100,000 deep
-        bytes.extend_from_slice(&[1, 1, b'p', 0, 0, 1, 0, 0, 0, 0, 0]);
+        bytes.extend_from_slice(&[1, 1, b'p', 0, 0, 0, 1, 0, 0, 0, 0, 0]);
         for _ in 0..100_000 {
             bytes.extend_from_slice(&[7, 1]);
         }
@@ -455,6 +593,7 @@ mod tests {
             partition: 0,
             watermark: 0,
             records: vec![record.clone()],
+            combined_from: None,
         };
         let json = serde_json::to_vec(&record).unwrap().len();
         let mut many = one.clone();
@@ -493,6 +632,7 @@ mod tests {
                     value: Value::Object(Map(vec![("country".into(), Value::from("NO"))])),
                 })
                 .collect(),
+            combined_from: None,
         };
         let per_record =
             (encode(&header, &[part(1001)]).len() - encode(&header, &[part(1)]).len()) / 1000;

@@ -2,7 +2,7 @@
 //! number unacknowledged, acknowledgements counted in order, status for
 //! readiness and metrics.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use metrics::Label;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
+use crate::exchange::marks::{PartitionId, PartitionMark};
 use crate::exchange::wire::PartitionBatch;
 use crate::exchange::{PeerSender, PeerStatus, SendError, SenderOptions};
 use crate::metrics as m;
@@ -30,10 +31,19 @@ pub(super) struct Peer {
     /// Batches the peer holds durably.
     pub(super) durable: watch::Receiver<u64>,
     pub(super) status: watch::Receiver<PeerStatus>,
+    /// From the first acknowledgement of the link's current session: per
+    /// partition of this worker, the offset from which rows may be folded
+    /// into partial results for this peer (see
+    /// [`JournaledMarks`](crate::exchange::marks::JournaledMarks)); `None`
+    /// until then.
+    pub(super) fold_from: watch::Receiver<Option<Arc<FoldFrom>>>,
     pub(super) labels: Vec<Label>,
 }
 
-type Waiting = Pin<Box<dyn Future<Output = Result<(), SendError>> + Send>>;
+/// Per partition, the first offset that may be folded (absent: any).
+pub(super) type FoldFrom = HashMap<PartitionId, u64>;
+
+type Waiting = Pin<Box<dyn Future<Output = Result<Vec<PartitionMark>, SendError>> + Send>>;
 
 impl Peer {
     pub(super) fn start(
@@ -45,9 +55,13 @@ impl Peer {
         let (tx, rx) = mpsc::unbounded_channel();
         let (durable_tx, durable) = watch::channel(0u64);
         let (status_tx, status) = watch::channel(PeerStatus::Connecting);
-        tokio::spawn(
-            link(address, options, rx, durable_tx, status_tx, labels.clone()).in_current_span(),
-        );
+        let (fold_tx, fold_from) = watch::channel(None);
+        let ends = LinkEnds {
+            durable: durable_tx,
+            status: status_tx,
+            fold_from: fold_tx,
+        };
+        tokio::spawn(link(address, options, rx, ends, labels.clone()).in_current_span());
         Peer {
             worker,
             tx,
@@ -56,6 +70,7 @@ impl Peer {
             finished_sent: false,
             durable,
             status,
+            fold_from,
             labels,
         }
     }
@@ -74,14 +89,25 @@ impl Peer {
 /// unacknowledged, counts the durable ones in order, and after a refusal
 /// (another topology) waits and starts over with a new session, sending
 /// again everything not acknowledged (the peer drops what it holds).
+/// What a link reports to the processor.
+struct LinkEnds {
+    durable: watch::Sender<u64>,
+    status: watch::Sender<PeerStatus>,
+    fold_from: watch::Sender<Option<Arc<FoldFrom>>>,
+}
+
 async fn link(
     address: String,
     mut options: SenderOptions,
     mut rx: mpsc::UnboundedReceiver<Arc<Vec<PartitionBatch>>>,
-    durable: watch::Sender<u64>,
-    status: watch::Sender<PeerStatus>,
+    ends: LinkEnds,
     labels: Vec<Label>,
 ) {
+    let LinkEnds {
+        durable,
+        status,
+        fold_from,
+    } = ends;
     let max_in_flight = options.max_in_flight.max(1);
     let mut sender = PeerSender::new(address.clone(), options.clone());
     let mut unacked: VecDeque<(Arc<Vec<PartitionBatch>>, Waiting, Instant)> = VecDeque::new();
@@ -105,7 +131,16 @@ async fn link(
             },
             result = async { (&mut unacked.front_mut().expect("non-empty").1).await }, if !unacked.is_empty() => {
                 match result {
-                    Ok(()) => {
+                    Ok(marks) => {
+                        if fold_from.borrow().is_none() {
+                            // The first acknowledgement of this session: no
+                            // earlier session can journal anything more.
+                            let from = marks
+                                .into_iter()
+                                .map(|m| ((m.source, m.partition), m.next_offset))
+                                .collect();
+                            fold_from.send_replace(Some(Arc::new(from)));
+                        }
                         let (_, _, sent) = unacked.pop_front().expect("non-empty");
                         done += 1;
                         durable.send_replace(done);
@@ -121,6 +156,7 @@ async fn link(
                         tracing::error!(peer = %address, %reason,
                             "the worker refuses this worker's batches; waiting for it to run the same pipeline and worker count");
                         status.send_replace(PeerStatus::Refused { reason });
+                        fold_from.send_replace(None);
                         tokio::time::sleep(Duration::from_secs(5)).await;
                         options.session = options.session.saturating_add(1).max(
                             std::time::SystemTime::now()

@@ -38,6 +38,7 @@ use tracing::Instrument;
 
 use crate::batch::{Batch, Origin, RowMeta};
 use crate::cluster::{ClusterSpec, WorkerId};
+use crate::dead_letter::DeadLetter;
 use crate::exchange::inbound::{InboundState, Journaled};
 use crate::exchange::wire::{PartitionBatch, Record};
 use crate::exchange::{
@@ -46,9 +47,9 @@ use crate::exchange::{
 };
 use crate::health::SourceHealth;
 use crate::journal::JournalOptions;
-use crate::keys::key_group;
+use crate::keys::{key_group, GroupKey};
 use crate::metrics as m;
-use crate::operator::Operator;
+use crate::operator::{Combiner, Emitter, Operator};
 use crate::source::Distribution;
 use crate::state::encode;
 use crate::value::{Str, Value};
@@ -120,6 +121,13 @@ pub(super) struct ClusterRun {
     /// Outgoing records per worker, per (stream, partition).
     out: Vec<BTreeMap<(Str, u32), PartitionBatch>>,
     out_records: usize,
+    /// Rows folded into partial results, per worker, per (stream, partition).
+    folding: Vec<BTreeMap<(Str, u32), Folding>>,
+    /// Rows folded and not sent yet; keys holding a partial result.
+    folded_rows: usize,
+    folded_keys: usize,
+    /// Per graph node: whether its operator has a combiner (asked once).
+    combinable: Vec<Option<bool>>,
     inbound: InboundState,
     inbound_rx: Option<mpsc::Receiver<Result<Vec<Journaled>, ExchangeError>>>,
     /// Workers whose input has ended.
@@ -287,6 +295,10 @@ impl ClusterRun {
             idle_ms: sources.iter().map(|(_, _, i)| *i).collect(),
             exchanged: exchanged.into_iter().collect(),
             out: (0..me.workers).map(|_| BTreeMap::new()).collect(),
+            folding: (0..me.workers).map(|_| BTreeMap::new()).collect(),
+            folded_rows: 0,
+            folded_keys: 0,
+            combinable: vec![None; graph.nodes.len()],
             peers,
             out_records: 0,
             inbound,
@@ -294,7 +306,11 @@ impl ClusterRun {
             finished: BTreeSet::new(),
             sent_finished: false,
             started_ms: crate::time::now_ms(),
-            last_heartbeat: Instant::now(),
+            // the first heartbeat goes out at once: its answer tells from
+            // where rows may be folded (and the peer is reached sooner)
+            last_heartbeat: Instant::now()
+                .checked_sub(Duration::from_secs(1))
+                .unwrap_or_else(Instant::now),
             health,
             server: Some(server),
             pipeline_labels: p,
@@ -333,8 +349,19 @@ impl ClusterRun {
     }
 
     /// Keeps the rows of `batch` this worker owns (and has not applied
-    /// before) and buffers the others for their owners.
-    pub(super) fn route(&mut self, node_name: &str, mut batch: Batch, op: &dyn Operator) -> Batch {
+    /// before) and buffers the others for their owners: as records, or,
+    /// when `op` has a combiner and the rows come from a partition only
+    /// this worker reads, folded into partial results (from the offsets the
+    /// owner said it holds nothing of, see [`link::FoldFrom`]). Rows the
+    /// combiner refuses go to `dead`.
+    pub(super) fn route(
+        &mut self,
+        node: usize,
+        node_name: &str,
+        mut batch: Batch,
+        op: &dyn Operator,
+        dead: &mut Vec<DeadLetter>,
+    ) -> Batch {
         let Some(origin) = batch.origin.clone() else {
             return batch;
         };
@@ -351,9 +378,28 @@ impl ClusterRun {
             Distribution::SharedPartitions | Distribution::SharedQueue
         );
         let id = (stream.clone(), origin.partition);
+        // Per worker: the combiner and the first offset it may fold.
+        let mut folders: Vec<Option<(Folding, u64)>> = Vec::new();
+        if !shared && *self.combinable[node].get_or_insert_with(|| op.combiner().is_some()) {
+            for (w, peer) in self.peers.iter().enumerate() {
+                let from = peer.as_ref().and_then(|p| {
+                    let from = p.fold_from.borrow();
+                    from.as_ref().map(|f| f.get(&id).copied().unwrap_or(0))
+                });
+                folders.push(from.and_then(|from| {
+                    let folding = match self.folding[w].remove(&id) {
+                        Some(f) => f,
+                        None => Folding::new(op.combiner()?),
+                    };
+                    Some((folding, from))
+                }));
+            }
+        }
         let mut keep = vec![true; batch.len()];
         let mut replayed = 0u64;
         let mut moved = 0usize;
+        let mut folded = 0usize;
+        let mut out = Vec::new();
         // the records for each other worker, in offset order
         let mut moving: Vec<Vec<Record>> = Vec::new();
         for (i, key) in keys.iter().enumerate() {
@@ -374,6 +420,13 @@ impl ClusterRun {
                 continue;
             }
             keep[i] = false;
+            if let (Some(Some((f, from))), Ok(k)) = (folders.get_mut(owner as usize), key) {
+                if meta.offset >= *from {
+                    f.add(k, &batch, i, meta.offset, &mut out, dead);
+                    folded += 1;
+                    continue;
+                }
+            }
             moved += 1;
             if moving.is_empty() {
                 moving.resize_with(self.out.len(), Vec::new);
@@ -388,6 +441,15 @@ impl ClusterRun {
                 value: std::mem::replace(&mut batch.rows[i], Value::Null),
             });
         }
+        for (w, f) in folders.into_iter().enumerate() {
+            if let Some((f, _)) = f {
+                self.folded_keys += f.combiner.len() - f.keys_counted;
+                let mut f = f;
+                f.keys_counted = f.combiner.len();
+                self.folding[w].insert(id.clone(), f);
+            }
+        }
+        self.folded_rows += folded;
         for (owner, records) in moving.into_iter().enumerate() {
             if records.is_empty() {
                 continue;
@@ -399,6 +461,7 @@ impl ClusterRun {
                     partition: origin.partition,
                     watermark: i64::MIN,
                     records: Vec::new(),
+                    combined_from: None,
                 });
             if part.records.is_empty() {
                 part.records = records;
@@ -412,7 +475,7 @@ impl ClusterRun {
             metrics::counter!(m::EXCHANGE_REPLAYED_RECORDS, self.pipeline_labels.clone())
                 .increment(replayed);
         }
-        if moved > 0 || replayed > 0 {
+        if moved > 0 || replayed > 0 || folded > 0 {
             batch.retain_mask(&keep);
         }
         batch
@@ -420,7 +483,7 @@ impl ClusterRun {
 
     /// True when enough records are buffered to send them now.
     pub(super) fn should_flush(&self) -> bool {
-        self.out_records >= FLUSH_RECORDS
+        self.out_records + self.folded_keys >= FLUSH_RECORDS
     }
 
     /// Sends the buffered records, each peer's batch with this worker's
@@ -439,10 +502,24 @@ impl ClusterRun {
             let buffered = std::mem::take(&mut self.out[w]);
             let idle = peer.enqueued == *peer.durable.borrow();
             let finishing = self.sent_finished && !peer.finished_sent;
-            if buffered.is_empty() && !(heartbeat && idle) && !finishing {
+            let folded = self.folding[w].values().any(|f| f.rows > 0);
+            if buffered.is_empty() && !folded && !(heartbeat && idle) && !finishing {
                 continue;
             }
+            // A partition's records come before its partial results (they
+            // are at lower offsets).
             let mut parts: Vec<PartitionBatch> = buffered.into_values().collect();
+            let mut folded_rows = 0;
+            for ((stream, partition), f) in &mut self.folding[w] {
+                folded_rows += f.rows;
+                if let Some(part) = f.take(stream, *partition, self.key_groups) {
+                    parts.push(part);
+                }
+            }
+            if folded_rows > 0 {
+                metrics::counter!(m::EXCHANGE_FOLDED_ROWS, peer.labels.clone())
+                    .increment(folded_rows as u64);
+            }
             let mut records = 0u64;
             for part in &mut parts {
                 records += part.records.len() as u64;
@@ -459,6 +536,7 @@ impl ClusterRun {
                     partition: HEARTBEAT,
                     watermark: wm,
                     records: Vec::new(),
+                    combined_from: None,
                 });
             }
             if self.sent_finished {
@@ -470,6 +548,8 @@ impl ClusterRun {
             peer.send(parts, data);
         }
         self.out_records = 0;
+        self.folded_rows = 0;
+        self.folded_keys = 0;
         if heartbeat {
             self.last_heartbeat = Instant::now();
         }
@@ -514,6 +594,7 @@ impl ClusterRun {
     /// Every batch sent is durable at its owner.
     pub(super) fn all_delivered(&self) -> bool {
         self.out_records == 0
+            && self.folded_rows == 0
             && self
                 .peers
                 .iter()
@@ -547,16 +628,19 @@ impl ClusterRun {
             })
             .collect();
         format!(
-            "input of workers {missing:?} not finished; {} inbound batches not applied; undelivered: {undelivered:?}; {} rows buffered",
+            "input of workers {missing:?} not finished; {} inbound batches not applied; undelivered: {undelivered:?}; {} rows buffered, {} folded",
             self.inbound.pending(),
-            self.out_records
+            self.out_records,
+            self.folded_rows
         )
     }
 
     /// Takes in journaled batches: returns, per exchange point, the rows to
-    /// apply, and whether anything but heartbeats came (a heartbeat alone
-    /// does not call for a checkpoint: an idle cluster would never be).
-    pub(super) fn take(&mut self, journaled: Vec<Journaled>) -> (Vec<(usize, Batch)>, bool) {
+    /// apply (with true for partial results: `keys` the group keys, `rows`
+    /// the partial values), and whether anything but heartbeats came (a
+    /// heartbeat alone does not call for a checkpoint: an idle cluster
+    /// would never be).
+    pub(super) fn take(&mut self, journaled: Vec<Journaled>) -> (Vec<(usize, Batch, bool)>, bool) {
         let now = crate::time::now_ms();
         let mut out = Vec::new();
         let mut news = false;
@@ -590,7 +674,14 @@ impl ClusterRun {
                     source: Arc::from(source),
                     partition: part.partition,
                 });
+                let partial = part.combined_from.is_some();
+                if partial {
+                    batch.keys.reserve(n);
+                }
                 for r in part.records {
+                    if partial {
+                        batch.keys.push(GroupKey::from_vec(r.key));
+                    }
                     batch.rows.push(r.value);
                     batch.meta.push(RowMeta {
                         time: r.time,
@@ -600,7 +691,7 @@ impl ClusterRun {
                         watermark: r.watermark,
                     });
                 }
-                out.push((node, batch));
+                out.push((node, batch, partial));
                 news = true;
             }
         }
@@ -712,6 +803,81 @@ fn finished_entry() -> PartitionBatch {
         partition: HEARTBEAT,
         watermark: i64::MAX,
         records: Vec::new(),
+        combined_from: None,
+    }
+}
+
+/// Rows of one partition bound for one worker, folded into partial results.
+struct Folding {
+    combiner: Box<dyn Combiner>,
+    /// The offsets of the first and last row folded since the last send.
+    first: u64,
+    last: u64,
+    rows: usize,
+    /// `combiner.len()` as counted in `ClusterRun::folded_keys`.
+    keys_counted: usize,
+}
+
+impl Folding {
+    fn new(combiner: Box<dyn Combiner>) -> Self {
+        Folding {
+            combiner,
+            first: 0,
+            last: 0,
+            rows: 0,
+            keys_counted: 0,
+        }
+    }
+
+    fn add(
+        &mut self,
+        key: &[u8],
+        batch: &Batch,
+        i: usize,
+        offset: u64,
+        out: &mut Vec<Batch>,
+        dead: &mut Vec<DeadLetter>,
+    ) {
+        if self.rows == 0 {
+            self.first = offset;
+        }
+        self.last = offset;
+        self.rows += 1;
+        self.combiner.add(key, batch, i, &mut Emitter { out, dead });
+    }
+
+    /// The partial results folded since the last call, as a partition of a
+    /// batch (its watermark is set by the caller); `None` if none.
+    fn take(&mut self, stream: &Str, partition: u32, key_groups: u16) -> Option<PartitionBatch> {
+        if self.rows == 0 {
+            return None;
+        }
+        let mut partials = Vec::with_capacity(self.combiner.len());
+        self.combiner.drain(&mut partials);
+        let (first, last) = (self.first, self.last);
+        self.rows = 0;
+        self.keys_counted = 0;
+        if partials.is_empty() {
+            // every row was refused (dead letters here)
+            return None;
+        }
+        Some(PartitionBatch {
+            source: stream.clone(),
+            partition,
+            watermark: i64::MIN,
+            records: partials
+                .into_iter()
+                .map(|(key, value)| Record {
+                    offset: last,
+                    key_group: key_group(&key, key_groups),
+                    key: key.into_vec(),
+                    time: 0,
+                    watermark: i64::MIN,
+                    value,
+                })
+                .collect(),
+            combined_from: Some(first),
+        })
     }
 }
 

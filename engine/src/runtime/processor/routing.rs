@@ -33,12 +33,14 @@ impl Processor {
 
     fn push(&mut self, node: usize, batch: Batch) {
         let t = node.wrapping_sub(self.n_sources);
+        let mut dead = Vec::new();
         let batch = match (&mut self.cluster, self.operators.get(t)) {
             (Some(c), Some(Some(op))) if c.is_point(node) && batch.origin.is_some() => {
-                c.route(&self.names[node], batch, op.as_ref())
+                c.route(node, &self.names[node], batch, op.as_ref(), &mut dead)
             }
             _ => batch,
         };
+        self.dead_letters(dead);
         if batch.is_empty() && self.sink_of[node].is_none() {
             return;
         }
@@ -56,6 +58,26 @@ impl Processor {
         let mut dead = Vec::new();
         if let Some(op) = self.operators[t].as_mut() {
             op.process(
+                batch,
+                &mut Emitter {
+                    out: &mut out,
+                    dead: &mut dead,
+                },
+            );
+        }
+        self.dead_letters(dead);
+        for b in out {
+            self.forward(node, b);
+        }
+    }
+
+    /// Merges partial results other workers folded for `node` (an
+    /// operator with a combiner).
+    pub(super) fn apply_partials(&mut self, node: usize, batch: Batch) {
+        let mut out = Vec::new();
+        let mut dead = Vec::new();
+        if let Some(op) = self.operators[node - self.n_sources].as_mut() {
+            op.merge_partials(
                 batch,
                 &mut Emitter {
                     out: &mut out,
