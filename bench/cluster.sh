@@ -205,13 +205,14 @@ import json, statistics, sys
 path, git, load_start, load_end, n, runs, exit_ = sys.argv[1:]
 rows = [json.loads(l) for l in open(path)]
 print()
-print("| workers | rep | events/s | end to end s | p50 ms | p99 ms | peak RSS MiB per worker | CPU s per worker | loadgen CPU s | exchanged records sent | 503 retries | load 1m | result |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("| workers | rep | events/s | end to end s | send s | p50 ms | p99 ms | peak RSS MiB per worker | CPU s per worker | loadgen CPU s | exchanged records sent | rows folded | 503 retries | load 1m | result |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for r in rows:
     sent = sum(e["sent_records"] for e in (r["exchange"] or []))
-    print(f"| {r['workers']} | {r['rep']} | {r['events_per_s']:,} | {r['end_to_end_s']} | {r['p50_ms']} | {r['p99_ms']} "
+    folded = sum(e.get("folded_rows", 0) for e in (r["exchange"] or []))
+    print(f"| {r['workers']} | {r['rep']} | {r['events_per_s']:,} | {r['end_to_end_s']} | {r['send_s']} | {r['p50_ms']} | {r['p99_ms']} "
           f"| {' / '.join(str(x) for x in r['peak_rss_mib'])} | {' / '.join(str(x) for x in r['cpu_s'])} "
-          f"| {r['loadgen_cpu_s']} | {int(sent):,} | {r['retries_503']} | {r['loadavg_1m']} | {r['status']} |")
+          f"| {r['loadgen_cpu_s']} | {int(sent):,} | {int(folded):,} | {r['retries_503']} | {r['loadavg_1m']} | {r['status']} |")
 def stats(w, key):
     v = [r[key] for r in rows if r["workers"] == w and r["status"] == "exact"]
     return (min(v), statistics.median(v), max(v)) if v else None

@@ -9,7 +9,8 @@ and the merged table must equal the oracle (`country,count` lines). Prints
 one JSON line: `waited_s` (from this script's start until the first exact
 poll), `status` (`exact`, or `mismatch` with a summary of the last poll),
 `rows_per_worker`, and per worker the sum of
-`sluice_exchange_sent_records_total` and
+`sluice_exchange_sent_records_total`,
+`sluice_exchange_folded_rows_total` and
 `sluice_exchange_received_records_total` from its `/metrics` (0 when the
 worker exports none: one worker has no exchange). Exit status 0 when exact.
 """
@@ -79,6 +80,7 @@ def main():
             text = ""
         exchange.append({
             "sent_records": metric_sum(text, "sluice_exchange_sent_records_total"),
+            "folded_rows": metric_sum(text, "sluice_exchange_folded_rows_total"),
             "received_records": metric_sum(text, "sluice_exchange_received_records_total"),
         })
     print(json.dumps({

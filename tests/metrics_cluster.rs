@@ -365,9 +365,9 @@ fn each_worker_exports_its_identity_key_groups_and_exchange_traffic() {
             n.len() == KEYS && n.values().all(|v| *v == Some(2 * expected))
         },
     );
-    for me in 0..WORKERS {
+    for (me, (folded_before, sent_before)) in before.into_iter().enumerate() {
         let (folded, sent) = folded_and_sent(&scrape(c.admin[me]), me);
-        let (folded, sent) = (folded - before[me].0, sent - before[me].1);
+        let (folded, sent) = (folded - folded_before, sent - sent_before);
         assert!(
             folded > 0.0 && sent < folded,
             "worker {me}: {folded} rows folded into {sent} records sent in the second round"

@@ -161,6 +161,7 @@ fn cluster_exposition() -> String {
         (m::WORKER_INFO, "gauge"),
         (m::KEY_GROUPS_OWNED, "gauge"),
         (m::EXCHANGE_SENT_RECORDS, "counter"),
+        (m::EXCHANGE_FOLDED_ROWS, "counter"),
         (m::EXCHANGE_SENT_BYTES, "counter"),
         (m::EXCHANGE_ACKED_BATCHES, "counter"),
         (m::EXCHANGE_DELIVERY_LATENCY, "histogram"),

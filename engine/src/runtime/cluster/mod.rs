@@ -503,7 +503,8 @@ impl ClusterRun {
             let idle = peer.enqueued == *peer.durable.borrow();
             let finishing = self.sent_finished && !peer.finished_sent;
             let folded = self.folding[w].values().any(|f| f.rows > 0);
-            if buffered.is_empty() && !folded && !(heartbeat && idle) && !finishing {
+            let news = !buffered.is_empty() || folded || finishing;
+            if !(news || heartbeat && idle) {
                 continue;
             }
             // A partition's records come before its partial results (they
