@@ -165,6 +165,21 @@ format = "changes"
     }
 }
 
+/// Posts `body` (NDJSON) to every worker's HTTP source.
+fn post_to_each(c: &Cluster, body: &str) {
+    for port in &c.ingest {
+        let (status, answer) = http_request(
+            *port,
+            "POST",
+            "/ingest",
+            &[("Content-Type", "application/x-ndjson")],
+            body.as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(status, 202, "{answer}");
+    }
+}
+
 /// Worker `me`'s rows folded for the other worker and records sent to it.
 fn folded_and_sent(s: &[Series], me: usize) -> (f64, f64) {
     let peer = (1 - me).to_string();
@@ -183,17 +198,7 @@ fn each_worker_exports_its_identity_key_groups_and_exchange_traffic() {
     let body: String = (0..EVENTS_PER_WORKER)
         .map(|i| format!("{{\"k\":\"key-{}\"}}\n", i % KEYS))
         .collect();
-    for port in &c.ingest {
-        let (status, answer) = http_request(
-            *port,
-            "POST",
-            "/ingest",
-            &[("Content-Type", "application/x-ndjson")],
-            body.as_bytes(),
-        )
-        .unwrap();
-        assert_eq!(status, 202, "{answer}");
-    }
+    post_to_each(&c, &body);
 
     // The counts, together, are exact: every record reached its owner.
     let expected = (EVENTS_PER_WORKER * WORKERS / KEYS) as u64;
@@ -341,17 +346,7 @@ fn each_worker_exports_its_identity_key_groups_and_exchange_traffic() {
     let before: Vec<(f64, f64)> = (0..WORKERS)
         .map(|me| folded_and_sent(&scrape(c.admin[me]), me))
         .collect();
-    for port in &c.ingest {
-        let (status, answer) = http_request(
-            *port,
-            "POST",
-            "/ingest",
-            &[("Content-Type", "application/x-ndjson")],
-            body.as_bytes(),
-        )
-        .unwrap();
-        assert_eq!(status, 202, "{answer}");
-    }
+    post_to_each(&c, &body);
     c.workers[0].wait_until(
         "every key counted twice over, at one worker",
         Duration::from_secs(30),

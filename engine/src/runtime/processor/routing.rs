@@ -10,7 +10,7 @@ use crate::checkpoint::Event;
 use crate::dead_letter::{DeadLetter, ErrorType};
 use crate::keys::{decode_key, GroupKey};
 use crate::metrics as m;
-use crate::operator::Emitter;
+use crate::operator::{Emitter, Operator};
 use crate::sink::SinkRecord;
 use crate::time::now_ms;
 use crate::value::{Str, Value};
@@ -53,32 +53,22 @@ impl Processor {
             self.add_to_outbox(sink, batch);
             return;
         }
-        let t = node - self.n_sources;
-        let mut out = Vec::new();
-        let mut dead = Vec::new();
-        if let Some(op) = self.operators[t].as_mut() {
-            op.process(
-                batch,
-                &mut Emitter {
-                    out: &mut out,
-                    dead: &mut dead,
-                },
-            );
-        }
-        self.dead_letters(dead);
-        for b in out {
-            self.forward(node, b);
-        }
+        self.run_operator(node, |op, out| op.process(batch, out));
     }
 
     /// Merges partial results other workers folded for `node` (an
     /// operator with a combiner).
     pub(super) fn apply_partials(&mut self, node: usize, batch: Batch) {
+        self.run_operator(node, |op, out| op.merge_partials(batch, out));
+    }
+
+    /// Calls `f` on the operator of `node`, then sends on what it emitted.
+    fn run_operator(&mut self, node: usize, f: impl FnOnce(&mut dyn Operator, &mut Emitter<'_>)) {
         let mut out = Vec::new();
         let mut dead = Vec::new();
         if let Some(op) = self.operators[node - self.n_sources].as_mut() {
-            op.merge_partials(
-                batch,
+            f(
+                op.as_mut(),
                 &mut Emitter {
                     out: &mut out,
                     dead: &mut dead,
