@@ -361,3 +361,113 @@ async fn a_directory_with_an_unfinished_import_needs_the_remote_copy() {
     }
     assert!(last.contains("ended before it wrote them"), "{last}");
 }
+
+/// An all-time aggregate without float sums that is its source's only
+/// reader gets partial results folded where the rows are decoded; with a
+/// second reader of the source it takes the rows themselves. Both give
+/// the same results and the same dead letters (missing keys).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_folded_where_they_are_decoded_give_the_results_of_rows() {
+    const ALL_TIME: &str = r#"
+[pipeline]
+name = "folding"
+
+[checkpoint]
+interval = "20ms"
+
+[sources.events]
+type = "stdin"
+event_time = { field = "ts", format = "epoch_ms", max_disorder = "1s" }
+
+[transforms.per_country]
+type = "aggregate"
+inputs = ["events"]
+group_by = ["country"]
+aggregates = { n = "count", low = { fn = "min", field = "amount" }, high = { fn = "max", field = "amount" }, kinds = { fn = "count_distinct", field = "kind" }, earliest = { fn = "first", field = "amount" }, latest = { fn = "last", field = "amount" } }
+
+[sinks.out]
+type = "null"
+inputs = ["per_country"]
+"#;
+    let mut input = lines(&events());
+    for (i, line) in input.iter_mut().enumerate() {
+        if i % 101 == 7 {
+            *line = line.replace("\"country\"", "\"nation\"");
+        } else if i % 3 == 0 {
+            *line = line.replace('}', ",\"kind\":\"k\"}");
+        }
+    }
+    let run = |text: String| {
+        let input = input.clone();
+        async move {
+            let dir = tempfile::tempdir().unwrap();
+            let pipeline = sluice::load_str(Path::new("folding.toml"), &text, |_| None)
+                .unwrap_or_else(|e| panic!("{e:?}"));
+            let mut spec = sluice::plan::to_spec(
+                &pipeline,
+                Some(dir.path().to_path_buf()),
+                false,
+                sluice_engine::cluster::WorkerId::SINGLE,
+            )
+            .unwrap();
+            let (out, dead) = (Arc::default(), Arc::default());
+            feed(&mut spec, "events", MemorySource::new(input, 64));
+            collect(&mut spec, "out", Arc::clone(&out));
+            collect(&mut spec, "dead_letter", Arc::clone(&dead));
+            let (_stop, shutdown) = watch::channel(false);
+            let opts = RunOptions {
+                bounded: true,
+                shutdown,
+                ready: Arc::new(Readiness::default()),
+                progress: Vec::new(),
+                accept_empty_state: false,
+            };
+            run(spec, opts).await.unwrap();
+            let table = |c: &Arc<Mutex<Collected>>| {
+                c.lock()
+                    .unwrap()
+                    .table()
+                    .into_iter()
+                    .map(|(id, v)| {
+                        let mut buf = Vec::new();
+                        write_value(&mut buf, &v);
+                        (id, String::from_utf8(buf).unwrap())
+                    })
+                    .collect::<BTreeMap<String, String>>()
+            };
+            let dead_ids: Vec<String> = dead
+                .lock()
+                .unwrap()
+                .epochs
+                .values()
+                .flatten()
+                .map(|r| r.id.to_string())
+                .collect();
+            (table(&out), dead_ids)
+        }
+    };
+    let (folded, folded_dead) = run(ALL_TIME.to_string()).await;
+    let second_reader =
+        format!("{ALL_TIME}\n[sinks.raw]\ntype = \"null\"\ninputs = [\"events\"]\n");
+    let (rows, rows_dead) = run(second_reader).await;
+    assert_eq!(folded.len(), COUNTRIES.len(), "{folded:?}");
+    assert_eq!(folded, rows);
+    assert!(
+        folded_dead.iter().any(|id| id.ends_with(":missing_field")),
+        "{folded_dead:?}"
+    );
+    let mut sorted = (folded_dead.clone(), rows_dead.clone());
+    sorted.0.sort();
+    sorted.1.sort();
+    assert_eq!(sorted.0, sorted.1);
+    // the counts are those of a plain fold of the rows that are not dead
+    let n: i64 = folded
+        .values()
+        .map(|r| {
+            serde_json::from_str::<serde_json::Value>(r).unwrap()["n"]
+                .as_i64()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(n as usize + folded_dead.len(), input.len());
+}

@@ -392,12 +392,26 @@ pub trait Operator: Send {
 /// Folds rows into one partial result per key before they cross the
 /// exchange to their owner (see [`Operator::combiner`]), like a combiner
 /// in map-reduce or Flink's local-global aggregation.
-pub trait Combiner: Send {
+pub trait Combiner: Send + Sync {
     /// Folds row `i` of `batch`, whose group key is `key`, into that key's
     /// partial result. A row the operator would refuse goes to
     /// `out.dead_letter` instead, as the same dead letter the operator
     /// would make of it.
     fn add(&mut self, key: &[u8], batch: &Batch, i: usize, out: &mut Emitter<'_>);
+
+    /// Folds every row of `batch`, computing each row's group key; rows
+    /// without one go to `out.dead_letter` as the operator would send them.
+    fn add_batch(&mut self, batch: &Batch, out: &mut Emitter<'_>);
+
+    /// An empty combiner of the same operator (for another thread).
+    fn fresh(&self) -> Box<dyn Combiner>;
+
+    /// Whether merging its partial results can round differently from
+    /// taking the rows one by one (float sums: `(s + a) + b` is not always
+    /// `s + (a + b)`). Rows of one partition then no longer give the same
+    /// last digits whatever the batches they are read in, so a source's
+    /// rows are folded where they are decoded only when this is false.
+    fn rounds_differently(&self) -> bool;
 
     /// The number of keys holding a partial result.
     fn len(&self) -> usize;

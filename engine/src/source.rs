@@ -27,6 +27,7 @@ use crate::batch::{Batch, RawBuf};
 use crate::dead_letter::DeadLetter;
 use crate::decode::Decoder;
 pub use crate::health::SourceHealth;
+use crate::operator::{Combiner, Emitter};
 
 /// A boxed, sendable future (the return type of connector entry points).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -134,6 +135,12 @@ pub enum SourceEvent {
         bytes: u64,
         /// Raw events in the batch, decoded or dead.
         events: u64,
+        /// When the source folds its rows ([`SourceOutput::with_fold`]):
+        /// their partial results, for the one operator the source feeds
+        /// (`keys` the group keys, `rows` the partial values). `batch` then
+        /// holds no rows, only their metadata (times and offsets, for the
+        /// watermarks).
+        folded: Option<Batch>,
     },
     /// The source now reads these partitions (watermarks wait for all of them).
     Partitions {
@@ -196,6 +203,32 @@ impl Progress {
     }
 }
 
+/// Folds the rows of `batch` with a combiner like `proto` into a batch of
+/// partial results (rows refused become dead letters in `dead`, after the
+/// decoder's); leaves `batch` with its metadata only.
+fn fold(proto: &dyn Combiner, batch: &mut Batch, dead: &mut Vec<DeadLetter>) -> Batch {
+    let mut combiner = proto.fresh();
+    let mut out = Vec::new();
+    combiner.add_batch(
+        batch,
+        &mut Emitter {
+            out: &mut out,
+            dead,
+        },
+    );
+    let mut partials = Vec::with_capacity(combiner.len());
+    combiner.drain(&mut partials);
+    batch.rows = Vec::new();
+    batch.raw = None;
+    let mut folded = Batch::default();
+    folded.origin = batch.origin.clone();
+    for (key, value) in partials {
+        folded.keys.push(key);
+        folded.rows.push(value);
+    }
+    folded
+}
+
 /// The channel closed: the pipeline is shutting down.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("the pipeline is shutting down")]
@@ -210,6 +243,7 @@ pub struct SourceOutput {
     tx: mpsc::Sender<SourceEvent>,
     progress: Arc<Progress>,
     health: Arc<SourceHealth>,
+    fold: Option<Arc<dyn Combiner>>,
 }
 
 impl SourceOutput {
@@ -226,7 +260,18 @@ impl SourceOutput {
             tx,
             progress,
             health: Arc::default(),
+            fold: None,
         }
+    }
+
+    /// Folds the rows of every batch into partial results with a combiner
+    /// like `combiner` where they are decoded (on the source's thread, or a
+    /// decoding thread), so that the operator they go to merges one
+    /// partial result per key instead of taking every row (the engine does
+    /// this for a source whose only reader is an all-time aggregate).
+    pub fn with_fold(mut self, combiner: Arc<dyn Combiner>) -> Self {
+        self.fold = Some(combiner);
+        self
     }
 
     /// Reports this source's health to `health` (the engine does this).
@@ -244,7 +289,11 @@ impl SourceOutput {
 
     /// Decodes a batch into the message for the processor.
     pub(crate) fn data(&self, raw: RawBatch) -> SourceEvent {
-        let (batch, dead) = self.decoder.decode(&raw);
+        let (mut batch, mut dead) = self.decoder.decode(&raw);
+        let folded = match &self.fold {
+            Some(proto) if !batch.is_empty() => Some(fold(proto.as_ref(), &mut batch, &mut dead)),
+            _ => None,
+        };
         self.progress.add_done(raw.bytes);
         self.health.emitted(raw.events.len() as u64);
         SourceEvent::Data {
@@ -255,6 +304,7 @@ impl SourceOutput {
             dead,
             position: raw.position,
             bytes: raw.bytes,
+            folded,
         }
     }
 

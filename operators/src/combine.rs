@@ -19,8 +19,9 @@ use sluice_engine::operator::{Combiner, Emitter};
 use sluice_engine::time::now_ms;
 use sluice_engine::value::Value;
 
-use crate::accumulator::Acc;
+use crate::accumulator::{Acc, AggFn};
 use crate::aggregate::Common;
+use crate::key_by::missing_key;
 
 /// Partial results of one aggregate, per group key.
 pub struct AggCombiner {
@@ -58,6 +59,33 @@ impl Combiner for AggCombiner {
         for (agg, acc) in aggregates.iter().zip(accs.iter_mut()) {
             acc.update(agg.input(row), t);
         }
+    }
+
+    fn add_batch(&mut self, batch: &Batch, out: &mut Emitter<'_>) {
+        let mut keys = Vec::with_capacity(batch.len());
+        self.c.keys(batch, &mut keys);
+        for (i, key) in keys.iter().enumerate() {
+            match key {
+                Ok(k) => self.add(k, batch, i, out),
+                Err(f) => out.dead_letter(missing_key(
+                    batch,
+                    i,
+                    &self.c.name,
+                    &self.c.group.names()[*f],
+                )),
+            }
+        }
+    }
+
+    fn fresh(&self) -> Box<dyn Combiner> {
+        Box::new(AggCombiner::new(self.c.clone()))
+    }
+
+    fn rounds_differently(&self) -> bool {
+        self.c
+            .aggregates
+            .iter()
+            .any(|a| matches!(a.func, AggFn::Sum | AggFn::Avg))
     }
 
     fn len(&self) -> usize {
@@ -217,7 +245,9 @@ aggregates = { n = "count", total = { fn = "sum", field = "v" }, mean = { fn = "
 
     #[test]
     fn only_all_time_aggregates_of_events_combine() {
-        assert!(build(ALL_TIME).combiner().is_some());
+        assert!(build(ALL_TIME).combiner().unwrap().rounds_differently());
+        let exact = "group_by = [\"k\"]\naggregates = { n = \"count\", low = { fn = \"min\", field = \"v\" }, kinds = { fn = \"count_distinct\", field = \"c\" }, latest = { fn = \"last\", field = \"v\" } }";
+        assert!(!build(exact).combiner().unwrap().rounds_differently());
         let windowed = r#"
 group_by = ["k"]
 window = { type = "tumbling", size = "1m" }

@@ -410,6 +410,7 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
         }
         _ => None,
     };
+    let folds = fold_plan(&graph, &operators, spec.sources.len(), cluster.is_some());
     let sources = start_sources(
         spec.sources,
         &needs,
@@ -420,6 +421,7 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
         spec.channel_capacity,
         me,
         restored_remotely,
+        &folds,
     );
 
     let (ckpt_done_tx, ckpt_done_rx) = mpsc::unbounded_channel();
@@ -464,6 +466,10 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
         health: sources.healths.iter().map(|(_, h)| h.clone()).collect(),
         cluster,
         drain_peers_on_stop: spec.remote.is_some(),
+        fold_targets: folds
+            .iter()
+            .map(|f| f.as_ref().map(|(node, _)| *node))
+            .collect(),
     };
     let mut healths = sources.healths;
     if let Some(c) = &parts.cluster {
@@ -636,6 +642,39 @@ fn start_sinks(
     running
 }
 
+/// Per source: the operator node it feeds and a combiner of that node,
+/// when the source's rows can be folded into partial results where they
+/// are decoded: the source's only reader is an operator with a combiner
+/// (an all-time aggregate of events) whose merges round like its rows (no
+/// float sums: a replay read in other batches must give the same digits),
+/// in a run of one worker (with several, rows are routed to their owners
+/// first).
+type Folds = Vec<Option<(usize, Arc<dyn crate::operator::Combiner>)>>;
+
+fn fold_plan(
+    graph: &crate::graph::Graph,
+    operators: &[Option<Box<dyn Operator>>],
+    n_sources: usize,
+    clustered: bool,
+) -> Folds {
+    (0..n_sources)
+        .map(|s| {
+            let [node] = graph.outputs[s][..] else {
+                return None;
+            };
+            if clustered {
+                return None;
+            }
+            let op = operators.get(node.checked_sub(n_sources)?)?.as_ref()?;
+            let combiner = op.combiner()?;
+            if combiner.rounds_differently() {
+                return None;
+            }
+            Some((node, Arc::from(combiner)))
+        })
+        .collect()
+}
+
 /// The running sources.
 struct RunningSources {
     names: Vec<String>,
@@ -659,6 +698,7 @@ fn start_sources(
     channel_capacity: usize,
     worker: WorkerId,
     restored_remotely: bool,
+    folds: &Folds,
 ) -> RunningSources {
     let (data_tx, data) = mpsc::channel::<SourceEvent>(channel_capacity.max(1));
     let (stop, stop_rx) = watch::channel(false);
@@ -694,7 +734,11 @@ fn start_sources(
         let progress = opts.progress.get(i).cloned().unwrap_or_default();
         let health = Arc::new(SourceHealth::default());
         running.healths.push((name.clone(), health.clone()));
-        let output = SourceOutput::new(i, decoder, data_tx.clone(), progress).with_health(health);
+        let mut output =
+            SourceOutput::new(i, decoder, data_tx.clone(), progress).with_health(health);
+        if let Some(Some((_, combiner))) = folds.get(i) {
+            output = output.with_fold(combiner.clone());
+        }
         let (commit_tx, commit_rx) = mpsc::unbounded_channel();
         let ctx = SourceContext {
             name: name.clone(),

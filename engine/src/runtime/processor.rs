@@ -56,6 +56,9 @@ pub(super) struct ProcessorParts {
     pub cluster: Option<ClusterRun>,
     /// See [`Processor::drain_peers_on_stop`].
     pub drain_peers_on_stop: bool,
+    /// Per source: the node that merges the partial results the source
+    /// folds its rows into (see [`crate::source::SourceOutput::with_fold`]).
+    pub fold_targets: Vec<Option<usize>>,
 }
 
 pub(super) struct Processor {
@@ -112,6 +115,8 @@ pub(super) struct Processor {
     /// other worker to stop sending, so that its final checkpoint holds
     /// everything of its key groups (needed to release them for a rescale).
     drain_peers_on_stop: bool,
+    /// See [`ProcessorParts::fold_targets`].
+    fold_targets: Vec<Option<usize>>,
     /// At the end of the input (or stop): whether nothing more could come
     /// from other workers (set once, when the final checkpoint is asked for).
     quiescent_at_end: Option<bool>,
@@ -140,6 +145,7 @@ impl Processor {
             health,
             cluster,
             drain_peers_on_stop,
+            fold_targets,
         } = parts;
         let names: Vec<Arc<str>> = graph
             .nodes
@@ -219,6 +225,7 @@ impl Processor {
             inflight_inbound: None,
             gate_failures: mpsc::unbounded_channel(),
             drain_peers_on_stop,
+            fold_targets,
             quiescent_at_end: None,
             all_acked: false,
             draining_since: None,
@@ -394,6 +401,7 @@ impl Processor {
                 position,
                 bytes,
                 events,
+                folded,
             } => {
                 self.health[source].processed(events);
                 let labels = &self.source_labels[source];
@@ -416,8 +424,13 @@ impl Processor {
                 if let (Some(c), Some(origin)) = (&self.cluster, batch.origin.as_mut()) {
                     origin.partition = c.global_partition(source, origin.partition);
                 }
-                if !batch.is_empty() {
-                    self.forward(source, batch);
+                match (folded, self.fold_targets.get(source).copied().flatten()) {
+                    (Some(partials), Some(node)) => self.apply_partials(node, partials),
+                    (Some(_), None) => {
+                        debug_assert!(false, "a source folded rows nobody merges");
+                    }
+                    (None, _) if !batch.is_empty() => self.forward(source, batch),
+                    (None, _) => {}
                 }
                 if self.cluster.as_ref().is_some_and(ClusterRun::should_flush) {
                     self.flush_exchange(false);

@@ -97,6 +97,7 @@ fn start(store: &MemoryBackend, marker_dir: &std::path::Path) -> (Harness, Vec<A
         health: vec![Arc::new(SourceHealth::default())],
         cluster: None,
         drain_peers_on_stop: false,
+        fold_targets: Vec::new(),
     };
     let handle = tokio::runtime::Handle::current();
     let result = tokio::task::spawn_blocking(move || {
@@ -139,6 +140,7 @@ fn batch(offsets: std::ops::Range<u64>) -> SourceEvent {
         position: offsets.end.to_be_bytes().to_vec(),
         bytes: n,
         events: n,
+        folded: None,
     }
 }
 
