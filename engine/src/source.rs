@@ -140,7 +140,7 @@ pub enum SourceEvent {
         /// (`keys` the group keys, `rows` the partial values). `batch` then
         /// holds no rows, only their metadata (times and offsets, for the
         /// watermarks).
-        folded: Option<Batch>,
+        folded: Option<Box<Batch>>,
     },
     /// The source now reads these partitions (watermarks wait for all of them).
     Partitions {
@@ -206,7 +206,7 @@ impl Progress {
 /// Folds the rows of `batch` with a combiner like `proto` into a batch of
 /// partial results (rows refused become dead letters in `dead`, after the
 /// decoder's); leaves `batch` with its metadata only.
-fn fold(proto: &dyn Combiner, batch: &mut Batch, dead: &mut Vec<DeadLetter>) -> Batch {
+fn fold(proto: &dyn Combiner, batch: &mut Batch, dead: &mut Vec<DeadLetter>) -> Box<Batch> {
     let mut combiner = proto.fresh();
     let mut out = Vec::new();
     combiner.add_batch(
@@ -220,13 +220,15 @@ fn fold(proto: &dyn Combiner, batch: &mut Batch, dead: &mut Vec<DeadLetter>) -> 
     combiner.drain(&mut partials);
     batch.rows = Vec::new();
     batch.raw = None;
-    let mut folded = Batch::default();
-    folded.origin = batch.origin.clone();
+    let mut folded = Batch {
+        origin: batch.origin.clone(),
+        ..Batch::default()
+    };
     for (key, value) in partials {
         folded.keys.push(key);
         folded.rows.push(value);
     }
-    folded
+    Box::new(folded)
 }
 
 /// The channel closed: the pipeline is shutting down.
