@@ -110,7 +110,20 @@ async fn run_once(
     bounded: bool,
     stop: watch::Receiver<bool>,
 ) -> RunReport {
-    let pipeline = sluice::load_str(Path::new("in_process.toml"), PIPELINE, |_| None)
+    run_pipeline(PIPELINE, state_dir, input, out, dead, bounded, stop).await
+}
+
+/// [`run_once`] for another pipeline text (source `events`, sink `out`).
+async fn run_pipeline(
+    text: &str,
+    state_dir: PathBuf,
+    input: Vec<String>,
+    out: Arc<Mutex<Collected>>,
+    dead: Arc<Mutex<Collected>>,
+    bounded: bool,
+    stop: watch::Receiver<bool>,
+) -> RunReport {
+    let pipeline = sluice::load_str(Path::new("in_process.toml"), text, |_| None)
         .unwrap_or_else(|e| panic!("{e:?}"));
     let mut spec = sluice::plan::to_spec(
         &pipeline,
@@ -368,27 +381,12 @@ async fn a_directory_with_an_unfinished_import_needs_the_remote_copy() {
 /// the same results and the same dead letters (missing keys).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_folded_where_they_are_decoded_give_the_results_of_rows() {
-    const ALL_TIME: &str = r#"
-[pipeline]
-name = "folding"
-
-[checkpoint]
-interval = "20ms"
-
-[sources.events]
-type = "stdin"
-event_time = { field = "ts", format = "epoch_ms", max_disorder = "1s" }
-
-[transforms.per_country]
-type = "aggregate"
-inputs = ["events"]
-group_by = ["country"]
-aggregates = { n = "count", low = { fn = "min", field = "amount" }, high = { fn = "max", field = "amount" }, kinds = { fn = "count_distinct", field = "kind" }, earliest = { fn = "first", field = "amount" }, latest = { fn = "last", field = "amount" } }
-
-[sinks.out]
-type = "null"
-inputs = ["per_country"]
-"#;
+    // PIPELINE with all-time aggregates instead of 1-minute windows
+    let all_time = PIPELINE.replace(
+        "window = { type = \"tumbling\", size = \"1m\" }\naggregates = { count = \"count\", total = { fn = \"sum\", field = \"amount\" } }",
+        "aggregates = { n = \"count\", low = { fn = \"min\", field = \"amount\" }, high = { fn = \"max\", field = \"amount\" }, kinds = { fn = \"count_distinct\", field = \"kind\" }, earliest = { fn = \"first\", field = \"amount\" }, latest = { fn = \"last\", field = \"amount\" } }",
+    );
+    assert!(!all_time.contains("window"), "{all_time}");
     let mut input = lines(&events());
     for (i, line) in input.iter_mut().enumerate() {
         if i % 101 == 7 {
@@ -401,28 +399,18 @@ inputs = ["per_country"]
         let input = input.clone();
         async move {
             let dir = tempfile::tempdir().unwrap();
-            let pipeline = sluice::load_str(Path::new("folding.toml"), &text, |_| None)
-                .unwrap_or_else(|e| panic!("{e:?}"));
-            let mut spec = sluice::plan::to_spec(
-                &pipeline,
-                Some(dir.path().to_path_buf()),
-                false,
-                sluice_engine::cluster::WorkerId::SINGLE,
-            )
-            .unwrap();
             let (out, dead) = (Arc::default(), Arc::default());
-            feed(&mut spec, "events", MemorySource::new(input, 64));
-            collect(&mut spec, "out", Arc::clone(&out));
-            collect(&mut spec, "dead_letter", Arc::clone(&dead));
             let (_stop, shutdown) = watch::channel(false);
-            let opts = RunOptions {
-                bounded: true,
+            run_pipeline(
+                &text,
+                dir.path().to_path_buf(),
+                input,
+                Arc::clone(&out),
+                Arc::clone(&dead),
+                true,
                 shutdown,
-                ready: Arc::new(Readiness::default()),
-                progress: Vec::new(),
-                accept_empty_state: false,
-            };
-            run(spec, opts).await.unwrap();
+            )
+            .await;
             let table = |c: &Arc<Mutex<Collected>>| {
                 c.lock()
                     .unwrap()
@@ -446,9 +434,9 @@ inputs = ["per_country"]
             (table(&out), dead_ids)
         }
     };
-    let (folded, folded_dead) = run(ALL_TIME.to_string()).await;
+    let (folded, folded_dead) = run(all_time.clone()).await;
     let second_reader =
-        format!("{ALL_TIME}\n[sinks.raw]\ntype = \"null\"\ninputs = [\"events\"]\n");
+        format!("{all_time}\n[sinks.raw]\ntype = \"null\"\ninputs = [\"events\"]\n");
     let (rows, rows_dead) = run(second_reader).await;
     assert_eq!(folded.len(), COUNTRIES.len(), "{folded:?}");
     assert_eq!(folded, rows);

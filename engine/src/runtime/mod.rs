@@ -13,6 +13,7 @@
 
 mod cluster;
 mod error;
+mod fold;
 pub mod marker;
 mod processor;
 mod progress;
@@ -410,7 +411,7 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
         }
         _ => None,
     };
-    let folds = fold_plan(&graph, &operators, spec.sources.len(), cluster.is_some());
+    let folds = fold::fold_plan(&graph, &operators, spec.sources.len(), cluster.is_some());
     let sources = start_sources(
         spec.sources,
         &needs,
@@ -642,39 +643,6 @@ fn start_sinks(
     running
 }
 
-/// Per source: the operator node it feeds and a combiner of that node,
-/// when the source's rows can be folded into partial results where they
-/// are decoded: the source's only reader is an operator with a combiner
-/// (an all-time aggregate of events) whose merges round like its rows (no
-/// float sums: a replay read in other batches must give the same digits),
-/// in a run of one worker (with several, rows are routed to their owners
-/// first).
-type Folds = Vec<Option<(usize, Arc<dyn crate::operator::Combiner>)>>;
-
-fn fold_plan(
-    graph: &crate::graph::Graph,
-    operators: &[Option<Box<dyn Operator>>],
-    n_sources: usize,
-    clustered: bool,
-) -> Folds {
-    (0..n_sources)
-        .map(|s| {
-            let [node] = graph.outputs[s][..] else {
-                return None;
-            };
-            if clustered {
-                return None;
-            }
-            let op = operators.get(node.checked_sub(n_sources)?)?.as_ref()?;
-            let combiner = op.combiner()?;
-            if combiner.rounds_differently() {
-                return None;
-            }
-            Some((node, Arc::from(combiner)))
-        })
-        .collect()
-}
-
 /// The running sources.
 struct RunningSources {
     names: Vec<String>,
@@ -698,7 +666,7 @@ fn start_sources(
     channel_capacity: usize,
     worker: WorkerId,
     restored_remotely: bool,
-    folds: &Folds,
+    folds: &fold::Folds,
 ) -> RunningSources {
     let (data_tx, data) = mpsc::channel::<SourceEvent>(channel_capacity.max(1));
     let (stop, stop_rx) = watch::channel(false);

@@ -49,13 +49,17 @@ use crate::health::SourceHealth;
 use crate::journal::JournalOptions;
 use crate::keys::{key_group, GroupKey};
 use crate::metrics as m;
-use crate::operator::{Combiner, Emitter, Operator};
+use crate::operator::Operator;
 use crate::source::Distribution;
 use crate::state::encode;
 use crate::value::{Str, Value};
 
+mod fold;
 mod link;
+mod route;
 mod setup;
+
+use fold::Folding;
 
 use link::Peer;
 use setup::next_session;
@@ -346,139 +350,6 @@ impl ClusterRun {
                 (self.me.worker << 20) | (partition & 0xF_FFFF)
             }
         }
-    }
-
-    /// Keeps the rows of `batch` this worker owns (and has not applied
-    /// before) and buffers the others for their owners: as records, or,
-    /// when `op` has a combiner and the rows come from a partition only
-    /// this worker reads, folded into partial results (from the offsets the
-    /// owner said it holds nothing of, see [`link::FoldFrom`]). Rows the
-    /// combiner refuses go to `dead`.
-    pub(super) fn route(
-        &mut self,
-        node: usize,
-        node_name: &str,
-        mut batch: Batch,
-        op: &dyn Operator,
-        dead: &mut Vec<DeadLetter>,
-    ) -> Batch {
-        let Some(origin) = batch.origin.clone() else {
-            return batch;
-        };
-        let Some(&source) = self.source_index.get(&*origin.source) else {
-            return batch;
-        };
-        let mut keys = Vec::new();
-        if !op.routing_keys(&batch, &mut keys) {
-            return batch;
-        }
-        let stream = stream_id(&origin.source, node_name);
-        let shared = matches!(
-            self.distribution[source],
-            Distribution::SharedPartitions | Distribution::SharedQueue
-        );
-        let id = (stream.clone(), origin.partition);
-        // Per worker: the combiner and the first offset it may fold.
-        let mut folders: Vec<Option<(Folding, u64)>> = Vec::new();
-        if !shared && *self.combinable[node].get_or_insert_with(|| op.combiner().is_some()) {
-            for (w, peer) in self.peers.iter().enumerate() {
-                let from = peer.as_ref().and_then(|p| {
-                    let from = p.fold_from.borrow();
-                    from.as_ref().map(|f| f.get(&id).copied().unwrap_or(0))
-                });
-                folders.push(from.and_then(|from| {
-                    let folding = match self.folding[w].remove(&id) {
-                        Some(f) => f,
-                        None => Folding::new(op.combiner()?),
-                    };
-                    Some((folding, from))
-                }));
-            }
-        }
-        let mut keep = vec![true; batch.len()];
-        let mut replayed = 0u64;
-        let mut moved = 0usize;
-        let mut folded = 0usize;
-        let mut out = Vec::new();
-        // the records for each other worker, in offset order
-        let mut moving: Vec<Vec<Record>> = Vec::new();
-        for (i, key) in keys.iter().enumerate() {
-            let (owner, kg) = match key {
-                Ok(k) => {
-                    let kg = key_group(k, self.key_groups);
-                    (self.me.owner_of(kg, self.key_groups), kg)
-                }
-                // no key: it becomes a dead letter here
-                Err(_) => (self.me.worker, 0),
-            };
-            let meta = batch.meta[i];
-            if owner == self.me.worker {
-                if shared && !self.inbound.admit(&id, meta.offset) {
-                    keep[i] = false;
-                    replayed += 1;
-                }
-                continue;
-            }
-            keep[i] = false;
-            if let (Some(Some((f, from))), Ok(k)) = (folders.get_mut(owner as usize), key) {
-                if meta.offset >= *from {
-                    f.add(k, &batch, i, meta.offset, &mut out, dead);
-                    folded += 1;
-                    continue;
-                }
-            }
-            moved += 1;
-            if moving.is_empty() {
-                moving.resize_with(self.out.len(), Vec::new);
-            }
-            moving[owner as usize].push(Record {
-                offset: meta.offset,
-                key_group: kg,
-                // the owner computes the key again from the value
-                key: Vec::new(),
-                time: meta.time,
-                watermark: meta.watermark,
-                value: std::mem::replace(&mut batch.rows[i], Value::Null),
-            });
-        }
-        for (w, f) in folders.into_iter().enumerate() {
-            if let Some((f, _)) = f {
-                self.folded_keys += f.combiner.len() - f.keys_counted;
-                let mut f = f;
-                f.keys_counted = f.combiner.len();
-                self.folding[w].insert(id.clone(), f);
-            }
-        }
-        self.folded_rows += folded;
-        for (owner, records) in moving.into_iter().enumerate() {
-            if records.is_empty() {
-                continue;
-            }
-            let part = self.out[owner]
-                .entry(id.clone())
-                .or_insert_with(|| PartitionBatch {
-                    source: stream.clone(),
-                    partition: origin.partition,
-                    watermark: i64::MIN,
-                    records: Vec::new(),
-                    combined_from: None,
-                });
-            if part.records.is_empty() {
-                part.records = records;
-            } else {
-                part.records.extend(records);
-            }
-        }
-        self.out_records += moved;
-        if replayed > 0 {
-            self.replayed += replayed;
-            metrics::counter!(m::EXCHANGE_REPLAYED_RECORDS, self.pipeline_labels.clone())
-                .increment(replayed);
-        }
-        if moved > 0 || replayed > 0 || folded > 0 {
-            batch.retain_mask(&keep);
-        }
-        batch
     }
 
     /// True when enough records are buffered to send them now.
@@ -805,80 +676,6 @@ fn finished_entry() -> PartitionBatch {
         watermark: i64::MAX,
         records: Vec::new(),
         combined_from: None,
-    }
-}
-
-/// Rows of one partition bound for one worker, folded into partial results.
-struct Folding {
-    combiner: Box<dyn Combiner>,
-    /// The offsets of the first and last row folded since the last send.
-    first: u64,
-    last: u64,
-    rows: usize,
-    /// `combiner.len()` as counted in `ClusterRun::folded_keys`.
-    keys_counted: usize,
-}
-
-impl Folding {
-    fn new(combiner: Box<dyn Combiner>) -> Self {
-        Folding {
-            combiner,
-            first: 0,
-            last: 0,
-            rows: 0,
-            keys_counted: 0,
-        }
-    }
-
-    fn add(
-        &mut self,
-        key: &[u8],
-        batch: &Batch,
-        i: usize,
-        offset: u64,
-        out: &mut Vec<Batch>,
-        dead: &mut Vec<DeadLetter>,
-    ) {
-        if self.rows == 0 {
-            self.first = offset;
-        }
-        self.last = offset;
-        self.rows += 1;
-        self.combiner.add(key, batch, i, &mut Emitter { out, dead });
-    }
-
-    /// The partial results folded since the last call, as a partition of a
-    /// batch (its watermark is set by the caller); `None` if none.
-    fn take(&mut self, stream: &Str, partition: u32, key_groups: u16) -> Option<PartitionBatch> {
-        if self.rows == 0 {
-            return None;
-        }
-        let mut partials = Vec::with_capacity(self.combiner.len());
-        self.combiner.drain(&mut partials);
-        let (first, last) = (self.first, self.last);
-        self.rows = 0;
-        self.keys_counted = 0;
-        if partials.is_empty() {
-            // every row was refused (dead letters here)
-            return None;
-        }
-        Some(PartitionBatch {
-            source: stream.clone(),
-            partition,
-            watermark: i64::MIN,
-            records: partials
-                .into_iter()
-                .map(|(key, value)| Record {
-                    offset: last,
-                    key_group: key_group(&key, key_groups),
-                    key: key.into_vec(),
-                    time: 0,
-                    watermark: i64::MIN,
-                    value,
-                })
-                .collect(),
-            combined_from: Some(first),
-        })
     }
 }
 
