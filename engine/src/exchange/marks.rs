@@ -206,8 +206,8 @@ pub enum RangeAdmission {
 /// of the range and could take the partial results neither whole nor
 /// apart. So each acknowledgement tells the sender these marks for its
 /// partitions ([`JournaledMarks::of_sender`]); the sender folds only rows
-/// at or above the marks of the first acknowledgement of its session
-/// (after which an earlier session can journal nothing more), and the
+/// at or above the marks of the first acknowledgement its process gets
+/// (after which an earlier process can journal nothing more), and the
 /// receiver refuses a batch whose partial results overlap what it holds
 /// ([`JournaledMarks::check`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

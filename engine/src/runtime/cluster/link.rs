@@ -31,11 +31,15 @@ pub(super) struct Peer {
     /// Batches the peer holds durably.
     pub(super) durable: watch::Receiver<u64>,
     pub(super) status: watch::Receiver<PeerStatus>,
-    /// From the first acknowledgement of the link's current session: per
-    /// partition of this worker, the offset from which rows may be folded
-    /// into partial results for this peer (see
+    /// From the link's first acknowledgement (of this process's first
+    /// session): per partition of this worker, the offset from which rows
+    /// may be folded into partial results for this peer (see
     /// [`JournaledMarks`](crate::exchange::marks::JournaledMarks)); `None`
-    /// until then.
+    /// until then. It stays for the life of the process: rows folded after
+    /// it are past everything an earlier process sent, and a later session
+    /// of this process (after a refusal) sends only rows past it too, so
+    /// folding never stops and starts again (which would put records after
+    /// partial results of lower offsets).
     pub(super) fold_from: watch::Receiver<Option<Arc<FoldFrom>>>,
     pub(super) labels: Vec<Label>,
 }
@@ -133,8 +137,8 @@ async fn link(
                 match result {
                     Ok(marks) => {
                         if fold_from.borrow().is_none() {
-                            // The first acknowledgement of this session: no
-                            // earlier session can journal anything more.
+                            // The first acknowledgement: no earlier process
+                            // can journal anything more.
                             let from = marks
                                 .into_iter()
                                 .map(|m| ((m.source, m.partition), m.next_offset))
@@ -156,7 +160,6 @@ async fn link(
                         tracing::error!(peer = %address, %reason,
                             "the worker refuses this worker's batches; waiting for it to run the same pipeline and worker count");
                         status.send_replace(PeerStatus::Refused { reason });
-                        fold_from.send_replace(None);
                         tokio::time::sleep(Duration::from_secs(5)).await;
                         options.session = options.session.saturating_add(1).max(
                             std::time::SystemTime::now()
