@@ -100,20 +100,9 @@ fn windows(out: &Collected) -> Windows {
         .collect()
 }
 
-/// Loads the pipeline, feeds it `input` and runs it on `state_dir` until
-/// `stop` says so (or, bounded, until the input ends).
-async fn run_once(
-    state_dir: PathBuf,
-    input: Vec<String>,
-    out: Arc<Mutex<Collected>>,
-    dead: Arc<Mutex<Collected>>,
-    bounded: bool,
-    stop: watch::Receiver<bool>,
-) -> RunReport {
-    run_pipeline(PIPELINE, state_dir, input, out, dead, bounded, stop).await
-}
-
-/// [`run_once`] for another pipeline text (source `events`, sink `out`).
+/// Loads `text` (source `events`, sink `out`), feeds it `input` and runs
+/// it on `state_dir` until `stop` says so (or, bounded, until the input
+/// ends).
 async fn run_pipeline(
     text: &str,
     state_dir: PathBuf,
@@ -155,7 +144,8 @@ async fn a_stop_and_restart_from_the_checkpoint_gives_the_results_of_a_straight_
     let straight = Arc::new(Mutex::new(Collected::default()));
     let dead = Arc::new(Mutex::new(Collected::default()));
     let (_keep, never) = watch::channel(false);
-    let report = run_once(
+    let report = run_pipeline(
+        PIPELINE,
         dir.path().into(),
         lines(&events),
         straight.clone(),
@@ -181,7 +171,8 @@ async fn a_stop_and_restart_from_the_checkpoint_gives_the_results_of_a_straight_
     );
 
     let (_keep, never) = watch::channel(false);
-    let second = run_once(
+    let second = run_pipeline(
+        PIPELINE,
         dir.path().into(),
         lines(&events),
         out.clone(),
@@ -252,7 +243,8 @@ async fn a_restart_from_the_restart_snapshot_equals_one_from_the_store() {
         let out = Arc::new(Mutex::new(first_out.lock().unwrap().clone()));
         let dead = Arc::new(Mutex::new(Collected::default()));
         let (_keep, never) = watch::channel(false);
-        let report = run_once(
+        let report = run_pipeline(
+            PIPELINE,
             state_dir.clone(),
             lines(&events),
             out.clone(),
@@ -286,7 +278,8 @@ async fn stopped_after_the_first_window(
     let out = Arc::new(Mutex::new(Collected::default()));
     let dead = Arc::new(Mutex::new(Collected::default()));
     let (stop_tx, stop) = watch::channel(false);
-    let first = tokio::spawn(run_once(
+    let first = tokio::spawn(run_pipeline(
+        PIPELINE,
         dir.into(),
         lines(&events[..events.len() / 2]),
         out.clone(),
