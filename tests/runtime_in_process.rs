@@ -368,18 +368,24 @@ async fn a_directory_with_an_unfinished_import_needs_the_remote_copy() {
     assert!(last.contains("ended before it wrote them"), "{last}");
 }
 
-/// An all-time aggregate without float sums that is its source's only
-/// reader gets partial results folded where the rows are decoded; with a
-/// second reader of the source it takes the rows themselves. Both give
-/// the same results and the same dead letters (missing keys).
+/// An aggregate without float sums that is its source's only reader
+/// gets partial results folded where the rows are decoded; with a second
+/// reader of the source it takes the rows themselves. Both give the same
+/// results and the same dead letters (missing keys; late events, whose
+/// batches a windowed aggregate takes as rows).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_folded_where_they_are_decoded_give_the_results_of_rows() {
+    let functions = "aggregates = { n = \"count\", low = { fn = \"min\", field = \"amount\" }, high = { fn = \"max\", field = \"amount\" }, kinds = { fn = \"count_distinct\", field = \"kind\" }, earliest = { fn = \"first\", field = \"amount\" }, latest = { fn = \"last\", field = \"amount\" } }";
+    let windows = "window = { type = \"tumbling\", size = \"1m\" }\naggregates = { count = \"count\", total = { fn = \"sum\", field = \"amount\" } }";
     // PIPELINE with all-time aggregates instead of 1-minute windows
-    let all_time = PIPELINE.replace(
-        "window = { type = \"tumbling\", size = \"1m\" }\naggregates = { count = \"count\", total = { fn = \"sum\", field = \"amount\" } }",
-        "aggregates = { n = \"count\", low = { fn = \"min\", field = \"amount\" }, high = { fn = \"max\", field = \"amount\" }, kinds = { fn = \"count_distinct\", field = \"kind\" }, earliest = { fn = \"first\", field = \"amount\" }, latest = { fn = \"last\", field = \"amount\" } }",
-    );
+    let all_time = PIPELINE.replace(windows, functions);
     assert!(!all_time.contains("window"), "{all_time}");
+    // and with 2-minute windows sliding by 1 minute
+    let hopping = PIPELINE.replace(
+        windows,
+        &format!("window = {{ type = \"hopping\", size = \"2m\", slide = \"1m\" }}\n{functions}"),
+    );
+    assert!(hopping.contains("hopping"), "{hopping}");
     let mut input = lines(&events());
     for (i, line) in input.iter_mut().enumerate() {
         if i % 101 == 7 {
@@ -388,8 +394,19 @@ async fn rows_folded_where_they_are_decoded_give_the_results_of_rows() {
             *line = line.replace('}', ",\"kind\":\"k\"}");
         }
     }
+    // a few events 3 minutes late: closed windows for `hopping`
+    for i in (500..input.len()).step_by(173) {
+        let e = events()[i];
+        input[i] = lines(&[(e.0 - 180_000, e.1, e.2)]).remove(0);
+    }
+    for text in [all_time, hopping] {
+        rows_and_partial_results_agree(&text, &input).await;
+    }
+}
+
+async fn rows_and_partial_results_agree(text: &str, input: &[String]) {
     let run = |text: String| {
-        let input = input.clone();
+        let input = input.to_vec();
         async move {
             let dir = tempfile::tempdir().unwrap();
             let (out, dead) = (Arc::default(), Arc::default());
@@ -427,11 +444,10 @@ async fn rows_folded_where_they_are_decoded_give_the_results_of_rows() {
             (table(&out), dead_ids)
         }
     };
-    let (folded, folded_dead) = run(all_time.clone()).await;
-    let second_reader =
-        format!("{all_time}\n[sinks.raw]\ntype = \"null\"\ninputs = [\"events\"]\n");
+    let (folded, folded_dead) = run(text.to_string()).await;
+    let second_reader = format!("{text}\n[sinks.raw]\ntype = \"null\"\ninputs = [\"events\"]\n");
     let (rows, rows_dead) = run(second_reader).await;
-    assert_eq!(folded.len(), COUNTRIES.len(), "{folded:?}");
+    assert!(folded.len() >= COUNTRIES.len(), "{folded:?}");
     assert_eq!(folded, rows);
     assert!(
         folded_dead.iter().any(|id| id.ends_with(":missing_field")),
@@ -441,7 +457,8 @@ async fn rows_folded_where_they_are_decoded_give_the_results_of_rows() {
     sorted.0.sort();
     sorted.1.sort();
     assert_eq!(sorted.0, sorted.1);
-    // the counts are those of a plain fold of the rows that are not dead
+    // every event is counted once in each window it falls in, or dead
+    let windowed = text.contains("hopping");
     let n: i64 = folded
         .values()
         .map(|r| {
@@ -450,5 +467,12 @@ async fn rows_folded_where_they_are_decoded_give_the_results_of_rows() {
                 .unwrap()
         })
         .sum();
-    assert_eq!(n as usize + folded_dead.len(), input.len());
+    let late = folded_dead
+        .iter()
+        .filter(|id| id.ends_with(":late"))
+        .count();
+    assert_eq!(late > 0, windowed, "{folded_dead:?}");
+    let per_event = if windowed { 2 } else { 1 };
+    // (three minutes late is past both windows of a late event: it is dead)
+    assert_eq!(n as usize, per_event * (input.len() - folded_dead.len()));
 }

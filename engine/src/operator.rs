@@ -387,6 +387,27 @@ pub trait Operator: Send {
     fn merge_partials(&mut self, _batch: Batch, _out: &mut Emitter<'_>) {
         debug_assert!(false, "partial results for an operator without a combiner");
     }
+
+    /// A combiner folding whole batches of one source partition where they
+    /// are decoded, in a run of one worker (see
+    /// [`crate::source::SourceOutput::with_fold`]); its partial results go
+    /// to [`merge_partials`](Self::merge_partials) when
+    /// [`takes_folded`](Self::takes_folded) accepts the batch. The default
+    /// is the exchange's [`combiner`](Self::combiner); an operator that can
+    /// fold more where the batch's row metadata is checked first (windows:
+    /// no row may be late) returns a wider one.
+    fn batch_combiner(&self) -> Option<Box<dyn Combiner>> {
+        self.combiner()
+    }
+
+    /// Whether the partial results [`batch_combiner`](Self::batch_combiner)
+    /// folded from a batch whose rows have `meta` (watermarks stamped, in
+    /// log order) are exactly what taking its rows one by one would do now.
+    /// When false the engine decodes the batch again and calls
+    /// [`process`](Self::process) with its rows.
+    fn takes_folded(&self, _meta: &[crate::batch::RowMeta]) -> bool {
+        true
+    }
 }
 
 /// Folds rows into one partial result per key before they cross the
@@ -421,7 +442,7 @@ pub trait Combiner: Send + Sync {
         self.len() == 0
     }
 
-    /// Takes every partial result as `(key, value)`, in no particular
-    /// order, leaving the combiner empty.
+    /// Takes every partial result as `(key, value)`, in the order of each
+    /// key's first row, leaving the combiner empty.
     fn drain(&mut self, out: &mut Vec<(crate::keys::GroupKey, crate::value::Value)>);
 }

@@ -136,11 +136,10 @@ pub enum SourceEvent {
         /// Raw events in the batch, decoded or dead.
         events: u64,
         /// When the source folds its rows ([`SourceOutput::with_fold`]):
-        /// their partial results, for the one operator the source feeds
-        /// (`keys` the group keys, `rows` the partial values). `batch` then
-        /// holds no rows, only their metadata (times and offsets, for the
-        /// watermarks).
-        folded: Option<Box<Batch>>,
+        /// their partial results, for the one operator the source feeds.
+        /// `batch` then holds no rows, only their metadata (times and
+        /// offsets, for the watermarks).
+        folded: Option<Box<Folded>>,
     },
     /// The source now reads these partitions (watermarks wait for all of them).
     Partitions {
@@ -203,32 +202,70 @@ impl Progress {
     }
 }
 
-/// Folds the rows of `batch` with a combiner like `proto` into a batch of
-/// partial results (rows refused become dead letters in `dead`, after the
-/// decoder's); leaves `batch` with its metadata only.
-fn fold(proto: &dyn Combiner, batch: &mut Batch, dead: &mut Vec<DeadLetter>) -> Box<Batch> {
-    let mut combiner = proto.fresh();
-    let mut out = Vec::new();
-    combiner.add_batch(
-        batch,
-        &mut Emitter {
-            out: &mut out,
+/// The rows of one batch folded into partial results where they were
+/// decoded, for the one operator the source feeds.
+pub struct Folded {
+    /// The partial results: `keys` the keys the combiner folded by, `rows`
+    /// the partial values, in the order of each key's first row.
+    pub partials: Batch,
+    /// The rows the combiner refused, as the operator would have refused
+    /// them (after the decoder's dead letters).
+    pub dead: Vec<DeadLetter>,
+    /// The batch as read, to decode again when the operator does not take
+    /// the partial results of this batch ([`Folded::rows`]).
+    raw: RawBatch,
+    decoder: Arc<Decoder>,
+}
+
+impl Folded {
+    /// Folds the rows of `batch` (decoded from `raw`) with a combiner like
+    /// `proto`; leaves `batch` with its metadata only.
+    fn new(proto: &dyn Combiner, batch: &mut Batch, raw: RawBatch, decoder: Arc<Decoder>) -> Self {
+        let mut combiner = proto.fresh();
+        let mut out = Vec::new();
+        let mut dead = Vec::new();
+        combiner.add_batch(
+            batch,
+            &mut Emitter {
+                out: &mut out,
+                dead: &mut dead,
+            },
+        );
+        let mut partials = Vec::with_capacity(combiner.len());
+        combiner.drain(&mut partials);
+        batch.rows = Vec::new();
+        batch.raw = None;
+        let mut folded = Batch {
+            origin: batch.origin.clone(),
+            ..Batch::default()
+        };
+        for (key, value) in partials {
+            folded.keys.push(key);
+            folded.rows.push(value);
+        }
+        Folded {
+            partials: folded,
             dead,
-        },
-    );
-    let mut partials = Vec::with_capacity(combiner.len());
-    combiner.drain(&mut partials);
-    batch.rows = Vec::new();
-    batch.raw = None;
-    let mut folded = Batch {
-        origin: batch.origin.clone(),
-        ..Batch::default()
-    };
-    for (key, value) in partials {
-        folded.keys.push(key);
-        folded.rows.push(value);
+            raw,
+            decoder,
+        }
     }
-    Box::new(folded)
+
+    /// The rows themselves, decoded again (the same rows, in the same
+    /// order, as the first time); their dead letters were sent already.
+    pub fn rows(&self) -> Batch {
+        self.decoder.decode(&self.raw).0
+    }
+}
+
+impl std::fmt::Debug for Folded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Folded")
+            .field("partials", &self.partials.len())
+            .field("dead", &self.dead.len())
+            .field("events", &self.raw.events.len())
+            .finish()
+    }
 }
 
 /// The channel closed: the pipeline is shutting down.
@@ -290,22 +327,32 @@ impl SourceOutput {
     }
 
     /// Decodes a batch into the message for the processor.
-    pub(crate) fn data(&self, raw: RawBatch) -> SourceEvent {
-        let (mut batch, mut dead) = self.decoder.decode(&raw);
-        let folded = match &self.fold {
-            Some(proto) if !batch.is_empty() => Some(fold(proto.as_ref(), &mut batch, &mut dead)),
-            _ => None,
-        };
+    pub(crate) fn data(&self, mut raw: RawBatch) -> SourceEvent {
+        let (mut batch, dead) = self.decoder.decode(&raw);
         self.progress.add_done(raw.bytes);
         self.health.emitted(raw.events.len() as u64);
+        let (partition, events, bytes) = (raw.partition, raw.events.len() as u64, raw.bytes);
+        let position = std::mem::take(&mut raw.position);
+        let folded = match &self.fold {
+            Some(proto) if !batch.is_empty() => {
+                let decoder = self.decoder.clone();
+                Some(Box::new(Folded::new(
+                    proto.as_ref(),
+                    &mut batch,
+                    raw,
+                    decoder,
+                )))
+            }
+            _ => None,
+        };
         SourceEvent::Data {
             source: self.index,
-            partition: raw.partition,
-            events: raw.events.len() as u64,
+            partition,
+            events,
             batch,
             dead,
-            position: raw.position,
-            bytes: raw.bytes,
+            position,
+            bytes,
             folded,
         }
     }

@@ -22,19 +22,67 @@ use sluice_engine::value::Value;
 use crate::accumulator::{Acc, AggFn};
 use crate::aggregate::Common;
 use crate::key_by::missing_key;
+use crate::window::assign;
 
-/// Partial results of one aggregate, per group key.
+/// Partial results of one aggregate, per group key (or, folding whole
+/// batches of a windowed aggregate, per window and group key).
 pub struct AggCombiner {
     c: Common,
-    partials: FxHashMap<GroupKey, Vec<Acc>>,
+    /// (size, slide) of fixed windows, in ms: keys are then
+    /// [`slot_key`]s. None: all-time, keys are group keys.
+    window: Option<(i64, i64)>,
+    /// The partial results in the order of each key's first row, so that
+    /// the operator merging them marks its results changed in the order
+    /// the rows would have.
+    partials: Vec<(GroupKey, Vec<Acc>)>,
+    index: FxHashMap<GroupKey, u32>,
+    /// A reused buffer for the key of a window.
+    slot: GroupKey,
+}
+
+/// The key of the result of `group` in the window starting at `start`:
+/// the start (sign bit flipped, so byte order is numeric order) then the
+/// group key, as the aggregate's state stores it.
+pub fn slot_key(start: i64, group: &[u8], out: &mut GroupKey) {
+    out.clear();
+    out.extend_from_slice(&((start as u64) ^ (1 << 63)).to_be_bytes());
+    out.extend_from_slice(group);
+}
+
+/// The window start and group key of a [`slot_key`].
+pub fn split_slot_key(bytes: &[u8]) -> Option<(i64, &[u8])> {
+    let (start, group) = bytes.split_first_chunk::<8>()?;
+    Some(((u64::from_be_bytes(*start) ^ (1 << 63)) as i64, group))
 }
 
 impl AggCombiner {
-    /// A combiner for the aggregate described by `c` (all-time, reading events).
-    pub fn new(c: Common) -> Self {
+    /// A combiner for the aggregate described by `c` (reading events):
+    /// all-time when `window` is None, else fixed windows of (size, slide).
+    pub fn new(c: Common, window: Option<(i64, i64)>) -> Self {
         AggCombiner {
             c,
-            partials: FxHashMap::default(),
+            window,
+            partials: Vec::new(),
+            index: FxHashMap::default(),
+            slot: GroupKey::new(),
+        }
+    }
+
+    /// Folds `row` at time `t` into the partial result of `key`.
+    fn fold(&mut self, key: &[u8], batch: &Batch, i: usize, t: i64) {
+        let at = match self.index.get(key) {
+            Some(&at) => at as usize,
+            None => {
+                let accs = self.c.aggregates.iter().map(|a| a.init()).collect();
+                self.partials.push((GroupKey::from_slice(key), accs));
+                self.index
+                    .insert(GroupKey::from_slice(key), (self.partials.len() - 1) as u32);
+                self.partials.len() - 1
+            }
+        };
+        let row = &batch.rows[i];
+        for (agg, acc) in self.c.aggregates.iter().zip(self.partials[at].1.iter_mut()) {
+            acc.update(agg.input(row), t);
         }
     }
 }
@@ -47,17 +95,16 @@ impl Combiner for AggCombiner {
         }
         let now = if self.c.processing_time { now_ms() } else { 0 };
         let t = self.c.time_of(batch, i, now);
-        let aggregates = &self.c.aggregates;
-        let accs = match self.partials.get_mut(key) {
-            Some(accs) => accs,
-            None => self
-                .partials
-                .entry(GroupKey::from_slice(key))
-                .or_insert_with(|| aggregates.iter().map(|a| a.init()).collect()),
-        };
-        let row = &batch.rows[i];
-        for (agg, acc) in aggregates.iter().zip(accs.iter_mut()) {
-            acc.update(agg.input(row), t);
+        match self.window {
+            None => self.fold(key, batch, i, t),
+            Some((size, slide)) => {
+                let mut slot = std::mem::take(&mut self.slot);
+                for start in assign(t, size, slide) {
+                    slot_key(start, key, &mut slot);
+                    self.fold(&slot, batch, i, t);
+                }
+                self.slot = slot;
+            }
         }
     }
 
@@ -78,7 +125,7 @@ impl Combiner for AggCombiner {
     }
 
     fn fresh(&self) -> Box<dyn Combiner> {
-        Box::new(AggCombiner::new(self.c.clone()))
+        Box::new(AggCombiner::new(self.c.clone(), self.window))
     }
 
     fn rounds_differently(&self) -> bool {
@@ -93,7 +140,8 @@ impl Combiner for AggCombiner {
     }
 
     fn drain(&mut self, out: &mut Vec<(GroupKey, Value)>) {
-        out.extend(self.partials.drain().map(|(key, accs)| {
+        self.index.clear();
+        out.extend(self.partials.drain(..).map(|(key, accs)| {
             let partial = accs
                 .iter()
                 .map(|a| a.to_partial().expect("a combiner holds plain accumulators"))
@@ -254,12 +302,22 @@ window = { type = "tumbling", size = "1m" }
 aggregates = { n = "count" }
 "#;
         assert!(build(windowed).combiner().is_none());
+        // whole batches of fixed windows fold where they are decoded (the
+        // operator checks each batch's watermarks first), not across the
+        // exchange; nor with processing time, read when a row is taken
+        assert!(build(windowed).batch_combiner().is_some());
+        let c: AggregateConfig = toml::from_str(windowed).unwrap();
+        let mut ctx = build_ctx();
+        ctx.event_time = false;
+        let processing = AggregateSpec::new(&c).unwrap().build(&ctx).unwrap();
+        assert!(processing.batch_combiner().is_none());
         let sessions = r#"
 group_by = ["k"]
 window = { type = "session", gap = "1m" }
 aggregates = { n = "count" }
 "#;
         assert!(build(sessions).combiner().is_none());
+        assert!(build(sessions).batch_combiner().is_none());
         let mut ctx = build_ctx();
         ctx.input = sluice_engine::operator::Stream::Changelog {
             settles_after: None,
@@ -267,6 +325,7 @@ aggregates = { n = "count" }
         let c: AggregateConfig = toml::from_str("aggregates = { n = \"count\" }").unwrap();
         let changelog = AggregateSpec::new(&c).unwrap().build(&ctx).unwrap();
         assert!(changelog.combiner().is_none());
+        assert!(changelog.batch_combiner().is_none());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
-use sluice_engine::batch::{Batch, RowKind};
+use sluice_engine::batch::{Batch, RowKind, RowMeta};
 use sluice_engine::dead_letter::{DeadLetter, ErrorType};
 use sluice_engine::keys::{decode_key, encode_component, GroupKey};
 use sluice_engine::operator::{
@@ -22,8 +22,8 @@ use sluice_engine::value::{Map, Value};
 
 use crate::accumulator::Acc;
 use crate::aggregate::{Common, EmitMode};
-use crate::combine::{partial_accs, AggCombiner};
-use crate::window::assign;
+use crate::combine::{partial_accs, slot_key, split_slot_key, AggCombiner};
+use crate::window::{align, assign};
 
 /// The start used for the single all-time "window".
 const GLOBAL: i64 = i64::MIN;
@@ -76,14 +76,15 @@ impl SlotKey {
 /// numeric order) then the group key; in the group key's key group.
 impl TableKey for SlotKey {
     fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&((self.start as u64) ^ (1 << 63)).to_be_bytes());
-        out.extend_from_slice(&self.group);
+        let mut key = GroupKey::new();
+        slot_key(self.start, &self.group, &mut key);
+        out.extend_from_slice(&key);
     }
 
     fn decode(bytes: &[u8]) -> Option<Self> {
-        let (start, group) = bytes.split_first_chunk::<8>()?;
+        let (start, group) = split_slot_key(bytes)?;
         Some(SlotKey {
-            start: (u64::from_be_bytes(*start) ^ (1 << 63)) as i64,
+            start,
             group: GroupKey::from_slice(group),
         })
     }
@@ -332,13 +333,50 @@ impl Operator for FixedAggregate {
         // rows take back earlier ones: only all-time results of events
         // can be folded before they cross.
         let plain = self.window.is_none() && !self.changelog();
-        plain.then(|| Box::new(AggCombiner::new(self.c.clone())) as Box<dyn Combiner>)
+        plain.then(|| Box::new(AggCombiner::new(self.c.clone(), None)) as Box<dyn Combiner>)
+    }
+
+    fn batch_combiner(&self) -> Option<Box<dyn Combiner>> {
+        // Whole batches of one partition, windows included: the batch's
+        // watermarks are checked before its partial results are taken
+        // (`takes_folded`). Processing time is read when a row is taken,
+        // so those windows are not folded ahead.
+        let foldable = !self.changelog() && (self.window.is_none() || !self.c.processing_time);
+        foldable
+            .then(|| Box::new(AggCombiner::new(self.c.clone(), self.window)) as Box<dyn Combiner>)
+    }
+
+    fn takes_folded(&self, meta: &[RowMeta]) -> bool {
+        let Some((size, slide)) = self.window else {
+            return true; // all-time results are never late
+        };
+        // Every window of every row must still be open when the row comes
+        // (`process` would take the row into all of them): the oldest
+        // window holding time t starts at align(t) + slide - size.
+        let own = self.watermark.get();
+        let lateness = self.c.lateness;
+        meta.iter().all(|m| {
+            let oldest = align(m.time, slide)
+                .saturating_add(slide)
+                .saturating_sub(size);
+            oldest.saturating_add(size).saturating_add(lateness) > own.max(m.watermark)
+        })
     }
 
     fn merge_partials(&mut self, batch: Batch, _out: &mut Emitter<'_>) {
         let updates = self.c.emit == EmitMode::Updates;
-        let fired = self.windows.get(&GLOBAL).is_some_and(|w| w.fired);
+        let windowed = self.window.is_some();
         for (key, value) in batch.keys.iter().zip(&batch.rows) {
+            let (start, group) = match windowed {
+                false => (GLOBAL, &key[..]),
+                true => match split_slot_key(key) {
+                    Some(slot) => slot,
+                    None => {
+                        tracing::error!(operator = %self.c.name, "a partial result without a window; ignored");
+                        continue;
+                    }
+                },
+            };
             let Some(partial) = partial_accs(&self.c, value) else {
                 // Only a peer running another build could send this; the
                 // topology signature and wire version rule that out.
@@ -346,10 +384,14 @@ impl Operator for FixedAggregate {
                     "a partial result from another worker does not match this aggregate; ignored");
                 continue;
             };
-            self.windows.entry(GLOBAL).or_default();
-            self.lookup.set(GLOBAL, key);
+            let window = self.windows.entry(start).or_default();
+            let fired = window.fired;
+            self.lookup.set(start, group);
             let aggregates = &self.c.aggregates;
             let slot = self.slots.get_or_insert_with(&self.lookup, || {
+                if windowed {
+                    window.groups.insert(GroupKey::from_slice(group));
+                }
                 Slot::new(aggregates.iter().map(|a| a.init()).collect(), 0)
             });
             for (acc, p) in slot.accs.iter_mut().zip(partial) {

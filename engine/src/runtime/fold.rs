@@ -7,8 +7,9 @@ use crate::operator::Operator;
 
 /// Per source: the operator node it feeds and a combiner of that node,
 /// when the source's rows can be folded into partial results where they
-/// are decoded: the source's only reader is an operator with a combiner
-/// (an all-time aggregate of events) whose merges round like its rows (no
+/// are decoded: the source's only reader is an operator with a batch
+/// combiner (an aggregate of events, all-time or in fixed windows) whose
+/// merges round like its rows (no
 /// float sums: a replay read in other batches must give the same digits),
 /// in a run of one worker (with several, rows are routed to their owners
 /// first).
@@ -29,7 +30,7 @@ pub(super) fn fold_plan(
                 return None;
             }
             let op = operators.get(node.checked_sub(n_sources)?)?.as_ref()?;
-            let combiner = op.combiner()?;
+            let combiner = op.batch_combiner()?;
             if combiner.rounds_differently() {
                 return None;
             }

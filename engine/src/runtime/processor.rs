@@ -425,7 +425,7 @@ impl Processor {
                     origin.partition = c.global_partition(source, origin.partition);
                 }
                 match (folded, self.fold_targets.get(source).copied().flatten()) {
-                    (Some(partials), Some(node)) => self.apply_partials(node, *partials),
+                    (Some(folded), Some(node)) => self.apply_folded(source, node, batch, *folded),
                     (Some(_), None) => {
                         debug_assert!(false, "a source folded rows nobody merges");
                     }

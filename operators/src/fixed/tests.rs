@@ -238,7 +238,7 @@ mod batching {
     use std::collections::{BTreeMap, BTreeSet};
 
     use proptest::prelude::*;
-    use sluice_engine::operator::OperatorSpec;
+    use sluice_engine::operator::{Emitter, OperatorSpec};
     use sluice_engine::runtime::watermark::{WatermarkSettings, WatermarkTracker};
 
     use super::spec;
@@ -253,6 +253,31 @@ mod batching {
         sizes: &[usize],
         disorder: i64,
     ) -> (BTreeMap<String, String>, BTreeMap<u64, String>) {
+        let run = drive_with(toml, events, sizes, disorder, false);
+        (run.table, run.late)
+    }
+
+    /// What [`drive_with`] saw.
+    pub(crate) struct Driven {
+        pub table: BTreeMap<String, String>,
+        pub late: BTreeMap<u64, String>,
+        /// Every row emitted, in order.
+        pub emitted: Vec<String>,
+        /// Batches whose partial results the operator took.
+        pub folded: usize,
+    }
+
+    /// [`drive`], and with `fold` each batch is first folded by the
+    /// operator's batch combiner, as a source does where it decodes: the
+    /// operator merges the partial results when it takes them for the
+    /// batch's (stamped) metadata, else it processes the rows.
+    pub(crate) fn drive_with(
+        toml: &str,
+        events: &[(i64, u8, i64)],
+        sizes: &[usize],
+        disorder: i64,
+        fold: bool,
+    ) -> Driven {
         let mut op = spec(toml).build(&build_ctx()).unwrap();
         let mut tracker = WatermarkTracker::new(vec![WatermarkSettings {
             event_time: true,
@@ -263,15 +288,21 @@ mod batching {
             .iter()
             .map(|(t, k, v)| format!(r#"{{"k":"{}","v":{v},"t":{t}}}"#, (b'a' + k) as char))
             .collect();
-        let (mut table, mut late) = (BTreeMap::new(), BTreeMap::new());
-        let mut keep = |batches: Vec<sluice_engine::batch::Batch>| {
+        let mut run = Driven {
+            table: BTreeMap::new(),
+            late: BTreeMap::new(),
+            emitted: Vec::new(),
+            folded: 0,
+        };
+        let mut keep = |run: &mut Driven, batches: Vec<sluice_engine::batch::Batch>| {
             for b in batches {
                 for (i, row) in b.rows.iter().enumerate() {
                     let id = format!("{:?}", b.keys[i]);
+                    run.emitted.push(format!("{id} {:?} {row}", b.kinds[i]));
                     if b.kinds[i] == sluice_engine::batch::RowKind::Delete {
-                        table.remove(&id);
+                        run.table.remove(&id);
                     } else {
-                        table.insert(id, row.to_string());
+                        run.table.insert(id, row.to_string());
                     }
                 }
             }
@@ -286,18 +317,42 @@ mod batching {
                 m.offset = (at + i) as u64;
             }
             tracker.observe_rows(0, 0, &mut b.meta, i64::MAX, 0);
-            let (out, dead) = run_op(op.as_mut(), b);
-            keep(out);
+            let (out, dead) = match op.batch_combiner().filter(|_| fold) {
+                Some(mut combiner) => {
+                    let (mut out, mut dead) = (Vec::new(), Vec::new());
+                    let mut emitter = Emitter {
+                        out: &mut out,
+                        dead: &mut dead,
+                    };
+                    combiner.add_batch(&b, &mut emitter);
+                    let mut partials = Vec::new();
+                    combiner.drain(&mut partials);
+                    if op.takes_folded(&b.meta) {
+                        run.folded += 1;
+                        let mut merged = sluice_engine::batch::Batch::default();
+                        for (key, value) in partials {
+                            merged.keys.push(key);
+                            merged.rows.push(value);
+                        }
+                        op.merge_partials(merged, &mut emitter);
+                        (out, dead)
+                    } else {
+                        run_op(op.as_mut(), b)
+                    }
+                }
+                None => run_op(op.as_mut(), b),
+            };
+            keep(&mut run, out);
             for d in dead {
-                late.insert(d.offset, d.reason);
+                run.late.insert(d.offset, d.reason);
             }
             let wm = tracker.source_watermark(0, 0);
-            keep(watermark(op.as_mut(), wm));
+            keep(&mut run, watermark(op.as_mut(), wm));
             at += n;
         }
-        keep(checkpoint(op.as_mut()));
-        keep(watermark(op.as_mut(), i64::MAX));
-        (table, late)
+        keep(&mut run, checkpoint(op.as_mut()));
+        keep(&mut run, watermark(op.as_mut(), i64::MAX));
+        run
     }
 
     /// (window start, key) -> (count, sum).
@@ -379,6 +434,15 @@ mod batching {
             let (whole, late_whole) = drive(&toml, &events, &[events.len()], disorder);
             prop_assert_eq!(&table, &one_by_one);
             prop_assert_eq!(&table, &whole);
+            // rows folded where they are decoded: the same rows emitted in
+            // the same order, the same late events
+            for toml in [toml.clone(), format!("{toml}\nemit = \"updates\"")] {
+                let rows = drive_with(&toml, &events, &sizes, disorder, false);
+                let folded = drive_with(&toml, &events, &sizes, disorder, true);
+                prop_assert_eq!(&folded.emitted, &rows.emitted);
+                prop_assert_eq!(&folded.late, &rows.late);
+                prop_assert_eq!(&folded.table, &rows.table);
+            }
             prop_assert_eq!(&late, &late_one);
             prop_assert_eq!(&late, &late_whole);
             let (windows, expected_late) = reference(&events, size, slide, lateness, disorder);
@@ -390,6 +454,24 @@ mod batching {
                     (b'a' + k) as char, s + size))
                 .collect();
             prop_assert_eq!(table.values().cloned().collect::<BTreeSet<_>>(), expected);
+        }
+    }
+
+    /// Batches without a late row are taken as partial results; a batch
+    /// with one is taken row by row, and its late row is a dead letter.
+    #[test]
+    fn batches_without_late_rows_are_taken_as_partial_results() {
+        let in_order: Vec<(i64, u8, i64)> = (0..100).map(|t| (t, (t % 3) as u8, 1)).collect();
+        for (size, slide) in [(10, 10), (20, 5)] {
+            let toml = config(size, slide, 0);
+            let run = drive_with(&toml, &in_order, &[7], 2, true);
+            assert_eq!(run.folded, 15, "every batch of 7 (and the last of 2)");
+            assert!(run.late.is_empty());
+            let mut late = in_order.clone();
+            late.insert(50, (10, 0, 1));
+            let run = drive_with(&toml, &late, &[7], 2, true);
+            assert_eq!(run.folded, 14, "the batch with row 50 is taken as rows");
+            assert_eq!(run.late.keys().copied().collect::<Vec<_>>(), vec![50]);
         }
     }
 

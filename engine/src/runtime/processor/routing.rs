@@ -12,6 +12,7 @@ use crate::keys::{decode_key, GroupKey};
 use crate::metrics as m;
 use crate::operator::{Emitter, Operator};
 use crate::sink::SinkRecord;
+use crate::source::Folded;
 use crate::time::now_ms;
 use crate::value::{Str, Value};
 
@@ -60,6 +61,30 @@ impl Processor {
     /// operator with a combiner).
     pub(super) fn apply_partials(&mut self, node: usize, batch: Batch) {
         self.run_operator(node, |op, out| op.merge_partials(batch, out));
+    }
+
+    /// Takes the rows of one source batch that were folded where they were
+    /// decoded: `node` merges the partial results when it accepts them for
+    /// this batch (`meta`, the rows' metadata, watermarks stamped), else
+    /// the rows are decoded again and processed one by one.
+    pub(super) fn apply_folded(&mut self, source: usize, node: usize, meta: Batch, folded: Folded) {
+        let takes = self.operators[node - self.n_sources]
+            .as_ref()
+            .is_some_and(|op| op.takes_folded(&meta.meta));
+        if takes {
+            self.dead_letters(folded.dead);
+            self.apply_partials(node, folded.partials);
+            return;
+        }
+        let mut rows = folded.rows();
+        debug_assert_eq!(
+            rows.len(),
+            meta.meta.len(),
+            "decoding again gives the same rows"
+        );
+        rows.meta = meta.meta;
+        rows.origin = meta.origin;
+        self.forward(source, rows);
     }
 
     /// Calls `f` on the operator of `node`, then sends on what it emitted.
