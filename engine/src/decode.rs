@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::batch::{Batch, Origin, RowMeta};
 use crate::dead_letter::{DeadLetter, ErrorType};
 use crate::json::{self, Projection};
-use crate::operator::{FieldPath, FieldSet};
+use crate::operator::{Combiner, FieldPath, FieldSet};
 use crate::source::RawBatch;
 use crate::time::{event_time_ms, now_ms, TimeFormat};
 use crate::value::{Map, Value};
@@ -92,6 +92,37 @@ impl Decoder {
 
     /// Decodes every event of `raw`; bad ones become dead letters.
     pub fn decode(&self, raw: &RawBatch) -> (Batch, Vec<DeadLetter>) {
+        let (batch, dead, _) = self.decode_folding(raw, None);
+        (batch, dead)
+    }
+
+    /// [`decode`](Self::decode), folding what it can into `combiner` on the
+    /// way when the decoder projects fields the combiner can fold from
+    /// ([`Combiner::bind_fields`]): the events it folds get no row (the
+    /// batch then holds every event's metadata and no rows), and the ones
+    /// it refuses come back as rows in the third batch, for
+    /// [`Combiner::add`]. Without a combiner, or one that cannot bind, the
+    /// batch holds every row and there is no third batch.
+    pub fn decode_folding(
+        &self,
+        raw: &RawBatch,
+        mut combiner: Option<&mut (dyn Combiner + 'static)>,
+    ) -> (Batch, Vec<DeadLetter>, Option<Batch>) {
+        if let (Some(c), Mode::Projected { paths, .. }) = (combiner.as_deref_mut(), &self.mode) {
+            if !c.bind_fields(paths) {
+                combiner = None;
+            }
+        } else {
+            combiner = None;
+        }
+        let mut refused = combiner.is_some().then(|| Batch {
+            origin: Some(Origin {
+                source: self.source.clone(),
+                partition: raw.partition,
+            }),
+            raw: Some(raw.buf.clone()),
+            ..Batch::default()
+        });
         let mut batch = Batch::with_capacity(raw.events.len());
         batch.origin = Some(Origin {
             source: self.source.clone(),
@@ -132,7 +163,7 @@ impl Decoder {
                     let spec = self.event_time.as_ref();
                     let time =
                         spec.map_or(Ok(arrival), |s| event_time(s, row.get_path(&s.field)))?;
-                    Ok((row, time))
+                    Ok((Some(row), time))
                 }),
                 Mode::Projected {
                     projection,
@@ -145,7 +176,17 @@ impl Decoder {
                         (Some(spec), Some(i)) => event_time(spec, &slots[*i]),
                         _ => Ok(arrival),
                     }
-                    .map(|time| (row_of(paths, &mut slots), time)),
+                    .map(|time| {
+                        let folded = combiner
+                            .as_deref_mut()
+                            .is_some_and(|c| c.add_fields(&slots, time));
+                        let row = if folded {
+                            None
+                        } else {
+                            Some(row_of(paths, &mut slots))
+                        };
+                        (row, time)
+                    }),
                 },
             };
             let (row, time) = match decoded {
@@ -155,16 +196,24 @@ impl Decoder {
                     continue;
                 }
             };
-            batch.rows.push(row);
-            batch.meta.push(RowMeta {
+            let meta = RowMeta {
                 time,
                 offset: ev.offset,
                 raw_start: ev.start,
                 raw_len: ev.len,
                 ..RowMeta::default()
-            });
+            };
+            match (row, &mut refused) {
+                (None, _) => {}
+                (Some(row), Some(refused)) => {
+                    refused.rows.push(row);
+                    refused.meta.push(meta);
+                }
+                (Some(row), None) => batch.rows.push(row),
+            }
+            batch.meta.push(meta);
         }
-        (batch, dead)
+        (batch, dead, refused)
     }
 
     /// Parses a whole event, which must be an object.

@@ -11,7 +11,7 @@ use smallvec::SmallVec;
 use crate::value::{Map, Str, Value};
 
 /// Encoded group key (inline up to 24 bytes).
-pub type GroupKey = SmallVec<[u8; 24]>;
+pub type GroupKey = SmallVec<[u8; 32]>;
 
 /// Default number of key groups (the unit of rescaling). Fixed for the life
 /// of a state directory.

@@ -427,6 +427,24 @@ pub trait Combiner: Send + Sync {
     /// An empty combiner of the same operator (for another thread).
     fn fresh(&self) -> Box<dyn Combiner>;
 
+    /// Prepares to fold events straight from the fields a source's decoder
+    /// projects (`paths`, by slot; see [`add_fields`](Self::add_fields)),
+    /// without building rows. False when it cannot (a field it reads is
+    /// not one of `paths`); it is then only given rows.
+    fn bind_fields(&mut self, _paths: &[FieldPath]) -> bool {
+        false
+    }
+
+    /// Folds one event from its projected `fields` (by slot, as bound by
+    /// [`bind_fields`](Self::bind_fields)) at event time `time`, as
+    /// [`add`](Self::add) would fold its row. False, touching nothing,
+    /// exactly when `add` would refuse the row (a key field missing, an
+    /// input of the wrong type): the row is then built and given to `add`,
+    /// which makes its dead letter.
+    fn add_fields(&mut self, _fields: &[crate::value::Value], _time: i64) -> bool {
+        false
+    }
+
     /// Whether merging its partial results can round differently from
     /// taking the rows one by one (float sums: `(s + a) + b` is not always
     /// `s + (a + b)`). Rows of one partition then no longer give the same

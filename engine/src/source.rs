@@ -218,14 +218,21 @@ pub struct Folded {
 }
 
 impl Folded {
-    /// Folds the rows of `batch` (decoded from `raw`) with a combiner like
-    /// `proto`; leaves `batch` with its metadata only.
-    fn new(proto: &dyn Combiner, batch: &mut Batch, raw: RawBatch, decoder: Arc<Decoder>) -> Self {
-        let mut combiner = proto.fresh();
+    /// The partial results of `combiner`, which folded the rows of `batch`
+    /// (decoded from `raw`): either it folded some of them while they were
+    /// decoded and `refused` holds the others, which it takes now, or it
+    /// takes every row of `batch` now. Leaves `batch` with its metadata only.
+    fn new(
+        mut combiner: Box<dyn Combiner>,
+        batch: &mut Batch,
+        refused: Option<Batch>,
+        raw: RawBatch,
+        decoder: Arc<Decoder>,
+    ) -> Self {
         let mut out = Vec::new();
         let mut dead = Vec::new();
         combiner.add_batch(
-            batch,
+            refused.as_ref().unwrap_or(batch),
             &mut Emitter {
                 out: &mut out,
                 dead: &mut dead,
@@ -328,20 +335,17 @@ impl SourceOutput {
 
     /// Decodes a batch into the message for the processor.
     pub(crate) fn data(&self, mut raw: RawBatch) -> SourceEvent {
-        let (mut batch, dead) = self.decoder.decode(&raw);
+        let mut combiner = self.fold.as_ref().map(|proto| proto.fresh());
+        let (mut batch, dead, refused) = self.decoder.decode_folding(&raw, combiner.as_deref_mut());
         self.progress.add_done(raw.bytes);
         self.health.emitted(raw.events.len() as u64);
         let (partition, events, bytes) = (raw.partition, raw.events.len() as u64, raw.bytes);
         let position = std::mem::take(&mut raw.position);
-        let folded = match &self.fold {
-            Some(proto) if !batch.is_empty() => {
+        let folded = match combiner {
+            Some(combiner) if !batch.meta.is_empty() => {
                 let decoder = self.decoder.clone();
-                Some(Box::new(Folded::new(
-                    proto.as_ref(),
-                    &mut batch,
-                    raw,
-                    decoder,
-                )))
+                let folded = Folded::new(combiner, &mut batch, refused, raw, decoder);
+                Some(Box::new(folded))
             }
             _ => None,
         };

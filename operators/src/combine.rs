@@ -12,15 +12,16 @@
 //! would make. The retractable forms (an aggregate reading a changelog)
 //! never fold.
 
-use rustc_hash::FxHashMap;
+use indexmap::IndexMap;
+use rustc_hash::FxBuildHasher;
 use sluice_engine::batch::Batch;
-use sluice_engine::keys::GroupKey;
-use sluice_engine::operator::{Combiner, Emitter};
+use sluice_engine::keys::{encode_component, GroupKey};
+use sluice_engine::operator::{Combiner, Emitter, FieldPath};
 use sluice_engine::time::now_ms;
 use sluice_engine::value::Value;
 
 use crate::accumulator::{Acc, AggFn};
-use crate::aggregate::Common;
+use crate::aggregate::{Common, Grouping};
 use crate::key_by::missing_key;
 use crate::window::assign;
 
@@ -34,10 +35,12 @@ pub struct AggCombiner {
     /// The partial results in the order of each key's first row, so that
     /// the operator merging them marks its results changed in the order
     /// the rows would have.
-    partials: Vec<(GroupKey, Vec<Acc>)>,
-    index: FxHashMap<GroupKey, u32>,
+    partials: IndexMap<GroupKey, Vec<Acc>, FxBuildHasher>,
     /// A reused buffer for the key of a window.
     slot: GroupKey,
+    /// Set by `bind_fields`: the slots of the group key fields and of each
+    /// aggregate's input (None: a plain count).
+    fields: Option<(Vec<usize>, Vec<Option<usize>>)>,
 }
 
 /// The key of the result of `group` in the window starting at `start`:
@@ -62,27 +65,50 @@ impl AggCombiner {
         AggCombiner {
             c,
             window,
-            partials: Vec::new(),
-            index: FxHashMap::default(),
+            partials: IndexMap::default(),
             slot: GroupKey::new(),
+            fields: None,
         }
     }
 
-    /// Folds `row` at time `t` into the partial result of `key`.
-    fn fold(&mut self, key: &[u8], batch: &Batch, i: usize, t: i64) {
-        let at = match self.index.get(key) {
-            Some(&at) => at as usize,
+    /// Folds an event at time `t` whose aggregate inputs `input` gives into
+    /// the partial results of group `key` (of each of its windows).
+    fn fold_event<'v>(
+        &mut self,
+        key: &[u8],
+        t: i64,
+        input: impl Fn(&crate::accumulator::Aggregate, usize) -> Option<&'v Value>,
+    ) {
+        match self.window {
+            None => self.fold(key, t, &input),
+            Some((size, slide)) => {
+                let mut slot = std::mem::take(&mut self.slot);
+                for start in assign(t, size, slide) {
+                    slot_key(start, key, &mut slot);
+                    self.fold(&slot, t, &input);
+                }
+                self.slot = slot;
+            }
+        }
+    }
+
+    /// Folds an event at time `t` into the partial result of `key`.
+    fn fold<'v>(
+        &mut self,
+        key: &[u8],
+        t: i64,
+        input: &impl Fn(&crate::accumulator::Aggregate, usize) -> Option<&'v Value>,
+    ) {
+        let at = match self.partials.get_index_of(key) {
+            Some(at) => at,
             None => {
                 let accs = self.c.aggregates.iter().map(|a| a.init()).collect();
-                self.partials.push((GroupKey::from_slice(key), accs));
-                self.index
-                    .insert(GroupKey::from_slice(key), (self.partials.len() - 1) as u32);
-                self.partials.len() - 1
+                self.partials.insert_full(GroupKey::from_slice(key), accs).0
             }
         };
-        let row = &batch.rows[i];
-        for (agg, acc) in self.c.aggregates.iter().zip(self.partials[at].1.iter_mut()) {
-            acc.update(agg.input(row), t);
+        let accs = self.partials[at].iter_mut();
+        for (a, (agg, acc)) in self.c.aggregates.iter().zip(accs).enumerate() {
+            acc.update(input(agg, a), t);
         }
     }
 }
@@ -95,17 +121,59 @@ impl Combiner for AggCombiner {
         }
         let now = if self.c.processing_time { now_ms() } else { 0 };
         let t = self.c.time_of(batch, i, now);
-        match self.window {
-            None => self.fold(key, batch, i, t),
-            Some((size, slide)) => {
-                let mut slot = std::mem::take(&mut self.slot);
-                for start in assign(t, size, slide) {
-                    slot_key(start, key, &mut slot);
-                    self.fold(&slot, batch, i, t);
-                }
-                self.slot = slot;
-            }
+        let row = &batch.rows[i];
+        self.fold_event(key, t, |agg, _| agg.input(row));
+    }
+
+    fn bind_fields(&mut self, paths: &[FieldPath]) -> bool {
+        // Processing time is read per row in `add`; a path inside another
+        // would read differently from the slot than from the row.
+        let nested = paths
+            .iter()
+            .any(|p| paths.iter().any(|q| q.len() > p.len() && q.starts_with(p)));
+        if self.c.processing_time || nested {
+            return false;
         }
+        let slot_of = |f: &FieldPath| paths.iter().position(|p| p == f);
+        let keys = match &self.c.group {
+            Grouping::Fields(fields) => fields.iter().map(slot_of).collect(),
+            Grouping::Global => Some(Vec::new()),
+            Grouping::Upstream(_) => None,
+        };
+        let inputs = self
+            .c
+            .aggregates
+            .iter()
+            .map(|a| match &a.field {
+                None => Some(None),
+                Some(f) => slot_of(f).map(Some),
+            })
+            .collect();
+        self.fields = keys.zip(inputs);
+        self.fields.is_some()
+    }
+
+    fn add_fields(&mut self, fields: &[Value], time: i64) -> bool {
+        let Some((keys, inputs)) = self.fields.take() else {
+            return false;
+        };
+        let mut key = GroupKey::new();
+        let input = |a: usize| inputs[a].map(|slot| &fields[slot]);
+        let admitted = keys.iter().all(|&slot| {
+            let v = &fields[slot];
+            encode_component(&mut key, v);
+            v.exists()
+        }) && self
+            .c
+            .aggregates
+            .iter()
+            .enumerate()
+            .all(|(a, agg)| agg.check(input(a)).is_ok());
+        if admitted {
+            self.fold_event(&key, time, |_, a| input(a));
+        }
+        self.fields = Some((keys, inputs));
+        admitted
     }
 
     fn add_batch(&mut self, batch: &Batch, out: &mut Emitter<'_>) {
@@ -140,7 +208,6 @@ impl Combiner for AggCombiner {
     }
 
     fn drain(&mut self, out: &mut Vec<(GroupKey, Value)>) {
-        self.index.clear();
         out.extend(self.partials.drain(..).map(|(key, accs)| {
             let partial = accs
                 .iter()
@@ -289,6 +356,81 @@ aggregates = { n = "count", total = { fn = "sum", field = "v" }, mean = { fn = "
             };
             prop_assert_eq!(letters(&dead_split), letters(&dead_whole));
         }
+    }
+
+    proptest! {
+        /// Folding events straight from their projected fields gives the
+        /// partial results (in the same order) and the dead letters of
+        /// folding their rows, all-time and in hopping windows; the events
+        /// refused (missing key, wrong type) are exactly those `add` refuses.
+        #[test]
+        fn events_fold_from_their_fields_as_from_their_rows(
+            events in proptest::collection::vec((0u8..5, -50i64..50, 0u8..3, 0u8..12), 1..60),
+            windowed in any::<bool>(),
+        ) {
+            let lines: Vec<String> = events
+                .iter()
+                .enumerate()
+                .map(|(t, (k, v, c, bad))| match (*bad, *k) {
+                    (0, _) => format!(r#"{{"k":"{k}","t":{t},"v":"not a number","c":{c}}}"#),
+                    (_, 4) => format!(r#"{{"t":{t},"v":{v},"c":{c}}}"#),
+                    (1, _) => format!(r#"{{"k":{k},"t":{t},"c":null}}"#),
+                    _ => format!(r#"{{"k":"{k}","t":{t},"v":{v},"c":{c}}}"#),
+                })
+                .collect();
+            let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+            let batch = batch_of(&refs);
+            let config = if windowed {
+                ALL_TIME.replace("aggregates", "window = { type = \"hopping\", size = 20, slide = 5 }\naggregates")
+            } else {
+                ALL_TIME.to_string()
+            };
+            let op = build(&config);
+            let paths: Vec<Vec<sluice_engine::Str>> = ["c", "v", "k", "t"]
+                .iter()
+                .map(|f| vec![sluice_engine::Str::from(*f)])
+                .collect();
+            let drained = |mut c: Box<dyn sluice_engine::operator::Combiner>| {
+                let mut out = Vec::new();
+                c.drain(&mut out);
+                out
+            };
+            // every row folded as a row
+            let (mut dead_rows, mut out) = (Vec::new(), Vec::new());
+            let mut by_rows = op.batch_combiner().unwrap();
+            by_rows.add_batch(&batch, &mut Emitter { out: &mut out, dead: &mut dead_rows });
+            // from the fields, the refused ones as rows afterwards
+            let mut by_fields = op.batch_combiner().unwrap();
+            prop_assert!(by_fields.bind_fields(&paths));
+            let mut refused = Vec::new();
+            for (i, row) in batch.rows.iter().enumerate() {
+                let fields: Vec<_> = paths.iter().map(|p| row.get_path(p).clone()).collect();
+                if !by_fields.add_fields(&fields, batch.meta[i].time) {
+                    refused.push(i);
+                }
+            }
+            let mut rest = batch.clone();
+            rest.retain_mask(&(0..batch.len()).map(|i| refused.contains(&i)).collect::<Vec<_>>());
+            let mut dead_fields = Vec::new();
+            by_fields.add_batch(&rest, &mut Emitter { out: &mut out, dead: &mut dead_fields });
+            prop_assert_eq!(refused.len(), dead_rows.len());
+            prop_assert_eq!(drained(by_fields), drained(by_rows));
+            let letters = |d: &Vec<sluice_engine::dead_letter::DeadLetter>| {
+                d.iter().map(|d| (d.offset, d.reason.clone())).collect::<Vec<_>>()
+            };
+            prop_assert_eq!(letters(&dead_fields), letters(&dead_rows));
+        }
+    }
+
+    #[test]
+    fn fields_bind_only_when_every_field_read_is_projected() {
+        let op = build(ALL_TIME);
+        let path = |f: &str| sluice_engine::value::parse_path(f);
+        let all = [path("k"), path("v"), path("c")];
+        assert!(op.batch_combiner().unwrap().bind_fields(&all));
+        assert!(!op.batch_combiner().unwrap().bind_fields(&all[..2]));
+        let nested = [path("k"), path("v"), path("c"), path("k.x")];
+        assert!(!op.batch_combiner().unwrap().bind_fields(&nested));
     }
 
     #[test]

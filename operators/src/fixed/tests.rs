@@ -294,7 +294,7 @@ mod batching {
             emitted: Vec::new(),
             folded: 0,
         };
-        let mut keep = |run: &mut Driven, batches: Vec<sluice_engine::batch::Batch>| {
+        let keep = |run: &mut Driven, batches: Vec<sluice_engine::batch::Batch>| {
             for b in batches {
                 for (i, row) in b.rows.iter().enumerate() {
                     let id = format!("{:?}", b.keys[i]);
