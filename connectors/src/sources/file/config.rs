@@ -90,5 +90,5 @@ fn default_poll() -> HumanDuration {
 }
 
 fn default_read_bytes() -> usize {
-    256 << 10
+    1 << 20
 }

@@ -15,7 +15,7 @@ fn example_config_parses() {
     let c: super::FileSourceConfig =
         toml::from_str("path = \"examples/data/weather.ndjson\"\nfollow = false").unwrap();
     assert!(!c.follow);
-    assert_eq!(c.read_bytes, 256 << 10);
+    assert_eq!(c.read_bytes, 1 << 20);
     let e = toml::from_str::<super::FileSourceConfig>("path = \"x\"\nfolow = true").unwrap_err();
     assert!(e.to_string().contains("unknown field `folow`"));
 }
