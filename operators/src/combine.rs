@@ -48,8 +48,14 @@ pub struct AggCombiner {
 /// group key, as the aggregate's state stores it.
 pub fn slot_key(start: i64, group: &[u8], out: &mut GroupKey) {
     out.clear();
-    out.extend_from_slice(&((start as u64) ^ (1 << 63)).to_be_bytes());
+    out.extend_from_slice(&[0; 8]);
+    set_start(out, start);
     out.extend_from_slice(group);
+}
+
+/// Sets the window start of the [`slot_key`] `key`.
+fn set_start(key: &mut [u8], start: i64) {
+    key[..8].copy_from_slice(&((start as u64) ^ (1 << 63)).to_be_bytes());
 }
 
 /// The window start and group key of a [`slot_key`].
@@ -71,25 +77,38 @@ impl AggCombiner {
         }
     }
 
+    /// Starts `self.slot` as the key of an event's results: room for the
+    /// window start when windowed, then the group key (appended by the
+    /// caller).
+    fn key_buffer(&mut self) -> GroupKey {
+        let mut slot = std::mem::take(&mut self.slot);
+        slot.clear();
+        if self.window.is_some() {
+            slot.extend_from_slice(&[0; 8]);
+        }
+        slot
+    }
+
     /// Folds an event at time `t` whose aggregate inputs `input` gives into
-    /// the partial results of group `key` (of each of its windows).
+    /// the partial results of its group (of each of its windows): `slot`
+    /// comes from [`key_buffer`](Self::key_buffer), its group key appended;
+    /// it goes back to `self.slot`.
     fn fold_event<'v>(
         &mut self,
-        key: &[u8],
+        mut slot: GroupKey,
         t: i64,
         input: impl Fn(&crate::accumulator::Aggregate, usize) -> Option<&'v Value>,
     ) {
         match self.window {
-            None => self.fold(key, t, &input),
+            None => self.fold(&slot, t, &input),
             Some((size, slide)) => {
-                let mut slot = std::mem::take(&mut self.slot);
                 for start in assign(t, size, slide) {
-                    slot_key(start, key, &mut slot);
+                    set_start(&mut slot, start);
                     self.fold(&slot, t, &input);
                 }
-                self.slot = slot;
             }
         }
+        self.slot = slot;
     }
 
     /// Folds an event at time `t` into the partial result of `key`.
@@ -122,7 +141,9 @@ impl Combiner for AggCombiner {
         let now = if self.c.processing_time { now_ms() } else { 0 };
         let t = self.c.time_of(batch, i, now);
         let row = &batch.rows[i];
-        self.fold_event(key, t, |agg, _| agg.input(row));
+        let mut slot = self.key_buffer();
+        slot.extend_from_slice(key);
+        self.fold_event(slot, t, |agg, _| agg.input(row));
     }
 
     fn bind_fields(&mut self, paths: &[FieldPath]) -> bool {
@@ -157,7 +178,7 @@ impl Combiner for AggCombiner {
         let Some((keys, inputs)) = self.fields.take() else {
             return false;
         };
-        let mut key = GroupKey::new();
+        let mut key = self.key_buffer();
         let input = |a: usize| inputs[a].map(|slot| &fields[slot]);
         let admitted = keys.iter().all(|&slot| {
             let v = &fields[slot];
@@ -170,7 +191,9 @@ impl Combiner for AggCombiner {
             .enumerate()
             .all(|(a, agg)| agg.check(input(a)).is_ok());
         if admitted {
-            self.fold_event(&key, time, |_, a| input(a));
+            self.fold_event(key, time, |_, a| input(a));
+        } else {
+            self.slot = key;
         }
         self.fields = Some((keys, inputs));
         admitted
