@@ -388,6 +388,22 @@ pub trait Operator: Send {
         debug_assert!(false, "partial results for an operator without a combiner");
     }
 
+    /// Takes the partial results `combiner` (one of this operator's
+    /// [`batch_combiner`](Self::batch_combiner)s) folded from one batch
+    /// where it was decoded. The default drains them into
+    /// [`merge_partials`](Self::merge_partials); an operator that knows its
+    /// combiner can take them without that conversion.
+    fn merge_folded(&mut self, mut combiner: Box<dyn Combiner>, out: &mut Emitter<'_>) {
+        let mut partials = Vec::with_capacity(combiner.len());
+        combiner.drain(&mut partials);
+        let mut batch = Batch::default();
+        for (key, value) in partials {
+            batch.keys.push(key);
+            batch.rows.push(value);
+        }
+        self.merge_partials(batch, out);
+    }
+
     /// A combiner folding whole batches of one source partition where they
     /// are decoded, in a run of one worker (see
     /// [`crate::source::SourceOutput::with_fold`]); its partial results go
@@ -426,6 +442,10 @@ pub trait Combiner: Send + Sync {
 
     /// An empty combiner of the same operator (for another thread).
     fn fresh(&self) -> Box<dyn Combiner>;
+
+    /// This combiner as `Any`, for its operator to take its partial results
+    /// as they are ([`Operator::merge_folded`]).
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any>;
 
     /// Prepares to fold events straight from the fields a source's decoder
     /// projects (`paths`, by slot; see [`add_fields`](Self::add_fields)),

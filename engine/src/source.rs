@@ -205,9 +205,8 @@ impl Progress {
 /// The rows of one batch folded into partial results where they were
 /// decoded, for the one operator the source feeds.
 pub struct Folded {
-    /// The partial results: `keys` the keys the combiner folded by, `rows`
-    /// the partial values, in the order of each key's first row.
-    pub partials: Batch,
+    /// The combiner holding the partial results.
+    pub combiner: Box<dyn Combiner>,
     /// The rows the combiner refused, as the operator would have refused
     /// them (after the decoder's dead letters).
     pub dead: Vec<DeadLetter>,
@@ -238,20 +237,10 @@ impl Folded {
                 dead: &mut dead,
             },
         );
-        let mut partials = Vec::with_capacity(combiner.len());
-        combiner.drain(&mut partials);
         batch.rows = Vec::new();
         batch.raw = None;
-        let mut folded = Batch {
-            origin: batch.origin.clone(),
-            ..Batch::default()
-        };
-        for (key, value) in partials {
-            folded.keys.push(key);
-            folded.rows.push(value);
-        }
         Folded {
-            partials: folded,
+            combiner,
             dead,
             raw,
             decoder,
@@ -268,7 +257,7 @@ impl Folded {
 impl std::fmt::Debug for Folded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Folded")
-            .field("partials", &self.partials.len())
+            .field("partials", &self.combiner.len())
             .field("dead", &self.dead.len())
             .field("events", &self.raw.events.len())
             .finish()

@@ -58,6 +58,14 @@ fn set_start(key: &mut [u8], start: i64) {
     key[..8].copy_from_slice(&((start as u64) ^ (1 << 63)).to_be_bytes());
 }
 
+impl AggCombiner {
+    /// The partial results (keys as [`drain`](Combiner::drain) gives them),
+    /// in the order of each key's first row.
+    pub fn into_partials(self) -> impl Iterator<Item = (GroupKey, Vec<Acc>)> {
+        self.partials.into_iter()
+    }
+}
+
 /// The window start and group key of a [`slot_key`].
 pub fn split_slot_key(bytes: &[u8]) -> Option<(i64, &[u8])> {
     let (start, group) = bytes.split_first_chunk::<8>()?;
@@ -217,6 +225,10 @@ impl Combiner for AggCombiner {
 
     fn fresh(&self) -> Box<dyn Combiner> {
         Box::new(AggCombiner::new(self.c.clone(), self.window))
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+        self
     }
 
     fn rounds_differently(&self) -> bool {

@@ -322,6 +322,42 @@ impl FixedAggregate {
     }
 }
 
+impl FixedAggregate {
+    /// Merges the accumulators `partial` folded elsewhere into the result of
+    /// `key` (a group key; a [`slot_key`] when windowed).
+    fn merge_one(&mut self, key: &[u8], partial: Vec<Acc>) {
+        let windowed = self.window.is_some();
+        let (start, group) = match windowed {
+            false => (GLOBAL, key),
+            true => match split_slot_key(key) {
+                Some(slot) => slot,
+                None => {
+                    tracing::error!(operator = %self.c.name, "a partial result without a window; ignored");
+                    return;
+                }
+            },
+        };
+        let window = self.windows.entry(start).or_default();
+        let fired = window.fired;
+        self.lookup.set(start, group);
+        let aggregates = &self.c.aggregates;
+        let slot = self.slots.get_or_insert_with(&self.lookup, || {
+            if windowed {
+                window.groups.insert(GroupKey::from_slice(group));
+            }
+            Slot::new(aggregates.iter().map(|a| a.init()).collect(), 0)
+        });
+        for (acc, p) in slot.accs.iter_mut().zip(partial) {
+            acc.merge(p);
+        }
+        let updates = self.c.emit == EmitMode::Updates;
+        if (updates || fired) && !slot.emit_dirty {
+            slot.emit_dirty = true;
+            self.emit_dirty.push(self.lookup.clone());
+        }
+    }
+}
+
 impl Operator for FixedAggregate {
     fn routing_keys(&self, batch: &Batch, keys: &mut Vec<Result<GroupKey, usize>>) -> bool {
         self.c.keys(batch, keys);
@@ -364,19 +400,7 @@ impl Operator for FixedAggregate {
     }
 
     fn merge_partials(&mut self, batch: Batch, _out: &mut Emitter<'_>) {
-        let updates = self.c.emit == EmitMode::Updates;
-        let windowed = self.window.is_some();
         for (key, value) in batch.keys.iter().zip(&batch.rows) {
-            let (start, group) = match windowed {
-                false => (GLOBAL, &key[..]),
-                true => match split_slot_key(key) {
-                    Some(slot) => slot,
-                    None => {
-                        tracing::error!(operator = %self.c.name, "a partial result without a window; ignored");
-                        continue;
-                    }
-                },
-            };
             let Some(partial) = partial_accs(&self.c, value) else {
                 // Only a peer running another build could send this; the
                 // topology signature and wire version rule that out.
@@ -384,23 +408,20 @@ impl Operator for FixedAggregate {
                     "a partial result from another worker does not match this aggregate; ignored");
                 continue;
             };
-            let window = self.windows.entry(start).or_default();
-            let fired = window.fired;
-            self.lookup.set(start, group);
-            let aggregates = &self.c.aggregates;
-            let slot = self.slots.get_or_insert_with(&self.lookup, || {
-                if windowed {
-                    window.groups.insert(GroupKey::from_slice(group));
-                }
-                Slot::new(aggregates.iter().map(|a| a.init()).collect(), 0)
-            });
-            for (acc, p) in slot.accs.iter_mut().zip(partial) {
-                acc.merge(p);
+            self.merge_one(key, partial);
+        }
+    }
+
+    fn merge_folded(&mut self, combiner: Box<dyn Combiner>, _out: &mut Emitter<'_>) {
+        let combiner = match combiner.into_any().downcast::<AggCombiner>() {
+            Ok(combiner) => combiner,
+            Err(_) => {
+                debug_assert!(false, "an aggregate folds with its own combiner");
+                return;
             }
-            if (updates || fired) && !slot.emit_dirty {
-                slot.emit_dirty = true;
-                self.emit_dirty.push(self.lookup.clone());
-            }
+        };
+        for (key, partial) in combiner.into_partials() {
+            self.merge_one(&key, partial);
         }
     }
 

@@ -325,16 +325,9 @@ mod batching {
                         dead: &mut dead,
                     };
                     combiner.add_batch(&b, &mut emitter);
-                    let mut partials = Vec::new();
-                    combiner.drain(&mut partials);
                     if op.takes_folded(&b.meta) {
                         run.folded += 1;
-                        let mut merged = sluice_engine::batch::Batch::default();
-                        for (key, value) in partials {
-                            merged.keys.push(key);
-                            merged.rows.push(value);
-                        }
-                        op.merge_partials(merged, &mut emitter);
+                        op.merge_folded(combiner, &mut emitter);
                         (out, dead)
                     } else {
                         run_op(op.as_mut(), b)

@@ -73,7 +73,8 @@ impl Processor {
             .is_some_and(|op| op.takes_folded(&meta.meta));
         if takes {
             self.dead_letters(folded.dead);
-            self.apply_partials(node, folded.partials);
+            let combiner = folded.combiner;
+            self.run_operator(node, |op, out| op.merge_folded(combiner, out));
             return;
         }
         let mut rows = folded.rows();
