@@ -10,7 +10,8 @@ use smallvec::SmallVec;
 
 use crate::value::{Map, Str, Value};
 
-/// Encoded group key (inline up to 24 bytes).
+/// Encoded group key (inline up to 32 bytes: a window start and a short
+/// key, as folding uses them, need no heap block).
 pub type GroupKey = SmallVec<[u8; 32]>;
 
 /// Default number of key groups (the unit of rescaling). Fixed for the life

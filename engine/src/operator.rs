@@ -407,7 +407,7 @@ pub trait Operator: Send {
     /// A combiner folding whole batches of one source partition where they
     /// are decoded, in a run of one worker (see
     /// [`crate::source::SourceOutput::with_fold`]); its partial results go
-    /// to [`merge_partials`](Self::merge_partials) when
+    /// to [`merge_folded`](Self::merge_folded) when
     /// [`takes_folded`](Self::takes_folded) accepts the batch. The default
     /// is the exchange's [`combiner`](Self::combiner); an operator that can
     /// fold more where the batch's row metadata is checked first (windows:
