@@ -30,7 +30,7 @@ use crate::window::assign;
 pub struct AggCombiner {
     c: Common,
     /// (size, slide) of fixed windows, in ms: keys are then
-    /// [`slot_key`]s. None: all-time, keys are group keys.
+    /// slot keys ([`start_bytes`]). None: all-time, keys are group keys.
     window: Option<(i64, i64)>,
     /// The partial results in the order of each key's first row, so that
     /// the operator merging them marks its results changed in the order
@@ -43,30 +43,20 @@ pub struct AggCombiner {
     fields: Option<(Vec<usize>, Vec<Option<usize>>)>,
 }
 
-/// The key of the result of `group` in the window starting at `start`:
-/// the start (sign bit flipped, so byte order is numeric order) then the
-/// group key, as the aggregate's state stores it.
-pub fn slot_key(start: i64, group: &[u8], out: &mut GroupKey) {
-    out.clear();
-    out.extend_from_slice(&[0; 8]);
-    set_start(out, start);
-    out.extend_from_slice(group);
-}
-
-/// Sets the window start of the [`slot_key`] `key`.
+/// Sets the window start of the slot key `key` (see [`start_bytes`]).
 fn set_start(key: &mut [u8], start: i64) {
-    key[..8].copy_from_slice(&((start as u64) ^ (1 << 63)).to_be_bytes());
+    key[..8].copy_from_slice(&start_bytes(start));
 }
 
-impl AggCombiner {
-    /// The partial results (keys as [`drain`](Combiner::drain) gives them),
-    /// in the order of each key's first row.
-    pub fn into_partials(self) -> impl Iterator<Item = (GroupKey, Vec<Acc>)> {
-        self.partials.into_iter()
-    }
+/// The first 8 bytes of a slot key, the key of a group's result in the
+/// window starting at `start`: the start with its sign bit flipped (so
+/// that byte order is numeric order), then the group key, as the
+/// aggregate's state stores it.
+pub fn start_bytes(start: i64) -> [u8; 8] {
+    ((start as u64) ^ (1 << 63)).to_be_bytes()
 }
 
-/// The window start and group key of a [`slot_key`].
+/// The window start and group key of a slot key (see [`start_bytes`]).
 pub fn split_slot_key(bytes: &[u8]) -> Option<(i64, &[u8])> {
     let (start, group) = bytes.split_first_chunk::<8>()?;
     Some(((u64::from_be_bytes(*start) ^ (1 << 63)) as i64, group))
@@ -83,6 +73,12 @@ impl AggCombiner {
             slot: GroupKey::new(),
             fields: None,
         }
+    }
+
+    /// The partial results (keys as [`drain`](Combiner::drain) gives them),
+    /// in the order of each key's first row.
+    pub fn into_partials(self) -> impl Iterator<Item = (GroupKey, Vec<Acc>)> {
+        self.partials.into_iter()
     }
 
     /// Starts `self.slot` as the key of an event's results: room for the

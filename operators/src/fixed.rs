@@ -22,7 +22,7 @@ use sluice_engine::value::{Map, Value};
 
 use crate::accumulator::Acc;
 use crate::aggregate::{Common, EmitMode};
-use crate::combine::{partial_accs, slot_key, split_slot_key, AggCombiner};
+use crate::combine::{partial_accs, split_slot_key, start_bytes, AggCombiner};
 use crate::window::{align, assign};
 
 /// The start used for the single all-time "window".
@@ -76,9 +76,8 @@ impl SlotKey {
 /// numeric order) then the group key; in the group key's key group.
 impl TableKey for SlotKey {
     fn encode(&self, out: &mut Vec<u8>) {
-        let mut key = GroupKey::new();
-        slot_key(self.start, &self.group, &mut key);
-        out.extend_from_slice(&key);
+        out.extend_from_slice(&start_bytes(self.start));
+        out.extend_from_slice(&self.group);
     }
 
     fn decode(bytes: &[u8]) -> Option<Self> {
@@ -324,7 +323,8 @@ impl FixedAggregate {
 
 impl FixedAggregate {
     /// Merges the accumulators `partial` folded elsewhere into the result of
-    /// `key` (a group key; a [`slot_key`] when windowed).
+    /// `key` (a group key; a slot key, see `combine::start_bytes`, when
+    /// windowed).
     fn merge_one(&mut self, key: &[u8], partial: Vec<Acc>) {
         let windowed = self.window.is_some();
         let (start, group) = match windowed {
