@@ -29,7 +29,7 @@ const TAG_JSON: u8 = 7;
 
 /// Appends the encoding of one key component. Integers and floats with an
 /// integral value encode identically, so `1` and `1.0` group together.
-pub fn encode_component(out: &mut GroupKey, v: &Value) {
+pub fn encode_component(out: &mut impl KeyBytes, v: &Value) {
     match v {
         Value::Missing => out.push(TAG_MISSING),
         Value::Null => out.push(TAG_NULL),
@@ -62,7 +62,7 @@ pub fn encode_component(out: &mut GroupKey, v: &Value) {
     }
 }
 
-fn push_len(out: &mut GroupKey, len: usize) {
+fn push_len(out: &mut impl KeyBytes, len: usize) {
     // LEB128
     let mut n = len;
     loop {
@@ -73,6 +73,39 @@ fn push_len(out: &mut GroupKey, len: usize) {
             break;
         }
         out.push(byte | 0x80);
+    }
+}
+
+/// A buffer keys are encoded into: a [`GroupKey`], or a reused `Vec<u8>`
+/// (cheaper to append to on a hot path: no inline-or-heap branch).
+pub trait KeyBytes {
+    /// Appends one byte.
+    fn push(&mut self, byte: u8);
+    /// Appends `bytes`.
+    fn extend_from_slice(&mut self, bytes: &[u8]);
+}
+
+impl KeyBytes for GroupKey {
+    #[inline(always)]
+    fn push(&mut self, byte: u8) {
+        SmallVec::push(self, byte);
+    }
+
+    #[inline(always)]
+    fn extend_from_slice(&mut self, bytes: &[u8]) {
+        SmallVec::extend_from_slice(self, bytes);
+    }
+}
+
+impl KeyBytes for Vec<u8> {
+    #[inline(always)]
+    fn push(&mut self, byte: u8) {
+        Vec::push(self, byte);
+    }
+
+    #[inline(always)]
+    fn extend_from_slice(&mut self, bytes: &[u8]) {
+        Vec::extend_from_slice(self, bytes);
     }
 }
 

@@ -20,7 +20,7 @@ use sluice_engine::operator::{Combiner, Emitter, FieldPath};
 use sluice_engine::time::now_ms;
 use sluice_engine::value::Value;
 
-use crate::accumulator::{Acc, AggFn};
+use crate::accumulator::{Acc, AggFn, Aggregate};
 use crate::aggregate::{Common, Grouping};
 use crate::key_by::missing_key;
 use crate::window::assign;
@@ -36,8 +36,9 @@ pub struct AggCombiner {
     /// the operator merging them marks its results changed in the order
     /// the rows would have.
     partials: IndexMap<GroupKey, Vec<Acc>, FxBuildHasher>,
-    /// A reused buffer for the key of a window.
-    slot: GroupKey,
+    /// A reused buffer for an event's key: the slot key (window start
+    /// first) when windowed, else the group key.
+    key: Vec<u8>,
     /// Set by `bind_fields`: the slots of the group key fields and of each
     /// aggregate's input (None: a plain count).
     fields: Option<(Vec<usize>, Vec<Option<usize>>)>,
@@ -70,7 +71,7 @@ impl AggCombiner {
             c,
             window,
             partials: IndexMap::default(),
-            slot: GroupKey::new(),
+            key: Vec::new(),
             fields: None,
         }
     }
@@ -81,58 +82,58 @@ impl AggCombiner {
         self.partials.into_iter()
     }
 
-    /// Starts `self.slot` as the key of an event's results: room for the
+    /// Starts `key` as the key of an event's results: room for the
     /// window start when windowed, then the group key (appended by the
     /// caller).
-    fn key_buffer(&mut self) -> GroupKey {
-        let mut slot = std::mem::take(&mut self.slot);
-        slot.clear();
-        if self.window.is_some() {
-            slot.extend_from_slice(&[0; 8]);
+    fn start_key(key: &mut Vec<u8>, window: Option<(i64, i64)>) {
+        key.clear();
+        if window.is_some() {
+            key.extend_from_slice(&[0; 8]);
         }
-        slot
     }
+}
 
-    /// Folds an event at time `t` whose aggregate inputs `input` gives into
-    /// the partial results of its group (of each of its windows): `slot`
-    /// comes from [`key_buffer`](Self::key_buffer), its group key appended;
-    /// it goes back to `self.slot`.
-    fn fold_event<'v>(
-        &mut self,
-        mut slot: GroupKey,
-        t: i64,
-        input: impl Fn(&crate::accumulator::Aggregate, usize) -> Option<&'v Value>,
-    ) {
-        match self.window {
-            None => self.fold(&slot, t, &input),
-            Some((size, slide)) => {
-                for start in assign(t, size, slide) {
-                    set_start(&mut slot, start);
-                    self.fold(&slot, t, &input);
-                }
+/// Folds an event at time `t` whose aggregate inputs `input` gives into the
+/// partial results of its group (of each of its windows): `key` comes from
+/// [`AggCombiner::start_key`], its group key appended.
+fn fold_event<'v>(
+    partials: &mut IndexMap<GroupKey, Vec<Acc>, FxBuildHasher>,
+    aggregates: &[Aggregate],
+    window: Option<(i64, i64)>,
+    key: &mut [u8],
+    t: i64,
+    input: impl Fn(&Aggregate, usize) -> Option<&'v Value>,
+) {
+    match window {
+        None => fold(partials, aggregates, key, t, &input),
+        Some((size, slide)) => {
+            for start in assign(t, size, slide) {
+                set_start(key, start);
+                fold(partials, aggregates, key, t, &input);
             }
         }
-        self.slot = slot;
     }
+}
 
-    /// Folds an event at time `t` into the partial result of `key`.
-    fn fold<'v>(
-        &mut self,
-        key: &[u8],
-        t: i64,
-        input: &impl Fn(&crate::accumulator::Aggregate, usize) -> Option<&'v Value>,
-    ) {
-        let at = match self.partials.get_index_of(key) {
-            Some(at) => at,
-            None => {
-                let accs = self.c.aggregates.iter().map(|a| a.init()).collect();
-                self.partials.insert_full(GroupKey::from_slice(key), accs).0
-            }
-        };
-        let accs = self.partials[at].iter_mut();
-        for (a, (agg, acc)) in self.c.aggregates.iter().zip(accs).enumerate() {
-            acc.update(input(agg, a), t);
+/// Folds an event at time `t` into the partial result of `key`.
+#[inline(always)]
+fn fold<'v>(
+    partials: &mut IndexMap<GroupKey, Vec<Acc>, FxBuildHasher>,
+    aggregates: &[Aggregate],
+    key: &[u8],
+    t: i64,
+    input: &impl Fn(&Aggregate, usize) -> Option<&'v Value>,
+) {
+    let accs = match partials.get_index_of(key) {
+        Some(at) => &mut partials[at],
+        None => {
+            let accs = aggregates.iter().map(|a| a.init()).collect();
+            let at = partials.insert_full(GroupKey::from_slice(key), accs).0;
+            &mut partials[at]
         }
+    };
+    for (a, (agg, acc)) in aggregates.iter().zip(accs.iter_mut()).enumerate() {
+        acc.update(input(agg, a), t);
     }
 }
 
@@ -145,9 +146,17 @@ impl Combiner for AggCombiner {
         let now = if self.c.processing_time { now_ms() } else { 0 };
         let t = self.c.time_of(batch, i, now);
         let row = &batch.rows[i];
-        let mut slot = self.key_buffer();
-        slot.extend_from_slice(key);
-        self.fold_event(slot, t, |agg, _| agg.input(row));
+        Self::start_key(&mut self.key, self.window);
+        self.key.extend_from_slice(key);
+        let aggs = &self.c.aggregates;
+        fold_event(
+            &mut self.partials,
+            aggs,
+            self.window,
+            &mut self.key,
+            t,
+            |agg, _| agg.input(row),
+        );
     }
 
     fn bind_fields(&mut self, paths: &[FieldPath]) -> bool {
@@ -179,27 +188,26 @@ impl Combiner for AggCombiner {
     }
 
     fn add_fields(&mut self, fields: &[Value], time: i64) -> bool {
-        let Some((keys, inputs)) = self.fields.take() else {
+        let Some((keys, inputs)) = &self.fields else {
             return false;
         };
-        let mut key = self.key_buffer();
+        let key = &mut self.key;
+        Self::start_key(key, self.window);
         let input = |a: usize| inputs[a].map(|slot| &fields[slot]);
+        let aggs = &self.c.aggregates;
         let admitted = keys.iter().all(|&slot| {
             let v = &fields[slot];
-            encode_component(&mut key, v);
+            encode_component(key, v);
             v.exists()
-        }) && self
-            .c
-            .aggregates
+        }) && aggs
             .iter()
             .enumerate()
             .all(|(a, agg)| agg.check(input(a)).is_ok());
         if admitted {
-            self.fold_event(key, time, |_, a| input(a));
-        } else {
-            self.slot = key;
+            fold_event(&mut self.partials, aggs, self.window, key, time, |_, a| {
+                input(a)
+            });
         }
-        self.fields = Some((keys, inputs));
         admitted
     }
 

@@ -197,15 +197,32 @@ impl Projection {
             self.paths.len(),
             "Projection::decode: output slots must match the number of paths"
         );
-        clear(out);
-        let result = self.decode_inner(bytes, out);
-        if result.is_err() {
+        // Up to 64 slots, a slot keeps the previous document's value until
+        // this one sets it (a string is then overwritten in place, with no
+        // new value built and moved in); the slots it did not set become
+        // `Missing` at the end.
+        let lazy = out.len() <= 64;
+        if !lazy {
             clear(out);
+        }
+        let mut slots = Slots { out, set: 0 };
+        let result = self.decode_inner(bytes, &mut slots);
+        let Slots { out, set } = slots;
+        match result {
+            Err(_) => clear(out),
+            Ok(()) if lazy => {
+                for (i, slot) in out.iter_mut().enumerate() {
+                    if set & (1 << i) == 0 {
+                        store(slot, Value::Missing);
+                    }
+                }
+            }
+            Ok(()) => {}
         }
         result
     }
 
-    fn decode_inner(&self, bytes: &[u8], out: &mut [Value]) -> Result<(), JsonError> {
+    fn decode_inner(&self, bytes: &[u8], out: &mut Slots<'_>) -> Result<(), JsonError> {
         let mut r = Reader::new(bytes);
         r.skip_ws();
         let found = match r.peek() {
@@ -248,7 +265,7 @@ impl Projection {
         r: &mut Reader<'_>,
         node: usize,
         depth: usize,
-        out: &mut [Value],
+        out: &mut Slots<'_>,
     ) -> Result<(), JsonError> {
         r.enter(depth)?;
         r.pos += 1;
@@ -295,25 +312,32 @@ impl Projection {
         r: &mut Reader<'_>,
         node: usize,
         depth: usize,
-        out: &mut [Value],
+        out: &mut Slots<'_>,
     ) -> Result<(), JsonError> {
         let n = &self.nodes[node];
         if let Some(slot) = n.leaf {
             // Overwrites an earlier occurrence of the key, if any.
-            let v = match r.peek() {
-                Some(b'"') => {
+            let at = out.at(slot);
+            match (r.peek(), at) {
+                (Some(b'"'), Value::Str(s)) => {
                     r.pos += 1;
-                    Value::Str(r.read_str()?)
+                    r.read_str_into(s)?;
                 }
-                Some(b'-' | b'0'..=b'9') => r.number()?,
-                _ => parse_any(r, depth)?,
-            };
-            store(&mut out[slot], v);
+                (Some(b'"'), at) => {
+                    r.pos += 1;
+                    store(at, Value::Str(r.read_str()?));
+                }
+                (Some(b'-' | b'0'..=b'9'), at) => match (r.number()?, at) {
+                    (Value::Int(new), Value::Int(old)) => *old = new,
+                    (v, at) => store(at, v),
+                },
+                (_, at) => store(at, parse_any(r, depth)?),
+            }
             return Ok(());
         }
         // A repeated key replaces everything an earlier occurrence set.
         for &slot in &n.all {
-            store(&mut out[slot], Value::Missing);
+            store(out.at(slot), Value::Missing);
         }
         if !n.whole.is_empty() {
             let v = parse_any(r, depth)?;
@@ -327,16 +351,32 @@ impl Projection {
     }
 
     /// Fills every slot at or below `node` from its fully parsed value.
-    fn fill_from(&self, node: usize, v: Value, out: &mut [Value]) {
+    fn fill_from(&self, node: usize, v: Value, out: &mut Slots<'_>) {
         let n = &self.nodes[node];
         for &slot in &n.below {
-            out[slot] = v.get_path(&self.paths[slot][n.level..]).clone();
+            *out.at(slot) = v.get_path(&self.paths[slot][n.level..]).clone();
         }
         if let Some((&last, rest)) = n.whole.split_last() {
             for &slot in rest {
-                out[slot] = v.clone();
+                *out.at(slot) = v.clone();
             }
-            out[last] = v;
+            *out.at(last) = v;
         }
+    }
+}
+
+/// The output slots of one [`Projection::decode`], and which of them this
+/// document has set (bit `i` for slot `i`; only read with up to 64 slots).
+struct Slots<'a> {
+    out: &'a mut [Value],
+    set: u64,
+}
+
+impl Slots<'_> {
+    /// Slot `i`, marked as set by this document.
+    #[inline(always)]
+    fn at(&mut self, i: usize) -> &mut Value {
+        self.set |= 1u64.wrapping_shl(i as u32);
+        &mut self.out[i]
     }
 }

@@ -366,6 +366,30 @@ proptest! {
         }
     }
 
+    /// (e) One output reused for document after document, as the decoders
+    /// reuse it (a slot keeps the previous value until the next document
+    /// sets it), holds exactly what a fresh one would; all `Missing` after
+    /// an error.
+    #[test]
+    fn reused_slots_hold_only_the_current_document(
+        docs in prop::collection::vec((arb_raw_object(), prop::collection::vec(arb_mutation(), 0..2)), 1..6),
+        paths in arb_paths(),
+    ) {
+        let p = Projection::new(&paths);
+        let mut out = vec![Value::Missing; p.len()];
+        for (raw, edits) in docs {
+            let mut doc = rendered(&raw).into_bytes();
+            for edit in edits {
+                doc = mutate(&doc, edit);
+            }
+            let reused = p.decode(&doc, &mut out).map(|()| out.clone());
+            if reused.is_err() {
+                prop_assert!(out.iter().all(|v| *v == Value::Missing), "{:?}", out);
+            }
+            prop_assert_eq!(reused, decode(&p, &doc), "{}", String::from_utf8_lossy(&doc));
+        }
+    }
+
     /// Every strict prefix of a valid object document is rejected.
     #[test]
     fn strict_prefixes_are_rejected(raw in arb_raw_object(), paths in arb_paths()) {

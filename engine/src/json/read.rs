@@ -288,6 +288,21 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// [`read_str`](Self::read_str) into `out`, replacing its content but
+    /// keeping its buffer.
+    #[inline(always)]
+    pub(crate) fn read_str_into(&mut self, out: &mut Str) -> Result<(), JsonError> {
+        let start = self.pos;
+        out.clear();
+        match self.read_str_raw()? {
+            RawStr::Plain(raw) => {
+                out.push_str(self.run_str(start, start + raw.len())?);
+                Ok(())
+            }
+            RawStr::Escaped { start } => self.finish_escaped(start, out),
+        }
+    }
+
     /// The already validated run `start..end` as `&str`.
     #[inline(always)]
     fn run_str(&self, start: usize, end: usize) -> Result<&'a str, JsonError> {

@@ -362,6 +362,34 @@ fn projection_duplicate_keys_last_wins() {
     );
 }
 
+/// Slots reused from one document to the next keep nothing of the earlier
+/// one: with few slots (set lazily, strings overwritten in place) and with
+/// more than 64 (cleared up front).
+#[test]
+fn projection_reused_slots_forget_the_previous_document() {
+    for extra in [0, 70] {
+        let mut names = vec!["s".to_string(), "n".to_string(), "o.t".to_string()];
+        names.extend((0..extra).map(|i| format!("f{i}")));
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let p = Projection::new(&paths(&names));
+        let mut out = vec![Value::Missing; p.len()];
+        let docs = [
+            r#"{"s":"a long string that does not fit inline","n":1,"o":{"t":"x"},"f3":true}"#,
+            r#"{"s":"short","n":2.5,"s":"sh\u00e9","f5":[1]}"#,
+            r#"{"n":3,"o":{"t":"y\n"}}"#,
+            r#"{"s":"broken"#,
+            r#"{"s":7,"n":"str"}"#,
+        ];
+        for doc in docs {
+            let reused = p.decode(doc.as_bytes(), &mut out).map(|()| out.clone());
+            assert_eq!(reused, decode(&p, doc), "{doc} with {} slots", p.len());
+        }
+        assert_eq!(out[0], Value::Int(7));
+        assert_eq!(out[1], Value::from("str"));
+        assert!(out[2..].iter().all(|v| *v == Value::Missing));
+    }
+}
+
 #[test]
 fn projection_escaped_and_unicode_keys() {
     let p = Projection::new(&paths(&[
