@@ -322,6 +322,11 @@ async fn every_status_code() {
         (r.status, r.body.clone()),
         (202, serde_json::json!({"accepted": 1}))
     );
+    let headers = r.headers.to_ascii_lowercase();
+    assert!(
+        headers.contains("content-type: application/json"),
+        "{headers}"
+    );
     let r = post(h.port, "[{\"country\":\"BR\"},{\"country\":\"GT\"}]").await;
     assert_eq!(r.body, serde_json::json!({"accepted": 2}));
     let r = request(
