@@ -19,7 +19,7 @@ use sluice_engine::metrics as m;
 use sluice_engine::source::SourceError;
 use sluice_engine::tls::TlsAcceptor;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -29,6 +29,12 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// headers beyond it get 431, so a connection holds at most this much
 /// besides its body.
 const MAX_READ_BUFFER: usize = 64 << 10;
+/// Connections the kernel completes and queues before sluice accepts them
+/// (the listen backlog; Linux caps it at `net.core.somaxconn`). Tokio's
+/// default of 128 overflowed when a few hundred clients connected at once
+/// (or waited at `max_connections`): the kernel then drops their SYNs and
+/// they retry only after a second.
+const LISTEN_BACKLOG: u32 = 1024;
 /// Pause after an accept error that is not about one connection (e.g. out
 /// of file descriptors), so that the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -65,7 +71,7 @@ impl Server {
         app: Router,
         labels: &[Label],
     ) -> Result<Server, SourceError> {
-        let listener = TcpListener::bind(address)
+        let listener = bind(address)
             .await
             .map_err(|source| SourceError::Io {
                 context: format!("source `{name}`: cannot listen on {address}"),
@@ -236,6 +242,32 @@ impl Conn {
             }
         }
     }
+}
+
+/// Listens on the first address `address` resolves to that can be bound,
+/// with a backlog of [`LISTEN_BACKLOG`].
+async fn bind(address: &str) -> std::io::Result<TcpListener> {
+    let mut error = None;
+    for addr in tokio::net::lookup_host(address).await? {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        // As `TcpListener::bind` does: a restart can bind while old
+        // connections are in TIME_WAIT.
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr) {
+            Ok(()) => return socket.listen(LISTEN_BACKLOG),
+            Err(e) => error = Some(e),
+        }
+    }
+    Err(error.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the address resolves to no address",
+        )
+    }))
 }
 
 /// Errors about one connection that leave the listener fine.

@@ -668,6 +668,33 @@ async fn connections_over_max_connections_wait_for_a_free_slot() {
     h.task.await.unwrap().unwrap();
 }
 
+/// Clients beyond `max_connections` wait in the listen queue: hundreds of
+/// them connect at once without a dropped SYN (which the kernel would
+/// retry only after a second). With tokio's default backlog of 128 most of
+/// these connects time out.
+#[tokio::test]
+async fn hundreds_of_clients_queue_while_the_server_is_at_its_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = HttpSourceConfig {
+        max_connections: 1,
+        header_read_timeout: HumanDuration::from_millis(30_000),
+        ..HttpSourceConfig::default()
+    };
+    let h = start(config, dir.path(), None, false);
+    let held = connect(h.port).await;
+    let mut queued = Vec::new();
+    for i in 0..500 {
+        let attempt = tokio::net::TcpStream::connect(("127.0.0.1", h.port));
+        match tokio::time::timeout(Duration::from_millis(500), attempt).await {
+            Ok(Ok(s)) => queued.push(s),
+            other => panic!("client {i} could not connect while the server was at its cap: {other:?}"),
+        }
+    }
+    drop((held, queued));
+    h.shutdown.send(true).unwrap();
+    h.task.await.unwrap().unwrap();
+}
+
 #[tokio::test]
 async fn half_sent_bodies_time_out_and_buffered_bytes_stay_under_the_cap() {
     let dir = tempfile::tempdir().unwrap();
