@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use crate::batch::{Batch, Origin, RowMeta};
 use crate::dead_letter::{DeadLetter, ErrorType};
-use crate::json::{self, Projection};
-use crate::operator::{Combiner, FieldPath, FieldSet};
+use crate::json::{self, Projection, Span};
+use crate::operator::{Combiner, FieldPath, FieldSet, Fields};
 use crate::source::RawBatch;
 use crate::time::{event_time_ms, now_ms, TimeFormat};
-use crate::value::{Map, Value};
+use crate::value::{Map, Str, Value};
 
 /// Where event time comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,6 +135,15 @@ impl Decoder {
             Mode::Projected { paths, .. } => vec![Value::Missing; paths.len()],
             Mode::Full => Vec::new(),
         };
+        // Strings the combiner takes only as key bytes stay in the input
+        // (never the event time, which is read from its value).
+        let keep = match (&combiner, &self.mode) {
+            (Some(c), Mode::Projected { time_slot, .. }) => {
+                c.key_only_slots() & !time_slot.map_or(0, |t| 1u64.wrapping_shl(t as u32))
+            }
+            _ => 0,
+        };
+        let mut spans = vec![Span::default(); if keep == 0 { 0 } else { slots.len() }];
         for ev in &raw.events {
             let start = ev.start as usize;
             let bytes = &raw.buf[start..start + ev.len as usize];
@@ -169,20 +178,22 @@ impl Decoder {
                     projection,
                     paths,
                     time_slot,
-                } => match projection.decode(bytes, &mut slots) {
+                } => match projection.decode_spans(bytes, &mut slots, keep, &mut spans) {
                     Err(e) => Err((ErrorType::MalformedJson, e.to_string())),
                     // Event time straight from its slot, before the row is built.
-                    Ok(()) => match (&self.event_time, time_slot) {
+                    Ok(raw) => match (&self.event_time, time_slot) {
                         (Some(spec), Some(i)) => event_time(spec, &slots[*i]),
                         _ => Ok(arrival),
                     }
                     .map(|time| {
+                        let fields = Fields::with_spans(&slots, bytes, &spans, raw);
                         let folded = combiner
                             .as_deref_mut()
-                            .is_some_and(|c| c.add_fields(&slots, time));
+                            .is_some_and(|c| c.add_fields(&fields, time));
                         let row = if folded {
                             None
                         } else {
+                            fill_spans(bytes, &spans, raw, &mut slots);
                             Some(row_of(paths, &mut slots))
                         };
                         (row, time)
@@ -248,6 +259,18 @@ fn event_time(spec: &EventTimeSpec, v: &Value) -> Result<i64, (ErrorType, String
     }
 }
 
+/// Decodes the strings left as spans of `doc` (the slots in `raw`) into
+/// their slots.
+fn fill_spans(doc: &[u8], spans: &[Span], raw: u64, slots: &mut [Value]) {
+    for (i, slot) in slots.iter_mut().enumerate().take(64) {
+        if raw & (1 << i) != 0 {
+            let Span { start, end } = spans[i];
+            // Validated with the document: never lossy.
+            *slot = Value::Str(Str::from(String::from_utf8_lossy(&doc[start..end])));
+        }
+    }
+}
+
 /// The row holding the projected `slots` (taken out) at their `paths`.
 fn row_of(paths: &[FieldPath], slots: &mut [Value]) -> Value {
     let mut row = Value::Object(Map(Vec::with_capacity(paths.len())));
@@ -275,28 +298,10 @@ fn article(type_name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::RawEvent;
     use crate::value::parse_path;
 
     fn raw(lines: &[&str]) -> RawBatch {
-        let mut buf = Vec::new();
-        let mut events = Vec::new();
-        for (i, l) in lines.iter().enumerate() {
-            events.push(RawEvent {
-                start: buf.len() as u32,
-                len: l.len() as u32,
-                offset: i as u64,
-                oversized: None,
-            });
-            buf.extend_from_slice(l.as_bytes());
-        }
-        RawBatch {
-            partition: 0,
-            buf: Arc::new(buf),
-            events,
-            position: Vec::new(),
-            bytes: 0,
-        }
+        RawBatch::of_lines(lines)
     }
 
     #[test]

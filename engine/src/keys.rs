@@ -47,11 +47,7 @@ pub fn encode_component(out: &mut impl KeyBytes, v: &Value) {
             out.push(TAG_FLOAT);
             out.extend_from_slice(&f.to_bits().to_be_bytes());
         }
-        Value::Str(s) => {
-            out.push(TAG_STR);
-            push_len(out, s.len());
-            out.extend_from_slice(s.as_bytes());
-        }
+        Value::Str(s) => encode_str(out, s.as_bytes()),
         other => {
             let mut json = Vec::new();
             crate::json::write_value(&mut json, other);
@@ -60,6 +56,15 @@ pub fn encode_component(out: &mut impl KeyBytes, v: &Value) {
             out.extend_from_slice(&json);
         }
     }
+}
+
+/// Appends the encoding of a string component whose UTF-8 content is
+/// `bytes` (what [`encode_component`] appends for `Value::Str`).
+#[inline(always)]
+pub fn encode_str(out: &mut impl KeyBytes, bytes: &[u8]) {
+    out.push(TAG_STR);
+    push_len(out, bytes.len());
+    out.extend_from_slice(bytes);
 }
 
 fn push_len(out: &mut impl KeyBytes, len: usize) {

@@ -20,6 +20,77 @@ use crate::value::Str;
 /// A field path (`["a", "b"]` for `a.b`).
 pub type FieldPath = Vec<Str>;
 
+/// The fields a decoder projected from one event, by slot, for
+/// [`Combiner::add_fields`]: each a decoded value, except that a slot the
+/// combiner reads only as part of a group key
+/// ([`Combiner::key_only_slots`]) may hold a string as the range of its
+/// content in the document instead (a string without escapes, whose bytes
+/// are its content; the document was validated as a whole).
+pub struct Fields<'a> {
+    values: &'a [crate::value::Value],
+    doc: &'a [u8],
+    spans: &'a [crate::json::Span],
+    /// The slots holding a span (their value is `Missing`).
+    raw: u64,
+}
+
+impl<'a> Fields<'a> {
+    /// Fields that are all decoded values.
+    pub fn new(values: &'a [crate::value::Value]) -> Self {
+        Fields {
+            values,
+            doc: &[],
+            spans: &[],
+            raw: 0,
+        }
+    }
+
+    /// Fields as [`Projection::decode_spans`](crate::json::Projection::decode_spans)
+    /// left them: `values`, and for the slots in `raw` a span of `doc`.
+    pub fn with_spans(
+        values: &'a [crate::value::Value],
+        doc: &'a [u8],
+        spans: &'a [crate::json::Span],
+        raw: u64,
+    ) -> Self {
+        Fields {
+            values,
+            doc,
+            spans,
+            raw,
+        }
+    }
+
+    /// The decoded value of `slot`. Only for slots outside
+    /// [`Combiner::key_only_slots`] (a span reads as `Missing`).
+    #[inline(always)]
+    pub fn value(&self, slot: usize) -> &'a crate::value::Value {
+        debug_assert!(!self.is_span(slot), "slot {slot} holds a span");
+        &self.values[slot]
+    }
+
+    /// Appends the group key component of `slot` (as
+    /// [`keys::encode_component`](crate::keys::encode_component) encodes
+    /// its value); false if the field is missing.
+    #[inline(always)]
+    pub fn encode_key(&self, slot: usize, out: &mut impl crate::keys::KeyBytes) -> bool {
+        if self.is_span(slot) {
+            let span = self.spans[slot];
+            crate::keys::encode_str(out, &self.doc[span.start..span.end]);
+            true
+        } else {
+            let v = &self.values[slot];
+            crate::keys::encode_component(out, v);
+            v.exists()
+        }
+    }
+
+    #[inline(always)]
+    fn is_span(&self, slot: usize) -> bool {
+        slot < 64 && self.raw & (1 << slot) != 0
+    }
+}
+
 /// The fields a part of the pipeline reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FieldSet {
@@ -461,8 +532,16 @@ pub trait Combiner: Send + Sync {
     /// exactly when `add` would refuse the row (a key field missing, an
     /// input of the wrong type): the row is then built and given to `add`,
     /// which makes its dead letter.
-    fn add_fields(&mut self, _fields: &[crate::value::Value], _time: i64) -> bool {
+    fn add_fields(&mut self, _fields: &Fields<'_>, _time: i64) -> bool {
         false
+    }
+
+    /// The slots (bit `i` for slot `i`, as bound by
+    /// [`bind_fields`](Self::bind_fields)) it reads only as part of a
+    /// group key: [`add_fields`](Self::add_fields) may find a string there
+    /// as the bytes of the document ([`Fields::encode_key`]), not decoded.
+    fn key_only_slots(&self) -> u64 {
+        0
     }
 
     /// Whether merging its partial results can round differently from

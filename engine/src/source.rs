@@ -62,6 +62,31 @@ pub struct RawBatch {
     pub bytes: u64,
 }
 
+impl RawBatch {
+    /// A batch of partition 0 holding `lines` as its events, at offsets 0,
+    /// 1, ..., with no position (for tests and tools).
+    pub fn of_lines(lines: &[&str]) -> RawBatch {
+        let mut buf = Vec::new();
+        let mut events = Vec::with_capacity(lines.len());
+        for (i, line) in lines.iter().enumerate() {
+            events.push(RawEvent {
+                start: buf.len() as u32,
+                len: line.len() as u32,
+                offset: i as u64,
+                oversized: None,
+            });
+            buf.extend_from_slice(line.as_bytes());
+        }
+        RawBatch {
+            partition: 0,
+            buf: Arc::new(buf),
+            events,
+            position: Vec::new(),
+            bytes: 0,
+        }
+    }
+}
+
 /// Sent to a source when a checkpoint covering `positions` is durable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Commit {

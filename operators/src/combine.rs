@@ -15,8 +15,8 @@
 use indexmap::IndexMap;
 use rustc_hash::FxBuildHasher;
 use sluice_engine::batch::Batch;
-use sluice_engine::keys::{encode_component, GroupKey};
-use sluice_engine::operator::{Combiner, Emitter, FieldPath};
+use sluice_engine::keys::GroupKey;
+use sluice_engine::operator::{Combiner, Emitter, FieldPath, Fields};
 use sluice_engine::time::now_ms;
 use sluice_engine::value::Value;
 
@@ -187,28 +187,37 @@ impl Combiner for AggCombiner {
         self.fields.is_some()
     }
 
-    fn add_fields(&mut self, fields: &[Value], time: i64) -> bool {
+    fn add_fields(&mut self, fields: &Fields<'_>, time: i64) -> bool {
         let Some((keys, inputs)) = &self.fields else {
             return false;
         };
         let key = &mut self.key;
         Self::start_key(key, self.window);
-        let input = |a: usize| inputs[a].map(|slot| &fields[slot]);
+        let input = |a: usize| inputs[a].map(|slot| fields.value(slot));
         let aggs = &self.c.aggregates;
-        let admitted = keys.iter().all(|&slot| {
-            let v = &fields[slot];
-            encode_component(key, v);
-            v.exists()
-        }) && aggs
-            .iter()
-            .enumerate()
-            .all(|(a, agg)| agg.check(input(a)).is_ok());
+        let admitted = keys.iter().all(|&slot| fields.encode_key(slot, key))
+            && aggs
+                .iter()
+                .enumerate()
+                .all(|(a, agg)| agg.check(input(a)).is_ok());
         if admitted {
             fold_event(&mut self.partials, aggs, self.window, key, time, |_, a| {
                 input(a)
             });
         }
         admitted
+    }
+
+    fn key_only_slots(&self) -> u64 {
+        let Some((keys, inputs)) = &self.fields else {
+            return 0;
+        };
+        let bits = |slots: &mut dyn Iterator<Item = usize>| {
+            slots
+                .filter(|&s| s < 64)
+                .fold(0u64, |mask, s| mask | (1 << s))
+        };
+        bits(&mut keys.iter().copied()) & !bits(&mut inputs.iter().flatten().copied())
     }
 
     fn add_batch(&mut self, batch: &Batch, out: &mut Emitter<'_>) {
@@ -279,7 +288,8 @@ mod tests {
 
     use proptest::prelude::*;
     use sluice_engine::keys::GroupKey;
-    use sluice_engine::operator::{Emitter, Operator, OperatorSpec};
+    use sluice_engine::operator::{Emitter, Fields, Operator, OperatorSpec};
+    use sluice_engine::value::Value;
 
     use crate::aggregate::{AggregateConfig, AggregateSpec};
     use crate::testing::{batch_of, build_ctx, checkpoint, rows, run_op};
@@ -414,6 +424,8 @@ aggregates = { n = "count", total = { fn = "sum", field = "v" }, mean = { fn = "
                     (0, _) => format!(r#"{{"k":"{k}","t":{t},"v":"not a number","c":{c}}}"#),
                     (_, 4) => format!(r#"{{"t":{t},"v":{v},"c":{c}}}"#),
                     (1, _) => format!(r#"{{"k":{k},"t":{t},"c":null}}"#),
+                    // an escape: the key is decoded, not taken as bytes
+                    (2, _) => format!(r#"{{"k":"\u00e9{k}","t":{t},"v":{v},"c":{c}}}"#),
                     _ => format!(r#"{{"k":"{k}","t":{t},"v":{v},"c":{c}}}"#),
                 })
                 .collect();
@@ -441,13 +453,26 @@ aggregates = { n = "count", total = { fn = "sum", field = "v" }, mean = { fn = "
             // from the fields, the refused ones as rows afterwards
             let mut by_fields = op.batch_combiner().unwrap();
             prop_assert!(by_fields.bind_fields(&paths));
+            // `k` (slot 2) is only read as the key: plain strings there
+            // come as spans of the line.
+            prop_assert_eq!(by_fields.key_only_slots(), 1 << 2);
+            let projection = sluice_engine::json::Projection::new(&paths);
+            let mut values = vec![Value::Missing; paths.len()];
+            let mut spans = vec![sluice_engine::json::Span::default(); paths.len()];
             let mut refused = Vec::new();
-            for (i, row) in batch.rows.iter().enumerate() {
-                let fields: Vec<_> = paths.iter().map(|p| row.get_path(p).clone()).collect();
+            let mut kept = 0;
+            for (i, line) in lines.iter().enumerate() {
+                let raw = projection
+                    .decode_spans(line.as_bytes(), &mut values, 1 << 2, &mut spans)
+                    .unwrap();
+                kept += raw.count_ones();
+                let fields = Fields::with_spans(&values, line.as_bytes(), &spans, raw);
                 if !by_fields.add_fields(&fields, batch.meta[i].time) {
                     refused.push(i);
                 }
             }
+            let plain_keys = lines.iter().filter(|l| l.starts_with(r#"{"k":""#) && !l.contains('\\')).count();
+            prop_assert_eq!(kept as usize, plain_keys);
             let mut rest = batch.clone();
             rest.retain_mask(&(0..batch.len()).map(|i| refused.contains(&i)).collect::<Vec<_>>());
             let mut dead_fields = Vec::new();
@@ -459,6 +484,45 @@ aggregates = { n = "count", total = { fn = "sum", field = "v" }, mean = { fn = "
             };
             prop_assert_eq!(letters(&dead_fields), letters(&dead_rows));
         }
+    }
+
+    /// Events the combiner refuses come back as rows holding every field
+    /// the decoder projected, including the key strings it had left in
+    /// the input for the combiner.
+    #[test]
+    fn refused_events_come_back_with_their_key_strings() {
+        use sluice_engine::decode::Decoder;
+        use sluice_engine::operator::FieldSet;
+        use sluice_engine::source::RawBatch;
+
+        let op = build(ALL_TIME);
+        let lines = [
+            r#"{"k":"a","v":1,"c":1}"#,
+            r#"{"k":"b","v":"not a number","c":2}"#,
+            r#"{"k":"c\u00e9","v":true,"c":3}"#,
+        ];
+        let raw = RawBatch::of_lines(&lines);
+        let fields = ["k", "v", "c"]
+            .iter()
+            .map(|f| sluice_engine::value::parse_path(f))
+            .collect();
+        let decoder = Decoder::new("in".into(), &FieldSet::Paths(fields), None, 1 << 20);
+        let mut combiner = op.batch_combiner().unwrap();
+        let (batch, dead, refused) = decoder.decode_folding(&raw, Some(&mut *combiner));
+        assert!(dead.is_empty());
+        assert_eq!(batch.meta.len(), 3);
+        let refused = refused.expect("the combiner binds to the projected fields");
+        let keys: Vec<_> = refused
+            .rows
+            .iter()
+            .map(|r| r.get_path(&["k".into()]).clone())
+            .collect();
+        assert_eq!(keys, [Value::from("b"), Value::from("cé")]);
+        assert_eq!(
+            refused.rows[0].get_path(&["v".into()]),
+            &Value::from("not a number")
+        );
+        assert_eq!(combiner.len(), 1);
     }
 
     #[test]

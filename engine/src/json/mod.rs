@@ -30,5 +30,5 @@ mod tests;
 
 pub use error::JsonError;
 pub use parse::parse_value;
-pub use projection::Projection;
+pub use projection::{Projection, Span};
 pub use write::{to_string, write_str, write_value};

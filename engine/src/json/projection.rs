@@ -192,6 +192,32 @@ impl Projection {
     ///
     /// If `out.len()` differs from the number of paths.
     pub fn decode(&self, bytes: &[u8], out: &mut [Value]) -> Result<(), JsonError> {
+        self.decode_spans(bytes, out, 0, &mut []).map(|_| ())
+    }
+
+    /// [`decode`](Self::decode), except that a slot in `keep` (bit `i` for
+    /// slot `i`; slots from 64 on never are) whose value is a string
+    /// without escapes is not decoded: the range of its content in `bytes`
+    /// (valid UTF-8, as the whole document was validated) goes to
+    /// `spans[i]`, `out[i]` is `Missing`, and bit `i` of the returned mask
+    /// is set. This saves building a string that is only going to be
+    /// copied as bytes (a group key).
+    ///
+    /// # Errors
+    ///
+    /// As [`decode`](Self::decode); the mask is then empty.
+    ///
+    /// # Panics
+    ///
+    /// If `out.len()` differs from the number of paths, or `spans` is
+    /// shorter than the highest slot in `keep`.
+    pub fn decode_spans(
+        &self,
+        bytes: &[u8],
+        out: &mut [Value],
+        keep: u64,
+        spans: &mut [Span],
+    ) -> Result<u64, JsonError> {
         assert_eq!(
             out.len(),
             self.paths.len(),
@@ -205,11 +231,20 @@ impl Projection {
         if !lazy {
             clear(out);
         }
-        let mut slots = Slots { out, set: 0 };
+        let mut slots = Slots {
+            out,
+            set: 0,
+            keep,
+            spans,
+            raw: 0,
+        };
         let result = self.decode_inner(bytes, &mut slots);
-        let Slots { out, set } = slots;
+        let Slots { out, set, raw, .. } = slots;
         match result {
-            Err(_) => clear(out),
+            Err(e) => {
+                clear(out);
+                return Err(e);
+            }
             Ok(()) if lazy => {
                 for (i, slot) in out.iter_mut().enumerate() {
                     if set & (1 << i) == 0 {
@@ -219,7 +254,7 @@ impl Projection {
             }
             Ok(()) => {}
         }
-        result
+        Ok(raw)
     }
 
     fn decode_inner(&self, bytes: &[u8], out: &mut Slots<'_>) -> Result<(), JsonError> {
@@ -317,6 +352,20 @@ impl Projection {
         let n = &self.nodes[node];
         if let Some(slot) = n.leaf {
             // Overwrites an earlier occurrence of the key, if any.
+            if out.keeps(slot) && r.peek() == Some(b'"') {
+                r.pos += 1;
+                let start = r.pos;
+                match r.read_str_raw()? {
+                    RawStr::Plain(raw) => out.keep_span(slot, start, start + raw.len()),
+                    RawStr::Escaped { start } => {
+                        // Decoded after all: the bytes are not the content.
+                        let mut s = Str::default();
+                        r.finish_escaped(start, &mut s)?;
+                        store(out.at(slot), Value::Str(s));
+                    }
+                }
+                return Ok(());
+            }
             let at = out.at(slot);
             match (r.peek(), at) {
                 (Some(b'"'), Value::Str(s)) => {
@@ -365,18 +414,51 @@ impl Projection {
     }
 }
 
-/// The output slots of one [`Projection::decode`], and which of them this
-/// document has set (bit `i` for slot `i`; only read with up to 64 slots).
+/// The byte range of a string's content in a document (see
+/// [`Projection::decode_spans`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Span {
+    /// The offset of the first content byte (after the opening quote).
+    pub start: usize,
+    /// The offset of the closing quote.
+    pub end: usize,
+}
+
+/// The output slots of one [`Projection::decode_spans`], which of them this
+/// document has set (bit `i` for slot `i`; only read with up to 64
+/// slots), and which hold a string span instead of a value.
 struct Slots<'a> {
     out: &'a mut [Value],
     set: u64,
+    /// The slots that may hold a span.
+    keep: u64,
+    spans: &'a mut [Span],
+    /// The slots holding a span (`out` is `Missing` there).
+    raw: u64,
 }
 
 impl Slots<'_> {
-    /// Slot `i`, marked as set by this document.
+    /// Slot `i`, marked as set by this document (to a value, not a span).
     #[inline(always)]
     fn at(&mut self, i: usize) -> &mut Value {
-        self.set |= 1u64.wrapping_shl(i as u32);
+        let bit = 1u64.wrapping_shl(i as u32);
+        self.set |= bit;
+        self.raw &= !bit;
         &mut self.out[i]
+    }
+
+    /// True if slot `i` may hold a span.
+    #[inline(always)]
+    fn keeps(&self, i: usize) -> bool {
+        i < 64 && self.keep & (1 << i) != 0
+    }
+
+    /// Slot `i` (one that [`keeps`](Self::keeps)) set to the string at
+    /// `start..end` of the document.
+    #[inline(always)]
+    fn keep_span(&mut self, i: usize, start: usize, end: usize) {
+        store(self.at(i), Value::Missing);
+        self.raw |= 1 << i;
+        self.spans[i] = Span { start, end };
     }
 }

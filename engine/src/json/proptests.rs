@@ -390,6 +390,45 @@ proptest! {
         }
     }
 
+    /// Decoding with spans, slots reused across documents, gives each
+    /// document's values once the spans are read as strings: a span only
+    /// for a slot in `keep` whose value is a string without escapes, whose
+    /// bytes are then exactly the string; nothing after an error.
+    #[test]
+    fn spans_hold_the_strings_they_replace(
+        docs in prop::collection::vec((arb_raw_object(), prop::collection::vec(arb_mutation(), 0..2)), 1..6),
+        paths in arb_paths(),
+        keep in any::<u64>(),
+    ) {
+        let p = Projection::new(&paths);
+        let mut out = vec![Value::Missing; p.len()];
+        let mut spans = vec![Span::default(); p.len()];
+        for (raw, edits) in docs {
+            let mut doc = rendered(&raw).into_bytes();
+            for edit in edits {
+                doc = mutate(&doc, edit);
+            }
+            let result = p.decode_spans(&doc, &mut out, keep, &mut spans);
+            let expected = decode(&p, &doc);
+            let Ok(mask) = result else {
+                prop_assert!(out.iter().all(|v| *v == Value::Missing), "{:?}", out);
+                prop_assert!(expected.is_err());
+                continue;
+            };
+            prop_assert_eq!(mask & !keep, 0);
+            let mut got = out.clone();
+            for (i, v) in got.iter_mut().enumerate().take(64) {
+                if mask & (1 << i) != 0 {
+                    prop_assert_eq!(&*v, &Value::Missing);
+                    let text = &doc[spans[i].start..spans[i].end];
+                    prop_assert!(!text.contains(&b'\\'));
+                    *v = Value::Str(Str::from(std::str::from_utf8(text).unwrap()));
+                }
+            }
+            prop_assert_eq!(Ok(got), expected, "{}", String::from_utf8_lossy(&doc));
+        }
+    }
+
     /// Every strict prefix of a valid object document is rejected.
     #[test]
     fn strict_prefixes_are_rejected(raw in arb_raw_object(), paths in arb_paths()) {

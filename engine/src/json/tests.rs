@@ -545,3 +545,46 @@ fn decode_does_not_allocate() {
         ]
     );
 }
+
+#[test]
+fn projection_leaves_plain_strings_in_the_input_when_asked() {
+    let p = Projection::new(&paths(&["k", "n", "e", "o.t", "late"]));
+    let mut out = vec![Value::Missing; p.len()];
+    let mut spans = vec![Span::default(); p.len()];
+    let all = u64::MAX;
+    let doc = r#"{"k":"GT","n":1,"e":"caf\u00e9","o":{"t":"x"},"late":5,"late":"y"}"#;
+    let raw = p
+        .decode_spans(doc.as_bytes(), &mut out, all, &mut spans)
+        .unwrap();
+    // `k`, `o.t` and the last `late` are plain strings; `e` has an escape.
+    assert_eq!(raw, 0b11001);
+    let text = |i: usize| &doc[spans[i].start..spans[i].end];
+    assert_eq!((text(0), text(3), text(4)), ("GT", "x", "y"));
+    assert_eq!(
+        out,
+        [
+            Value::Missing,
+            Value::Int(1),
+            Value::from("café"),
+            Value::Missing,
+            Value::Missing
+        ]
+    );
+    // Only the slots asked for; a later value replaces an earlier span.
+    let doc = r#"{"k":"GT","k":7,"n":"s","late":"z"}"#;
+    let raw = p
+        .decode_spans(doc.as_bytes(), &mut out, 0b11, &mut spans)
+        .unwrap();
+    assert_eq!(raw, 0b10);
+    assert_eq!(&doc[spans[1].start..spans[1].end], "s");
+    assert_eq!(out[0], Value::Int(7));
+    assert_eq!(out[4], Value::from("z"));
+    // Nothing after an error.
+    assert!(p
+        .decode_spans(br#"{"k":"GT","n":"#, &mut out, all, &mut spans)
+        .is_err());
+    assert!(out.iter().all(|v| *v == Value::Missing));
+    // `decode` never leaves a span.
+    p.decode(br#"{"k":"GT"}"#, &mut out).unwrap();
+    assert_eq!(out[0], Value::from("GT"));
+}
