@@ -12,7 +12,7 @@
 //! would make. The retractable forms (an aggregate reading a changelog)
 //! never fold.
 
-use indexmap::IndexMap;
+use indexmap::IndexSet;
 use rustc_hash::FxBuildHasher;
 use sluice_engine::batch::Batch;
 use sluice_engine::keys::GroupKey;
@@ -35,7 +35,7 @@ pub struct AggCombiner {
     /// The partial results in the order of each key's first row, so that
     /// the operator merging them marks its results changed in the order
     /// the rows would have.
-    partials: IndexMap<GroupKey, Vec<Acc>, FxBuildHasher>,
+    partials: Partials,
     /// A reused buffer for an event's key: the slot key (window start
     /// first) when windowed, else the group key.
     key: Vec<u8>,
@@ -70,16 +70,24 @@ impl AggCombiner {
         AggCombiner {
             c,
             window,
-            partials: IndexMap::default(),
+            partials: Partials::default(),
             key: Vec::new(),
             fields: None,
         }
     }
 
-    /// The partial results (keys as [`drain`](Combiner::drain) gives them),
-    /// in the order of each key's first row.
-    pub fn into_partials(self) -> impl Iterator<Item = (GroupKey, Vec<Acc>)> {
-        self.partials.into_iter()
+    /// Hands `merge` each key's partial result (keys as
+    /// [`drain`](Combiner::drain) gives them, one accumulator per
+    /// aggregate), in the order of each key's first row.
+    pub fn merge_into<F>(self, mut merge: F)
+    where
+        F: FnMut(&[u8], std::iter::Take<&mut std::vec::IntoIter<Acc>>),
+    {
+        let per_key = self.c.aggregates.len();
+        let mut accs = self.partials.accs.into_iter();
+        for key in self.partials.keys {
+            merge(&key, accs.by_ref().take(per_key));
+        }
     }
 
     /// Starts `key` as the key of an event's results: room for the
@@ -97,7 +105,7 @@ impl AggCombiner {
 /// partial results of its group (of each of its windows): `key` comes from
 /// [`AggCombiner::start_key`], its group key appended.
 fn fold_event<'v>(
-    partials: &mut IndexMap<GroupKey, Vec<Acc>, FxBuildHasher>,
+    partials: &mut Partials,
     aggregates: &[Aggregate],
     window: Option<(i64, i64)>,
     key: &mut [u8],
@@ -118,20 +126,13 @@ fn fold_event<'v>(
 /// Folds an event at time `t` into the partial result of `key`.
 #[inline(always)]
 fn fold<'v>(
-    partials: &mut IndexMap<GroupKey, Vec<Acc>, FxBuildHasher>,
+    partials: &mut Partials,
     aggregates: &[Aggregate],
     key: &[u8],
     t: i64,
     input: &impl Fn(&Aggregate, usize) -> Option<&'v Value>,
 ) {
-    let accs = match partials.get_index_of(key) {
-        Some(at) => &mut partials[at],
-        None => {
-            let accs = aggregates.iter().map(|a| a.init()).collect();
-            let at = partials.insert_full(GroupKey::from_slice(key), accs).0;
-            &mut partials[at]
-        }
-    };
+    let accs = partials.accs_of(key, aggregates);
     for (a, (agg, acc)) in aggregates.iter().zip(accs.iter_mut()).enumerate() {
         acc.update(input(agg, a), t);
     }
@@ -256,13 +257,46 @@ impl Combiner for AggCombiner {
     }
 
     fn drain(&mut self, out: &mut Vec<(GroupKey, Value)>) {
-        out.extend(self.partials.drain(..).map(|(key, accs)| {
+        let per_key = self.c.aggregates.len();
+        let Partials { keys, accs } = &mut self.partials;
+        let mut accs = accs.drain(..);
+        out.extend(keys.drain(..).map(|key| {
             let partial = accs
-                .iter()
+                .by_ref()
+                .take(per_key)
                 .map(|a| a.to_partial().expect("a combiner holds plain accumulators"))
                 .collect();
             (key, Value::Array(partial))
         }));
+    }
+}
+
+/// Partial results by key: the keys in the order of their first row, and
+/// their accumulators side by side in one vector (one per aggregate, key
+/// after key), so that a new key costs no allocation of its own.
+#[derive(Default)]
+struct Partials {
+    keys: IndexSet<GroupKey, FxBuildHasher>,
+    accs: Vec<Acc>,
+}
+
+impl Partials {
+    /// The accumulators of `key`, new ones from `aggregates` if it has none.
+    #[inline(always)]
+    fn accs_of(&mut self, key: &[u8], aggregates: &[Aggregate]) -> &mut [Acc] {
+        let at = match self.keys.get_index_of(key) {
+            Some(at) => at,
+            None => {
+                self.accs.extend(aggregates.iter().map(Aggregate::init));
+                self.keys.insert_full(GroupKey::from_slice(key)).0
+            }
+        };
+        let n = aggregates.len();
+        &mut self.accs[at * n..(at + 1) * n]
+    }
+
+    fn len(&self) -> usize {
+        self.keys.len()
     }
 }
 

@@ -325,7 +325,7 @@ impl FixedAggregate {
     /// Merges the accumulators `partial` folded elsewhere into the result of
     /// `key` (a group key; a slot key, see `combine::start_bytes`, when
     /// windowed).
-    fn merge_one(&mut self, key: &[u8], partial: Vec<Acc>) {
+    fn merge_one(&mut self, key: &[u8], partial: impl IntoIterator<Item = Acc>) {
         let windowed = self.window.is_some();
         let (start, group) = match windowed {
             false => (GLOBAL, key),
@@ -420,9 +420,7 @@ impl Operator for FixedAggregate {
                 return;
             }
         };
-        for (key, partial) in combiner.into_partials() {
-            self.merge_one(&key, partial);
-        }
+        combiner.merge_into(|key, partial| self.merge_one(key, partial));
     }
 
     fn process(&mut self, batch: Batch, out: &mut Emitter<'_>) {
