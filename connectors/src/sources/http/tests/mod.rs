@@ -436,14 +436,15 @@ async fn bearer_token_is_required_when_configured() {
     assert!(err.contains("SLUICE_HTTP_TEST_UNSET_VAR_91c2"), "{err}");
 }
 
-#[tokio::test]
-async fn restart_resumes_after_the_checkpoint_and_replay_reads_to_the_end() {
-    let dir = tempfile::tempdir().unwrap();
+/// A source with 64-byte journal segments in `state` that accepted and
+/// emitted ten events, `{"i":0}` to `{"i":9}`, and was told that a
+/// checkpoint covers the first six.
+async fn ten_events_committed_at_six(state: &Path) -> (HttpSourceConfig, Harness) {
     let config = HttpSourceConfig {
         segment_bytes: 64,
         ..HttpSourceConfig::default()
     };
-    let mut h = start(config.clone(), dir.path(), None, false);
+    let mut h = start(config.clone(), state, None, false);
     for i in 0..10 {
         assert_eq!(post(h.port, &format!("{{\"i\":{i}}}")).await.status, 202);
     }
@@ -454,6 +455,13 @@ async fn restart_resumes_after_the_checkpoint_and_replay_reads_to_the_end() {
             positions: BTreeMap::from([(0, encode_position(6))]),
         })
         .unwrap();
+    (config, h)
+}
+
+#[tokio::test]
+async fn restart_resumes_after_the_checkpoint_and_replay_reads_to_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, h) = ten_events_committed_at_six(dir.path()).await;
     h.shutdown.send(true).unwrap();
     h.task.await.unwrap().unwrap();
     let journal = dir.path().join("journal").join("web");
@@ -562,25 +570,10 @@ async fn bearer_scheme_is_case_insensitive() {
     h.task.await.unwrap().unwrap();
 }
 
-/// Connects to the source (retrying while it starts listening).
 #[tokio::test]
 async fn a_checkpointed_journal_without_a_restored_position_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let config = HttpSourceConfig {
-        segment_bytes: 64,
-        ..HttpSourceConfig::default()
-    };
-    let mut h = start(config.clone(), dir.path(), None, false);
-    for i in 0..10 {
-        assert_eq!(post(h.port, &format!("{{\"i\":{i}}}")).await.status, 202);
-    }
-    collect(&mut h, 10).await;
-    h.commits
-        .send(Commit {
-            epoch: 1,
-            positions: BTreeMap::from([(0, encode_position(6))]),
-        })
-        .unwrap();
+    let (config, h) = ten_events_committed_at_six(dir.path()).await;
     // wait (bounded) until the commit deleted the first segment
     let first = dir
         .path()
