@@ -521,14 +521,17 @@ pub trait Combiner: Send + Sync {
     /// Prepares to fold events straight from the fields a source's decoder
     /// projects (`paths`, by slot; see [`add_fields`](Self::add_fields)),
     /// without building rows. False when it cannot (a field it reads is
-    /// not one of `paths`); it is then only given rows.
+    /// not one of `paths`); it is then only given rows. The decoder calls
+    /// it before each batch it folds: a combiner on processing time reads
+    /// the clock here, once for the batch.
     fn bind_fields(&mut self, _paths: &[FieldPath]) -> bool {
         false
     }
 
     /// Folds one event from its projected `fields` (by slot, as bound by
-    /// [`bind_fields`](Self::bind_fields)) at event time `time`, as
-    /// [`add`](Self::add) would fold its row. False, touching nothing,
+    /// [`bind_fields`](Self::bind_fields)) at event time `time` (the
+    /// batch's clock instead on processing time), as [`add`](Self::add)
+    /// would fold its row. False, touching nothing,
     /// exactly when `add` would refuse the row (a key field missing, an
     /// input of the wrong type): the row is then built and given to `add`,
     /// which makes its dead letter.

@@ -42,6 +42,10 @@ pub struct AggCombiner {
     /// Set by `bind_fields`: the slots of the group key fields and of each
     /// aggregate's input (None: a plain count).
     fields: Option<(Vec<usize>, Vec<Option<usize>>)>,
+    /// On processing time, the clock as read once for the batch being
+    /// folded from fields (by `bind_fields`, which the decoder calls
+    /// before each batch), instead of once per event.
+    now: i64,
 }
 
 /// Sets the window start of the slot key `key` (see [`start_bytes`]).
@@ -73,6 +77,37 @@ impl AggCombiner {
             partials: Partials::default(),
             key: Vec::new(),
             fields: None,
+            now: 0,
+        }
+    }
+
+    /// [`Combiner::add`] with `now` as the processing time.
+    fn add_at(&mut self, key: &[u8], batch: &Batch, i: usize, now: i64, out: &mut Emitter<'_>) {
+        if let Err(dead) = self.c.check_row(batch, i) {
+            out.dead_letter(dead);
+            return;
+        }
+        let t = self.c.time_of(batch, i, now);
+        let row = &batch.rows[i];
+        Self::start_key(&mut self.key, self.window);
+        self.key.extend_from_slice(key);
+        let aggs = &self.c.aggregates;
+        fold_event(
+            &mut self.partials,
+            aggs,
+            self.window,
+            &mut self.key,
+            t,
+            |agg, _| agg.input(row),
+        );
+    }
+
+    /// The clock when on processing time, else 0 (not read).
+    fn clock(&self) -> i64 {
+        if self.c.processing_time {
+            now_ms()
+        } else {
+            0
         }
     }
 
@@ -140,35 +175,20 @@ fn fold<'v>(
 
 impl Combiner for AggCombiner {
     fn add(&mut self, key: &[u8], batch: &Batch, i: usize, out: &mut Emitter<'_>) {
-        if let Err(dead) = self.c.check_row(batch, i) {
-            out.dead_letter(dead);
-            return;
-        }
-        let now = if self.c.processing_time { now_ms() } else { 0 };
-        let t = self.c.time_of(batch, i, now);
-        let row = &batch.rows[i];
-        Self::start_key(&mut self.key, self.window);
-        self.key.extend_from_slice(key);
-        let aggs = &self.c.aggregates;
-        fold_event(
-            &mut self.partials,
-            aggs,
-            self.window,
-            &mut self.key,
-            t,
-            |agg, _| agg.input(row),
-        );
+        let now = self.clock();
+        self.add_at(key, batch, i, now, out);
     }
 
     fn bind_fields(&mut self, paths: &[FieldPath]) -> bool {
-        // Processing time is read per row in `add`; a path inside another
-        // would read differently from the slot than from the row.
+        // A path inside another would read differently from the slot
+        // than from the row.
         let nested = paths
             .iter()
             .any(|p| paths.iter().any(|q| q.len() > p.len() && q.starts_with(p)));
-        if self.c.processing_time || nested {
+        if nested {
             return false;
         }
+        self.now = self.clock();
         let slot_of = |f: &FieldPath| paths.iter().position(|p| p == f);
         let keys = match &self.c.group {
             Grouping::Fields(fields) => fields.iter().map(slot_of).collect(),
@@ -201,6 +221,11 @@ impl Combiner for AggCombiner {
                 .iter()
                 .enumerate()
                 .all(|(a, agg)| agg.check(input(a)).is_ok());
+        let time = if self.c.processing_time {
+            self.now
+        } else {
+            time
+        };
         if admitted {
             fold_event(&mut self.partials, aggs, self.window, key, time, |_, a| {
                 input(a)
@@ -224,9 +249,10 @@ impl Combiner for AggCombiner {
     fn add_batch(&mut self, batch: &Batch, out: &mut Emitter<'_>) {
         let mut keys = Vec::with_capacity(batch.len());
         self.c.keys(batch, &mut keys);
+        let now = self.clock();
         for (i, key) in keys.iter().enumerate() {
             match key {
-                Ok(k) => self.add(k, batch, i, out),
+                Ok(k) => self.add_at(k, batch, i, now, out),
                 Err(f) => out.dead_letter(missing_key(
                     batch,
                     i,
@@ -517,6 +543,58 @@ aggregates = { n = "count", total = { fn = "sum", field = "v" }, mean = { fn = "
                 d.iter().map(|d| (d.offset, d.reason.clone())).collect::<Vec<_>>()
             };
             prop_assert_eq!(letters(&dead_fields), letters(&dead_rows));
+        }
+    }
+
+    /// On processing time, events fold from their fields too, at the
+    /// clock as read for their batch (not at the time the decoder gives,
+    /// which is their event time), as their rows would.
+    #[test]
+    fn processing_time_folds_from_fields_at_the_batch_clock() {
+        use sluice_engine::time::now_ms;
+
+        let op = build(
+            r#"
+time = "processing"
+group_by = ["k"]
+aggregates = { earliest = { fn = "first", field = "v" }, latest = { fn = "last", field = "v" } }
+"#,
+        );
+        let paths: Vec<Vec<sluice_engine::Str>> = ["k", "v", "c"]
+            .iter()
+            .map(|f| vec![sluice_engine::Str::from(*f)])
+            .collect();
+        let lines = [r#"{"k":"a","v":1,"c":1}"#, r#"{"k":"a","v":2,"c":2}"#];
+        let projection = sluice_engine::json::Projection::new(&paths);
+        let mut values = vec![Value::Missing; paths.len()];
+        let mut combiner = op.batch_combiner().unwrap();
+        let before = now_ms();
+        assert!(combiner.bind_fields(&paths));
+        let after = now_ms();
+        for line in lines {
+            projection.decode(line.as_bytes(), &mut values).unwrap();
+            // an event time long before the clock
+            assert!(combiner.add_fields(&Fields::new(&values), 7));
+        }
+        let mut out = Vec::new();
+        combiner.drain(&mut out);
+        assert_eq!(out.len(), 1);
+        let Value::Array(partial) = &out[0].1 else {
+            panic!("a partial result is an array: {:?}", out[0].1);
+        };
+        // earliest and latest: [value, time]
+        for (at, value) in [(0, 1), (1, 2)] {
+            let Value::Array(pair) = &partial[at] else {
+                panic!("first and last are [value, time]: {:?}", partial[at]);
+            };
+            assert_eq!(pair[0], Value::Int(value));
+            let Value::Int(t) = pair[1] else {
+                panic!("a time: {:?}", pair[1]);
+            };
+            assert!(
+                (before..=after).contains(&t),
+                "{t} not in {before}..={after}"
+            );
         }
     }
 

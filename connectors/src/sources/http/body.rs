@@ -246,5 +246,5 @@ fn line_of(body: &[u8], offset: usize) -> usize {
 }
 
 fn memchr(byte: u8, haystack: &[u8]) -> Option<usize> {
-    haystack.iter().position(|&b| b == byte)
+    memchr::memchr(byte, haystack)
 }
