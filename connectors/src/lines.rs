@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use memchr::memchr;
 use sluice_engine::source::{RawBatch, RawEvent};
 
 /// How much of an oversized line is kept for its dead letter.
@@ -182,11 +183,6 @@ impl LineSplitter {
         self.carry_offset -= 1;
         Some((buf, events))
     }
-}
-
-/// Position of the first `byte` in `haystack` (SIMD).
-fn memchr(byte: u8, haystack: &[u8]) -> Option<usize> {
-    memchr::memchr(byte, haystack)
 }
 
 /// A [`RawBatch`] of one partition.

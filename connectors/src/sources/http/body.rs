@@ -4,6 +4,7 @@
 
 use std::ops::Range;
 
+use memchr::memchr;
 use sluice_engine::json::Projection;
 
 /// How the body is framed.
@@ -243,8 +244,4 @@ fn line_of(body: &[u8], offset: usize) -> usize {
         .iter()
         .filter(|&&b| b == b'\n')
         .count()
-}
-
-fn memchr(byte: u8, haystack: &[u8]) -> Option<usize> {
-    memchr::memchr(byte, haystack)
 }
