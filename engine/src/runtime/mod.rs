@@ -476,7 +476,6 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
     if let Some(c) = &parts.cluster {
         healths.push((Arc::from("exchange"), c.health()));
     }
-    opts.ready.running(healths);
     let (monitor_stop, monitor_stopped) = watch::channel(false);
     let monitor = tokio::spawn(
         progress::monitor(opts.ready.clone(), pipeline, started, monitor_stopped).in_current_span(),
@@ -487,6 +486,9 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
         groups: me.owned(spec.key_groups),
         signatures: signatures.clone(),
     };
+    // Ready once the processor holds the restored state and has published
+    // its size (`sluice_state_keys`), so `/ready` never precedes it.
+    let ready = opts.ready.clone();
     let result = run_processor(
         parts,
         sources.data,
@@ -494,6 +496,7 @@ async fn run_in_span(spec: PipelineSpec, opts: RunOptions) -> Result<RunReport, 
         ckpt_done_rx,
         opts.shutdown,
         restart,
+        move || ready.running(healths),
     )
     .await;
     opts.ready.stopped();
@@ -738,7 +741,8 @@ fn start_sources(
     running
 }
 
-/// Runs the processor on a thread of its own until the run ends.
+/// Runs the processor on a thread of its own until the run ends; `started`
+/// is called once it is built (state restored and its size published).
 async fn run_processor(
     parts: ProcessorParts,
     data: mpsc::Receiver<SourceEvent>,
@@ -746,12 +750,14 @@ async fn run_processor(
     checkpoints: mpsc::UnboundedReceiver<store::CheckpointDone>,
     shutdown: watch::Receiver<bool>,
     restart: RestartTarget,
+    started: impl FnOnce() + Send + 'static,
 ) -> Result<RunReport, RunError> {
     let handle = tokio::runtime::Handle::current();
     let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || {
         let _span = span.enter();
         let mut processor = Processor::new(parts);
+        started();
         let result = handle.block_on(processor.run(data, sink_events, checkpoints, shutdown));
         if result.is_ok() {
             write_restart_snapshot(&processor, &restart);
