@@ -38,6 +38,7 @@
 
 mod reader;
 mod segment;
+mod tail;
 mod writer;
 
 #[cfg(test)]
@@ -239,6 +240,8 @@ pub(crate) struct Shared {
     failed: Mutex<Option<String>>,
     fsyncs: AtomicU64,
     groups: AtomicU64,
+    /// The newest durable records in memory, for readers that keep up.
+    tail: Mutex<tail::Tail>,
     fsync: bool,
     labels: Vec<Label>,
     /// Test hook: bytes the disk can still take; a flush beyond them
@@ -380,6 +383,7 @@ impl Journal {
             failed: Mutex::new(None),
             fsyncs: AtomicU64::new(0),
             groups: AtomicU64::new(0),
+            tail: Mutex::new(tail::Tail::default()),
             fsync: opts.fsync,
             labels: opts.metric_labels,
             #[cfg(test)]
@@ -467,6 +471,7 @@ impl Journal {
     pub fn truncate_before(&self, seq: u64) -> Result<usize, JournalError> {
         let shared = &self.inner.shared;
         shared.committed.fetch_max(seq, Ordering::AcqRel);
+        lock(&shared.tail).commit(seq);
         let doomed: Vec<u64> = {
             let segs = lock(&shared.segments);
             let firsts: Vec<u64> = segs.keys().copied().collect();

@@ -1,12 +1,16 @@
 //! Reading the journal back, from any retained sequence number, waiting
-//! for new records when caught up. Readers only ever see durable records.
+//! for new records when caught up. Readers only ever see durable records:
+//! from the in-memory tail while they keep up with the writer, otherwise
+//! from the segment files (checking each record's CRC).
 
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::sync::Arc;
 
 use tokio::sync::watch;
 
 use super::segment::{decode_header, record_crc, segment_path, HEADER};
+use super::tail::Chunk;
 use super::{lock, Journal, JournalError};
 use crate::source::RawEvent;
 
@@ -20,7 +24,7 @@ pub struct ReadBatch {
     pub events: Vec<RawEvent>,
     /// The sequence number after the last event (the position to resume from).
     pub next_seq: u64,
-    /// Bytes read from disk (records including headers).
+    /// Bytes of the records read, headers included.
     pub bytes: u64,
 }
 
@@ -36,12 +40,25 @@ struct Cursor {
     header: Option<[u8; HEADER]>,
 }
 
+/// What a read from the in-memory tail did.
+enum Memory {
+    /// It took at least one record.
+    Took,
+    /// The next record does not fit the batch.
+    Full,
+    /// It does not hold the next record; it may hold records from `from` on.
+    Missing { from: u64 },
+}
+
 /// Tails a journal from a sequence number. Not shared: one per consumer.
 pub struct JournalReader {
     journal: Journal,
     next: u64,
     durable: watch::Receiver<u64>,
     cursor: Option<Cursor>,
+    /// Where the last read from the in-memory tail stopped: the chunk, the
+    /// byte offset and the sequence number there.
+    memory: Option<(Arc<Chunk>, usize, u64)>,
 }
 
 impl JournalReader {
@@ -52,6 +69,7 @@ impl JournalReader {
             next: from_seq,
             durable,
             cursor: None,
+            memory: None,
         }
     }
 
@@ -109,7 +127,16 @@ impl JournalReader {
         };
         let max_events = max_events.max(1);
         let dir = self.journal.dir().to_path_buf();
+        // The next record the in-memory tail may hold.
+        let mut memory_from = self.next;
         while self.next < limit && out.events.len() < max_events && out.buf.len() < max_bytes {
+            if self.next >= memory_from {
+                match self.read_memory(limit, max_events, max_bytes, &mut out) {
+                    Memory::Took => continue,
+                    Memory::Full => break,
+                    Memory::Missing { from } => memory_from = from,
+                }
+            }
             let seq = self.next;
             let cur = self.cursor_at(seq)?;
             let (segment, at) = (cur.first_seq, cur.offset);
@@ -158,6 +185,62 @@ impl JournalReader {
         }
         out.next_seq = self.next;
         Ok(out)
+    }
+
+    /// Takes records from the in-memory tail while it holds them.
+    fn read_memory(
+        &mut self,
+        limit: u64,
+        max_events: usize,
+        max_bytes: usize,
+        out: &mut ReadBatch,
+    ) -> Memory {
+        let seq = self.next;
+        let (chunk, mut at, mut at_seq) = match self.memory.take() {
+            Some((c, at, s)) if s == seq && seq < c.end_seq => (c, at, s),
+            _ => match lock(&self.journal.shared().tail).find(seq) {
+                Ok(c) => {
+                    let at = c.offset_of(seq);
+                    (c, at, seq)
+                }
+                Err(from) => return Memory::Missing { from },
+            },
+        };
+        let taken = out.events.len();
+        while self.next < limit
+            && at_seq < chunk.end_seq
+            && out.events.len() < max_events
+            && out.buf.len() < max_bytes
+        {
+            let len = chunk.len_at(at);
+            let start = out.buf.len();
+            if !out.events.is_empty()
+                && (start + len > max_bytes || start + len > u32::MAX as usize)
+            {
+                break;
+            }
+            out.buf
+                .extend_from_slice(&chunk.records[at + HEADER..at + HEADER + len]);
+            out.events.push(RawEvent {
+                start: start as u32,
+                len: len as u32,
+                offset: at_seq,
+                oversized: None,
+            });
+            let record = HEADER + len;
+            out.bytes += record as u64;
+            at += record;
+            at_seq += 1;
+            self.next += 1;
+        }
+        if at_seq < chunk.end_seq {
+            self.memory = Some((chunk, at, at_seq));
+        }
+        if out.events.len() > taken {
+            Memory::Took
+        } else {
+            Memory::Full
+        }
     }
 
     /// The cursor positioned at `seq`, reusing the open segment when possible.

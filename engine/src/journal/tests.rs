@@ -473,3 +473,66 @@ async fn a_failed_append_leaves_nothing_behind_and_later_appends_continue() {
         assert_eq!(j.append(vec![event(15)]).await.unwrap(), 15..16);
     }
 }
+
+#[tokio::test]
+async fn readers_that_keep_up_read_from_memory_committed_records_from_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path(), opts(1 << 20)).unwrap();
+    let events: Vec<Vec<u8>> = (0..10).map(event).collect();
+    j.append(events.clone()).await.unwrap();
+    // Damage record 5's payload on disk: only a read of the file sees it.
+    let segment = dir.path().join(&segment_files(dir.path())[0]);
+    flip(&segment, record_offset(0, 5) + segment::HEADER + 1);
+    let read: Vec<Vec<u8>> = read_all(&j, 0).into_iter().map(|(_, e)| e).collect();
+    assert_eq!(
+        read, events,
+        "records just written come from memory, as written"
+    );
+    // Once committed, records are read from the files (their segment may
+    // be gone), and their checksum is checked.
+    j.truncate_before(6).unwrap();
+    match j.reader(0).try_next_batch(100, 1 << 20) {
+        Err(JournalError::Corrupt { reason, .. }) => assert_eq!(reason, "checksum mismatch"),
+        other => panic!("the damaged record was not checked: {other:?}"),
+    }
+    let rest: Vec<Vec<u8>> = read_all(&j, 6).into_iter().map(|(_, e)| e).collect();
+    assert_eq!(rest, events[6..]);
+}
+
+#[tokio::test]
+async fn a_reader_behind_the_memory_tail_reads_the_files_then_the_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(
+        dir.path(),
+        JournalOptions {
+            segment_bytes: 4 << 20,
+            fsync: false,
+            ..JournalOptions::default()
+        },
+    )
+    .unwrap();
+    // More than the tail holds, in groups of 1 MiB: the first ones are
+    // only on file when the reader starts.
+    let payload = |i: u64| format!("{i:08}{}", "p".repeat(8 << 10)).into_bytes();
+    let per_group = 128;
+    for g in 0..12 {
+        j.append((g * per_group..(g + 1) * per_group).map(payload).collect())
+            .await
+            .unwrap();
+    }
+    let mut r = j.reader(0);
+    let mut next = 0;
+    loop {
+        let b = r.try_next_batch(1000, 3 << 20).unwrap();
+        if b.events.is_empty() {
+            break;
+        }
+        for e in &b.events {
+            assert_eq!(e.offset, next);
+            let s = e.start as usize;
+            assert_eq!(b.buf[s..s + e.len as usize], payload(next)[..]);
+            next += 1;
+        }
+    }
+    assert_eq!(next, 12 * per_group);
+}

@@ -24,12 +24,15 @@ use tokio::sync::oneshot;
 use super::segment::{
     encode_record, parse_segment_name, segment_path, write_head, SegmentMeta, HEADER, INDEX_EVERY,
 };
+use super::tail::Chunk;
 use super::{lock, sync_dir, AppendBatch, JournalError, Shared};
 
 /// Write to the file whenever this much is buffered.
 const FLUSH_BYTES: usize = 4 << 20;
 /// Stop adding requests to a group beyond this many payload bytes.
 const MAX_GROUP_BYTES: usize = 64 << 20;
+/// The smallest write buffer started (it grows as needed).
+const MIN_BUF: usize = 4 << 10;
 
 /// The events of one append.
 pub(super) enum Payload {
@@ -75,6 +78,10 @@ pub(super) struct Writer {
     meta: SegmentMeta,
     segment_bytes: u64,
     buf: Vec<u8>,
+    /// The sequence number of the first record in `buf`.
+    buf_first: u64,
+    /// What this group wrote so far, for the in-memory tail once durable.
+    written: Vec<Chunk>,
 }
 
 impl Writer {
@@ -90,6 +97,8 @@ impl Writer {
             meta: active,
             segment_bytes,
             buf: Vec::new(),
+            buf_first: 0,
+            written: Vec::new(),
         }
     }
 
@@ -115,6 +124,7 @@ impl Writer {
             };
             match result {
                 Ok((ranges, sealed)) => {
+                    lock(&self.shared.tail).extend(self.written.drain(..));
                     self.publish(sealed);
                     self.shared.groups.fetch_add(1, Ordering::Relaxed);
                     self.shared.queued.fetch_sub(events, Ordering::AcqRel);
@@ -145,6 +155,7 @@ impl Writer {
     fn roll_back(&mut self, error: JournalError) -> JournalError {
         let dir = self.shared.dir.display().to_string();
         self.buf.clear();
+        self.written.clear();
         match self.restore_published() {
             Ok(()) => {
                 tracing::error!(dir = %dir, error = %error,
@@ -229,6 +240,9 @@ impl Writer {
                 if (self.meta.end_seq - self.meta.first_seq).is_multiple_of(INDEX_EVERY) {
                     self.meta.index.push(self.meta.bytes);
                 }
+                if self.buf.is_empty() {
+                    self.buf_first = self.meta.end_seq;
+                }
                 encode_record(&mut self.buf, event);
                 self.meta.end_seq += 1;
                 self.meta.bytes += record;
@@ -266,7 +280,17 @@ impl Writer {
             }
         }
         let result = self.file.write_all(&self.buf);
-        self.buf.clear();
+        // The buffer becomes a chunk of the in-memory tail (once the group
+        // is durable); the next one starts at about its size.
+        let next = Vec::with_capacity(self.buf.len().max(MIN_BUF));
+        let records = std::mem::replace(&mut self.buf, next);
+        if result.is_ok() {
+            self.written.push(Chunk {
+                first_seq: self.buf_first,
+                end_seq: self.meta.end_seq,
+                records,
+            });
+        }
         result.map_err(JournalError::io(format!(
             "cannot write {}",
             segment_path(&self.shared.dir, self.meta.first_seq).display()
