@@ -40,8 +40,8 @@ pub struct FileSourceConfig {
     pub read_bytes: usize,
     /// Threads decoding the batches read (at most [`MAX_DECODE_THREADS`]).
     /// Results are the same with any number: batches reach the pipeline in
-    /// read order. Default: one more than the CPUs the process may use (1
-    /// on one CPU), at most 4.
+    /// read order. Default: the CPUs the process may use (1 on one CPU), at
+    /// most 4.
     #[serde(default)]
     pub decode_threads: Option<usize>,
 }
@@ -74,13 +74,12 @@ impl FileSourceConfig {
     /// The decoding threads in effect (see `decode_threads`).
     pub fn decode_threads(&self) -> usize {
         self.decode_threads.unwrap_or_else(|| {
-            // One more than the CPUs: a thread that waits for its turn to
-            // send leaves its CPU to the others (measured on 2 CPUs: 3
-            // threads beat 2 on W1a and W1b, docs/BENCHMARKS.md).
-            match std::thread::available_parallelism().map_or(1, |n| n.get()) {
-                1 => 1,
-                cpus => (cpus + 1).min(4),
-            }
+            // One per CPU: no thread waits for another's turn to decode
+            // (measured on 2 CPUs: 2 threads as fast as 3 on W1a and W1b,
+            // with less memory; docs/BENCHMARKS.md).
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(4)
         })
     }
 }
