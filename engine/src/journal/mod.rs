@@ -1,5 +1,6 @@
 //! A durable, append-only journal on local disk: the ordered log behind
-//! sources that cannot replay their input themselves (HTTP, AMQP).
+//! the HTTP source (which cannot replay its input) and behind each worker's
+//! inbound exchange traffic (`exchange::inbound`).
 //!
 //! Events are appended as records to segment files `{first_seq:020}.log` in
 //! one directory (format in [`segment`]); each record gets the next sequence
