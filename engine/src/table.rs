@@ -24,10 +24,10 @@
 //! serializer whose snapshot decides compatibility and migration) and Kafka
 //! Streams' named stores, cut down to what sluice's operators need.
 
-use std::collections::hash_map::Entry as MapEntry;
 use std::hash::Hash;
 
-use rustc_hash::FxHashMap;
+use hashbrown::hash_map::{Entry as MapEntry, RawEntryMut};
+use rustc_hash::FxBuildHasher;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -251,7 +251,7 @@ struct Slot<V> {
 pub struct KeyedTable<K, V> {
     spec: TableSpec<V>,
     key_groups: u16,
-    entries: FxHashMap<K, Slot<V>>,
+    entries: hashbrown::HashMap<K, Slot<V>, FxBuildHasher>,
     /// Keys marked since the last snapshot, in marking order (a key may
     /// appear twice if it was removed and inserted again).
     dirty: Vec<K>,
@@ -273,7 +273,7 @@ impl<K: TableKey, V> KeyedTable<K, V> {
         KeyedTable {
             spec,
             key_groups,
-            entries: FxHashMap::default(),
+            entries: hashbrown::HashMap::default(),
             dirty: Vec::new(),
             removed: Vec::new(),
             stale: Vec::new(),
@@ -319,17 +319,25 @@ impl<K: TableKey, V> KeyedTable<K, V> {
     }
 
     /// The value of `key`, inserted by `init` if absent; marks the entry.
-    /// `key` is cloned only to insert it or to mark it.
+    /// `key` is hashed and looked up once, and cloned only to insert it or
+    /// to mark it.
     pub fn get_or_insert_with(&mut self, key: &K, init: impl FnOnce() -> V) -> &mut V {
-        if !self.entries.contains_key(key) {
-            let slot = Slot {
-                value: init(),
-                dirty: false,
-                stored_bytes: 0,
-            };
-            self.entries.insert(key.clone(), slot);
+        let slot = match self.entries.raw_entry_mut().from_key(key) {
+            RawEntryMut::Occupied(o) => o.into_mut(),
+            RawEntryMut::Vacant(v) => {
+                let slot = Slot {
+                    value: init(),
+                    dirty: false,
+                    stored_bytes: 0,
+                };
+                v.insert(key.clone(), slot).1
+            }
+        };
+        if !slot.dirty {
+            slot.dirty = true;
+            self.dirty.push(key.clone());
         }
-        self.get_mut(key).expect("inserted above")
+        &mut slot.value
     }
 
     /// Sets the value of `key`; marks the entry. Returns the old value.
